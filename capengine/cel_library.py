@@ -1,0 +1,285 @@
+"""The CEL standard functions and capengine's own (`under`, `glob`): signatures for the checker, implementations
+for the compiler, in one table so the two can never disagree about what exists.
+
+Implementations take and return plain CEL values (see cel_values) and raise CelError for CEL errors.
+"""
+
+from __future__ import annotations
+
+import decimal
+import math
+import re
+from collections.abc import Callable
+from functools import lru_cache
+
+import attrs
+import re2
+
+from capengine import globs, paths
+from capengine.cel_types import (
+    BOOL, BYTES, DOUBLE, DURATION, DYN, INT, STRING, TIMESTAMP, TYPE, UINT, A, B, Type, list_of, map_of,
+)
+from capengine.cel_values import (
+    CelError, CelType, UInt, check_int, check_uint, equals, map_lookup, numeric_compare, type_name,
+)
+
+
+@attrs.frozen
+class Overload:
+    params: tuple[Type, ...]  # for receiver-style functions the receiver comes first
+    result: Type
+    impl: Callable
+    receiver: bool = False
+
+    @property
+    def runtime_key(self) -> tuple[str | None, ...]:
+        """Runtime type names this overload accepts; None accepts any value."""
+        return tuple(None if p.is_param or p == DYN else p.name for p in self.params)
+
+
+FUNCTIONS: dict[str, list[Overload]] = {}
+
+
+def _def(name: str, params: tuple[Type, ...], result: Type, impl: Callable, receiver: bool = False) -> None:
+    FUNCTIONS.setdefault(name, []).append(Overload(params, result, impl, receiver))
+
+
+# arithmetic -------------------------------------------------------------------------------------
+
+def _int_div(x: int, y: int) -> int:
+    if y == 0:
+        raise CelError("division by zero")
+    q = abs(x) // abs(y)
+    return check_int(q if (x < 0) == (y < 0) else -q)
+
+
+def _int_mod(x: int, y: int) -> int:
+    if y == 0:
+        raise CelError("modulus by zero")
+    r = abs(x) % abs(y)
+    return -r if x < 0 else r
+
+
+def _uint_div(x: int, y: int) -> UInt:
+    if y == 0:
+        raise CelError("division by zero")
+    return UInt(x // y)
+
+
+def _uint_mod(x: int, y: int) -> UInt:
+    if y == 0:
+        raise CelError("modulus by zero")
+    return UInt(x % y)
+
+
+def _double_div(x: float, y: float) -> float:
+    if y == 0:
+        if x == 0 or math.isnan(x):
+            return math.nan
+        return math.copysign(math.inf, x) * math.copysign(1.0, y)
+    return x / y
+
+
+def _list_concat(x, y):
+    return list(x) + list(y)
+
+
+for _t, _check in ((INT, check_int), (UINT, check_uint)):
+    _def("_+_", (_t, _t), _t, lambda x, y, c=_check: c(x + y))
+    _def("_-_", (_t, _t), _t, lambda x, y, c=_check: c(x - y))
+    _def("_*_", (_t, _t), _t, lambda x, y, c=_check: c(x * y))
+_def("_/_", (INT, INT), INT, _int_div)
+_def("_%_", (INT, INT), INT, _int_mod)
+_def("_/_", (UINT, UINT), UINT, _uint_div)
+_def("_%_", (UINT, UINT), UINT, _uint_mod)
+_def("_+_", (DOUBLE, DOUBLE), DOUBLE, lambda x, y: x + y)
+_def("_-_", (DOUBLE, DOUBLE), DOUBLE, lambda x, y: x - y)
+_def("_*_", (DOUBLE, DOUBLE), DOUBLE, lambda x, y: x * y)
+_def("_/_", (DOUBLE, DOUBLE), DOUBLE, _double_div)
+_def("_+_", (STRING, STRING), STRING, lambda x, y: x + y)
+_def("_+_", (BYTES, BYTES), BYTES, lambda x, y: x + y)
+_def("_+_", (list_of(A), list_of(A)), list_of(A), _list_concat)
+_def("-_", (INT,), INT, lambda x: check_int(-x))
+_def("-_", (DOUBLE,), DOUBLE, lambda x: -x)
+_def("!_", (BOOL,), BOOL, lambda x: not x)
+
+# comparison ------------------------------------------------------------------------------------
+
+_ORDERED = (INT, UINT, DOUBLE)
+_COMPARE = {"_<_": (lambda x, y: x < y, lambda c: c is not None and c < 0),
+            "_<=_": (lambda x, y: x <= y, lambda c: c is not None and c <= 0),
+            "_>_": (lambda x, y: x > y, lambda c: c is not None and c > 0),
+            "_>=_": (lambda x, y: x >= y, lambda c: c is not None and c >= 0)}
+for _name, (_same, _outcome) in _COMPARE.items():
+    for _x in _ORDERED:
+        for _y in _ORDERED:
+            _impl = _same if _x == _y else (lambda x, y, o=_outcome: o(numeric_compare(x, y)))
+            _def(_name, (_x, _y), BOOL, _impl)
+    for _t in (STRING, BYTES, BOOL, TIMESTAMP, DURATION):
+        _def(_name, (_t, _t), BOOL, _same)
+
+_def("_==_", (A, A), BOOL, equals)
+_def("_!=_", (A, A), BOOL, lambda x, y: not equals(x, y))
+
+
+def _in_list(x, seq) -> bool:
+    return any(equals(x, item) for item in seq)
+
+
+def _in_map(x, mapping) -> bool:
+    if type(x) in (list, tuple, dict):
+        return False
+    return map_lookup(mapping, x)[0]
+
+
+_def("@in", (A, list_of(A)), BOOL, _in_list)
+_def("@in", (A, map_of(A, B)), BOOL, _in_map)
+
+# size and strings ------------------------------------------------------------------------------
+
+for _t in (STRING, BYTES, list_of(A), map_of(A, B)):
+    _def("size", (_t,), INT, len)
+    _def("size", (_t,), INT, len, receiver=True)
+_def("contains", (STRING, STRING), BOOL, lambda s, sub: sub in s, receiver=True)
+_def("startsWith", (STRING, STRING), BOOL, lambda s, p: s.startswith(p), receiver=True)
+_def("endsWith", (STRING, STRING), BOOL, lambda s, p: s.endswith(p), receiver=True)
+
+
+@lru_cache(maxsize=512)
+def compile_regex(pattern: str):
+    """RE2, not Python's re: policy regexes run in linear time (no ReDoS from a policy or a request)."""
+    try:
+        return re2.compile(pattern)
+    except Exception as exc:  # re2.error has no stable public base class across versions
+        raise CelError(f"invalid regular expression {pattern!r}: {exc}") from None
+
+
+def _matches(s: str, pattern: str) -> bool:
+    return compile_regex(pattern).search(s) is not None
+
+
+_def("matches", (STRING, STRING), BOOL, _matches)
+_def("matches", (STRING, STRING), BOOL, _matches, receiver=True)
+
+
+# capengine functions ---------------------------------------------------------------------------
+
+def _under(path: str, directory: str) -> bool:
+    try:
+        return paths.is_under(path, directory)
+    except paths.PathError as exc:
+        raise CelError(str(exc)) from None
+
+
+def _glob(path: str, pattern: str) -> bool:
+    try:
+        return globs.compile_glob(pattern, "/").fullmatch(path) is not None
+    except globs.GlobError as exc:
+        raise CelError(str(exc)) from None
+
+
+_def("under", (STRING, STRING), BOOL, _under, receiver=True)
+_def("glob", (STRING, STRING), BOOL, _glob, receiver=True)
+
+# conversions -----------------------------------------------------------------------------------
+
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_UINT_TEXT = re.compile(r"[0-9]+")
+_DOUBLE_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)",
+                          re.I)
+_BOOL_TEXT = {"1": True, "t": True, "true": True, "TRUE": True, "True": True,
+              "0": False, "f": False, "false": False, "FALSE": False, "False": False}
+
+
+def _double_to_int(x: float) -> int:
+    if math.isnan(x) or not -(2.0**63) < x < 2.0**63:
+        raise CelError("double out of int range")
+    return int(x)
+
+
+def _double_to_uint(x: float) -> UInt:
+    if math.isnan(x) or not -1.0 < x < 2.0**64:
+        raise CelError("double out of uint range")
+    return UInt(int(x))
+
+
+def _parse(text: str, pattern: re.Pattern, convert: Callable, what: str):
+    if not pattern.fullmatch(text):
+        raise CelError(f"cannot convert {text!r} to {what}")
+    return convert(text)
+
+
+def _string_to_bool(text: str) -> bool:
+    try:
+        return _BOOL_TEXT[text]
+    except KeyError:
+        raise CelError(f"cannot convert {text!r} to bool") from None
+
+
+def format_double(x: float) -> str:
+    """Go's %g with the shortest round-trip digits, which is what CEL implementations print."""
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    if x == 0:
+        return "-0" if math.copysign(1.0, x) < 0 else "0"
+    sign, digits, exponent = decimal.Decimal(repr(x)).normalize().as_tuple()
+    text = "".join(map(str, digits))
+    exp10 = len(text) + exponent - 1
+    if exp10 < -4 or exp10 >= 21:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        out = f"{mantissa}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
+    elif exponent >= 0:
+        out = text + "0" * exponent
+    elif exp10 >= 0:
+        out = text[: exp10 + 1] + "." + text[exp10 + 1:]
+    else:
+        out = "0." + "0" * (-exp10 - 1) + text
+    return ("-" if sign else "") + out
+
+
+def _bytes_to_string(b: bytes) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CelError("bytes are not valid UTF-8") from None
+
+
+_def("int", (INT,), INT, lambda x: x)
+_def("int", (UINT,), INT, lambda x: check_int(int(x)))
+_def("int", (DOUBLE,), INT, _double_to_int)
+_def("int", (STRING,), INT, lambda s: check_int(_parse(s, _INT_TEXT, int, "int")))
+_def("uint", (UINT,), UINT, lambda x: x)
+_def("uint", (INT,), UINT, lambda x: check_uint(x))
+_def("uint", (DOUBLE,), UINT, _double_to_uint)
+_def("uint", (STRING,), UINT, lambda s: check_uint(_parse(s, _UINT_TEXT, int, "uint")))
+_def("double", (DOUBLE,), DOUBLE, lambda x: x)
+_def("double", (INT,), DOUBLE, float)
+_def("double", (UINT,), DOUBLE, float)
+_def("double", (STRING,), DOUBLE, lambda s: _parse(s, _DOUBLE_TEXT, float, "double"))
+_def("string", (STRING,), STRING, lambda x: x)
+_def("string", (INT,), STRING, lambda x: str(int(x)))
+_def("string", (UINT,), STRING, lambda x: str(int(x)))
+_def("string", (DOUBLE,), STRING, format_double)
+_def("string", (BYTES,), STRING, _bytes_to_string)
+_def("string", (BOOL,), STRING, lambda x: "true" if x else "false")
+_def("bytes", (BYTES,), BYTES, lambda x: x)
+_def("bytes", (STRING,), BYTES, lambda s: s.encode("utf-8"))
+_def("bool", (BOOL,), BOOL, lambda x: x)
+_def("bool", (STRING,), BOOL, _string_to_bool)
+_def("dyn", (A,), DYN, lambda x: x)
+_def("type", (A,), TYPE, lambda x: CelType(type_name(x)))
+
+
+def dispatch_table(name: str, receiver: bool) -> list[tuple[tuple[str | None, ...], Callable]]:
+    return [(o.runtime_key, o.impl) for o in FUNCTIONS.get(name, ()) if o.receiver == receiver]
+
+
+def resolve_runtime(table: list[tuple[tuple[str | None, ...], Callable]], args: tuple) -> Callable:
+    """Pick an implementation from the runtime types of the arguments (for dyn-typed calls)."""
+    names = tuple(type_name(a) for a in args)
+    for key, impl in table:
+        if len(key) == len(names) and all(k is None or k == n for k, n in zip(key, names)):
+            return impl
+    raise CelError(f"no such overload for ({', '.join(names)})")

@@ -1,0 +1,78 @@
+"""CEL static types, and the unification the checker uses to pick overloads."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Type:
+    name: str
+    params: tuple["Type", ...] = ()
+    is_param: bool = False  # a type variable (A, B) inside an overload signature
+
+    def __str__(self) -> str:
+        if self.params:
+            return f"{self.name}({', '.join(map(str, self.params))})"
+        return self.name
+
+
+BOOL, INT, UINT, DOUBLE = Type("bool"), Type("int"), Type("uint"), Type("double")
+STRING, BYTES, NULL, DYN = Type("string"), Type("bytes"), Type("null_type"), Type("dyn")
+TYPE, TIMESTAMP, DURATION = Type("type"), Type("google.protobuf.Timestamp"), Type("google.protobuf.Duration")
+A, B = Type("A", is_param=True), Type("B", is_param=True)
+
+
+def list_of(elem: Type) -> Type:
+    return Type("list", (elem,))
+
+
+def map_of(key: Type, value: Type) -> Type:
+    return Type("map", (key, value))
+
+
+# Names usable as type values in expressions (`type(x) == string`) and in declarations.
+TYPE_IDENTS = {
+    "bool": BOOL, "int": INT, "uint": UINT, "double": DOUBLE, "string": STRING, "bytes": BYTES,
+    "null_type": NULL, "dyn": DYN, "type": TYPE, "list": list_of(DYN), "map": map_of(DYN, DYN),
+    "google.protobuf.Timestamp": TIMESTAMP, "google.protobuf.Duration": DURATION,
+}
+
+
+def parse_decl(text: str) -> Type:
+    """Declaration shorthand used by tests and conformance files: int, list, map, dyn, ..."""
+    try:
+        return {"null": NULL, "timestamp": TIMESTAMP, "duration": DURATION}.get(text) or TYPE_IDENTS[text]
+    except KeyError:
+        raise ValueError(f"unknown type name {text!r}") from None
+
+
+def unify(param: Type, arg: Type, bindings: dict[str, Type]) -> bool:
+    """Can `arg` be passed where `param` is expected? Binds type variables in `bindings`."""
+    if param.is_param:
+        bound = bindings.get(param.name)
+        if bound is None or bound == DYN:
+            bindings[param.name] = arg
+            return True
+        return arg == DYN or unify(bound, arg, {}) or unify(arg, bound, {})
+    if param == DYN or arg == DYN:
+        return True
+    if param.name != arg.name or len(param.params) != len(arg.params):
+        return False
+    return all(unify(p, a, bindings) for p, a in zip(param.params, arg.params))
+
+
+def substitute(t: Type, bindings: dict[str, Type]) -> Type:
+    if t.is_param:
+        return bindings.get(t.name, DYN)
+    if t.params:
+        return Type(t.name, tuple(substitute(p, bindings) for p in t.params))
+    return t
+
+
+def join(types: list[Type]) -> Type:
+    """The common type of list elements or conditional branches; dyn where they differ."""
+    if not types:
+        return DYN
+    first = types[0]
+    return first if all(t == first for t in types) else DYN

@@ -1,0 +1,143 @@
+"""CEL runtime values as plain Python objects, and the few value rules CEL does not share with Python.
+
+Mapping: bool->bool, int->int, uint->UInt, double->float, string->str, bytes->bytes, null->None,
+list->list/tuple, map->dict, type->CelType, timestamp->Timestamp, duration->Duration. Plain Python values
+keep evaluation cheap; the places where Python and CEL disagree (True == 1, 1 + True, {1: x}[True], unbounded
+ints) are handled here and in the function library, never left to Python.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+INT_MIN, INT_MAX, UINT_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+
+
+class CelError(Exception):
+    """A CEL evaluation error: a value, not a crash. `&&`, `||` and the macros may absorb it."""
+
+
+class UInt(int):
+    """CEL uint: a Python int that remembers it is unsigned, so that type(x) tells uint from int."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"{int(self)}u"
+
+
+@attrs.frozen
+class CelType:
+    """A type used as a value (`type(x) == string`)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_TYPE_NAMES: dict[type, str] = {
+    bool: "bool", int: "int", UInt: "uint", float: "double", str: "string", bytes: "bytes",
+    type(None): "null_type", list: "list", tuple: "list", dict: "map", CelType: "type",
+}
+
+
+def register_type(py_type: type, name: str) -> None:
+    """Let a value class from another module (timestamps, durations) take part in dispatch."""
+    _TYPE_NAMES[py_type] = name
+
+
+def type_name(value: object) -> str:
+    try:
+        return _TYPE_NAMES[type(value)]
+    except KeyError:
+        raise CelError(f"unsupported value of Python type {type(value).__name__}") from None
+
+
+def check_int(value: int) -> int:
+    if INT_MIN <= value <= INT_MAX:
+        return value
+    raise CelError("int overflow")
+
+
+def check_uint(value: int) -> UInt:
+    if 0 <= value <= UINT_MAX:
+        return UInt(value)
+    raise CelError("uint overflow")
+
+
+_NUMERIC = {int, UInt, float}
+
+
+def equals(x: object, y: object) -> bool:
+    """CEL equality: numbers compare by value across int/uint/double, everything else only within its type."""
+    tx, ty = type(x), type(y)
+    if tx is ty or (tx in (list, tuple) and ty in (list, tuple)):
+        if tx in (list, tuple):
+            return len(x) == len(y) and all(equals(a, b) for a, b in zip(x, y))
+        if tx is dict:
+            if len(x) != len(y):
+                return False
+            for key, value in x.items():
+                found, other = map_lookup(y, key)
+                if not found or not equals(value, other):
+                    return False
+            return True
+        return x == y
+    if tx in _NUMERIC and ty in _NUMERIC:
+        return numeric_compare(x, y) == 0
+    return False
+
+
+def numeric_compare(x: int | float, y: int | float) -> int | None:
+    """Compare numbers across int/uint/double as CEL does: an integer meeting a double is compared as a
+    double (so 2**63-1 < 2.0**63 is false). None when either side is NaN."""
+    if type(x) is float or type(y) is float:
+        x, y = float(x), float(y)
+        if x != x or y != y:
+            return None
+    return (x > y) - (x < y)
+
+
+def map_lookup(mapping: dict, key: object) -> tuple[bool, object]:
+    """Find `key` in a CEL map. Python would match True with 1 and 1.0 with 1; CEL keys are typed, but
+    numeric keys compare by value across int/uint/double (an integral double finds an int key)."""
+    tk = type(key)
+    if tk is str or tk is bytes:
+        if key in mapping:
+            return True, mapping[key]
+        return False, None
+    if tk is bool:
+        for k, v in mapping.items():
+            if type(k) is bool and k == key:
+                return True, v
+        return False, None
+    if tk in _NUMERIC:
+        if tk is float and (math.isnan(key) or not key.is_integer()):
+            return False, None
+        for k, v in mapping.items():
+            if type(k) in _NUMERIC and k == key:
+                return True, v
+        return False, None
+    if tk is type(None):
+        raise CelError("unsupported key type: null")
+    raise CelError(f"unsupported key type: {type_name(key)}")
+
+
+def valid_key(key: object) -> object:
+    if type(key) not in (str, int, UInt, bool):
+        raise CelError(f"unsupported map key type: {type_name(key)}")
+    return key
+
+
+def make_map(pairs: list[tuple[object, object]]) -> dict:
+    """A map literal: keys must be int, uint, bool or string and may not repeat (1 and 1u repeat)."""
+    result: dict = {}
+    for key, value in pairs:
+        valid_key(key)
+        if map_lookup(result, key)[0]:
+            raise CelError(f"duplicate map key: {key!r}")
+        result[key] = value
+    return result
