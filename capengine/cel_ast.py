@@ -49,7 +49,7 @@ class Ident:
 
 @attrs.frozen
 class Select:
-    operand: "Node"
+    operand: Node
     field: str
     pos: Pos
     test_only: bool = False  # has(operand.field)
@@ -58,27 +58,27 @@ class Select:
 @attrs.frozen
 class Call:
     function: str
-    target: "Node | None"  # receiver for `x.f(...)` style calls
-    args: tuple["Node", ...]
+    target: Node | None  # receiver for `x.f(...)` style calls
+    args: tuple[Node, ...]
     pos: Pos
 
 
 @attrs.frozen
 class Index:
-    operand: "Node"
-    index: "Node"
+    operand: Node
+    index: Node
     pos: Pos
 
 
 @attrs.frozen
 class CreateList:
-    items: tuple["Node", ...]
+    items: tuple[Node, ...]
     pos: Pos
 
 
 @attrs.frozen
 class CreateMap:
-    entries: tuple[tuple["Node", "Node"], ...]
+    entries: tuple[tuple[Node, Node], ...]
     pos: Pos
 
 
@@ -92,19 +92,19 @@ class Comprehension:
     """
 
     kind: str
-    range: "Node"
+    range: Node
     var: str
     var2: str | None
-    guard: "Node | None"
-    body: "Node"
+    guard: Node | None
+    body: Node
     pos: Pos
 
 
 @attrs.frozen
 class Conditional:
-    cond: "Node"
-    then: "Node"
-    otherwise: "Node"
+    cond: Node
+    then: Node
+    otherwise: Node
     pos: Pos
 
 
@@ -143,11 +143,32 @@ def parse(source: str) -> Node:
         tree = _parser().parse(source)
     except celparser.CELParseError as exc:
         line, column = getattr(exc, "line", None) or 1, getattr(exc, "column", None) or 1
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise CelSyntaxError(first, line, column) from None
+        raise CelSyntaxError(_describe(exc.__context__, source), line, column) from None
     except RecursionError:
         raise CelSyntaxError("expression nests too deeply") from None
     return _Builder(source).build(tree, 0)
+
+
+_TERMINALS = {"RPAR": "')'", "LPAR": "'('", "RSQB": "']'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'",
+              "IDENT": "an identifier", "INT_LIT": "a number", "STRING_LIT": "a string", "DOT": "'.'"}
+
+
+def _describe(cause: BaseException | None, source: str) -> str:
+    """A one-line message from Lark's exception (cel-python's own message is just the source line)."""
+    if isinstance(cause, lark.exceptions.UnexpectedToken):
+        if cause.token.type == "$END":
+            return "unexpected end of expression"
+        expected = sorted(_TERMINALS[t] for t in cause.expected if t in _TERMINALS)
+        hint = f"; expected {', '.join(expected)}" if expected and len(expected) <= 4 else ""
+        return f"unexpected {str(cause.token)!r}{hint}"
+    if isinstance(cause, lark.exceptions.UnexpectedCharacters):
+        ch = source[cause.pos_in_stream] if cause.pos_in_stream < len(source) else ""
+        if ch in "\"'":
+            return "unterminated or malformed string literal"
+        return f"unexpected character {ch!r}"
+    if isinstance(cause, lark.exceptions.UnexpectedEOF):
+        return "unexpected end of expression"
+    return "syntax error"
 
 
 class _Builder:

@@ -12,7 +12,19 @@ import attrs
 from capengine import cel_ast as ast
 from capengine.cel_library import FUNCTIONS
 from capengine.cel_types import (
-    BOOL, DYN, INT, NULL, TYPE, TYPE_IDENTS, UINT, Type, join, list_of, map_of, substitute, unify,
+    BOOL,
+    DYN,
+    INT,
+    NULL,
+    TYPE,
+    TYPE_IDENTS,
+    UINT,
+    Type,
+    join,
+    list_of,
+    map_of,
+    substitute,
+    unify,
 )
 
 

@@ -19,7 +19,7 @@ from capengine import globs, paths
 from capengine.cel_checker import CheckResult, check, qualified_name
 from capengine.cel_library import compile_regex, dispatch_table, resolve_runtime
 from capengine.cel_types import DYN, TYPE_IDENTS, Type
-from capengine.cel_values import CelError, CelType, UInt, equals, make_map, map_lookup, type_name
+from capengine.cel_values import CelError, CelType, UInt, make_map, map_lookup, type_name
 
 Fn = Callable[[dict], object]
 

@@ -17,10 +17,32 @@ import re2
 
 from capengine import globs, paths
 from capengine.cel_types import (
-    BOOL, BYTES, DOUBLE, DURATION, DYN, INT, STRING, TIMESTAMP, TYPE, UINT, A, B, Type, list_of, map_of,
+    BOOL,
+    BYTES,
+    DOUBLE,
+    DURATION,
+    DYN,
+    INT,
+    STRING,
+    TIMESTAMP,
+    TYPE,
+    UINT,
+    A,
+    B,
+    Type,
+    list_of,
+    map_of,
 )
 from capengine.cel_values import (
-    CelError, CelType, UInt, check_int, check_uint, equals, map_lookup, numeric_compare, type_name,
+    CelError,
+    CelType,
+    UInt,
+    check_int,
+    check_uint,
+    equals,
+    map_lookup,
+    numeric_compare,
+    type_name,
 )
 
 
@@ -145,13 +167,18 @@ _def("startsWith", (STRING, STRING), BOOL, lambda s, p: s.startswith(p), receive
 _def("endsWith", (STRING, STRING), BOOL, lambda s, p: s.endswith(p), receiver=True)
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors are reported as CelError; RE2 would also print them to stderr
+
+
 @lru_cache(maxsize=512)
 def compile_regex(pattern: str):
     """RE2, not Python's re: policy regexes run in linear time (no ReDoS from a policy or a request)."""
     try:
-        return re2.compile(pattern)
+        return re2.compile(pattern, _RE2_OPTIONS)
     except Exception as exc:  # re2.error has no stable public base class across versions
-        raise CelError(f"invalid regular expression {pattern!r}: {exc}") from None
+        detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise CelError(f"invalid regular expression {pattern!r}: {detail}") from None
 
 
 def _matches(s: str, pattern: str) -> bool:

@@ -8,7 +8,7 @@ import attrs
 @attrs.frozen
 class Type:
     name: str
-    params: tuple["Type", ...] = ()
+    params: tuple[Type, ...] = ()
     is_param: bool = False  # a type variable (A, B) inside an overload signature
 
     def __str__(self) -> str:

@@ -1,0 +1,131 @@
+"""YAML documents with positions: plain data plus the line/column of every node.
+
+PyYAML's constructors drop positions and silently keep the last of duplicate keys; policy authors need both
+"file:line:col" in every message and an error for a repeated key. So documents are composed to nodes (C
+parser when available) and converted here, recording each value's mark by its JSON path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import attrs
+import yaml
+
+try:
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover - pure-Python fallback when libyaml is missing
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+JsonPath = tuple  # of str | int
+
+
+class YamlSourceError(Exception):
+    def __init__(self, message: str, line: int, column: int) -> None:
+        super().__init__(message)
+        self.message, self.line, self.column = message, line, column
+
+
+@attrs.define
+class Document:
+    data: object
+    marks: dict[JsonPath, tuple[int, int]]  # JSON path -> (line, column), 1-based
+    nodes: dict[JsonPath, yaml.Node]
+    duplicates: list[tuple[str, int, int]]  # (key, line, column) of repeated mapping keys
+
+    def position(self, path: JsonPath) -> tuple[int, int]:
+        """Position of the node at `path`, or of its nearest ancestor that exists."""
+        path = tuple(path)
+        while path not in self.marks and path:
+            path = path[:-1]
+        return self.marks.get(path, (1, 1))
+
+
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def _scalar(node: yaml.ScalarNode) -> object:
+    """Construct a scalar from its already-resolved tag (int, bool, null, str, ...)."""
+    construct = _CONSTRUCTOR.yaml_constructors.get(node.tag)
+    if construct is None:
+        raise YamlSourceError(f"unsupported YAML tag {node.tag}", node.start_mark.line + 1,
+                              node.start_mark.column + 1)
+    return construct(_CONSTRUCTOR, node)
+
+
+def load_documents(text: str) -> Iterator[Document]:
+    try:
+        for root in yaml.compose_all(text, Loader=_Loader):
+            if root is None:
+                continue
+            doc = Document(None, {}, {}, [])
+            doc.data = _convert(root, (), doc, 0)
+            yield doc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or "invalid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        raise YamlSourceError(f"{problem}{context}", mark.line + 1 if mark else 1,
+                              mark.column + 1 if mark else 1) from None
+    except yaml.YAMLError as exc:
+        raise YamlSourceError(str(exc), 1, 1) from None
+
+
+MAX_DEPTH = 64
+
+
+def _convert(node: yaml.Node, path: JsonPath, doc: Document, depth: int) -> object:
+    doc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    doc.nodes[path] = node
+    if depth > MAX_DEPTH:
+        raise YamlSourceError("document nests too deeply", node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        result: dict = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                raise YamlSourceError("mapping keys must be strings", key_node.start_mark.line + 1,
+                                      key_node.start_mark.column + 1)
+            if key in result:
+                doc.duplicates.append((key, key_node.start_mark.line + 1, key_node.start_mark.column + 1))
+                continue  # the first occurrence stands; the duplicate is reported, never silently used
+            result[key] = _convert(value_node, path + (key,), doc, depth + 1)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(item, path + (i,), doc, depth + 1) for i, item in enumerate(node.value)]
+    try:
+        return _scalar(node)
+    except yaml.constructor.ConstructorError as exc:
+        raise YamlSourceError(str(exc.problem), node.start_mark.line + 1, node.start_mark.column + 1) from None
+
+
+def expression_position(node: yaml.ScalarNode, source_lines: list[str], line: int, column: int) -> tuple[int, int]:
+    """Map a 1-based (line, column) inside a scalar's value to the YAML file's (line, column).
+
+    Exact for plain and quoted single-line scalars and for literal blocks (`|`); for folded blocks (`>`)
+    the folded line is walked back onto its source lines.
+    """
+    start_line, start_col = node.start_mark.line, node.start_mark.column  # 0-based
+    style = node.style
+    if style in ("|", ">"):
+        content = []
+        end = node.end_mark.line + (0 if node.end_mark.column == 0 else 1)  # a block ends at the next key
+        for i in range(start_line + 1, min(end, len(source_lines))):
+            text = source_lines[i]
+            content.append((i, len(text) - len(text.lstrip(" ")), text.strip(" ")))
+        content = [c for c in content if c[2]] or [(start_line + 1, 0, "")]
+        if style == "|":
+            block_indent = min(indent for _, indent, _ in content)
+            src = content[min(line - 1, len(content) - 1)][0]
+            return src + 1, block_indent + column
+        remaining = column
+        for src, indent, text in content:
+            if remaining <= len(text) + 1:
+                return src + 1, indent + remaining
+            remaining -= len(text) + 1
+        src, indent, _ = content[-1]
+        return src + 1, indent + 1
+    offset = 1 if style in ("'", '"') else 0
+    if line == 1:
+        return start_line + 1, start_col + offset + column
+    return start_line + line, column
