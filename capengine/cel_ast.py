@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Union
 
 import attrs
 import lark
@@ -108,7 +107,7 @@ class Conditional:
     pos: Pos
 
 
-Node = Union[Literal, Ident, Select, Call, Index, CreateList, CreateMap, Comprehension, Conditional]
+Node = Literal | Ident | Select | Call | Index | CreateList | CreateMap | Comprehension | Conditional
 
 _BINARY = {
     "relation_lt": "_<_", "relation_le": "_<=_", "relation_gt": "_>_", "relation_ge": "_>=_",
@@ -120,7 +119,11 @@ _BINARY = {
 _QUANTIFIER = {2: 1, 3: 2}
 _MACROS = {"all": _QUANTIFIER, "exists": _QUANTIFIER, "exists_one": _QUANTIFIER, "existsOne": _QUANTIFIER,
            "map": {2: 1, 3: 1}, "filter": {2: 1}, "transformList": {3: 2, 4: 2}, "transformMap": {3: 2, 4: 2}}
-MAX_DEPTH = 600  # parse-tree levels (about ten per parenthesis); keeps every later walk within the stack
+MAX_DEPTH = 120  # AST levels (each parenthesis counts as one); keeps the checker and compiler within the stack
+# Precedence levels that only wrap a single child: walked in a loop, not recursively, so the Python stack
+# grows with the expression's real nesting, not ten frames per parenthesis.
+_PASS_THROUGH = {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication", "unary",
+                 "member", "primary", "paren_expr"}
 RESERVED = {"as", "break", "const", "continue", "else", "for", "function", "if", "import", "let", "loop",
             "package", "namespace", "return", "var", "void", "while", "in"}
 
@@ -134,7 +137,17 @@ def _pos(tree: lark.Tree | lark.Token) -> Pos:
     if isinstance(tree, lark.Token):
         return Pos(tree.line or 1, tree.column or 1)
     meta = tree.meta
-    return Pos(getattr(meta, "line", 1), getattr(meta, "column", 1))
+    return Pos(getattr(meta, "line", None) or 1, getattr(meta, "column", None) or 1)
+
+
+def _operator_pos(op_tree: lark.Tree, fn: str) -> Pos:
+    """Where a binary operator's own token starts: the tree ends just after it (Lark drops the token)."""
+    meta = op_tree.meta
+    width = 2 if fn == "@in" else len(fn) - 2
+    end_line, end_column = getattr(meta, "end_line", None), getattr(meta, "end_column", None)
+    if end_line is None or end_column is None or end_column <= width:
+        return _pos(op_tree)
+    return Pos(end_line, end_column - width)
 
 
 def parse(source: str) -> Node:
@@ -176,8 +189,15 @@ class _Builder:
         self.source = source
 
     def build(self, t: lark.Tree, depth: int) -> Node:
+        while t.data in _PASS_THROUGH:
+            kids = self._kids(t)
+            if len(kids) != 1 or not isinstance(kids[0], lark.Tree):
+                break
+            depth += t.data == "paren_expr"
+            t = kids[0]
         if depth > MAX_DEPTH:
-            raise CelSyntaxError("expression nests too deeply", *attrs.astuple(_pos(t)))
+            raise CelSyntaxError(f"expression nests too deeply (more than {MAX_DEPTH} levels); split it up",
+                                 *attrs.astuple(_pos(t)))
         method = getattr(self, "_" + t.data)
         return method(t, depth + 1)
 
@@ -211,9 +231,7 @@ class _Builder:
         fn = _BINARY[op_tree.data]
         left = self.build(op_tree.children[0], d)
         rhs = self.build(right, d)
-        if fn == "@in":
-            return Call("@in", None, (left, rhs), _pos(op_tree))
-        return Call(fn, None, (left, rhs), _pos(op_tree))
+        return Call(fn, None, (left, rhs), _operator_pos(op_tree, fn))
 
     _relation = _addition = _multiplication = _binary
 
@@ -365,8 +383,8 @@ def _parse_int(text: str) -> int:
 
 _SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
                    '"': '"', "'": "'", "\\": "\\", "`": "`", "?": "?"}
-_ESCAPE = re.compile(r"\\(?:([abfnrtv\"'\\`?])|[xX]([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([0-3][0-7]{2})|(.))",
-                     re.S)
+_ESCAPE = re.compile(
+    r"\\(?:([abfnrtv\"'\\`?])|[xX]([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([0-3][0-7]{2})|(.))", re.S)
 
 
 def _unquote(text: str, as_bytes: bool) -> str | bytes:

@@ -156,7 +156,11 @@ class _DocumentLoader:
                         f"kind must be Policy or PolicyTest, got {kind!r}")
             return
         for err in sorted(validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-            self.report(tuple(err.absolute_path), "schema", _schema_message(err))
+            where = tuple(err.absolute_path)
+            if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+                extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+                where += (extra[0],) if extra else ()  # point at the offending key itself
+            self.report(where, "schema", _schema_message(err))
         schema_ok = len(self.findings) == errors_before
         if kind == "Policy":
             self._policy(data, schema_ok)

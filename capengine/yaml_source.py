@@ -72,11 +72,15 @@ def load_documents(text: str) -> Iterator[Document]:
 
 
 MAX_DEPTH = 64
+MAX_NODES = 100_000  # aliases can make a small file expand exponentially ("billion laughs")
 
 
 def _convert(node: yaml.Node, path: JsonPath, doc: Document, depth: int) -> object:
     doc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     doc.nodes[path] = node
+    if len(doc.marks) > MAX_NODES:
+        raise YamlSourceError(f"document expands to more than {MAX_NODES} values (aliases repeating aliases?); "
+                              "write it out plainly", node.start_mark.line + 1, node.start_mark.column + 1)
     if depth > MAX_DEPTH:
         raise YamlSourceError("document nests too deeply", node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
