@@ -72,21 +72,15 @@ def _read_request(args: argparse.Namespace) -> dict:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from capengine.engine import PolicySet
-    from capengine.policy_loader import load_paths
-
     try:
         request = _read_request(args)
     except (OSError, ValueError) as exc:
         print(f"capengine explain: cannot read the request: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    load = load_paths([args.policies])
-    if load.has_errors:
-        for f in load.findings:
-            print(f, file=sys.stderr)
-        print("capengine explain: the policy set has errors; fix them first (see capengine check)", file=sys.stderr)
+    policy_set = _load_policy_set(args.policies, "explain")
+    if policy_set is None:
         return EXIT_FINDINGS
-    explanation = PolicySet.from_load(load).explain(request)
+    explanation = policy_set.explain(request)
     d = explanation.decision
     if args.format == "json":
         print(json.dumps({"decision": d.to_json(), "reason": explanation.reason,
@@ -104,6 +98,106 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     for t in explanation.trace:
         detail = f"error: {t.error}" if t.error else f"condition = {t.value}"
         print(f"  {t.effect:5} {t.rule:40} {t.result:12} {detail}")
+    return EXIT_OK
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EXTENSION = ROOT / "extensions" / "photo-ocr"
+DEFAULT_LIBRARY = ROOT / "extensions" / "sample-library"
+DEFAULT_POLICIES = ROOT / "policies"
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    from capengine.libraries import default_data_dir
+
+    return Path(args.data_dir) if args.data_dir else default_data_dir()
+
+
+def _load_policy_set(policies: str, command: str):
+    """The compiled set, or None after printing every finding (fail closed: no partial set)."""
+    from capengine.engine import PolicySet
+    from capengine.policy_loader import load_paths
+
+    load = load_paths([policies])
+    if load.has_errors:
+        for f in load.findings:
+            if f.severity == "error":
+                print(f, file=sys.stderr)
+        print(f"capengine {command}: the policy set has errors; fix them first (see capengine check)",
+              file=sys.stderr)
+        return None
+    return PolicySet.from_load(load)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from capengine.extensions import ExtensionError, load_extension
+    from capengine.host import Host
+    from capengine.libraries import LibraryError
+
+    try:
+        ext = load_extension(args.extension)
+        user_input = json.loads(args.input) if args.input else None
+        if user_input is not None and not isinstance(user_input, dict):
+            raise ValueError("--input must be a JSON object")
+    except (ExtensionError, ValueError) as exc:
+        print(f"capengine run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    policy_set = _load_policy_set(args.policies, "run")
+    if policy_set is None:
+        return EXIT_FINDINGS
+    host = Host(policy_set, _data_dir(args))
+    try:
+        library = host.open_library(Path(args.library))
+        if user_input is None:
+            user_input = {"library": library.id}
+        job = args.job or ext.jobs[0]
+        result, calls = host.run_job(ext, job, json.dumps(user_input).encode())
+    except (LibraryError, OSError, ValueError) as exc:
+        print(f"capengine run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        host.close()
+    print(f"extension {ext.id} {ext.version}, job {job}, library {library.id} ({library.root})")
+    print(f"policy revision {policy_set.revision}; {len(calls)} call(s):")
+    for c in calls:
+        verdict = ("ALLOW" if c.allowed else "DENY ") if c.decided else "-----"
+        rules = ",".join(c.rules) or ("default deny" if c.decided and not c.allowed else "-")
+        outcome = c.code if c.code == "OK" else f"{c.code}: {c.message}"
+        print(f"  {verdict} {c.operation:20} {c.path or '-':32} {rules:32} {outcome}  [{c.duration_us} us]")
+    for level, text in result.logs:
+        print(f"  log {('debug', 'info', 'warn', 'error')[level]}: {text}")
+    print(f"job {result.status}" + (f": {result.error}" if result.error else ""))
+    return EXIT_OK if result.status == "completed" else EXIT_FINDINGS
+
+
+def _cmd_ops(args: argparse.Namespace) -> int:
+    from capengine.operations import default_registry
+
+    ops = list(default_registry())
+    if args.format == "json":
+        print(json.dumps([{"name": o.name, "kind": o.kind, "description": o.description, "path": o.path_field,
+                           "needs_library": o.needs_library, "input_schema": o.schema} for o in ops], indent=2))
+        return EXIT_OK
+    for o in ops:
+        fields = ", ".join(f"{k}{'' if k in o.schema.get('required', []) else '?'}" for k in o.schema["properties"])
+        print(f"{o.name:20} {o.kind:6} {{{fields}}}  {o.description}")
+    return EXIT_OK
+
+
+def _cmd_library(args: argparse.Namespace) -> int:
+    from capengine.libraries import LibraryCatalog, LibraryError
+
+    catalog = LibraryCatalog(_data_dir(args))
+    if args.library_command == "add":
+        try:
+            lib = catalog.add(args.directory, args.name, args.id)
+        except (LibraryError, ValueError) as exc:
+            print(f"capengine library add: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{lib.id}  {lib.name}  {lib.root}")
+        return EXIT_OK
+    for lib in catalog.list():
+        print(f"{lib.id}  {lib.name}  {lib.root}")
     return EXIT_OK
 
 
@@ -126,6 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--request", required=True, help="JSON object, or a file containing one (@file)")
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(func=_cmd_explain)
+
+    run = sub.add_parser("run", help="run one job of an extension and print the calls it made")
+    run.add_argument("extension", nargs="?", default=str(DEFAULT_EXTENSION), help="extension directory")
+    run.add_argument("--policies", default=str(DEFAULT_POLICIES), metavar="DIR")
+    run.add_argument("--library", default=str(DEFAULT_LIBRARY), metavar="DIR")
+    run.add_argument("--job", help="job name (default: the manifest's first job)")
+    run.add_argument("--input", help='job input as a JSON object (default: {"library": "<the library\'s id>"})')
+    run.add_argument("--data-dir", metavar="DIR", help="catalogue, vault and module cache (default: XDG data)")
+    run.set_defaults(func=_cmd_run)
+
+    ops = sub.add_parser("ops", help="list the registered operations and their input schemas")
+    ops.add_argument("--format", choices=["text", "json"], default="text")
+    ops.set_defaults(func=_cmd_ops)
+
+    library = sub.add_parser("library", help="manage the library catalogue")
+    library.add_argument("--data-dir", metavar="DIR")
+    lib_sub = library.add_subparsers(dest="library_command", required=True, parser_class=_Parser)
+    add = lib_sub.add_parser("add", help="add a directory as a library")
+    add.add_argument("directory")
+    add.add_argument("--name")
+    add.add_argument("--id", help="library UUID (default: a new one)")
+    lib_sub.add_parser("list", help="list the libraries")
+    library.set_defaults(func=_cmd_library)
     return parser
 
 

@@ -1,0 +1,117 @@
+"""Guest linear memory at the ABI boundary: every pointer and length a guest passes is hostile until checked.
+
+wasmtime hands i32 arguments over signed, and `Memory.read` follows Python slice rules (a negative offset
+wraps, an over-long read is silently cut), so every access goes through `read`/`write` here: mask to u32,
+check `ptr + len <= data_len` in Python integers (no overflow), copy once, and parse only the copy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import wasmtime
+
+FAULT_RANGE = -1  # a pointer/length outside linear memory
+FAULT_TOO_LARGE = -2  # a request over the size cap
+
+
+class AbiFault(Exception):
+    """A malformed call that the guest gets back as a negative return code, not as an envelope."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PayloadError(ValueError):
+    """A payload that is in range but not an acceptable JSON object (INVALID_ARGUMENT)."""
+
+
+def u32(value: int) -> int:
+    return value & 0xFFFFFFFF
+
+
+def read(memory: wasmtime.Memory, store: wasmtime.Store, ptr: int, length: int, cap: int) -> bytes:
+    """Copy `length` bytes at `ptr` out of guest memory, or raise AbiFault."""
+    ptr, length = u32(ptr), u32(length)
+    if length > cap:
+        raise AbiFault(FAULT_TOO_LARGE, f"{length} bytes is over the {cap}-byte cap")
+    if ptr + length > memory.data_len(store):
+        raise AbiFault(FAULT_RANGE, f"range [{ptr}, {ptr + length}) is outside linear memory")
+    if length == 0:
+        return b""
+    data = memory.read(store, ptr, ptr + length)
+    if len(data) != length:  # cannot happen after the check above; never hand on a short read
+        raise AbiFault(FAULT_RANGE, "short read from linear memory")
+    return bytes(data)
+
+
+def write(memory: wasmtime.Memory, store: wasmtime.Store, ptr: int, data: bytes) -> None:
+    ptr = u32(ptr)
+    if ptr + len(data) > memory.data_len(store):
+        raise AbiFault(FAULT_RANGE, f"range [{ptr}, {ptr + len(data)}) is outside linear memory")
+    if data:
+        memory.write(store, data, ptr)
+
+
+def decode_text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise PayloadError(f"duplicate JSON key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> None:
+    raise PayloadError(f"{name} is not valid JSON")
+
+
+def parse_payload(raw: bytes, max_depth: int) -> dict:
+    """A JSON object from guest bytes: strict UTF-8, no duplicate keys, no NaN/Infinity, bounded depth."""
+    text = decode_text(raw, "payload")
+    _check_depth(text, max_depth)
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"payload is not valid JSON: {exc.msg} at character {exc.pos}") from None
+    except RecursionError:
+        raise PayloadError("payload nests too deeply") from None
+    if not isinstance(value, dict):
+        raise PayloadError("payload must be a JSON object")
+    return value
+
+
+_STRUCTURAL = re.compile(r'[\[\]{}"\\]')
+
+
+def _check_depth(text: str, max_depth: int) -> None:
+    """Reject deep nesting before the recursive parser sees it (brackets inside strings are skipped)."""
+    depth = 0
+    in_string = False
+    escaped_at = -1  # index of the character a backslash escapes
+    for match in _STRUCTURAL.finditer(text):
+        ch = match.group()
+        if match.start() == escaped_at:
+            continue
+        if in_string:
+            if ch == "\\":
+                escaped_at = match.start() + 1
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise PayloadError(f"payload nests deeper than {max_depth} levels")
+        elif ch in "]}":
+            depth -= 1

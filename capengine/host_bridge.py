@@ -1,0 +1,214 @@
+"""The `spacedrive_call` bridge: guest memory -> request -> decide -> operation -> envelope -> guest memory.
+
+`Dispatcher` is the pure-Python half (a call as Python values in, an envelope out), shared by the wasm glue,
+the daemon and the tests. `GuestSession` is the wasm half: the four host functions of the ABI (docs/abi.md)
+over one instance's memory. The host never calls into guest code during a call: the guest asks for the
+envelope's size, allocates, and fetches it with `spacedrive_result`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import wasmtime
+
+from capengine import guest_memory, paths
+from capengine.engine import PolicySet
+from capengine.extensions import Extension
+from capengine.libraries import LibraryCatalog
+from capengine.operations.registry import CallContext, OperationError, Registry
+from capengine.policy_model import Request, RequestError
+
+log = logging.getLogger("capengine.guest")
+
+
+@attrs.frozen
+class CallRecord:
+    """One call as `capengine run` prints it and the decision log stores it (never raw args or secrets)."""
+
+    extension: str
+    operation: str
+    library: str
+    path: str
+    decided: bool  # False when the call failed before the policy saw it (unknown op, bad input, ...)
+    allowed: bool
+    rules: tuple[str, ...]
+    code: str  # "OK" or the envelope error code
+    message: str
+    revision: str
+    duration_us: int
+
+
+@attrs.frozen
+class BridgeLimits:
+    max_request: int = 1024 * 1024
+    max_json_depth: int = 64
+    max_log_line: int = 4096
+    max_log_lines: int = 1000  # per job; further lines are counted, not stored
+
+
+def error_envelope(code: str, message: str, rule: str | None = None) -> dict:
+    return {"ok": False, "error": {"code": code, "message": message, "rule": rule}}
+
+
+class Dispatcher:
+    """Decides and executes calls. `policies` is a callable so that a hot reload swaps the set atomically:
+    each call reads it once and is decided entirely under that set."""
+
+    def __init__(self, policies: Callable[[], PolicySet], registry: Registry, catalog: LibraryCatalog,
+                 data_dir: Path, on_call: Callable[[CallRecord], None] | None = None) -> None:
+        self.policies, self.registry, self.catalog = policies, registry, catalog
+        self.data_dir, self.on_call = data_dir, on_call
+
+    def dispatch(self, ext: Extension, method: str, library_id: str, payload: dict) -> dict:
+        start = time.perf_counter_ns()
+        policy_set = self.policies()
+        record = dict(extension=ext.id, operation=method, library=library_id, path="", decided=False, allowed=False, rules=(),
+                      revision=policy_set.revision)
+        envelope = self._dispatch(policy_set, ext, method, library_id, payload, record)
+        err = envelope.get("error") or {}
+        rec = CallRecord(**record, code=err.get("code", "OK"), message=err.get("message", ""),
+                         duration_us=(time.perf_counter_ns() - start) // 1000)
+        if self.on_call is not None:
+            self.on_call(rec)
+        return envelope
+
+    def _dispatch(self, policy_set: PolicySet, ext: Extension, method: str, library_id: str, payload: dict,
+                  record: dict) -> dict:
+        op = self.registry.get(method)
+        if op is None:
+            return error_envelope("UNKNOWN_OPERATION", f"no operation named {method!r}")
+        if not ext.declares(method):
+            return error_envelope("PERMISSION_DENIED", f"{method} is not declared in the manifest of {ext.id}",
+                                  "manifest")
+        try:
+            op.validate(payload)
+        except OperationError as exc:
+            return error_envelope(exc.code, exc.message)
+        library = None
+        if library_id:
+            library = self.catalog.get(library_id)
+            if library is None:
+                return error_envelope("NOT_FOUND", f"no library {library_id}")
+        elif op.needs_library:
+            return error_envelope("LIBRARY_REQUIRED", f"{method} needs a library id")
+        args = dict(payload)
+        if op.path_field is not None:
+            try:
+                args[op.path_field] = paths.canonical_path(payload[op.path_field])
+            except paths.PathError as exc:
+                return error_envelope("INVALID_ARGUMENT", f"{op.path_field}: {exc}")
+            record["path"] = args[op.path_field]
+        try:
+            request = Request(ext.id, method, record["path"], library_id, op.policy_args(args))
+        except RequestError as exc:
+            return error_envelope("INVALID_ARGUMENT", str(exc))
+        decision = policy_set.decide(request)
+        record.update(decided=True, allowed=decision.allowed, rules=decision.rules)
+        if not decision.allowed:
+            return error_envelope("PERMISSION_DENIED", decision.message,
+                                  decision.rules[0] if decision.rules else None)
+        try:
+            result = op.handler(CallContext(ext.id, library, self.data_dir), args)
+        except OperationError as exc:
+            return error_envelope(exc.code, exc.message)
+        except Exception:  # a handler bug must not trap the guest or leak internals into its memory
+            log.exception("operation %s failed", method)
+            return error_envelope("INTERNAL", f"{method} failed inside the host; see the host log")
+        return {"ok": True, "result": result}
+
+
+@attrs.define
+class GuestSession:
+    """The ABI's host functions for one instance. Holds the last envelope and the job's input."""
+
+    extension: Extension
+    dispatcher: Dispatcher
+    limits: BridgeLimits
+    input: bytes = b"{}"
+    held: bytes = b""
+    logs: list[tuple[int, str]] = attrs.field(factory=list)
+    dropped_logs: int = 0
+    host_errors: list[str] = attrs.field(factory=list)
+
+    def _memory(self, caller: wasmtime.Caller) -> wasmtime.Memory:
+        memory = caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise guest_memory.AbiFault(guest_memory.FAULT_RANGE, "the module exports no memory")
+        return memory
+
+    def call(self, caller, method_ptr: int, method_len: int, library_ptr: int, payload_ptr: int,
+             payload_len: int) -> int:
+        self.held = b""
+        try:
+            memory = self._memory(caller)
+            cap = self.limits.max_request
+            raw_method = guest_memory.read(memory, caller, method_ptr, method_len, 256)
+            raw_library = b"" if guest_memory.u32(library_ptr) == 0 else guest_memory.read(
+                memory, caller, library_ptr, 16, 16)
+            raw_payload = guest_memory.read(memory, caller, payload_ptr, payload_len, cap)
+        except guest_memory.AbiFault as fault:
+            return fault.code
+        except Exception as exc:  # noqa: BLE001 - never let a host bug become an uncontrolled trap
+            return self._internal(exc)
+        try:
+            envelope = self._envelope(raw_method, raw_library, raw_payload)
+            self.held = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+        except Exception as exc:  # noqa: BLE001
+            self.held = json.dumps(error_envelope("INTERNAL", "host error; see the host log")).encode()
+            self._internal(exc)
+        return len(self.held)
+
+    def _envelope(self, raw_method: bytes, raw_library: bytes, raw_payload: bytes) -> dict:
+        try:
+            method = guest_memory.decode_text(raw_method, "method")
+            payload = guest_memory.parse_payload(raw_payload, self.limits.max_json_depth)
+        except guest_memory.PayloadError as exc:
+            return error_envelope("INVALID_ARGUMENT", str(exc))
+        library = str(uuid.UUID(bytes=raw_library)) if raw_library else ""
+        return self.dispatcher.dispatch(self.extension, method, library, payload)
+
+    def _copy_out(self, caller, data: bytes, out_ptr: int, out_cap: int) -> int:
+        try:
+            if guest_memory.u32(out_cap) >= len(data):
+                guest_memory.write(self._memory(caller), caller, out_ptr, data)
+        except guest_memory.AbiFault as fault:
+            return fault.code
+        except Exception as exc:  # noqa: BLE001
+            return self._internal(exc)
+        return len(data)
+
+    def result(self, caller, out_ptr: int, out_cap: int) -> int:
+        return self._copy_out(caller, self.held, out_ptr, out_cap)
+
+    def input_(self, caller, out_ptr: int, out_cap: int) -> int:
+        return self._copy_out(caller, self.input, out_ptr, out_cap)
+
+    def log(self, caller, level: int, ptr: int, length: int) -> None:
+        try:
+            raw = guest_memory.read(self._memory(caller), caller, ptr, min(guest_memory.u32(length),
+                                                                          self.limits.max_log_line), 1 << 32)
+        except guest_memory.AbiFault:
+            raw = b"<log message outside linear memory>"
+        except Exception as exc:  # noqa: BLE001
+            self._internal(exc)
+            return
+        if len(self.logs) >= self.limits.max_log_lines:
+            self.dropped_logs += 1
+            return
+        level = min(max(level, 0), 3)
+        text = raw.decode("utf-8", "replace")
+        self.logs.append((level, text))
+        log.log((logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)[level], "[%s] %s",
+                self.extension.id, text)
+
+    def _internal(self, exc: BaseException) -> int:
+        self.host_errors.append(f"{type(exc).__name__}: {exc}")
+        log.error("host function failed for %s", self.extension.id, exc_info=exc)
+        return guest_memory.FAULT_RANGE

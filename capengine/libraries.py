@@ -1,0 +1,79 @@
+"""The library catalogue: which directory root a library UUID names. A small SQLite file under the data dir.
+
+Operations receive a library UUID from the guest and must never trust a path it supplies for the root, so the
+root always comes from here, resolved once to an absolute real path when the library is added.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+
+import attrs
+
+DATA_DIR_ENV = "CAPENGINE_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """$CAPENGINE_DATA_DIR, else $XDG_DATA_HOME/capengine, else ~/.local/share/capengine."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "capengine"
+
+
+class LibraryError(Exception):
+    pass
+
+
+@attrs.frozen
+class Library:
+    id: str  # lowercase canonical UUID
+    name: str
+    root: Path
+
+
+class LibraryCatalog:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db_path = self.data_dir / "libraries.sqlite3"
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS libraries (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+                       "root TEXT NOT NULL UNIQUE)")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self._db_path, timeout=5)
+
+    def add(self, root: str | Path, name: str | None = None, library_id: str | None = None) -> Library:
+        real = Path(root).resolve(strict=False)
+        if not real.is_dir():
+            raise LibraryError(f"{root} is not a directory")
+        lid = str(uuid.UUID(library_id)) if library_id else str(uuid.uuid4())
+        try:
+            with self._connect() as db:
+                db.execute("INSERT INTO libraries (id, name, root) VALUES (?, ?, ?)", (lid, name or real.name,
+                                                                                        str(real)))
+        except sqlite3.IntegrityError:
+            existing = self.find_root(real)
+            if existing is not None and library_id in (None, existing.id):
+                return existing
+            raise LibraryError(f"library {lid} or root {real} is already in the catalogue") from None
+        return Library(lid, name or real.name, real)
+
+    def get(self, library_id: str) -> Library | None:
+        with self._connect() as db:
+            row = db.execute("SELECT id, name, root FROM libraries WHERE id = ?", (library_id,)).fetchone()
+        return Library(row[0], row[1], Path(row[2])) if row else None
+
+    def find_root(self, root: Path) -> Library | None:
+        with self._connect() as db:
+            row = db.execute("SELECT id, name, root FROM libraries WHERE root = ?", (str(root),)).fetchone()
+        return Library(row[0], row[1], Path(row[2])) if row else None
+
+    def list(self) -> list[Library]:
+        with self._connect() as db:
+            rows = db.execute("SELECT id, name, root FROM libraries ORDER BY name, id").fetchall()
+        return [Library(*row[:2], Path(row[2])) for row in rows]

@@ -1,0 +1,94 @@
+"""The operation registry: what `spacedrive_call` routes to once the policy allows a call.
+
+Each operation declares its input schema (in schemas/operations/), its handler, and how the policy request is
+derived from a call: which input field is the `path`, whether a library is required, and which input fields
+are hidden from `args` (secrets never reach a policy, a decision or a log).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import jsonschema
+
+from capengine.libraries import Library
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "operations"
+ERROR_CODES = ("PERMISSION_DENIED", "RATE_LIMITED", "UNKNOWN_OPERATION", "INVALID_ARGUMENT", "NOT_FOUND",
+               "LIBRARY_REQUIRED", "RESOURCE_EXHAUSTED", "INTERNAL")
+
+
+class OperationError(Exception):
+    """A failure the guest receives as an error envelope with this code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        assert code in ERROR_CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@attrs.frozen
+class CallContext:
+    """What a handler may know about the call besides its input: who calls, in which library, where data lives."""
+
+    extension: str
+    library: Library | None
+    data_dir: Path
+
+
+Handler = Callable[[CallContext, dict], object]
+
+
+@attrs.frozen
+class Operation:
+    name: str
+    kind: Literal["query", "action"]
+    description: str
+    schema: dict
+    handler: Handler
+    path_field: str | None = "path"
+    needs_library: bool = True
+    hidden_args: tuple[str, ...] = ()
+    validator: jsonschema.protocols.Validator = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        cls = jsonschema.validators.validator_for(self.schema)
+        cls.check_schema(self.schema)
+        object.__setattr__(self, "validator", cls(self.schema))
+
+    def validate(self, payload: dict) -> None:
+        error = jsonschema.exceptions.best_match(self.validator.iter_errors(payload))
+        if error is not None:
+            where = "/".join(map(str, error.absolute_path)) or "input"
+            raise OperationError("INVALID_ARGUMENT", f"{self.name}: {where}: {error.message}")
+
+    def policy_args(self, payload: dict) -> dict:
+        return {k: v for k, v in payload.items() if k not in self.hidden_args}
+
+
+def load_schema(name: str) -> dict:
+    return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._ops: dict[str, Operation] = {}
+
+    def register(self, operation: Operation) -> None:
+        if operation.name in self._ops:
+            raise ValueError(f"operation {operation.name} is already registered")
+        self._ops[operation.name] = operation
+
+    def get(self, name: str) -> Operation | None:
+        return self._ops.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._ops)
+
+    def __iter__(self):
+        return iter(self._ops[name] for name in self.names())
