@@ -69,8 +69,8 @@ class Dispatcher:
     def dispatch(self, ext: Extension, method: str, library_id: str, payload: dict) -> dict:
         start = time.perf_counter_ns()
         policy_set = self.policies()
-        record = dict(extension=ext.id, operation=method, library=library_id, path="", decided=False, allowed=False, rules=(),
-                      revision=policy_set.revision)
+        record = dict(extension=ext.id, operation=method, library=library_id, path="", decided=False,
+                      allowed=False, rules=(), revision=policy_set.revision)
         envelope = self._dispatch(policy_set, ext, method, library_id, payload, record)
         err = envelope.get("error") or {}
         rec = CallRecord(**record, code=err.get("code", "OK"), message=err.get("message", ""),

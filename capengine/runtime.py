@@ -161,7 +161,9 @@ def _trap_reason(trap: wasmtime.Trap, lim: Limits) -> str:
         return f"RESOURCE_EXHAUSTED: fuel budget of {lim.fuel} exhausted"
     if code == wasmtime.TrapCode.STACK_OVERFLOW:
         return f"RESOURCE_EXHAUSTED: wasm stack overflow ({lim.max_wasm_stack} bytes)"
-    return f"trap: {trap.message.splitlines()[0] if trap.message else code}"
+    lines = [line.strip() for line in (trap.message or "").splitlines() if line.strip()]
+    reason = next((line for line in lines if "wasm trap" in line), lines[-1] if lines else str(code))
+    return f"trap: {reason}"
 
 
 def _limit_reason(message: str, lim: Limits) -> str:

@@ -47,27 +47,40 @@ def os_error(exc: OSError, path: str) -> FsError:
     return FsError("INTERNAL", f"cannot open {path}: {os.strerror(exc.errno or 0)}")
 
 
+def _close(fds: list[int]) -> None:
+    for fd in reversed(fds):
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _descriptors(canonical: str) -> Iterator[list[int]]:
+    """Collects the descriptors opened on the way down; on a failed open, closes them and says why.
+    Only opening is covered: an error in the caller's own work is not dressed up as a path error."""
+    fds: list[int] = []
+    try:
+        yield fds
+    except OSError as exc:
+        _close(fds)
+        raise os_error(exc, canonical) from None
+
+
 @contextlib.contextmanager
 def open_beneath(root: Path, canonical: str, flags: int = os.O_RDONLY, mode: int = 0o600,
                  directory: bool = False) -> Iterator[int]:
     """Yield a descriptor for `canonical` under `root`; the caller must not close it."""
     parts = _components(canonical)
-    fds: list[int] = []
-    try:
+    last = len(parts) - 1
+    with _descriptors(canonical) as fds:
         fds.append(os.open(root, _DIR_FLAGS))
-        last = len(parts) - 1
         for i, name in enumerate(parts):
-            final = i == last
-            if final and not directory:
+            if i == last and not directory:
                 fds.append(os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fds[-1]))
             else:
                 fds.append(os.open(name, _DIR_FLAGS, dir_fd=fds[-1]))
+    try:
         yield fds[-1]
-    except OSError as exc:
-        raise os_error(exc, canonical) from None
     finally:
-        for fd in reversed(fds):
-            os.close(fd)
+        _close(fds)
 
 
 @contextlib.contextmanager
@@ -76,17 +89,14 @@ def open_parent(root: Path, canonical: str, create: bool = False) -> Iterator[tu
     parts = _components(canonical)
     if not parts:
         raise FsError("INVALID_ARGUMENT", "the library root has no parent")
-    fds: list[int] = []
-    try:
+    with _descriptors(canonical) as fds:
         fds.append(os.open(root, _DIR_FLAGS))
         for name in parts[:-1]:
             if create:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, 0o700, dir_fd=fds[-1])
             fds.append(os.open(name, _DIR_FLAGS, dir_fd=fds[-1]))
+    try:
         yield fds[-1], parts[-1]
-    except OSError as exc:
-        raise os_error(exc, canonical) from None
     finally:
-        for fd in reversed(fds):
-            os.close(fd)
+        _close(fds)

@@ -1,0 +1,281 @@
+"""The spacedrive_call bridge end to end, with real wasm modules, including hostile ones."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from wasm_helpers import LIB, call_job, expect_job, extension, make_host, wat_module
+
+from capengine.extensions import ExtensionError, load_extension
+
+
+@pytest.fixture
+def host(tmp_path):
+    h = make_host(tmp_path, cpu_seconds=2.0, memory_bytes=4 * 1024 * 1024)
+    yield h
+    h.close()
+
+
+def run(host, tmp_path, wat, **kw):
+    result, calls = host.run_job(extension(tmp_path, wat, **kw), "go", b"{}")
+    envelopes = [json.loads(text) for level, text in result.logs if text.startswith("{")]
+    return result, calls, envelopes
+
+
+def test_allowed_read_returns_the_bytes(host, tmp_path):
+    result, calls, [env] = run(host, tmp_path, call_job("vdfs.read_file", '{"path": "/docs/./hello.txt"}'))
+    assert result.status == "completed"
+    assert env["ok"] is True and base64.b64decode(env["result"]["data"]) == b"hello bytes"
+    [call] = calls
+    assert (call.allowed, call.rules, call.path) == (True, ("t/docs",), "/docs/hello.txt")
+
+
+def test_denied_read_names_the_rule(host, tmp_path):
+    _, calls, [env] = run(host, tmp_path, call_job("vdfs.read_file", '{"path": "/docs/sub/secret.txt"}'))
+    assert env == {"ok": False, "error": {"code": "PERMISSION_DENIED", "message": "no secrets", "rule": "t/no-secret"}}
+    assert calls[0].allowed is False and calls[0].rules == ("t/no-secret",)
+
+
+def test_default_deny_outside_the_allowed_tree(host, tmp_path):
+    _, _, [env] = run(host, tmp_path, call_job("vdfs.read_file", '{"path": "/other.txt"}'))
+    assert env["error"]["code"] == "PERMISSION_DENIED" and env["error"]["rule"] is None
+
+
+def test_undeclared_operation_is_denied_even_if_policy_allows(host, tmp_path):
+    wat = call_job("vdfs.read_file", '{"path": "/docs/hello.txt"}')
+    _, calls, [env] = run(host, tmp_path, wat, operations=("vdfs.list_dir",))
+    assert env["error"] == {"code": "PERMISSION_DENIED", "rule": "manifest",
+                            "message": "vdfs.read_file is not declared in the manifest of com.example.app"}
+    assert calls[0].decided is False
+
+
+@pytest.mark.parametrize("method,payload,library_ptr,code", [
+    ("no.such_op", "{}", 64, "UNKNOWN_OPERATION"),
+    ("vdfs.read_file", '{"path": "/docs/hello.txt"}', 0, "LIBRARY_REQUIRED"),
+    ("vdfs.read_file", '{"path": "/docs/hello.txt"}', 80, "NOT_FOUND"),  # 16 zero bytes: unknown library
+    ("vdfs.read_file", '{"path": 7}', 64, "INVALID_ARGUMENT"),
+    ("vdfs.read_file", '{"path": "/docs/hello.txt", "extra": 1}', 64, "INVALID_ARGUMENT"),
+    ("vdfs.read_file", '{"path": "/docs/../../etc/passwd"}', 64, "INVALID_ARGUMENT"),
+    ("vdfs.read_file", '{"path": "/docs/hello.txt\\u0000"}', 64, "INVALID_ARGUMENT"),
+    ("vdfs.read_file", '{"path": "/docs/hello.txt", "path": "/docs/sub/secret.txt"}', 64, "INVALID_ARGUMENT"),
+    ("vdfs.read_file", '{"path": "/docs/hello.txt"', 64, "INVALID_ARGUMENT"),
+    ("vdfs.read_file", '["/docs/hello.txt"]', 64, "INVALID_ARGUMENT"),
+    ("vdfs.read_file", '{"a":' * 100 + "1" + "}" * 100, 64, "INVALID_ARGUMENT"),
+    ("vdfs.read_file", '{"path": "/docs/hello.txt", "offset": NaN}', 64, "INVALID_ARGUMENT"),
+    (b"vdfs.read_\xfffile", '{"path": "/docs/hello.txt"}', 64, "INVALID_ARGUMENT"),
+    ("vdfs.read_file", '{"path": "/docs/missing.txt"}', 64, "NOT_FOUND"),
+])
+def test_bad_calls_get_error_envelopes(host, tmp_path, method, payload, library_ptr, code):
+    result, _, [env] = run(host, tmp_path, call_job(method, payload, library_ptr))
+    assert result.status == "completed"
+    assert env["ok"] is False and env["error"]["code"] == code, env
+
+
+def test_non_utf8_payload_is_invalid_argument(host, tmp_path):
+    data = '  (data (i32.const 1024) "test.ping")\n  (data (i32.const 4096) "{\\"message\\": \\"\\ff\\"}")'
+    call = ("(call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 4096) (i32.const 15))")
+    wat = wat_module(f"""(func (export "execute_go") (result i32)
+        (drop {call})
+        (drop (call $spacedrive_result (i32.const 32768) (i32.const 1000)))
+        (call $spacedrive_log (i32.const 1) (i32.const 32768) (call $spacedrive_result (i32.const 0) (i32.const 0)))
+        (i32.const 0))""", data)
+    _, _, [env] = run(host, tmp_path, wat)
+    assert env["error"]["code"] == "INVALID_ARGUMENT" and "UTF-8" in env["error"]["message"]
+
+
+CALL = "(call $spacedrive_call (i32.const {}) (i32.const {}) (i32.const {}) (i32.const {}) (i32.const {}))"
+PAGE2 = 2 * 65536  # the test modules have two pages
+
+
+@pytest.mark.parametrize("args,expected", [
+    ((-16, 9, 0, 4096, 2), -1),                   # negative (= huge unsigned) method pointer
+    ((1024, 9, 0, -1, 2), -1),                    # payload pointer wraps
+    ((1024, 9, 0, PAGE2 - 1, 2), -1),             # ptr + len one past the end of memory
+    ((1024, 9, 0, 0xFFFFFFF0, 0x20), -1),         # ptr + len overflows 32 bits
+    ((1024, 9, 0, 4096, 0x7FFFFFFF), -2),         # length over the request cap
+    ((1024, 9, 0, 4096, -1), -2),                 # length 0xFFFFFFFF
+    ((1024, 100000, 0, 4096, 2), -2),             # method longer than any operation name
+    ((1024, 9, PAGE2 - 8, 4096, 2), -1),          # library id runs past the end of memory
+])
+def test_abi_faults_return_negative_codes(host, tmp_path, args, expected):
+    data = '  (data (i32.const 1024) "test.ping")\n  (data (i32.const 4096) "{}")'
+    result, calls, _ = run(host, tmp_path, expect_job(expected, CALL.format(*args), data))
+    assert result.status == "completed", result.error
+    assert calls == []
+
+
+def test_result_buffer_too_small_copies_nothing(host, tmp_path):
+    data = ('  (data (i32.const 1024) "test.ping")\n'
+            '  (data (i32.const 4096) "{\\"message\\": \\"hello\\"}")')
+    body = """
+  (func (export "execute_go") (result i32)
+    (local $n i32)
+    (local.set $n (call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 4096)
+                                         (i32.const 20)))
+    (i32.store8 (i32.const 8192) (i32.const 42))
+    ;; too small: returns the length, writes nothing
+    (if (i32.ne (call $spacedrive_result (i32.const 8192) (i32.sub (local.get $n) (i32.const 1))) (local.get $n))
+      (then unreachable))
+    (if (i32.ne (i32.load8_u (i32.const 8192)) (i32.const 42)) (then unreachable))
+    ;; size query with cap 0
+    (if (i32.ne (call $spacedrive_result (i32.const 0) (i32.const 0)) (local.get $n)) (then unreachable))
+    ;; bad range
+    (if (i32.ne (call $spacedrive_result (i32.const -8) (i32.const 100)) (i32.const -1)) (then unreachable))
+    (if (i32.ne (call $spacedrive_input (i32.const 131071) (i32.const 100)) (i32.const -1)) (then unreachable))
+    ;; exact fit copies
+    (if (i32.ne (call $spacedrive_result (i32.const 8192) (local.get $n)) (local.get $n)) (then unreachable))
+    (if (i32.ne (i32.load8_u (i32.const 8192)) (i32.const 123)) (then unreachable))
+    (i32.const 0))"""
+    result, calls, _ = run(host, tmp_path, wat_module(body, data))
+    assert result.status == "completed", result.error
+    assert calls[0].code == "OK"
+
+
+def test_input_is_delivered(host, tmp_path):
+    body = """
+  (func (export "execute_go") (result i32)
+    (local $n i32)
+    (local.set $n (call $spacedrive_input (i32.const 0) (i32.const 0)))
+    (drop (call $spacedrive_input (i32.const 8192) (local.get $n)))
+    (call $spacedrive_log (i32.const 1) (i32.const 8192) (local.get $n))
+    (i32.const 0))"""
+    result, _ = host.run_job(extension(tmp_path, wat_module(body)), "go", b'{"x": [1, 2]}')
+    assert result.logs == ((1, '{"x": [1, 2]}'),)
+
+
+def test_infinite_loop_is_stopped_by_the_epoch_deadline(tmp_path):
+    host = make_host(tmp_path, cpu_seconds=0.2)
+    try:
+        wat = wat_module('(func (export "execute_go") (result i32) (loop $l (br $l)) (i32.const 0))')
+        result, _, _ = run(host, tmp_path, wat)
+        assert result.status == "failed" and "RESOURCE_EXHAUSTED" in result.error and "CPU" in result.error
+    finally:
+        host.close()
+
+
+def test_fuel_budget(tmp_path):
+    host = make_host(tmp_path, fuel=100_000)
+    try:
+        wat = wat_module('(func (export "execute_go") (result i32) (loop $l (br $l)) (i32.const 0))')
+        result, _, _ = run(host, tmp_path, wat)
+        assert result.status == "failed" and "fuel" in result.error
+    finally:
+        host.close()
+
+
+def test_memory_growth_past_the_limit_fails(host, tmp_path):
+    """An allocator growing page by page hits the 4 MiB limit: memory.grow says -1 and the job fails."""
+    wat = wat_module("""(func (export "execute_go") (result i32)
+        (loop $more
+          (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then (return (i32.const 2))))
+          (br $more))
+        (i32.const 0))""")
+    result, _, _ = run(host, tmp_path, wat)
+    assert result.status == "failed" and "RESOURCE_EXHAUSTED" in result.error and "memory" in result.error
+
+
+def test_initial_memory_over_the_limit_cannot_instantiate(host, tmp_path):
+    wat = wat_module('(func (export "execute_go") (result i32) (i32.const 0))', pages=1000)
+    result, _, _ = run(host, tmp_path, wat)
+    assert result.status == "failed" and "RESOURCE_EXHAUSTED" in result.error
+
+
+def test_stack_overflow(host, tmp_path):
+    wat = wat_module("""(func $f (param i32) (result i32) (call $f (i32.add (local.get 0) (i32.const 1))))
+        (func (export "execute_go") (result i32) (call $f (i32.const 0)))""")
+    result, _, _ = run(host, tmp_path, wat)
+    assert result.status == "failed" and "stack overflow" in result.error
+
+
+def test_traps_and_bad_modules_fail_only_their_job(host, tmp_path):
+    bad = [
+        wat_module('(func (export "execute_go") (result i32) unreachable)'),
+        wat_module('(func (export "execute_go") (result i32) (i32.const 7))'),
+        wat_module('(func (export "execute_other") (result i32) (i32.const 0))'),
+        '(module (func (export "execute_go") (result i32) (i32.const 0)))',  # no memory export
+        '(module (import "env" "evil" (func)) (memory (export "memory") 1))',  # unknown import
+        wat_module('(func (export "plugin_init") (result i32) (i32.const 1))'
+                   '(func (export "execute_go") (result i32) (i32.const 0))'),
+        "(module (this is not wat",
+    ]
+    for wat in bad:
+        result, _, _ = run(host, tmp_path, wat)
+        assert result.status == "failed" and result.error, wat
+    result, _, [env] = run(host, tmp_path, call_job("vdfs.read_file", '{"path": "/docs/hello.txt"}'))
+    assert result.status == "completed" and env["ok"]  # the host still serves
+
+
+def test_no_state_leaks_between_jobs(host, tmp_path):
+    wat = wat_module("""(global $g (mut i32) (i32.const 0))
+      (func (export "execute_go") (result i32)
+        (if (i32.ne (i32.load (i32.const 8192)) (i32.const 0)) (then (return (i32.const 2))))
+        (if (i32.ne (global.get $g) (i32.const 0)) (then (return (i32.const 2))))
+        (i32.store (i32.const 8192) (i32.const 99))
+        (global.set $g (i32.const 1))
+        (i32.const 0))""")
+    for _ in range(2):
+        assert run(host, tmp_path, wat)[0].status == "completed"
+
+
+def test_handler_exception_becomes_internal_envelope(host, tmp_path):
+    def boom(ctx, args):
+        raise RuntimeError("secret internals")
+
+    op = host.registry.get("test.ping")
+    object.__setattr__(op, "handler", boom)
+    _, _, [env] = run(host, tmp_path, call_job("test.ping", '{"message": "x"}'))
+    assert env["error"]["code"] == "INTERNAL" and "secret internals" not in env["error"]["message"]
+
+
+def test_log_is_capped(host, tmp_path):
+    wat = wat_module("""(func (export "execute_go") (result i32)
+        (local $i i32)
+        (loop $l
+          (call $spacedrive_log (i32.const 9) (i32.const 0) (i32.const 1000000))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 1500))))
+        (i32.const 0))""")
+    result, _, _ = run(host, tmp_path, wat)
+    assert result.status == "completed"
+    assert len(result.logs) == 1001 and all(len(t) <= 4096 for _, t in result.logs)
+    assert "500 further log lines dropped" in result.logs[-1][1]
+
+
+def test_module_cache_hits_and_rejects_tampering(host, tmp_path):
+    ext = extension(tmp_path, call_job("test.ping", '{"message": "hi"}'))
+    cache = host.runtime.cache
+    host.runtime.load_module(ext)
+    host.runtime.load_module(ext)
+    assert (cache.misses, cache.hits) == (1, 1)
+    [entry] = cache.directory.glob("*.cwasm")
+    blob = bytearray(entry.read_bytes())
+    blob[-100] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    host.runtime.load_module(ext)  # tag mismatch: recompiled, never deserialized
+    assert (cache.misses, cache.hits) == (2, 1)
+    assert host.run_job(ext, "go", b"{}")[0].status == "completed"
+
+
+def test_manifest_errors_name_file_and_line(tmp_path):
+    (tmp_path / "manifest.yaml").write_text("id: com.example.x\nname: X\nversion: one\nmodule: x.wasm\n"
+                                            "jobs: [go]\noperations: []\n")
+    with pytest.raises(ExtensionError, match=r"manifest.yaml:3:10: version: 'one' does not match"):
+        load_extension(tmp_path)
+
+
+def test_wat_example_reads_allowed_file_and_is_denied_secrets(tmp_path):
+    from wasm_helpers import ROOT
+
+    host = make_host(tmp_path)
+    try:
+        ext = load_extension(ROOT / "extensions" / "hello-wat")
+        result, calls = host.run_job(ext, "read", b'{"path": "/docs/hello.txt"}')
+        assert result.status == "completed" and calls[0].library == LIB
+        assert "aGVsbG8gYnl0ZXM=" in result.logs[0][1]  # base64("hello bytes") from the test library
+        result, calls = host.run_job(ext, "read", b'{"path": "/docs/sub/secret.txt"}')
+        assert result.status == "failed" and calls[0].code == "PERMISSION_DENIED"
+        assert '"rule":"t/no-secret"' in result.logs[0][1]
+    finally:
+        host.close()

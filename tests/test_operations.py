@@ -1,0 +1,187 @@
+"""Operations against a real library directory: path escapes, symlink races, sidecar atomicity, OCR, e2e C guest."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from wasm_helpers import LIB, build_c_example, make_host
+
+from capengine import safe_fs
+from capengine.extensions import load_extension
+from capengine.libraries import Library
+from capengine.operations import CallContext, OperationError, default_registry
+
+REGISTRY = default_registry()
+
+
+@pytest.fixture
+def lib(tmp_path) -> Library:
+    root = tmp_path / "lib"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "a.txt").write_text("alpha")
+    (tmp_path / "outside.txt").write_text("OUTSIDE")
+    return Library(LIB, "t", root)
+
+
+def call(lib, name, **args):
+    op = REGISTRY.get(name)
+    op.validate(args)
+    return op.handler(CallContext("com.example.app", lib, lib.root.parent / "data"), args)
+
+
+def test_read_file_with_offset_and_length(lib):
+    out = call(lib, "vdfs.read_file", path="/docs/a.txt", offset=1, length=3)
+    assert base64.b64decode(out["data"]) == b"lph" and out["size"] == 5 and out["mime"] == "text/plain"
+
+
+def test_list_dir_and_stat(lib):
+    (lib.root / ".capengine").mkdir()
+    listing = call(lib, "vdfs.list_dir", path="/")
+    assert [e["name"] for e in listing["entries"]] == ["docs"]  # the sidecar store is hidden
+    assert call(lib, "vdfs.stat", path="/docs/a.txt")["size"] == 5
+
+
+@pytest.mark.parametrize("name,args", [
+    ("vdfs.read_file", {}),
+    ("vdfs.read_file", {"path": "/a", "offset": -1}),
+    ("vdfs.write_sidecar", {"path": "/docs/a.txt", "kind": "../../x", "data": ""}),
+    ("vdfs.write_sidecar", {"path": "/docs/a.txt", "kind": "OCR", "data": ""}),
+    ("ai.ocr", {"path": "/a.png", "language": "eng; rm -rf /"}),
+    ("test.ping", {"message": 1}),
+])
+def test_schema_violations(name, args):
+    with pytest.raises(OperationError) as exc:
+        REGISTRY.get(name).validate(args)
+    assert exc.value.code == "INVALID_ARGUMENT"
+
+
+def test_symlink_out_of_the_root_is_not_followed(lib, tmp_path):
+    os.symlink(tmp_path / "outside.txt", lib.root / "docs" / "link.txt")
+    os.symlink(tmp_path, lib.root / "escape")
+    for path in ("/docs/link.txt", "/escape/outside.txt"):
+        with pytest.raises(OperationError) as exc:
+            call(lib, "vdfs.read_file", path=path)
+        assert exc.value.code in ("PERMISSION_DENIED", "NOT_FOUND")
+    entries = {e["name"]: e["kind"] for e in call(lib, "vdfs.list_dir", path="/docs")["entries"]}
+    assert entries["link.txt"] == "symlink"
+
+
+def test_symlink_swapped_in_during_reads_never_leaks(lib, tmp_path):
+    """A racing thread flips /docs/race between a real directory and a symlink to outside the root."""
+    real = lib.root / "docs" / "race"
+    stop = threading.Event()
+
+    def flip():
+        while not stop.is_set():
+            shutil.rmtree(real, ignore_errors=True) if real.is_dir() and not real.is_symlink() else None
+            try:
+                real.unlink() if real.is_symlink() else None
+                os.symlink(tmp_path, real)
+                real.unlink()
+                real.mkdir()
+                (real / "outside.txt").write_text("inside")
+            except OSError:
+                pass
+
+    t = threading.Thread(target=flip)
+    t.start()
+    try:
+        for _ in range(2000):
+            try:
+                data = base64.b64decode(call(lib, "vdfs.read_file", path="/docs/race/outside.txt")["data"])
+            except OperationError:
+                continue
+            assert data in (b"", b"inside")  # never b"OUTSIDE": the symlink is not followed
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_write_sidecar_is_keyed_by_content_and_atomic(lib):
+    call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="first")
+    call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="second")
+    assert call(lib, "vdfs.read_sidecar", path="/docs/a.txt", kind="ocr-text")["data"] == "second"
+    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/ocr-text")
+    assert stored.read_text() == "second" and stored.stat().st_mode & 0o777 == 0o600
+    assert not list(stored.parent.glob("*.tmp"))
+
+
+def test_sidecar_crash_before_rename_leaves_old_file(lib, monkeypatch):
+    call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="old")
+
+    def crash(*a, **k):
+        raise OSError("simulated crash between write and rename")
+
+    monkeypatch.setattr(os, "rename", crash)
+    with pytest.raises(OSError):
+        call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="new")
+    monkeypatch.undo()
+    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/ocr-text")
+    assert stored.read_text() == "old" and not list(stored.parent.glob("*.tmp"))
+
+
+def test_open_beneath_rejects_non_canonical(lib):
+    for bad in ("docs/a.txt", "/docs/../a", "/docs/./a.txt"):
+        with pytest.raises(safe_fs.FsError), safe_fs.open_beneath(lib.root, bad):
+            pass
+
+
+def render_png(path: Path, text: str) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("L", (900, 160), 255)
+    ImageDraw.Draw(img).text((40, 50), text, fill=0, font=ImageFont.load_default(size=48))
+    img.save(path)
+
+
+def test_ocr_reads_a_rendered_image(lib):
+    render_png(lib.root / "docs" / "sign.png", "OPEN SESAME 42")
+    out = call(lib, "ai.ocr", path="/docs/sign.png")
+    assert "OPEN SESAME 42" in out["text"] and 0.5 < out["confidence"] <= 1
+
+
+def test_ocr_without_tesseract_is_a_clear_error(lib, monkeypatch):
+    render_png(lib.root / "docs" / "sign.png", "X")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(OperationError) as exc:
+        call(lib, "ai.ocr", path="/docs/sign.png")
+    assert exc.value.code == "INTERNAL" and "tesseract" in exc.value.message
+
+
+PHOTO_POLICY = """
+apiVersion: capengine/v1
+kind: Policy
+metadata: {name: p}
+spec:
+  extensions: ["com.example.photo-ocr"]
+  rules:
+    - {id: browse, effect: allow, operations: [vdfs.list_dir], condition: 'path.under("/photos")'}
+    - {id: read, effect: allow, operations: [vdfs.read_file, ai.ocr], condition: 'path.under("/photos")'}
+    - {id: private, effect: deny, operations: ["**"], condition: 'path.glob("/photos/private*")'}
+    - {id: sidecars, effect: allow, operations: [vdfs.write_sidecar], condition: 'args.kind == "ocr-text"'}
+"""
+
+
+def test_c_photo_ocr_extension_end_to_end(tmp_path):
+    ext = load_extension(build_c_example())
+    host = make_host(tmp_path, PHOTO_POLICY)
+    try:
+        photos = tmp_path / "lib" / "photos"
+        photos.mkdir()
+        render_png(photos / "note.png", "HELLO WASM")
+        render_png(photos / "private-id.png", "PRIVATE")
+        result, calls = host.run_job(ext, "scan", f'{{"library": "{LIB}", "dir": "/photos"}}'.encode())
+    finally:
+        host.close()
+    summary = [(c.operation, c.path, c.code) for c in calls]
+    assert ("ai.ocr", "/photos/note.png", "OK") in summary
+    assert ("vdfs.write_sidecar", "/photos/note.png", "OK") in summary
+    assert ("vdfs.read_file", "/photos/private-id.png", "PERMISSION_DENIED") in summary
+    assert result.status == "failed"  # one image was refused, and the job says so
+    [sidecar] = (tmp_path / "lib" / ".capengine" / "sidecars").glob("*/ocr-text")
+    assert "HELLO WASM" in sidecar.read_text()

@@ -1,0 +1,101 @@
+"""Build hostile and ordinary guests for the bridge tests: WAT text around the ABI imports."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from capengine.engine import PolicySet
+from capengine.extensions import Extension
+from capengine.host import Host
+from capengine.policy_loader import load_text
+
+ROOT = Path(__file__).resolve().parent.parent
+IMPORTS = (ROOT / "extensions" / "include" / "spacedrive.wat").read_text()
+LIB = "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6"
+LIB_BYTES = "".join(f"\\{b:02x}" for b in bytes.fromhex(LIB.replace("-", "")))
+
+
+def wat_module(body: str, data: str = "", pages: int = 2, max_pages: str = "") -> str:
+    return (f"(module\n{IMPORTS}\n  (memory (export \"memory\") {pages} {max_pages})\n"
+            f"  (data (i32.const 64) \"{LIB_BYTES}\")\n{data}\n{body}\n)")
+
+
+def call_job(method: str | bytes, payload: str, library_ptr: int = 64, extra: str = "") -> str:
+    """A module whose job `go` makes one call with literal method/payload and returns the call's result."""
+    method_len = len(method.encode() if isinstance(method, str) else method)
+    data = (f'  (data (i32.const 1024) "{_wat_escape(method)}")\n'
+            f'  (data (i32.const 4096) "{_wat_escape(payload)}")')
+    body = f"""
+  (global (export "last") (mut i32) (i32.const 0))
+  (func (export "execute_go") (result i32)
+    (global.set 0 (call $spacedrive_call (i32.const 1024) (i32.const {method_len})
+                                         (i32.const {library_ptr}) (i32.const 4096)
+                                         (i32.const {len(payload.encode())})))
+    (if (i32.ge_s (global.get 0) (i32.const 0))
+      (then (drop (call $spacedrive_result (i32.const 32768) (global.get 0)))
+            (call $spacedrive_log (i32.const 1) (i32.const 32768) (global.get 0))))
+    (i32.const 0))
+  {extra}"""
+    return wat_module(body, data)
+
+
+def _wat_escape(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return "".join(f"\\{b:02x}" for b in raw)
+
+
+def expect_job(expected: int, call: str, data: str = "") -> str:
+    """A module whose job `go` traps unless `call` (a WAT expression) returns `expected`."""
+    body = f"""
+  (func (export "execute_go") (result i32)
+    (if (i32.ne {call} (i32.const {expected})) (then unreachable))
+    (i32.const 0))"""
+    return wat_module(body, data)
+
+
+def extension(tmp_path: Path, wat: str, ext_id: str = "com.example.app", operations=("**",),
+              jobs=("go",)) -> Extension:
+    path = tmp_path / f"{ext_id}.wat"
+    path.write_text(wat)
+    return Extension(ext_id, ext_id, "0.1.0", path, tuple(jobs), tuple(operations), tmp_path)
+
+
+def policy_set(text: str) -> PolicySet:
+    loaded, findings = load_text("test.yaml", text)
+    assert not findings, [str(f) for f in findings]
+    from capengine.policy_loader import LoadResult
+
+    return PolicySet.from_load(LoadResult([loaded], []))
+
+
+ALLOW_DOCS = f"""
+apiVersion: capengine/v1
+kind: Policy
+metadata: {{name: t}}
+spec:
+  extensions: ["com.example.*"]
+  rules:
+    - {{id: docs, effect: allow, operations: [vdfs.read_file, vdfs.list_dir, vdfs.stat],
+        condition: 'library == "{LIB}" && path.under("/docs")'}}
+    - {{id: no-secret, effect: deny, operations: ["vdfs.**"], condition: 'path.glob("/docs/**/secret*")',
+        message: "no secrets"}}
+    - {{id: ping, effect: allow, operations: [test.ping]}}
+"""
+
+
+def make_host(tmp_path: Path, policies: str = ALLOW_DOCS, **limits) -> Host:
+    from capengine.runtime import Limits
+
+    library = tmp_path / "lib"
+    (library / "docs" / "sub").mkdir(parents=True, exist_ok=True)
+    (library / "docs" / "hello.txt").write_text("hello bytes")
+    (library / "docs" / "sub" / "secret.txt").write_text("s3cret")
+    host = Host(policy_set(policies), tmp_path / "data", Limits(**limits) if limits else None)
+    host.catalog.add(library, "test", LIB)
+    return host
+
+
+def build_c_example() -> Path:
+    subprocess.run(["make", "-s", "-C", str(ROOT / "extensions")], check=True)
+    return ROOT / "extensions" / "photo-ocr"
