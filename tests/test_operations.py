@@ -185,3 +185,57 @@ def test_c_photo_ocr_extension_end_to_end(tmp_path):
     assert result.status == "failed"  # one image was refused, and the job says so
     [sidecar] = (tmp_path / "lib" / ".capengine" / "sidecars").glob("*/ocr-text")
     assert "HELLO WASM" in sidecar.read_text()
+
+
+def vault_call(tmp_path, extension_id, operation, **args):
+    op = REGISTRY.get(operation)
+    op.validate(args)
+    return op.handler(CallContext(extension_id, None, tmp_path / "data"), args)
+
+
+def test_vault_round_trip_and_isolation(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAPENGINE_VAULT_KEY", raising=False)
+    secret = "tok-" + os.urandom(16).hex()
+    vault_call(tmp_path, "com.a.sync", "credentials.store", name="sync.token", secret=secret, kind="api-token")
+    assert vault_call(tmp_path, "com.a.sync", "credentials.get", name="sync.token")["secret"] == secret
+    with pytest.raises(OperationError) as exc:  # B asks for A's name: B's namespace has no such entry
+        vault_call(tmp_path, "com.b.evil", "credentials.get", name="sync.token")
+    assert exc.value.code == "NOT_FOUND" and secret not in exc.value.message
+    assert (tmp_path / "data" / "vault.key").stat().st_mode & 0o777 == 0o600
+    raw = (tmp_path / "data" / "vault.sqlite3").read_bytes()
+    assert secret.encode() not in raw  # ciphertext at rest
+    assert vault_call(tmp_path, "com.a.sync", "credentials.delete", name="sync.token")["deleted"] is True
+    with pytest.raises(OperationError):
+        vault_call(tmp_path, "com.a.sync", "credentials.get", name="sync.token")
+
+
+def test_vault_row_moved_to_another_namespace_does_not_decrypt(tmp_path):
+    import sqlite3
+
+    vault_call(tmp_path, "com.a.sync", "credentials.store", name="k", secret="s")
+    with sqlite3.connect(tmp_path / "data" / "vault.sqlite3") as db:
+        db.execute("UPDATE secrets SET extension = 'com.b.evil'")
+    with pytest.raises(OperationError) as exc:
+        vault_call(tmp_path, "com.b.evil", "credentials.get", name="k")
+    assert exc.value.code == "INTERNAL"
+
+
+def test_secrets_never_reach_policies_or_call_records(tmp_path):
+    from wasm_helpers import call_job, extension
+
+    policy = """
+apiVersion: capengine/v1
+kind: Policy
+metadata: {name: v}
+spec:
+  extensions: ["com.example.*"]
+  rules:
+    - {id: store, effect: allow, operations: [credentials.store], condition: '!has(args.secret)'}
+"""
+    host = make_host(tmp_path, policy)
+    try:
+        ext = extension(tmp_path, call_job("credentials.store", '{"name": "n", "secret": "hunter2"}', 0))
+        result, calls = host.run_job(ext, "go", b"{}")
+    finally:
+        host.close()
+    assert calls[0].code == "OK" and "hunter2" not in repr(calls) and "hunter2" not in repr(result.logs)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from capengine.operations import ocr, ping, vdfs
+from capengine.operations import credentials, ocr, ping, vdfs
 from capengine.operations.registry import CallContext, Operation, OperationError, Registry
 
 
 def default_registry() -> Registry:
     registry = Registry()
-    for module in (vdfs, ocr, ping):
+    for module in (vdfs, ocr, credentials, ping):
         module.register(registry)
     return registry
 
