@@ -66,6 +66,8 @@ def test_undeclared_operation_is_denied_even_if_policy_allows(host, tmp_path):
     ("vdfs.read_file", '{"path": "/docs/hello.txt", "offset": NaN}', 64, "INVALID_ARGUMENT"),
     (b"vdfs.read_\xfffile", '{"path": "/docs/hello.txt"}', 64, "INVALID_ARGUMENT"),
     ("vdfs.read_file", '{"path": "/docs/missing.txt"}', 64, "NOT_FOUND"),
+    ("vdfs.read_file", '{"path": "/docs/' + "x" * 300 + '"}', 64, "INVALID_ARGUMENT"),  # name over 255 bytes
+    ("vdfs.read_file", '{"path": "/docs\\..\\..\\etc"}', 64, "INVALID_ARGUMENT"),  # backslashes
 ])
 def test_bad_calls_get_error_envelopes(host, tmp_path, method, payload, library_ptr, code):
     result, _, [env] = run(host, tmp_path, call_job(method, payload, library_ptr))
