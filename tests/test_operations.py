@@ -239,3 +239,37 @@ spec:
     finally:
         host.close()
     assert calls[0].code == "OK" and "hunter2" not in repr(calls) and "hunter2" not in repr(result.logs)
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from capengine.libraries import Library
+from capengine.operations import CallContext, default_registry
+op = default_registry().get("vdfs.write_sidecar")
+lib = Library("{lib}", "t", Path(sys.argv[1]))
+ctx = CallContext("com.example.app", lib, Path(sys.argv[1]).parent / "data")
+i = 0
+while True:
+    i += 1
+    op.handler(ctx, {{"path": "/docs/a.txt", "kind": "ocr-text", "data": str(i % 10) * 2_000_000}})
+    print(i, flush=True)
+"""
+
+
+def test_sidecar_survives_a_killed_writer(lib):
+    """SIGKILL a process in the middle of rewriting a 2 MB sidecar: the file is always a whole version."""
+    import signal
+    import subprocess
+    import sys
+
+    call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="old")
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER.format(lib=LIB), str(lib.root)],
+                                stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # at least one full write has happened
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        [stored] = (lib.root / ".capengine" / "sidecars").glob("*/ocr-text")
+        text = stored.read_text()
+        assert text == "old" or (len(text) == 2_000_000 and len(set(text)) == 1), len(text)
