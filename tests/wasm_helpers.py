@@ -21,22 +21,21 @@ def wat_module(body: str, data: str = "", pages: int = 2, max_pages: str = "") -
             f"  (data (i32.const 64) \"{LIB_BYTES}\")\n{data}\n{body}\n)")
 
 
-def call_job(method: str | bytes, payload: str, library_ptr: int = 64, extra: str = "") -> str:
+def call_job(method: str | bytes, payload: str, library_ptr: int = 64) -> str:
     """A module whose job `go` makes one call with literal method/payload and returns the call's result."""
     method_len = len(method.encode() if isinstance(method, str) else method)
     data = (f'  (data (i32.const 1024) "{_wat_escape(method)}")\n'
             f'  (data (i32.const 4096) "{_wat_escape(payload)}")')
     body = f"""
-  (global (export "last") (mut i32) (i32.const 0))
   (func (export "execute_go") (result i32)
-    (global.set 0 (call $spacedrive_call (i32.const 1024) (i32.const {method_len})
+    (local $n i32)
+    (local.set $n (call $spacedrive_call (i32.const 1024) (i32.const {method_len})
                                          (i32.const {library_ptr}) (i32.const 4096)
                                          (i32.const {len(payload.encode())})))
-    (if (i32.ge_s (global.get 0) (i32.const 0))
-      (then (drop (call $spacedrive_result (i32.const 32768) (global.get 0)))
-            (call $spacedrive_log (i32.const 1) (i32.const 32768) (global.get 0))))
-    (i32.const 0))
-  {extra}"""
+    (if (i32.ge_s (local.get $n) (i32.const 0))
+      (then (drop (call $spacedrive_result (i32.const 32768) (local.get $n)))
+            (call $spacedrive_log (i32.const 1) (i32.const 32768) (local.get $n))))
+    (i32.const 0))"""
     return wat_module(body, data)
 
 
