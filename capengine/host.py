@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from pathlib import Path
 
@@ -27,16 +26,15 @@ class Host:
         self.registry = registry or default_registry()
         self.runtime = Runtime(limits or Limits(), cache_dir=self.data_dir / "module-cache")
         self._policy_set = policy_set
-        self._lock = threading.Lock()
 
     @property
     def policy_set(self) -> PolicySet:
         return self._policy_set
 
     def swap_policies(self, policy_set: PolicySet) -> None:
-        """Atomic: a call reads the set once, so it runs wholly under the old set or wholly under the new."""
-        with self._lock:
-            self._policy_set = policy_set
+        """Atomic (one reference assignment): a call reads the set once, so it runs wholly under the old set
+        or wholly under the new one."""
+        self._policy_set = policy_set
 
     def open_library(self, root: Path) -> Library:
         """The catalogue entry for `root`, adding it if needed (with the id in .capengine/library-id, if any)."""

@@ -192,8 +192,8 @@ class GuestSession:
 
     def log(self, caller, level: int, ptr: int, length: int) -> None:
         try:
-            raw = guest_memory.read(self._memory(caller), caller, ptr, min(guest_memory.u32(length),
-                                                                          self.limits.max_log_line), 1 << 32)
+            cap = self.limits.max_log_line
+            raw = guest_memory.read(self._memory(caller), caller, ptr, min(guest_memory.u32(length), cap), cap)
         except guest_memory.AbiFault:
             raw = b"<log message outside linear memory>"
         except Exception as exc:  # noqa: BLE001

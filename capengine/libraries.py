@@ -63,17 +63,18 @@ class LibraryCatalog:
             raise LibraryError(f"library {lid} or root {real} is already in the catalogue") from None
         return Library(lid, name or real.name, real)
 
-    def get(self, library_id: str) -> Library | None:
+    def _select(self, where: str, params: tuple) -> list[Library]:
         with self._connect() as db:
-            row = db.execute("SELECT id, name, root FROM libraries WHERE id = ?", (library_id,)).fetchone()
-        return Library(row[0], row[1], Path(row[2])) if row else None
+            rows = db.execute(f"SELECT id, name, root FROM libraries {where}", params).fetchall()
+        return [Library(row[0], row[1], Path(row[2])) for row in rows]
+
+    def get(self, library_id: str) -> Library | None:
+        found = self._select("WHERE id = ?", (library_id,))
+        return found[0] if found else None
 
     def find_root(self, root: Path) -> Library | None:
-        with self._connect() as db:
-            row = db.execute("SELECT id, name, root FROM libraries WHERE root = ?", (str(root),)).fetchone()
-        return Library(row[0], row[1], Path(row[2])) if row else None
+        found = self._select("WHERE root = ?", (str(root),))
+        return found[0] if found else None
 
     def list(self) -> list[Library]:
-        with self._connect() as db:
-            rows = db.execute("SELECT id, name, root FROM libraries ORDER BY name, id").fetchall()
-        return [Library(*row[:2], Path(row[2])) for row in rows]
+        return self._select("ORDER BY name, id", ())

@@ -8,7 +8,7 @@ from pathlib import Path
 from capengine.engine import PolicySet
 from capengine.extensions import Extension
 from capengine.host import Host
-from capengine.policy_loader import load_text
+from capengine.policy_loader import LoadResult, load_text
 
 ROOT = Path(__file__).resolve().parent.parent
 IMPORTS = (ROOT / "extensions" / "include" / "spacedrive.wat").read_text()
@@ -63,8 +63,6 @@ def extension(tmp_path: Path, wat: str, ext_id: str = "com.example.app", operati
 def policy_set(text: str) -> PolicySet:
     loaded, findings = load_text("test.yaml", text)
     assert not findings, [str(f) for f in findings]
-    from capengine.policy_loader import LoadResult
-
     return PolicySet.from_load(LoadResult([loaded], []))
 
 

@@ -8,7 +8,7 @@ import subprocess
 
 from capengine import safe_fs
 from capengine.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
-from capengine.operations.vdfs import MAX_READ, _fs_errors, _root
+from capengine.operations.vdfs import MAX_READ, fs_errors, library_root
 
 TIMEOUT_SECONDS = 60
 
@@ -18,7 +18,7 @@ def ocr(ctx: CallContext, args: dict) -> dict:
     if binary is None:
         raise OperationError("INTERNAL", "OCR engine unavailable: the tesseract program is not installed "
                                          "(apt-get install tesseract-ocr tesseract-ocr-eng)")
-    with _fs_errors(), safe_fs.open_beneath(_root(ctx), args["path"]) as fd:
+    with fs_errors(), safe_fs.open_beneath(library_root(ctx), args["path"]) as fd:
         image = os.read(fd, MAX_READ + 1)
     if len(image) > MAX_READ:
         raise OperationError("RESOURCE_EXHAUSTED", f"image is over the {MAX_READ}-byte cap")

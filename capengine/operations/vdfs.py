@@ -17,14 +17,16 @@ MAX_ENTRIES = 10_000
 SIDECAR_DIR = "/.capengine/sidecars"
 
 
-def _root(ctx: CallContext):
+def library_root(ctx: CallContext):
+    """The library's root directory; operations only ever open paths beneath it (via safe_fs)."""
     if ctx.library is None:  # the bridge checks needs_library first; this guards direct callers
         raise OperationError("LIBRARY_REQUIRED", "this operation needs a library")
     return ctx.library.root
 
 
 @contextlib.contextmanager
-def _fs_errors():
+def fs_errors():
+    """safe_fs failures become the operation errors the guest sees."""
     try:
         yield
     except safe_fs.FsError as exc:
@@ -47,7 +49,7 @@ def _describe(st: os.stat_result) -> dict:
 
 def read_file(ctx: CallContext, args: dict) -> dict:
     offset, length = args.get("offset", 0), args.get("length")
-    with _fs_errors(), safe_fs.open_beneath(_root(ctx), args["path"]) as fd:
+    with fs_errors(), safe_fs.open_beneath(library_root(ctx), args["path"]) as fd:
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):
             raise OperationError("INVALID_ARGUMENT", f"{args['path']} is not a regular file")
@@ -62,7 +64,7 @@ def read_file(ctx: CallContext, args: dict) -> dict:
 
 def list_dir(ctx: CallContext, args: dict) -> dict:
     entries = []
-    with _fs_errors(), safe_fs.open_beneath(_root(ctx), args["path"], directory=True) as fd:
+    with fs_errors(), safe_fs.open_beneath(library_root(ctx), args["path"], directory=True) as fd:
         for name in sorted(os.listdir(fd)):
             if args["path"] == "/" and name == ".capengine":
                 continue  # the sidecar store is reached only through the sidecar operations
@@ -77,7 +79,7 @@ def list_dir(ctx: CallContext, args: dict) -> dict:
 
 
 def stat(ctx: CallContext, args: dict) -> dict:
-    with _fs_errors(), safe_fs.open_parent(_root(ctx), args["path"]) as (parent, name):
+    with fs_errors(), safe_fs.open_parent(library_root(ctx), args["path"]) as (parent, name):
         try:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except OSError as exc:
@@ -87,7 +89,7 @@ def stat(ctx: CallContext, args: dict) -> dict:
 
 def _content_hash(ctx: CallContext, path: str) -> str:
     digest = hashlib.sha256()
-    with _fs_errors(), safe_fs.open_beneath(_root(ctx), path) as fd:
+    with fs_errors(), safe_fs.open_beneath(library_root(ctx), path) as fd:
         if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
             raise OperationError("INVALID_ARGUMENT", f"{path} is not a regular file")
         while chunk := os.read(fd, 1 << 20):
@@ -99,7 +101,7 @@ def write_sidecar(ctx: CallContext, args: dict) -> dict:
     """Temp file + fsync + rename + fsync of the directory: a crash leaves the old sidecar or the new one."""
     target = f"{SIDECAR_DIR}/{_content_hash(ctx, args['path'])}/{args['kind']}"
     data = args["data"].encode("utf-8")
-    with _fs_errors(), safe_fs.open_parent(_root(ctx), target, create=True) as (parent, name):
+    with fs_errors(), safe_fs.open_parent(library_root(ctx), target, create=True) as (parent, name):
         tmp = f".{name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
         try:
@@ -118,8 +120,10 @@ def write_sidecar(ctx: CallContext, args: dict) -> dict:
 
 def read_sidecar(ctx: CallContext, args: dict) -> dict:
     target = f"{SIDECAR_DIR}/{_content_hash(ctx, args['path'])}/{args['kind']}"
-    with _fs_errors(), safe_fs.open_beneath(_root(ctx), target) as fd:
+    with fs_errors(), safe_fs.open_beneath(library_root(ctx), target) as fd:
         data = os.read(fd, MAX_READ + 1)
+    if len(data) > MAX_READ:
+        raise OperationError("RESOURCE_EXHAUSTED", f"sidecar is over the {MAX_READ}-byte cap")
     return {"path": args["path"], "kind": args["kind"], "data": data.decode("utf-8", "replace")}
 
 
