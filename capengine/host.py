@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 from capengine.engine import PolicySet
@@ -14,8 +13,6 @@ from capengine.host_bridge import CallRecord, Dispatcher
 from capengine.libraries import Library, LibraryCatalog
 from capengine.operations import Registry, default_registry
 from capengine.runtime import JobResult, Limits, Runtime
-
-LIBRARY_ID_FILE = ".capengine/library-id"
 
 
 class Host:
@@ -37,15 +34,8 @@ class Host:
         self._policy_set = policy_set
 
     def open_library(self, root: Path) -> Library:
-        """The catalogue entry for `root`, adding it if needed (with the id in .capengine/library-id, if any)."""
-        existing = self.catalog.find_root(Path(root).resolve())
-        if existing is not None:
-            return existing
-        id_file = Path(root) / LIBRARY_ID_FILE
-        library_id = None
-        if id_file.is_file():
-            library_id = str(uuid.UUID(id_file.read_text().strip()))
-        return self.catalog.add(root, library_id=library_id)
+        """The catalogue entry for `root`, adding it if needed."""
+        return self.catalog.find_root(Path(root).resolve()) or self.catalog.add(root)
 
     def run_job(self, ext: Extension, job: str, input_json: bytes) -> tuple[JobResult, list[CallRecord]]:
         calls: list[CallRecord] = []

@@ -14,6 +14,7 @@ from pathlib import Path
 import attrs
 
 DATA_DIR_ENV = "CAPENGINE_DATA_DIR"
+LIBRARY_ID_FILE = ".capengine/library-id"  # a library directory may carry its own id (the bundled sample does)
 
 
 def default_data_dir() -> Path:
@@ -51,7 +52,13 @@ class LibraryCatalog:
         real = Path(root).resolve(strict=False)
         if not real.is_dir():
             raise LibraryError(f"{root} is not a directory")
-        lid = str(uuid.UUID(library_id)) if library_id else str(uuid.uuid4())
+        id_file = real / LIBRARY_ID_FILE
+        if library_id is None and id_file.is_file():
+            library_id = id_file.read_text().strip()
+        try:
+            lid = str(uuid.UUID(library_id)) if library_id else str(uuid.uuid4())
+        except ValueError:
+            raise LibraryError(f"{library_id!r} is not a UUID (from --id or {id_file})") from None
         try:
             with self._connect() as db:
                 db.execute("INSERT INTO libraries (id, name, root) VALUES (?, ?, ?)", (lid, name or real.name,
