@@ -78,7 +78,7 @@ def main() -> None:
 def host_dispatcher(host):
     from capengine.host_bridge import Dispatcher
 
-    return Dispatcher(lambda: host.policy_set, host.registry, host.catalog, host.data_dir)
+    return Dispatcher(host.active, host.registry, host.catalog, host.data_dir)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from capengine.extensions import Extension
 from capengine.libraries import LibraryCatalog
 from capengine.operations.registry import CallContext, OperationError, Registry
 from capengine.policy_model import Request, RequestError
+from capengine.rate_limiter import RateLimiter
 
 log = logging.getLogger("capengine.guest")
 
@@ -39,6 +40,8 @@ class CallRecord:
     decided: bool  # False when the call failed before the policy saw it (unknown op, bad input, ...)
     allowed: bool
     rules: tuple[str, ...]
+    errors: tuple[str, ...]  # condition evaluation errors, "<rule>: <message>"
+    args: dict  # the policy-visible args (hidden fields such as secrets already removed)
     code: str  # "OK" or the envelope error code
     message: str
     revision: str
@@ -53,25 +56,33 @@ class BridgeLimits:
     max_log_lines: int = 1000  # per job; further lines are counted, not stored
 
 
-def error_envelope(code: str, message: str, rule: str | None = None) -> dict:
-    return {"ok": False, "error": {"code": code, "message": message, "rule": rule}}
+def error_envelope(code: str, message: str, rule: str | None = None, **extra: object) -> dict:
+    return {"ok": False, "error": {"code": code, "message": message, "rule": rule, **extra}}
+
+
+@attrs.frozen
+class ActivePolicies:
+    """What decides calls, swapped as one unit on reload: the policy set and the rate limits it declares."""
+
+    policy_set: PolicySet
+    limiter: RateLimiter | None = None
 
 
 class Dispatcher:
-    """Decides and executes calls. `policies` is a callable so that a hot reload swaps the set atomically:
-    each call reads it once and is decided entirely under that set."""
+    """Decides and executes calls. `active` is a callable so that a hot reload swaps the set atomically:
+    each call reads it once and is decided (and rate-limited) entirely under that set."""
 
-    def __init__(self, policies: Callable[[], PolicySet], registry: Registry, catalog: LibraryCatalog,
+    def __init__(self, active: Callable[[], ActivePolicies], registry: Registry, catalog: LibraryCatalog,
                  data_dir: Path, on_call: Callable[[CallRecord], None] | None = None) -> None:
-        self.policies, self.registry, self.catalog = policies, registry, catalog
+        self.active, self.registry, self.catalog = active, registry, catalog
         self.data_dir, self.on_call = data_dir, on_call
 
     def dispatch(self, ext: Extension, method: str, library_id: str, payload: dict) -> dict:
         start = time.perf_counter_ns()
-        policy_set = self.policies()
+        active = self.active()
         record = dict(extension=ext.id, operation=method, library=library_id, path="", decided=False,
-                      allowed=False, rules=(), revision=policy_set.revision)
-        envelope = self._dispatch(policy_set, ext, method, library_id, payload, record)
+                      allowed=False, rules=(), errors=(), args={}, revision=active.policy_set.revision)
+        envelope = self._dispatch(active, ext, method, library_id, payload, record)
         err = envelope.get("error") or {}
         rec = CallRecord(**record, code=err.get("code", "OK"), message=err.get("message", ""),
                          duration_us=(time.perf_counter_ns() - start) // 1000)
@@ -79,7 +90,7 @@ class Dispatcher:
             self.on_call(rec)
         return envelope
 
-    def _dispatch(self, policy_set: PolicySet, ext: Extension, method: str, library_id: str, payload: dict,
+    def _dispatch(self, active: ActivePolicies, ext: Extension, method: str, library_id: str, payload: dict,
                   record: dict) -> dict:
         op = self.registry.get(method)
         if op is None:
@@ -109,11 +120,17 @@ class Dispatcher:
             request = Request(ext.id, method, record["path"], library_id, op.policy_args(args))
         except RequestError as exc:
             return error_envelope("INVALID_ARGUMENT", str(exc))
-        decision = policy_set.decide(request)
-        record.update(decided=True, allowed=decision.allowed, rules=decision.rules)
+        decision = active.policy_set.decide(request)
+        record.update(decided=True, allowed=decision.allowed, rules=decision.rules, args=request.args,
+                      errors=tuple(f"{e.rule}: {e.message}" for e in decision.errors))
         if not decision.allowed:
             return error_envelope("PERMISSION_DENIED", decision.message,
                                   decision.rules[0] if decision.rules else None)
+        if active.limiter is not None:
+            wait, limit = active.limiter.acquire(ext.id, method)
+            if limit is not None:
+                return error_envelope("RATE_LIMITED", f"rate limit {limit} reached; retry in {wait:.3f} s", limit,
+                                      retry_after_ms=max(1, round(wait * 1000)))
         try:
             result = op.handler(CallContext(ext.id, library, self.data_dir), args)
         except OperationError as exc:

@@ -195,6 +195,11 @@ class _DocumentLoader:
         ok &= self._check_globs(("spec", "extensions"), _get(spec, "extensions", list))
         for i, raw in enumerate(_get(spec, "limits", list)):
             ok &= self._check_globs(("spec", "limits", i, "operations"), _get(raw, "operations", list))
+            burst, cost = (raw.get(k) if isinstance(raw, dict) else None for k in ("burst", "cost"))
+            if isinstance(burst, int) and isinstance(cost, int) and cost > burst:
+                self.report(("spec", "limits", i, "cost"), "bad-limit",
+                            f"cost {cost} is more than burst {burst}: no call could ever pass; raise burst")
+                ok = False
         if not ok:
             return
         rules = tuple(Rule(name, raw["id"], raw["effect"], tuple(raw["operations"]), raw.get("condition"),

@@ -16,6 +16,7 @@ RULE_HELP = {
     "duplicate-rule-id": "Rule ids must be unique within a policy.",
     "duplicate-policy": "Policy names must be unique across the policy set.",
     "duplicate-case": "Test case names must be unique within a suite.",
+    "bad-limit": "A rate limit can never be satisfied.",
     "bad-glob": "A glob is malformed ('**' must be a whole segment).",
     "cel-syntax": "A condition is not valid CEL.",
     "cel-type": "A condition does not type-check against the policy variables and functions.",
