@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from capengine import __version__, report
@@ -201,6 +202,74 @@ def _cmd_library(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from capengine.daemon import Daemon, DaemonConfig, DaemonError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data_dir = _data_dir(args)
+    config = DaemonConfig(Path(args.policies), Path(args.extensions), data_dir,
+                          Path(args.socket) if args.socket else data_dir / "capengine.sock",
+                          watch_interval=args.watch_interval)
+    try:
+        daemon = Daemon(config)
+        daemon.start()
+    except DaemonError as exc:
+        print(f"capengine daemon: {exc}", file=sys.stderr)
+        return EXIT_FINDINGS
+    requests: list[str] = []
+    signal.signal(signal.SIGHUP, lambda *_: requests.append("reload"))
+    signal.signal(signal.SIGTERM, lambda *_: requests.append("stop"))
+    signal.signal(signal.SIGINT, lambda *_: requests.append("stop"))
+    print(f"capengine daemon: serving on {config.socket} (policy revision {daemon.status.revision})", flush=True)
+    while "stop" not in requests:
+        time.sleep(0.1)
+        if "reload" in requests:
+            requests.remove("reload")
+            daemon.reload()
+    daemon.stop()
+    return EXIT_OK
+
+
+def _cmd_ctl(args: argparse.Namespace) -> int:
+    from capengine.daemon import call
+
+    try:
+        params = json.loads(args.params) if args.params else {}
+        socket_path = Path(args.socket) if args.socket else _data_dir(args) / "capengine.sock"
+        reply = call(socket_path, args.method, params)
+    except (OSError, ValueError) as exc:
+        print(f"capengine ctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(reply.get("result", reply.get("error")), indent=2))
+    return EXIT_OK if "result" in reply else EXIT_FINDINGS
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from capengine.replay import replay
+
+    policy_set = _load_policy_set(args.policies, "replay")
+    if policy_set is None:
+        return EXIT_FINDINGS
+    try:
+        report = replay(policy_set, Path(args.log))
+    except OSError as exc:
+        print(f"capengine replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for flip in report.flips:
+        r = flip.record
+        print(f"{args.log}:{flip.line}: {flip.was} -> {flip.now}  {r['extension']} {r['operation']} "
+              f"{r.get('path') or '-'}  (now: {', '.join(flip.rules) or 'default deny'}; "
+              f"was: {', '.join(r.get('rules', [])) or 'default deny'})")
+    for line in report.unreadable:
+        print(f"{args.log}:{line}: not a decision record; skipped", file=sys.stderr)
+    print(f"{report.decided} decision(s) replayed under revision {policy_set.revision}: {len(report.flips)} would "
+          f"flip; {report.skipped} call(s) never reached a decision")
+    return EXIT_FINDINGS if report.flips else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="capengine", description=__doc__)
     parser.add_argument("--version", action="version", version=f"capengine {__version__}")
@@ -235,14 +304,37 @@ def build_parser() -> argparse.ArgumentParser:
     ops.set_defaults(func=_cmd_ops)
 
     library = sub.add_parser("library", help="manage the library catalogue")
-    library.add_argument("--data-dir", metavar="DIR")
+    data_dir = _Parser(add_help=False)
+    data_dir.add_argument("--data-dir", metavar="DIR", help="catalogue location (default: XDG data)")
     lib_sub = library.add_subparsers(dest="library_command", required=True, parser_class=_Parser)
-    add = lib_sub.add_parser("add", help="add a directory as a library")
+    add = lib_sub.add_parser("add", help="add a directory as a library", parents=[data_dir])
     add.add_argument("directory")
     add.add_argument("--name")
-    add.add_argument("--id", help="library UUID (default: a new one)")
-    lib_sub.add_parser("list", help="list the libraries")
+    add.add_argument("--id", help="library UUID (default: DIR/.capengine/library-id, else a new one)")
+    lib_sub.add_parser("list", help="list the libraries", parents=[data_dir])
     library.set_defaults(func=_cmd_library)
+
+    daemon = sub.add_parser("daemon", help="serve extensions under the policy set (fails closed on errors)")
+    daemon.add_argument("--policies", required=True, metavar="DIR")
+    daemon.add_argument("--extensions", required=True, metavar="DIR")
+    daemon.add_argument("--data-dir", metavar="DIR")
+    daemon.add_argument("--socket", metavar="PATH", help="control socket (default: DATA_DIR/capengine.sock)")
+    daemon.add_argument("--watch-interval", type=float, default=1.0, metavar="SECONDS",
+                        help="poll the policy directory for changes (0: only SIGHUP/policies.reload)")
+    daemon.set_defaults(func=_cmd_daemon)
+
+    ctl = sub.add_parser("ctl", help="call the daemon's control interface")
+    ctl.add_argument("method", help="jobs.run, jobs.list, extensions.list, policies.status, policies.reload, "
+                                    "decisions.tail")
+    ctl.add_argument("params", nargs="?", help="JSON object of parameters")
+    ctl.add_argument("--socket", metavar="PATH")
+    ctl.add_argument("--data-dir", metavar="DIR")
+    ctl.set_defaults(func=_cmd_ctl)
+
+    replay = sub.add_parser("replay", help="re-decide a decision log under candidate policies; list flips")
+    replay.add_argument("--policies", required=True, metavar="DIR")
+    replay.add_argument("log", metavar="DECISION_LOG")
+    replay.set_defaults(func=_cmd_replay)
     return parser
 
 

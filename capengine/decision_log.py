@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
 import queue
 import threading
 import time
@@ -68,8 +69,13 @@ class DecisionLog:
         self.recent.append(rec)
         self._queue.put(rec)
 
+    def _open(self):
+        """Append mode, created 0600: the log names files and extensions, it is not for everyone to read."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
     def _write_loop(self) -> None:
-        out = self.path.open("a", encoding="utf-8")
+        out = self._open()
         try:
             while True:
                 item = self._queue.get()
@@ -83,7 +89,7 @@ class DecisionLog:
                     if out.tell() > 0 and out.tell() + len(lines) > self.max_bytes:
                         out.close()
                         self._rotate()
-                        out = self.path.open("a", encoding="utf-8")
+                        out = self._open()
                     out.write(lines)
                     out.flush()
                 if stop:

@@ -70,12 +70,23 @@ class Runtime:
         }
         self.cache = ModuleCache(self.engine, cache_dir) if cache_dir is not None else None
         self._stop = threading.Event()
+        self._interrupting = False
         self._ticker = threading.Thread(target=self._tick, name="capengine-epoch", daemon=True)
         self._ticker.start()
 
     def _tick(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
             self.engine.increment_epoch()
+
+    def interrupt_all(self) -> None:
+        """Stop every running job now (shutdown): push the engine's epoch past every job's deadline. Jobs
+        started afterwards are refused."""
+        self._interrupting = True
+        for _ in range(self._deadline_ticks() + 1):
+            self.engine.increment_epoch()
+
+    def _deadline_ticks(self) -> int:
+        return max(1, round(self.limits.cpu_seconds / TICK_SECONDS))
 
     def close(self) -> None:
         self._stop.set()
@@ -116,7 +127,9 @@ class Runtime:
                          instances=lim.instances, tables=lim.tables, memories=lim.memories)
         if lim.fuel is not None:
             store.set_fuel(lim.fuel)
-        store.set_epoch_deadline(max(1, round(lim.cpu_seconds / TICK_SECONDS)))
+        if self._interrupting:
+            return "interrupted", None, "the host is shutting down"
+        store.set_epoch_deadline(self._deadline_ticks())
         linker = wasmtime.Linker(self.engine)
         for name, handler in (("spacedrive_call", session.call), ("spacedrive_result", session.result),
                               ("spacedrive_input", session.input_), ("spacedrive_log", session.log)):
@@ -139,6 +152,8 @@ class Runtime:
                 return "failed", None, f"the module does not export execute_{job}"
             rc = entry(store)
         except wasmtime.Trap as trap:
+            if self._interrupting and trap.trap_code == wasmtime.TrapCode.INTERRUPT:
+                return "interrupted", None, "interrupted by host shutdown"
             return "failed", None, _trap_reason(trap, lim)
         except wasmtime.WasmtimeError as exc:
             return "failed", None, _limit_reason(str(exc), lim)
