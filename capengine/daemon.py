@@ -85,6 +85,7 @@ class Daemon:
         self.config = config
         self._reload_lock = threading.Lock()
         self._stopped = threading.Event()
+        self._seen = _snapshot(config.policies)  # before loading: a change made during start is not missed
         policy_set, errors, files = check_policies(config.policies, self._operation_names())
         if policy_set is None:
             raise DaemonError("refusing to start: the policy set has errors\n" + "\n".join(errors))
@@ -125,17 +126,16 @@ class Daemon:
 
     def _watch(self) -> None:
         interval = self.config.watch_interval
-        seen = _snapshot(self.config.policies)
         while not self._stopped.wait(interval):
             current = _snapshot(self.config.policies)
-            if current == seen:
+            if current == self._seen:
                 continue
             while not self._stopped.wait(interval):  # debounce: wait until the files stop changing
                 settled = _snapshot(self.config.policies)
                 if settled == current:
                     break
                 current = settled
-            seen = current
+            self._seen = current
             self.reload()
 
     # jobs ----------------------------------------------------------------------------------------

@@ -78,20 +78,20 @@ class DecisionLog:
         out = self._open()
         try:
             while True:
-                item = self._queue.get()
-                batch = [item]
+                batch = [self._queue.get()]
                 while not self._queue.empty() and len(batch) < 1000:
                     batch.append(self._queue.get())
                 stop = any(x is _STOP for x in batch)
-                lines = "".join(json.dumps(x, ensure_ascii=False, separators=(",", ":")) + "\n"
-                                for x in batch if x is not _STOP)
-                if lines:
-                    if out.tell() > 0 and out.tell() + len(lines) > self.max_bytes:
+                for rec in batch:
+                    if rec is _STOP:
+                        continue
+                    line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
+                    if out.tell() > 0 and out.tell() + len(line.encode()) > self.max_bytes:
                         out.close()
                         self._rotate()
                         out = self._open()
-                    out.write(lines)
-                    out.flush()
+                    out.write(line)
+                out.flush()
                 if stop:
                     return
         finally:
