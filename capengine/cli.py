@@ -207,12 +207,13 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     import signal
 
     from capengine.daemon import Daemon, DaemonConfig, DaemonError
+    from capengine.decision_log import DEFAULT_MASK
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data_dir = _data_dir(args)
     config = DaemonConfig(Path(args.policies), Path(args.extensions), data_dir,
                           Path(args.socket) if args.socket else data_dir / "capengine.sock",
-                          watch_interval=args.watch_interval)
+                          watch_interval=args.watch_interval, log_mask=DEFAULT_MASK + tuple(args.mask))
     try:
         daemon = Daemon(config)
         daemon.start()
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--socket", metavar="PATH", help="control socket (default: DATA_DIR/capengine.sock)")
     daemon.add_argument("--watch-interval", type=float, default=1.0, metavar="SECONDS",
                         help="poll the policy directory for changes (0: only SIGHUP/policies.reload)")
+    daemon.add_argument("--mask", action="append", default=[], metavar="FIELD",
+                        help="also mask this arg name in the decision log (repeatable)")
     daemon.set_defaults(func=_cmd_daemon)
 
     ctl = sub.add_parser("ctl", help="call the daemon's control interface")

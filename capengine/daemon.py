@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 
 from capengine.checking import run_check
-from capengine.decision_log import DecisionLog
+from capengine.decision_log import DEFAULT_MASK, DecisionLog
 from capengine.engine import PolicySet
 from capengine.extensions import Extension, load_extensions
 from capengine.host import Host
@@ -46,6 +46,7 @@ class DaemonConfig:
     watch_interval: float = 1.0  # seconds between polls of the policy directory; 0 disables watching
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 5
+    log_mask: tuple[str, ...] = DEFAULT_MASK  # arg names whose values the decision log replaces with "***"
 
 
 @attrs.frozen
@@ -95,7 +96,8 @@ class Daemon:
             log.error("extension skipped: %s", problem)
         self.extensions: dict[str, Extension] = {e.id: e for e in extensions}
         self.broken_extensions = broken
-        self.decisions = DecisionLog(config.data_dir / "decisions.jsonl", config.log_max_bytes, config.log_keep)
+        self.decisions = DecisionLog(config.data_dir / "decisions.jsonl", config.log_max_bytes, config.log_keep,
+                                     config.log_mask)
         self.host = Host(policy_set, config.data_dir, config.limits, on_call=self.decisions.record)
         self._jobs_lock = threading.Lock()
         self._in_flight: dict[str, int] = {}
