@@ -341,6 +341,33 @@ class _Builder:
             raise CelSyntaxError(str(exc), *attrs.astuple(_pos(tok))) from None
 
 
+def referenced_fields(node: Node, variable: str) -> frozenset[str] | None:
+    """Names read from a map variable as `variable.name` or `variable["name"]`; None when the expression
+    uses the variable any other way (`size(args)`, `args[k]`), i.e. when it may depend on every field."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Select) and isinstance(n.operand, Ident) and n.operand.name == variable:
+            found.add(n.field)
+            continue
+        if (isinstance(n, Index) and isinstance(n.operand, Ident) and n.operand.name == variable
+                and isinstance(n.index, Literal) and isinstance(n.index.value, str)):
+            found.add(n.index.value)
+            continue
+        if isinstance(n, Ident) and n.name == variable:
+            return None
+        for field in attrs.fields(type(n)):
+            value = getattr(n, field.name)
+            children = value if isinstance(value, tuple) else (value,)
+            for child in children:
+                if isinstance(child, tuple):
+                    stack.extend(c for c in child if attrs.has(type(c)) and not isinstance(c, Pos))
+                elif attrs.has(type(child)) and not isinstance(child, Pos):
+                    stack.append(child)
+    return frozenset(found)
+
+
 def _ident_name(node: Node, macro: str) -> str:
     if not isinstance(node, Ident):
         raise CelSyntaxError(f"{macro}(): the loop variable must be a simple identifier",

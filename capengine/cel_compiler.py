@@ -38,6 +38,7 @@ class Program:
     source: str
     type: Type
     fn: Fn
+    arg_fields: frozenset[str] | None = frozenset()  # what it reads of `args`; None: possibly everything
 
     def evaluate(self, activation: dict) -> object:
         try:
@@ -66,7 +67,7 @@ def compile_expression(source: str, decls: dict[str, Type] | None) -> tuple[Prog
         fn = _Compiler(checked).compile(node, frozenset())
     except CompileError as exc:
         return None, [exc]
-    return Program(source, checked.type if checked else DYN, fn), []
+    return Program(source, checked.type if checked else DYN, fn, ast.referenced_fields(node, "args")), []
 
 
 def _const(value: object) -> Fn:

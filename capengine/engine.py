@@ -67,6 +67,20 @@ class PolicySet:
                     else:
                         self._patterns.append((pattern, compiled))
         self._candidates: dict[tuple[str, str], tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]] = {}
+        fields: set[str] | None = set()
+        for program in programs.values():
+            if fields is None or program.arg_fields is None:
+                fields = None
+            else:
+                fields |= program.arg_fields
+        self.arg_fields: frozenset[str] | None = None if fields is None else frozenset(fields)
+
+    def args_seen(self, args: dict) -> dict:
+        """The part of a call's args that some condition of this set can read: what a log keeps to re-decide
+        the call, without copying payloads no rule looks at."""
+        if self.arg_fields is None:
+            return dict(args)
+        return {k: v for k, v in args.items() if k in self.arg_fields}
 
     @classmethod
     def from_load(cls, result: LoadResult) -> PolicySet:

@@ -41,7 +41,7 @@ class CallRecord:
     allowed: bool
     rules: tuple[str, ...]
     errors: tuple[str, ...]  # condition evaluation errors, "<rule>: <message>"
-    args: dict  # the policy-visible args (hidden fields such as secrets already removed)
+    args: dict  # the args the policy set's conditions can read (secrets are hidden from policies altogether)
     code: str  # "OK" or the envelope error code
     message: str
     revision: str
@@ -121,7 +121,8 @@ class Dispatcher:
         except RequestError as exc:
             return error_envelope("INVALID_ARGUMENT", str(exc))
         decision = active.policy_set.decide(request)
-        record.update(decided=True, allowed=decision.allowed, rules=decision.rules, args=request.args,
+        record.update(decided=True, allowed=decision.allowed, rules=decision.rules,
+                      args=active.policy_set.args_seen(request.args),
                       errors=tuple(f"{e.rule}: {e.message}" for e in decision.errors))
         if not decision.allowed:
             return error_envelope("PERMISSION_DENIED", decision.message,

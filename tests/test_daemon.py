@@ -329,3 +329,22 @@ def test_data_dir_env_is_respected(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "x"))
     assert default_data_dir() == tmp_path / "x" / "capengine"
     assert os.environ.get("CAPENGINE_DATA_DIR") is None
+
+
+def test_records_keep_only_args_some_condition_reads(tmp_path):
+    from wasm_helpers import extension, make_host
+
+    rules = "- {id: ping, effect: allow, operations: [test.ping], condition: 'args.message != \"no\"'}\n"
+    host = make_host(tmp_path, policy_yaml("p", rules))
+    try:
+        ext = extension(tmp_path, call_job("test.ping", '{"message": "big payload"}', 0))
+        _, [call_record] = host.run_job(ext, "go", b"{}")
+    finally:
+        host.close()
+    assert call_record.args == {"message": "big payload"}
+    host = make_host(tmp_path / "2", policy_yaml("p", PING))
+    try:
+        _, [call_record] = host.run_job(extension(tmp_path, call_job("test.ping", '{"message": "x"}', 0)), "go", b"{}")
+    finally:
+        host.close()
+    assert call_record.args == {}  # no condition reads args: the log keeps none
