@@ -150,13 +150,16 @@ class GuestSession:
     dispatcher: Dispatcher
     limits: BridgeLimits
     input: bytes = b"{}"
+    memory: wasmtime.Memory | None = None  # set once the instance exists; saves a lookup per call
     held: bytes = b""
     logs: list[tuple[int, str]] = attrs.field(factory=list)
     dropped_logs: int = 0
     host_errors: list[str] = attrs.field(factory=list)
 
     def _memory(self, caller: wasmtime.Caller) -> wasmtime.Memory:
-        memory = caller.get("memory")
+        if self.memory is not None:
+            return self.memory
+        memory = caller.get("memory")  # during instantiation (a start function) there is no instance yet
         if not isinstance(memory, wasmtime.Memory):
             raise guest_memory.AbiFault(guest_memory.FAULT_RANGE, "the module exports no memory")
         return memory

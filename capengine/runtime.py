@@ -142,6 +142,7 @@ class Runtime:
             memory = exports.get("memory")
             if not isinstance(memory, wasmtime.Memory):
                 return "failed", None, "the module does not export its memory as 'memory'"
+            session.memory = memory
             init = exports.get("plugin_init")
             if isinstance(init, wasmtime.Func):
                 rc = init(store)
