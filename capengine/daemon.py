@@ -188,7 +188,7 @@ class Daemon:
             count = params.get("count", 20)
             if not isinstance(count, int) or count < 0:
                 raise RpcError(-32602, "count must be a non-negative integer")
-            return {"decisions": list(self.decisions.recent)[-count:] if count else []}
+            return {"decisions": self.decisions.tail(count)}
         raise RpcError(-32601, f"no method {method!r}")
 
     def answer(self, line: bytes) -> dict:

@@ -39,9 +39,9 @@ def _masked(value: object, mask: frozenset[str]) -> object:
     return value
 
 
-def to_record(call: CallRecord, mask: frozenset[str]) -> dict:
+def to_record(when: float, call_id: str, call: CallRecord, mask: frozenset[str]) -> dict:
     return {
-        "time": time.time(), "call_id": uuid.uuid4().hex, "extension": call.extension,
+        "time": when, "call_id": call_id, "extension": call.extension,
         "operation": call.operation, "library": call.library, "path": call.path,
         "decision": ("allow" if call.allowed else "deny") if call.decided else "error", "code": call.code,
         "rules": list(call.rules), "errors": list(call.errors), "revision": call.revision,
@@ -57,17 +57,21 @@ class DecisionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes, self.keep = max_bytes, keep
         self.mask = frozenset(m.lower() for m in mask)
-        self.recent: collections.deque[dict] = collections.deque(maxlen=tail_size)
+        self._recent: collections.deque[tuple] = collections.deque(maxlen=tail_size)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="capengine-decision-log", daemon=True)
         self._writer.start()
 
     def record(self, call: CallRecord) -> None:
-        """The hot-path part: build the record and queue it. Never blocks on disk."""
-        rec = to_record(call, self.mask)
-        self.recent.append(rec)
-        self._queue.put(rec)
+        """The hot-path part: stamp the call and queue it. Building and writing the JSON is the writer's."""
+        entry = (time.time(), uuid.uuid4().hex, call)
+        self._recent.append(entry)
+        self._queue.put(entry)
+
+    def tail(self, count: int) -> list[dict]:
+        entries = list(self._recent)[-count:] if count else []
+        return [to_record(*entry, self.mask) for entry in entries]
 
     def _open(self):
         """Append mode, created 0600: the log names files and extensions, it is not for everyone to read."""
@@ -85,7 +89,7 @@ class DecisionLog:
                 for rec in batch:
                     if rec is _STOP:
                         continue
-                    line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
+                    line = json.dumps(to_record(*rec, self.mask), ensure_ascii=False, separators=(",", ":")) + "\n"
                     if out.tell() > 0 and out.tell() + len(line.encode()) > self.max_bytes:
                         out.close()
                         self._rotate()

@@ -24,9 +24,15 @@ class Extension:
     jobs: tuple[str, ...]
     operations: tuple[str, ...]  # globs: what the extension declares it needs
     directory: Path
+    _declared: dict[str, bool] = attrs.field(factory=dict, eq=False, repr=False, init=False)
 
     def declares(self, operation: str) -> bool:
-        return any(globs.glob_match(p, operation) for p in self.operations)
+        found = self._declared.get(operation)
+        if found is None:
+            found = any(globs.glob_match(p, operation) for p in self.operations)
+            if len(self._declared) < 4096:  # bounded against made-up operation names
+                self._declared[operation] = found
+        return found
 
 
 def load_extension(directory: str | Path) -> Extension:

@@ -23,7 +23,7 @@ from capengine.engine import PolicySet
 from capengine.extensions import Extension
 from capengine.libraries import LibraryCatalog
 from capengine.operations.registry import CallContext, OperationError, Registry
-from capengine.policy_model import Request, RequestError
+from capengine.policy_model import Request
 from capengine.rate_limiter import RateLimiter
 
 log = logging.getLogger("capengine.guest")
@@ -116,10 +116,7 @@ class Dispatcher:
             except paths.PathError as exc:
                 return error_envelope("INVALID_ARGUMENT", f"{op.path_field}: {exc}")
             record["path"] = args[op.path_field]
-        try:
-            request = Request(ext.id, method, record["path"], library_id, op.policy_args(args))
-        except RequestError as exc:
-            return error_envelope("INVALID_ARGUMENT", str(exc))
+        request = Request(ext.id, method, record["path"], library_id, op.policy_args(args))
         decision = active.policy_set.decide(request)
         record.update(decided=True, allowed=decision.allowed, rules=decision.rules,
                       args=active.policy_set.args_seen(request.args),

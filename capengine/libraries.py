@@ -41,6 +41,7 @@ class LibraryCatalog:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db_path = self.data_dir / "libraries.sqlite3"
+        self._known: dict[str, Library] = {}  # id -> library; a call must not cost a SQLite query
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS libraries (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
                        "root TEXT NOT NULL UNIQUE)")
@@ -76,8 +77,15 @@ class LibraryCatalog:
         return [Library(row[0], row[1], Path(row[2])) for row in rows]
 
     def get(self, library_id: str) -> Library | None:
-        found = self._select("WHERE id = ?", (library_id,))
-        return found[0] if found else None
+        """Cached: entries are never changed in place, and an id unknown here is looked up again (another
+        process may have added it since)."""
+        library = self._known.get(library_id)
+        if library is None:
+            found = self._select("WHERE id = ?", (library_id,))
+            if not found:
+                return None
+            library = self._known[library_id] = found[0]
+        return library
 
     def find_root(self, root: Path) -> Library | None:
         found = self._select("WHERE root = ?", (str(root),))
