@@ -51,8 +51,13 @@ class Program:
             raise CelError(f"{type(exc).__name__}: {exc}") from None
 
 
-def compile_expression(source: str, decls: dict[str, Type] | None) -> tuple[Program | None, list]:
+def compile_expression(source: str, decls: dict[str, Type] | None,
+                       total: bool = False) -> tuple[Program | None, list]:
     """Parse, check (unless decls is None) and compile. Returns (program, errors); errors carry positions.
+
+    `total`: every activation will hold every declared variable (policy requests always do). That lets
+    comparisons of string variables with literals, and `&&`/`||`/`!` over them, compile to plain Python
+    operators: they cannot fail, so CEL's error-absorbing logic has nothing to do.
 
     Errors are CelSyntaxError, cel_checker.CheckError or CompileError, all with a position in `source`.
     """
@@ -64,7 +69,7 @@ def compile_expression(source: str, decls: dict[str, Type] | None) -> tuple[Prog
     if checked is not None and checked.errors:
         return None, list(checked.errors)
     try:
-        fn = _Compiler(checked).compile(node, frozenset())
+        fn = _Compiler(checked, total and checked is not None).compile(node, frozenset())
     except CompileError as exc:
         return None, [exc]
     return Program(source, checked.type if checked else DYN, fn, ast.referenced_fields(node, "args")), []
@@ -81,9 +86,13 @@ def _raise(message: str) -> Fn:
     return fail
 
 
+_STRING_TESTS = {"startsWith": str.startswith, "endsWith": str.endswith, "contains": str.__contains__}
+
+
 class _Compiler:
-    def __init__(self, checked: CheckResult | None) -> None:
+    def __init__(self, checked: CheckResult | None, total: bool = False) -> None:
         self.checked = checked
+        self.total = total
 
     def static_type(self, node: ast.Node) -> Type:
         if self.checked is None:
@@ -91,7 +100,61 @@ class _Compiler:
         return self.checked.node_types.get(id(node), DYN)
 
     def compile(self, node: ast.Node, scope: frozenset[str]) -> Fn:
+        if self.total:
+            fast = self._infallible(node, scope)
+            if fast is not None:
+                return fast
         return getattr(self, "_" + type(node).__name__)(node, scope)
+
+    def _string_var(self, node: ast.Node, scope) -> str | None:
+        """The name of a declared string variable (always present when `total`), else None."""
+        if isinstance(node, ast.Ident) and node.name not in scope and self.static_type(node) == Type("string"):
+            return node.name
+        return None
+
+    def _infallible(self, node: ast.Node, scope) -> Fn | None:
+        """A closure for boolean expressions that cannot raise: string variable vs string literal tests, and
+        `&&`, `||`, `!` over them. None when the node is anything else (then the general path compiles it)."""
+        if isinstance(node, ast.Literal) and type(node.value) is bool:
+            return _const(node.value)
+        if not isinstance(node, ast.Call):
+            return None
+        fn, args = node.function, node.args
+        if fn in ("_&&_", "_||_"):
+            left, right = (self._infallible(x, scope) for x in args)
+            if left is None or right is None:
+                return None
+            return (lambda a: left(a) or right(a)) if fn == "_||_" else (lambda a: left(a) and right(a))
+        if fn == "!_":
+            inner = self._infallible(args[0], scope)
+            return None if inner is None else (lambda a: not inner(a))
+        if fn in ("_==_", "_!=_") and len(args) == 2:
+            var, lit = args if isinstance(args[1], ast.Literal) else args[::-1]
+            name = self._string_var(var, scope)
+            if name is None or not isinstance(lit, ast.Literal) or type(lit.value) is not str:
+                return None
+            value = lit.value
+            return (lambda a: a[name] == value) if fn == "_==_" else (lambda a: a[name] != value)
+        if node.target is None or len(args) != 1 or not isinstance(args[0], ast.Literal) \
+                or type(args[0].value) is not str:
+            return None
+        name, value = self._string_var(node.target, scope), args[0].value
+        if name is None:
+            return None
+        self._validate_literal_arguments(fn, (node.target, *args))  # same load-time errors as the general path
+        if fn in _STRING_TESTS:
+            test = _STRING_TESTS[fn]
+            return lambda a: test(a[name], value)
+        if fn == "under":
+            try:
+                base = paths.canonical_path(value)
+            except paths.PathError:
+                return None  # reported by the literal checks on the general path
+            if base in ("", "/"):
+                return lambda a: a[name].startswith("/")
+            prefix = base + "/"
+            return lambda a: (p := a[name]) == base or p.startswith(prefix)
+        return None
 
     def _Literal(self, node: ast.Literal, scope) -> Fn:
         return _const(node.value)

@@ -226,7 +226,7 @@ class _DocumentLoader:
         return ok
 
     def _compile(self, source: str, json_path: tuple) -> cel_compiler.Program | None:
-        program, errors = cel_compiler.compile_expression(source, POLICY_DECLS)
+        program, errors = cel_compiler.compile_expression(source, POLICY_DECLS, total=True)
         node = self.doc.nodes.get(json_path)
         for err in errors:
             pos = err.pos if not isinstance(err, cel_ast.CelSyntaxError) else cel_ast.Pos(err.line, err.column)
