@@ -8,7 +8,7 @@ for policy conditions (`total=True`) as well as the general closures.
 from __future__ import annotations
 
 import celpy
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from capengine import paths
@@ -88,8 +88,18 @@ def ours(expr: str, activation: dict) -> tuple[str, object]:
         return "error", None
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def act(**kw) -> dict:
+    return {"path": "", "library": "", "operation": "", "extension": "", "args": {}, **kw}
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(EXPRS, ACTIVATIONS)
+@example('path.under("/photos")', act(path="/photos2/b"))  # segment edge: a shared prefix is not containment
+@example('path.under("/photos")', act(path="/photos"))
+@example('path.under("/")', act(path=""))
+@example('!(path.startsWith("/ph")) || library == ""', act(path="/photos"))
+@example('(args.n / 0 == 1) || path == ""', act(args={"n": 1}))  # error absorbed by the deciding side
+@example('(args.missing == 1) && false', act())
 def test_compiled_matches_cel_python(expr, activation):
     got = ours(expr, activation)
     if got[0] == "rejected":
