@@ -72,7 +72,7 @@ def main() -> None:
             host.close()
     print(f"bare host functions (floor): {floor:8.2f} us/call")
     print(f"full round trip (test.ping): {best:8.2f} us/call")
-    print(f"ratio full/floor:            {best / floor:8.1f}x")
+    print(f"ratio full/floor:            {best / floor:8.2f}x")
 
 
 def host_dispatcher(host):

@@ -1,12 +1,14 @@
 """Guest linear memory at the ABI boundary: every pointer and length a guest passes is hostile until checked.
 
 wasmtime hands i32 arguments over signed, and `Memory.read` follows Python slice rules (a negative offset
-wraps, an over-long read is silently cut), so every access goes through `read`/`write` here: mask to u32,
-check `ptr + len <= data_len` in Python integers (no overflow), copy once, and parse only the copy.
+wraps, an over-long read is silently cut), so every access goes through a `View` here: mask to u32, check
+`ptr + len <= size` in Python integers (no overflow), copy once, and parse only the copy. (A View also
+fetches the buffer address once per call; wasmtime-py's `read`/`write` fetch it on every access.)
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 
@@ -32,27 +34,36 @@ def u32(value: int) -> int:
     return value & 0xFFFFFFFF
 
 
-def read(memory: wasmtime.Memory, store: wasmtime.Store, ptr: int, length: int, cap: int) -> bytes:
-    """Copy `length` bytes at `ptr` out of guest memory, or raise AbiFault."""
-    ptr, length = u32(ptr), u32(length)
-    if length > cap:
-        raise AbiFault(FAULT_TOO_LARGE, f"{length} bytes is over the {cap}-byte cap")
-    if ptr + length > memory.data_len(store):
-        raise AbiFault(FAULT_RANGE, f"range [{ptr}, {ptr + length}) is outside linear memory")
-    if length == 0:
-        return b""
-    data = memory.read(store, ptr, ptr + length)
-    if len(data) != length:  # cannot happen after the check above; never hand on a short read
-        raise AbiFault(FAULT_RANGE, "short read from linear memory")
-    return bytes(data)
+class View:
+    """Linear memory as one host call sees it: base address and size fetched once.
 
+    Within a host call no guest code runs and the host never grows memory, so the buffer cannot move or
+    shrink until the call returns; a View must not outlive the call that made it. Every access is checked
+    against the size in Python integers (no wrap-around) before any byte is touched."""
 
-def write(memory: wasmtime.Memory, store: wasmtime.Store, ptr: int, data: bytes) -> None:
-    ptr = u32(ptr)
-    if ptr + len(data) > memory.data_len(store):
-        raise AbiFault(FAULT_RANGE, f"range [{ptr}, {ptr + len(data)}) is outside linear memory")
-    if data:
-        memory.write(store, data, ptr)
+    __slots__ = ("base", "size")
+
+    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Store) -> None:
+        self.size = memory.data_len(store)
+        self.base = ctypes.addressof(memory.data_ptr(store).contents) if self.size else 0
+
+    def _check(self, ptr: int, length: int) -> None:
+        if ptr + length > self.size:
+            raise AbiFault(FAULT_RANGE, f"range [{ptr}, {ptr + length}) is outside linear memory")
+
+    def read(self, ptr: int, length: int, cap: int) -> bytes:
+        """Copy `length` bytes at `ptr` out of guest memory, or raise AbiFault."""
+        ptr, length = u32(ptr), u32(length)
+        if length > cap:
+            raise AbiFault(FAULT_TOO_LARGE, f"{length} bytes is over the {cap}-byte cap")
+        self._check(ptr, length)
+        return ctypes.string_at(self.base + ptr, length) if length else b""
+
+    def write(self, ptr: int, data: bytes) -> None:
+        ptr = u32(ptr)
+        self._check(ptr, len(data))
+        if data:
+            ctypes.memmove(self.base + ptr, data, len(data))
 
 
 def decode_text(raw: bytes, what: str) -> str:

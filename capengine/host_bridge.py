@@ -27,6 +27,9 @@ from capengine.policy_model import Request
 from capengine.rate_limiter import RateLimiter
 
 log = logging.getLogger("capengine.guest")
+# Compact, "ok" first (the C bindings test the prefix). Built once: json.dumps with options builds an encoder
+# per call.
+_ENVELOPE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @attrs.frozen
@@ -165,21 +168,19 @@ class GuestSession:
              payload_len: int) -> int:
         self.held = b""
         try:
-            memory = self._memory(caller)
-            cap = self.limits.max_request
-            raw_method = guest_memory.read(memory, caller, method_ptr, method_len, 256)
-            raw_library = b"" if guest_memory.u32(library_ptr) == 0 else guest_memory.read(
-                memory, caller, library_ptr, 16, 16)
-            raw_payload = guest_memory.read(memory, caller, payload_ptr, payload_len, cap)
+            view = guest_memory.View(self._memory(caller), caller)
+            raw_method = view.read(method_ptr, method_len, 256)
+            raw_library = b"" if guest_memory.u32(library_ptr) == 0 else view.read(library_ptr, 16, 16)
+            raw_payload = view.read(payload_ptr, payload_len, self.limits.max_request)
         except guest_memory.AbiFault as fault:
             return fault.code
         except Exception as exc:  # noqa: BLE001 - never let a host bug become an uncontrolled trap
             return self._internal(exc)
         try:
             envelope = self._envelope(raw_method, raw_library, raw_payload)
-            self.held = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+            self.held = _ENVELOPE.encode(envelope).encode()
         except Exception as exc:  # noqa: BLE001
-            self.held = json.dumps(error_envelope("INTERNAL", "host error; see the host log")).encode()
+            self.held = _ENVELOPE.encode(error_envelope("INTERNAL", "host error; see the host log")).encode()
             self._internal(exc)
         return len(self.held)
 
@@ -195,7 +196,7 @@ class GuestSession:
     def _copy_out(self, caller, data: bytes, out_ptr: int, out_cap: int) -> int:
         try:
             if guest_memory.u32(out_cap) >= len(data):
-                guest_memory.write(self._memory(caller), caller, out_ptr, data)
+                guest_memory.View(self._memory(caller), caller).write(out_ptr, data)
         except guest_memory.AbiFault as fault:
             return fault.code
         except Exception as exc:  # noqa: BLE001
@@ -211,7 +212,7 @@ class GuestSession:
     def log(self, caller, level: int, ptr: int, length: int) -> None:
         try:
             cap = self.limits.max_log_line
-            raw = guest_memory.read(self._memory(caller), caller, ptr, min(guest_memory.u32(length), cap), cap)
+            raw = guest_memory.View(self._memory(caller), caller).read(ptr, min(guest_memory.u32(length), cap), cap)
         except guest_memory.AbiFault:
             raw = b"<log message outside linear memory>"
         except Exception as exc:  # noqa: BLE001
