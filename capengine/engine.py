@@ -80,6 +80,8 @@ class PolicySet:
         the call, without copying payloads no rule looks at."""
         if self.arg_fields is None:
             return dict(args)
+        if not self.arg_fields:
+            return {}
         return {k: v for k, v in args.items() if k in self.arg_fields}
 
     @classmethod

@@ -112,8 +112,9 @@ class Dispatcher:
                 return error_envelope("NOT_FOUND", f"no library {library_id}")
         elif op.needs_library:
             return error_envelope("LIBRARY_REQUIRED", f"{method} needs a library id")
-        args = dict(payload)
+        args = payload
         if op.path_field is not None:
+            args = dict(payload)  # the handler gets the canonical path the policy judged
             try:
                 args[op.path_field] = paths.canonical_path(payload[op.path_field])
             except paths.PathError as exc:

@@ -70,6 +70,8 @@ class Operation:
             raise OperationError("INVALID_ARGUMENT", f"{self.name}: {exc.message}") from None
 
     def policy_args(self, payload: dict) -> dict:
+        if not self.hidden_args:
+            return payload
         return {k: v for k, v in payload.items() if k not in self.hidden_args}
 
 
