@@ -125,6 +125,17 @@ def test_sidecar_crash_before_rename_leaves_old_file(lib, monkeypatch):
     assert stored.read_text() == "old" and not list(stored.parent.glob("*.tmp"))
 
 
+def test_abandoned_temp_files_are_swept(lib):
+    call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="v1")
+    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/ocr-text")
+    old, fresh = stored.parent / ".ocr-text.1.dead.tmp", stored.parent / ".ocr-text.2.live.tmp"
+    old.write_text("torn")
+    fresh.write_text("in progress")
+    os.utime(old, (0, 0))
+    call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="v2")
+    assert not old.exists() and fresh.exists()  # a writer that may still be running is left alone
+
+
 def test_open_beneath_rejects_non_canonical(lib):
     for bad in ("docs/a.txt", "/docs/../a", "/docs/./a.txt"):
         with pytest.raises(safe_fs.FsError), safe_fs.open_beneath(lib.root, bad):

@@ -8,6 +8,7 @@ import hashlib
 import mimetypes
 import os
 import stat as stat_mod
+import time
 
 from capengine import safe_fs
 from capengine.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
@@ -115,7 +116,21 @@ def write_sidecar(ctx: CallContext, args: dict) -> dict:
                 os.unlink(tmp, dir_fd=parent)
             raise
         os.fsync(parent)
+        _sweep_stale_temps(parent, name)
     return {"path": args["path"], "kind": args["kind"], "size": len(data)}
+
+
+STALE_TEMP_SECONDS = 600
+
+
+def _sweep_stale_temps(parent: int, name: str) -> None:
+    """Temp files a killed writer left behind (it never reached the rename), once clearly abandoned."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for entry in os.listdir(parent):
+        if entry.startswith(f".{name}.") and entry.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                if os.stat(entry, dir_fd=parent, follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry, dir_fd=parent)
 
 
 def read_sidecar(ctx: CallContext, args: dict) -> dict:
