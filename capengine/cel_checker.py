@@ -80,6 +80,9 @@ class Checker:
         qualified = qualified_name(node)
         if qualified and qualified.split(".")[0] not in scope and qualified in self.decls and not node.test_only:
             return self.decls[qualified]
+        if qualified in TYPE_IDENTS and qualified.split(".")[0] not in scope and qualified.split(".")[0] not in \
+                self.decls and not node.test_only:
+            return TYPE  # a qualified type name used as a value: google.protobuf.Timestamp
         operand = self.visit(node.operand, scope)
         if operand == DYN:
             field_type = DYN

@@ -175,6 +175,9 @@ class _Compiler:
 
     def _Select(self, node: ast.Select, scope) -> Fn:
         qualified = qualified_name(node)
+        if qualified in TYPE_IDENTS and qualified.split(".")[0] not in scope and not node.test_only:
+            type_value = CelType(TYPE_IDENTS[qualified].name)
+            return lambda a: a.get(qualified, type_value)
         operand = self.compile(node.operand, scope)
         field = node.field
         if node.test_only:

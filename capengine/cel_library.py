@@ -15,7 +15,7 @@ from functools import lru_cache
 import attrs
 import re2
 
-from capengine import globs, paths
+from capengine import cel_time, globs, paths
 from capengine.cel_types import (
     BOOL,
     BYTES,
@@ -295,6 +295,7 @@ _def("bytes", (BYTES,), BYTES, lambda x: x)
 _def("bytes", (STRING,), BYTES, lambda s: s.encode("utf-8"))
 _def("bool", (BOOL,), BOOL, lambda x: x)
 _def("bool", (STRING,), BOOL, _string_to_bool)
+cel_time.register(_def, {"int": INT, "string": STRING, "timestamp": TIMESTAMP, "duration": DURATION})
 _def("dyn", (A,), DYN, lambda x: x)
 _def("type", (A,), TYPE, lambda x: CelType(type_name(x)))
 
