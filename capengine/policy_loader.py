@@ -108,7 +108,12 @@ def load_paths(paths: Iterable[str | Path]) -> LoadResult:
             if path.stat().st_size > MAX_FILE_BYTES:
                 raise OSError(f"file larger than {MAX_FILE_BYTES} bytes")
             text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[:exc.start].count(b"\n") + 1
+            result.findings.append(Finding(Location(str(path), line, 1), "error", "io",
+                                           f"not UTF-8 (byte {exc.start}); save the file as UTF-8"))
+            continue
+        except OSError as exc:
             result.findings.append(Finding(Location(str(path)), "error", "io", f"cannot read: {exc}"))
             continue
         loaded, file_findings = load_text(str(path), text)
@@ -127,6 +132,9 @@ def load_text(path: str, text: str) -> tuple[LoadedFile, list[Finding]]:
     except YamlSourceError as exc:
         return loaded, [Finding(Location(path, exc.line, exc.column), "error", "yaml-syntax",
                                 f"{exc.message}; fix the YAML syntax")]
+    if not documents:
+        return loaded, [Finding(Location(path, 1, 1), "warning", "empty-file",
+                                "no YAML document in this file; add a Policy or PolicyTest, or remove the file")]
     lines = text.splitlines()
     for doc in documents:
         _DocumentLoader(path, lines, doc, loaded, findings).load()

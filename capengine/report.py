@@ -29,6 +29,7 @@ RULE_HELP = {
     "uncovered-rule": "No policy test case was decided by this rule.",
     "coverage": "Rule coverage of the policy tests is below the required minimum.",
     "io": "A file could not be read.",
+    "empty-file": "A policy file holds no document.",
 }
 
 

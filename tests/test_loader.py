@@ -138,3 +138,11 @@ def test_deep_cel_expression_is_an_error_not_a_crash():
     """)
     [(_, _, code, msg)] = findings_of(text)
     assert code == "cel-syntax" and "deeply" in msg
+
+
+def test_empty_and_non_utf8_files_are_reported(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# nothing here\n")
+    (tmp_path / "latin1.yaml").write_bytes(b"apiVersion: capengine/v1\nkind: Policy\nmetadata: {name: caf\xe9}\n")
+    found = {(f.location.file.rsplit("/", 1)[-1], f.location.line, f.severity, f.code)
+             for f in load_paths([tmp_path]).findings}
+    assert found == {("empty.yaml", 1, "warning", "empty-file"), ("latin1.yaml", 3, "error", "io")}
