@@ -22,6 +22,8 @@ from capengine.cel_types import DYN, TYPE_IDENTS, Type
 from capengine.cel_values import CelError, CelType, UInt, make_map, map_lookup, type_name
 
 Fn = Callable[[dict], object]
+BUDGET_KEY = "\0budget"  # not a CEL identifier: no expression can read or shadow it
+MAX_ITERATIONS = 20_000  # comprehension steps per evaluation, nested loops included (about 50 ms)
 
 
 class CompileError(Exception):
@@ -39,8 +41,11 @@ class Program:
     type: Type
     fn: Fn
     arg_fields: frozenset[str] | None = frozenset()  # what it reads of `args`; None: possibly everything
+    loops: bool = False  # has comprehensions: evaluation gets an iteration budget
 
     def evaluate(self, activation: dict) -> object:
+        if self.loops:  # guest-sized lists must not let a policy burn the host's CPU (x.all(a, x.all(b, ...)))
+            activation = {**activation, BUDGET_KEY: [MAX_ITERATIONS]}
         try:
             return self.fn(activation)
         except CelError:
@@ -68,11 +73,13 @@ def compile_expression(source: str, decls: dict[str, Type] | None,
     checked = check(node, decls) if decls is not None else None
     if checked is not None and checked.errors:
         return None, list(checked.errors)
+    compiler = _Compiler(checked, total and checked is not None)
     try:
-        fn = _Compiler(checked, total and checked is not None).compile(node, frozenset())
+        fn = compiler.compile(node, frozenset())
     except CompileError as exc:
         return None, [exc]
-    return Program(source, checked.type if checked else DYN, fn, ast.referenced_fields(node, "args")), []
+    return Program(source, checked.type if checked else DYN, fn, ast.referenced_fields(node, "args"),
+                   compiler.loops), []
 
 
 def _const(value: object) -> Fn:
@@ -93,6 +100,7 @@ class _Compiler:
     def __init__(self, checked: CheckResult | None, total: bool = False) -> None:
         self.checked = checked
         self.total = total
+        self.loops = False
 
     def static_type(self, node: ast.Node) -> Type:
         if self.checked is None:
@@ -256,6 +264,7 @@ class _Compiler:
         return conditional
 
     def _Comprehension(self, node: ast.Comprehension, scope) -> Fn:
+        self.loops = True
         inner = scope | {node.var} | ({node.var2} if node.var2 else set())
         rng = self.compile(node.range, scope)
         body = self.compile(node.body, inner)
@@ -378,7 +387,12 @@ def _loop(rng: Fn, var: str, var2: str | None):
 
     def run(a, source=None):
         child = dict(a)
+        budget = a.get(BUDGET_KEY)
         for first, second in _iterate(rng(a) if source is None else source, var2 is not None):
+            if budget is not None:
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise CelError(f"evaluation budget of {MAX_ITERATIONS} loop iterations exceeded")
             child[var] = first
             if var2 is not None:
                 child[var2] = second

@@ -212,3 +212,16 @@ def test_decide_is_thread_safe(tmp_path):
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_guest_sized_lists_cannot_make_a_policy_burn_cpu(tmp_path):
+    """A quadratic condition over a list the guest controls hits the iteration budget and fails closed."""
+    write(tmp_path, "p.yaml", policy_yaml("p", """
+        - {id: uniq, effect: allow, operations: [a.b],
+           condition: "args.tags.all(x, args.tags.exists_one(y, y == x))"}
+    """))
+    ps = load_set(tmp_path)
+    small = ps.decide_raw(request("a.b", tags=["a", "b", "c"]))
+    assert small.allowed
+    big = ps.decide_raw(request("a.b", tags=[str(i) for i in range(5000)]))  # 25 million steps unbounded
+    assert not big.allowed and "budget of 20000 loop iterations exceeded" in big.errors[0].message
