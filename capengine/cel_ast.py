@@ -15,6 +15,7 @@ import attrs
 import lark
 from celpy import celparser
 
+from capengine.cel_library import FUNCTIONS
 from capengine.cel_values import INT_MAX, INT_MIN, UINT_MAX, UInt
 
 
@@ -107,7 +108,17 @@ class Conditional:
     pos: Pos
 
 
-Node = Literal | Ident | Select | Call | Index | CreateList | CreateMap | Comprehension | Conditional
+@attrs.frozen
+class Bind:
+    """`cel.bind(var, init, body)`: body evaluated with var bound to init (evaluated once)."""
+
+    var: str
+    init: Node
+    body: Node
+    pos: Pos
+
+
+Node = Literal | Ident | Select | Call | Index | CreateList | CreateMap | Comprehension | Conditional | Bind
 
 _BINARY = {
     "relation_lt": "_<_", "relation_le": "_<=_", "relation_gt": "_>_", "relation_ge": "_>=_",
@@ -264,6 +275,11 @@ class _Builder:
         target = self.build(operand, d)
         pos = _pos(kids[1])
         arity = _MACROS.get(name, {}).get(len(args))
+        namespace = qualified_name(target)
+        if namespace == "cel" and name == "bind" and len(args) == 3:
+            return Bind(_ident_name(args[0], "cel.bind"), args[1], args[2], pos)
+        if namespace is not None and f"{namespace}.{name}" in FUNCTIONS:  # strings.quote(...)
+            return Call(f"{namespace}.{name}", None, args, pos)
         if arity == 1:
             return self._macro1(name, target, args, pos)
         if arity == 2:
@@ -366,6 +382,18 @@ def referenced_fields(node: Node, variable: str) -> frozenset[str] | None:
                 elif attrs.has(type(child)) and not isinstance(child, Pos):
                     stack.append(child)
     return frozenset(found)
+
+
+def qualified_name(node: Node) -> str | None:
+    """`a.b.c` as one dotted name when it is a chain of plain selections on an identifier."""
+    parts: list[str] = []
+    while isinstance(node, Select) and not node.test_only:
+        parts.append(node.field)
+        node = node.operand
+    if not isinstance(node, Ident):
+        return None
+    parts.append(node.name)
+    return ".".join(reversed(parts))
 
 
 def _ident_name(node: Node, macro: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 
 from capengine import cel_ast as ast
+from capengine.cel_ast import qualified_name
 from capengine.cel_library import FUNCTIONS
 from capengine.cel_types import (
     BOOL,
@@ -154,6 +155,9 @@ class Checker:
             return map_of(first, body)
         return list_of(body)
 
+    def _Bind(self, node: ast.Bind, scope) -> Type:
+        return self.visit(node.body, {**scope, node.var: self.visit(node.init, scope)})
+
     def _expect_bool(self, node: ast.Node, scope, what: str) -> None:
         t = self.visit(node, scope)
         if t not in (BOOL, DYN):
@@ -194,17 +198,6 @@ _OPERATOR_TEXT = {"_&&_": "&&", "_||_": "||", "!_": "!", "-_": "-", "_+_": "+", 
                   "_/_": "/", "_%_": "%", "_==_": "==", "_!=_": "!=", "_<_": "<", "_<=_": "<=", "_>_": ">",
                   "_>=_": ">=", "@in": "in"}
 
-
-def qualified_name(node: ast.Node) -> str | None:
-    """`a.b.c` as one dotted name when it is a chain of plain selections on an identifier."""
-    parts: list[str] = []
-    while isinstance(node, ast.Select) and not node.test_only:
-        parts.append(node.field)
-        node = node.operand
-    if not isinstance(node, ast.Ident):
-        return None
-    parts.append(node.name)
-    return ".".join(reversed(parts))
 
 
 def check(node: ast.Node, decls: dict[str, Type]) -> CheckResult:

@@ -16,7 +16,8 @@ import attrs
 
 from capengine import cel_ast as ast
 from capengine import globs, paths
-from capengine.cel_checker import CheckResult, check, qualified_name
+from capengine.cel_ast import qualified_name
+from capengine.cel_checker import CheckResult, check
 from capengine.cel_library import compile_regex, dispatch_table, resolve_runtime
 from capengine.cel_types import DYN, TYPE_IDENTS, Type
 from capengine.cel_values import CelError, CelType, UInt, make_map, map_lookup, type_name
@@ -270,6 +271,10 @@ class _Compiler:
         body = self.compile(node.body, inner)
         guard = self.compile(node.guard, inner) if node.guard is not None else None
         return _COMPREHENSIONS[node.kind](rng, node.var, node.var2, guard, body)
+
+    def _Bind(self, node: ast.Bind, scope) -> Fn:
+        init, body, var = self.compile(node.init, scope), self.compile(node.body, scope | {node.var}), node.var
+        return lambda a: body({**a, var: init(a)})
 
     def _Call(self, node: ast.Call, scope) -> Fn:
         fn = node.function

@@ -15,7 +15,7 @@ from functools import lru_cache
 import attrs
 import re2
 
-from capengine import cel_time, globs, paths
+from capengine import cel_ext, cel_strings, cel_time, globs, paths
 from capengine.cel_types import (
     BOOL,
     BYTES,
@@ -296,6 +296,9 @@ _def("bytes", (STRING,), BYTES, lambda s: s.encode("utf-8"))
 _def("bool", (BOOL,), BOOL, lambda x: x)
 _def("bool", (STRING,), BOOL, _string_to_bool)
 cel_time.register(_def, {"int": INT, "string": STRING, "timestamp": TIMESTAMP, "duration": DURATION})
+cel_strings.register(_def, {"int": INT, "string": STRING, "list_string": list_of(STRING)})
+cel_ext.register(_def, {"int": INT, "uint": UINT, "double": DOUBLE, "bool": BOOL, "string": STRING, "bytes": BYTES,
+                        "dyn": DYN, "list_dyn": list_of(DYN)})
 _def("dyn", (A,), DYN, lambda x: x)
 _def("type", (A,), TYPE, lambda x: CelType(type_name(x)))
 
