@@ -165,6 +165,7 @@ class Daemon:
         summary = {**info, "status": result.status, "code": result.code, "error": result.error,
                    "calls": [{"operation": c.operation, "path": c.path, "code": c.code, "rules": list(c.rules)}
                              for c in calls],
+                   "calls_dropped": calls.dropped,
                    "logs": [{"level": level, "message": text} for level, text in result.logs]}
         self._finished.append({k: summary[k] for k in ("id", "extension", "job", "status", "started")})
         return summary

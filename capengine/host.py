@@ -17,6 +17,15 @@ from capengine.operations import Registry, default_registry
 from capengine.rate_limiter import RateLimiter
 from capengine.runtime import JobResult, Limits, Runtime
 
+MAX_CALL_RECORDS = 10_000  # per job, kept for the caller; the decision log still gets every call
+
+
+class CallRecords(list):
+    """The calls a job made, in order, up to MAX_CALL_RECORDS; `dropped` counts the rest, so a guest that
+    calls in a tight loop cannot grow the host's memory without bound."""
+
+    dropped: int = 0
+
 
 class Host:
     def __init__(self, policy_set: PolicySet, data_dir: Path, limits: Limits | None = None,
@@ -48,11 +57,14 @@ class Host:
         """The catalogue entry for `root`, adding it if needed."""
         return self.catalog.find_root(Path(root).resolve()) or self.catalog.add(root)
 
-    def run_job(self, ext: Extension, job: str, input_json: bytes) -> tuple[JobResult, list[CallRecord]]:
-        calls: list[CallRecord] = []
+    def run_job(self, ext: Extension, job: str, input_json: bytes) -> tuple[JobResult, CallRecords]:
+        calls = CallRecords()
 
         def record(call: CallRecord) -> None:
-            calls.append(call)
+            if len(calls) < MAX_CALL_RECORDS:
+                calls.append(call)
+            else:
+                calls.dropped += 1
             if self.on_call is not None:
                 self.on_call(call)
 

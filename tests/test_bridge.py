@@ -281,3 +281,25 @@ def test_wat_example_reads_allowed_file_and_is_denied_secrets(tmp_path):
         assert '"rule":"t/no-secret"' in result.logs[0][1]
     finally:
         host.close()
+
+
+def test_call_records_are_capped_for_chatty_guests(tmp_path, monkeypatch):
+    from capengine import host as host_module
+
+    monkeypatch.setattr(host_module, "MAX_CALL_RECORDS", 5)
+    h = make_host(tmp_path)
+    try:
+        data = '  (data (i32.const 1024) "test.ping")\n  (data (i32.const 4096) "{\\"message\\": \\"x\\"}")'
+        wat = wat_module("""(func (export "execute_go") (result i32)
+            (local $i i32)
+            (loop $l
+              (drop (call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 4096)
+                                           (i32.const 16)))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $l (i32.lt_u (local.get $i) (i32.const 12))))
+            (i32.const 0))""", data)
+        result, calls = h.run_job(extension(tmp_path, wat), "go", b"{}")
+    finally:
+        h.close()
+    assert result.status == "completed" and len(calls) == 5 and calls.dropped == 7
+    assert all(c.code == "OK" for c in calls)
