@@ -58,7 +58,9 @@ class DecisionLog:
         self.max_bytes, self.keep = max_bytes, keep
         self.mask = frozenset(m.lower() for m in mask)
         self._recent: collections.deque[tuple] = collections.deque(maxlen=tail_size)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # Bounded: if the disk falls behind, calls wait for it (back-pressure) rather than memory growing
+        # without limit or records being dropped.
+        self._queue: queue.Queue = queue.Queue(maxsize=100_000)
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="capengine-decision-log", daemon=True)
         self._writer.start()
