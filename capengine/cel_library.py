@@ -6,7 +6,6 @@ Implementations take and return plain CEL values (see cel_values) and raise CelE
 
 from __future__ import annotations
 
-import decimal
 import math
 import re
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from capengine.cel_values import (
     check_int,
     check_uint,
     equals,
+    format_double,
     map_lookup,
     numeric_compare,
     type_name,
@@ -243,29 +243,6 @@ def _string_to_bool(text: str) -> bool:
         raise CelError(f"cannot convert {text!r} to bool") from None
 
 
-def format_double(x: float) -> str:
-    """Go's %g with the shortest round-trip digits, which is what CEL implementations print."""
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "+Inf" if x > 0 else "-Inf"
-    if x == 0:
-        return "-0" if math.copysign(1.0, x) < 0 else "0"
-    sign, digits, exponent = decimal.Decimal(repr(x)).normalize().as_tuple()
-    text = "".join(map(str, digits))
-    exp10 = len(text) + exponent - 1
-    if exp10 < -4 or exp10 >= 21:
-        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
-        out = f"{mantissa}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
-    elif exponent >= 0:
-        out = text + "0" * exponent
-    elif exp10 >= 0:
-        out = text[: exp10 + 1] + "." + text[exp10 + 1:]
-    else:
-        out = "0." + "0" * (-exp10 - 1) + text
-    return ("-" if sign else "") + out
-
-
 def _bytes_to_string(b: bytes) -> str:
     try:
         return b.decode("utf-8")
@@ -296,7 +273,7 @@ _def("bytes", (STRING,), BYTES, lambda s: s.encode("utf-8"))
 _def("bool", (BOOL,), BOOL, lambda x: x)
 _def("bool", (STRING,), BOOL, _string_to_bool)
 cel_time.register(_def, {"int": INT, "string": STRING, "timestamp": TIMESTAMP, "duration": DURATION})
-cel_strings.register(_def, {"int": INT, "string": STRING, "list_string": list_of(STRING)})
+cel_strings.register(_def, {"int": INT, "string": STRING, "list_string": list_of(STRING), "list_dyn": list_of(DYN)})
 cel_ext.register(_def, {"int": INT, "uint": UINT, "double": DOUBLE, "bool": BOOL, "string": STRING, "bytes": BYTES,
                         "dyn": DYN, "list_dyn": list_of(DYN)})
 _def("dyn", (A,), DYN, lambda x: x)

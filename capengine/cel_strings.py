@@ -5,7 +5,11 @@ Out-of-range indices are errors, never clamped: a policy must not silently read 
 
 from __future__ import annotations
 
-from capengine.cel_values import CelError
+import math
+import re
+
+from capengine import cel_time
+from capengine.cel_values import CelError, CelType, UInt, format_double, type_name
 
 # Go's unicode.IsSpace, which cel-go's trim uses (Python's str.strip also strips \x1c-\x1f).
 _SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
@@ -97,3 +101,107 @@ def register(define, types) -> None:
     define("join", (LIST, STRING), STRING, join, receiver=True)
     define("reverse", (STRING,), STRING, lambda s: s[::-1], receiver=True)
     define("strings.quote", (STRING,), STRING, quote)
+    define("format", (STRING, types["list_dyn"]), STRING, format_string, receiver=True)
+
+
+_FORMAT = re.compile(r"%(?:(%)|(?:\.(\d+))?([a-zA-Z]))")
+
+
+def _plain(value: object) -> str:
+    """%s: how cel-go prints a value: strings raw, lists and maps (keys sorted) recursively."""
+    t = type(value)
+    if t is str:
+        return value
+    if t is bytes:
+        return value.decode("utf-8", "replace")
+    if value is None:
+        return "null"
+    if t is bool:
+        return "true" if value else "false"
+    if t is float:
+        return _special(value) or format_double(value)
+    if t in (list, tuple):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    if t is dict:
+        items = sorted(((_plain(k), _plain(v)) for k, v in value.items()), key=lambda kv: kv[0])
+        return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
+    if t is cel_time.Timestamp:
+        return cel_time.format_timestamp(value)
+    if t is cel_time.Duration:
+        return cel_time.format_duration(value)
+    if t is CelType or t is int or t is UInt:
+        return str(value if t is CelType else int(value))
+    raise CelError(f"format: %s cannot print a value of type {type_name(value)}")
+
+
+def _special(x: float) -> str | None:
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    return None
+
+
+def _number(value: object, verb: str) -> float:
+    if type(value) in (int, UInt, float):
+        return float(value)
+    raise CelError(f"format: %{verb} needs a number, not {type_name(value)}")
+
+
+def _integer(value: object, verb: str) -> int:
+    if type(value) is bool and verb == "b":
+        return int(value)
+    if type(value) in (int, UInt):
+        return int(value)
+    raise CelError(f"format: %{verb} needs an integer, not {type_name(value)}")
+
+
+def _fixed(x: float, precision: int) -> str:
+    """%f rounds half to even on the exact binary value, as Go does; Python's format does the same."""
+    return _special(x) or f"{x:.{precision}f}"
+
+
+def _verb(verb: str, precision: str | None, value: object) -> str:
+    p = 6 if precision is None else int(precision)
+    if verb == "s":
+        return _plain(value)
+    if verb == "d":
+        if type(value) is float and _special(value):
+            return _special(value)
+        return str(_integer(value, verb))
+    if verb == "f":
+        return _fixed(_number(value, verb), p)
+    if verb == "e":
+        x = _number(value, verb)
+        return _special(x) or f"{x:.{p}e}"
+    if verb in ("x", "X"):
+        if type(value) is str:
+            text = value.encode("utf-8").hex()
+        elif type(value) is bytes:
+            text = value.hex()
+        else:
+            n = _integer(value, verb)
+            text = format(n, "x") if n >= 0 else "-" + format(-n, "x")
+        return text.upper() if verb == "X" else text
+    if verb == "o":
+        return format(_integer(value, verb), "o")
+    if verb == "b":
+        return format(_integer(value, verb), "b")
+    raise CelError(f"format: unknown verb %{verb}")
+
+
+def format_string(template: str, args) -> str:
+    """`"%s is %d".format([a, b])`: the verbs of cel-go's strings extension (%s %d %f %e %x %X %o %b, %%)."""
+    out, pos, used = [], 0, 0
+    for m in _FORMAT.finditer(template):
+        out.append(template[pos:m.start()])
+        pos = m.end()
+        if m.group(1):
+            out.append("%")
+            continue
+        if used >= len(args):
+            raise CelError(f"format: not enough arguments for {template!r}")
+        out.append(_verb(m.group(3), m.group(2), args[used]))
+        used += 1
+    out.append(template[pos:])
+    return "".join(out)

@@ -8,6 +8,7 @@ ints) are handled here and in the function library, never left to Python.
 
 from __future__ import annotations
 
+import decimal
 import math
 
 import attrs
@@ -139,5 +140,30 @@ def make_map(pairs: list[tuple[object, object]]) -> dict:
         valid_key(key)
         if map_lookup(result, key)[0]:
             raise CelError(f"duplicate map key: {key!r}")
+        if key in result:  # Python sees 1 and true as one key; fail rather than lose an entry
+            raise CelError(f"a map cannot hold both {key!r} and an equal key of another type (known limitation)")
         result[key] = value
     return result
+
+
+def format_double(x: float) -> str:
+    """Go's %g with the shortest round-trip digits, which is what CEL implementations print."""
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    if x == 0:
+        return "-0" if math.copysign(1.0, x) < 0 else "0"
+    sign, digits, exponent = decimal.Decimal(repr(x)).normalize().as_tuple()
+    text = "".join(map(str, digits))
+    exp10 = len(text) + exponent - 1
+    if exp10 < -4 or exp10 >= 21:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        out = f"{mantissa}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
+    elif exponent >= 0:
+        out = text + "0" * exponent
+    elif exp10 >= 0:
+        out = text[: exp10 + 1] + "." + text[exp10 + 1:]
+    else:
+        out = "0." + "0" * (-exp10 - 1) + text
+    return ("-" if sign else "") + out
