@@ -254,15 +254,6 @@ class _Builder:
         fn = "-_" if op.data == "unary_neg" else "!_"
         return Call(fn, None, (self.build(operand, d),), _pos(t))
 
-    def _member(self, t, d):
-        return self.build(self._kids(t)[0], d)
-
-    def _primary(self, t, d):
-        return self.build(self._kids(t)[0], d)
-
-    def _paren_expr(self, t, d):
-        return self.build(self._kids(t)[0], d)
-
     # members ---------------------------------------------------------------------------------------
     def _member_dot(self, t, d):
         operand, name = self._kids(t)

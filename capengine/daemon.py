@@ -267,9 +267,6 @@ class Daemon:
         self.config.socket.unlink(missing_ok=True)
         log.info("stopped")
 
-    def wait(self) -> None:
-        self._stopped.wait()
-
 
 def call(socket_path: Path, method: str, params: dict | None = None, timeout: float = 60) -> dict:
     """One JSON-RPC call over the control socket (the `capengine ctl` client)."""
