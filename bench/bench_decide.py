@@ -22,9 +22,9 @@ from pathlib import Path
 import cedarpy
 import celpy
 
-from capengine.engine import PolicySet
-from capengine.policy_loader import LoadResult, load_text
-from capengine.policy_model import Request
+from capengine.policy.engine import PolicySet
+from capengine.policy.loader import LoadResult, load_text
+from capengine.policy.model import Request
 
 LIB = "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6"
 EXT = "com.example.app"

@@ -76,7 +76,7 @@ def main() -> None:
 
 
 def host_dispatcher(host):
-    from capengine.host_bridge import Dispatcher
+    from capengine.host.bridge import Dispatcher
 
     return Dispatcher(host.active, host.registry, host.catalog, host.data_dir)
 

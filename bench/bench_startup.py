@@ -11,10 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from capengine.daemon import check_policies
-from capengine.extensions import load_extension
-from capengine.operations import default_registry
-from capengine.runtime import Limits, Runtime
+from capengine.daemon.server import check_policies
+from capengine.host.manifests import load_extension
+from capengine.host.operations import default_registry
+from capengine.host.runtime import Limits, Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6"

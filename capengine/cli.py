@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from capengine import __version__, report
-from capengine.checking import run_check
+from capengine import __version__
+from capengine.policy import report
+from capengine.policy.check import run_check
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -56,7 +57,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _operations() -> list[str] | None:
     """Names of the registered operations, so lint can flag rules that match none."""
     try:
-        from capengine.operations import default_registry
+        from capengine.host.operations import default_registry
     except ImportError:
         return None
     return default_registry().names()
@@ -109,15 +110,15 @@ DEFAULT_POLICIES = ROOT / "policies"
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from capengine.libraries import default_data_dir
+    from capengine.host.libraries import default_data_dir
 
     return Path(args.data_dir) if args.data_dir else default_data_dir()
 
 
 def _load_policy_set(policies: str, command: str):
     """The compiled set, or None after printing every finding (fail closed: no partial set)."""
-    from capengine.engine import PolicySet
-    from capengine.policy_loader import load_paths
+    from capengine.policy.engine import PolicySet
+    from capengine.policy.loader import load_paths
 
     load = load_paths([policies])
     if load.has_errors:
@@ -131,9 +132,9 @@ def _load_policy_set(policies: str, command: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from capengine.extensions import ExtensionError, load_extension
-    from capengine.host import Host
-    from capengine.libraries import LibraryError
+    from capengine.host.extension_host import Host
+    from capengine.host.libraries import LibraryError
+    from capengine.host.manifests import ExtensionError, load_extension
 
     try:
         ext = load_extension(args.extension)
@@ -174,7 +175,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_ops(args: argparse.Namespace) -> int:
-    from capengine.operations import default_registry
+    from capengine.host.operations import default_registry
 
     ops = list(default_registry())
     if args.format == "json":
@@ -188,7 +189,7 @@ def _cmd_ops(args: argparse.Namespace) -> int:
 
 
 def _cmd_library(args: argparse.Namespace) -> int:
-    from capengine.libraries import LibraryCatalog, LibraryError
+    from capengine.host.libraries import LibraryCatalog, LibraryError
 
     catalog = LibraryCatalog(_data_dir(args))
     if args.library_command == "add":
@@ -208,8 +209,8 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from capengine.daemon import Daemon, DaemonConfig, DaemonError
-    from capengine.decision_log import DEFAULT_MASK
+    from capengine.daemon.decision_log import DEFAULT_MASK
+    from capengine.daemon.server import Daemon, DaemonConfig, DaemonError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data_dir = _data_dir(args)
@@ -237,7 +238,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def _cmd_ctl(args: argparse.Namespace) -> int:
-    from capengine.daemon import call
+    from capengine.daemon.server import call
 
     try:
         params = json.loads(args.params) if args.params else {}
@@ -251,7 +252,7 @@ def _cmd_ctl(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from capengine.replay import replay
+    from capengine.daemon.replay import replay
 
     policy_set = _load_policy_set(args.policies, "replay")
     if policy_set is None:

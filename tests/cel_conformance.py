@@ -14,9 +14,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from capengine.cel_compiler import compile_expression
-from capengine.cel_types import parse_decl
-from capengine.cel_values import CelError, CelType, UInt, equals, type_name
+from capengine.cel.compiler import compile_expression
+from capengine.cel.standard import STANDARD
+from capengine.cel.types import parse_decl
+from capengine.cel.values import CelError, CelType, UInt, equals, type_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = ROOT.parent / "shared" / "cel-conformance"
@@ -45,7 +46,7 @@ def decode(v: dict) -> object:
     if t == "type":
         return CelType({"timestamp": "google.protobuf.Timestamp",
                         "duration": "google.protobuf.Duration"}.get(raw, raw))
-    from capengine.cel_time import parse_duration, parse_timestamp
+    from capengine.cel.timestamps import parse_duration, parse_timestamp
 
     if t == "timestamp":
         return parse_timestamp(raw)
@@ -76,7 +77,7 @@ def run_case(case: dict) -> tuple[bool, str]:
         bindings = {k: decode(v) for k, v in case.get("bindings", {}).items()}
     except Exception as exc:  # a binding type this engine does not model
         return False, f"binding not supported: {exc}"
-    program, errors = compile_expression(case["expr"], decls)
+    program, errors = compile_expression(case["expr"], decls, STANDARD)
     expect_error = "error" in case["expect"]
     if errors:
         return expect_error, f"compile error: {getattr(errors[0], 'message', errors[0])}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from capengine.engine import PolicySet
-from capengine.policy_loader import load_paths
+from capengine.policy.engine import PolicySet
+from capengine.policy.loader import load_paths
 
 LIB = "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6"
 

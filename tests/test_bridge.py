@@ -8,7 +8,7 @@ import json
 import pytest
 from wasm_helpers import LIB, call_job, expect_job, extension, make_host, wat_module
 
-from capengine.extensions import ExtensionError, load_extension
+from capengine.host.manifests import ExtensionError, load_extension
 
 
 @pytest.fixture
@@ -284,7 +284,7 @@ def test_wat_example_reads_allowed_file_and_is_denied_secrets(tmp_path):
 
 
 def test_call_records_are_capped_for_chatty_guests(tmp_path, monkeypatch):
-    from capengine import host as host_module
+    from capengine.host import extension_host as host_module
 
     monkeypatch.setattr(host_module, "MAX_CALL_RECORDS", 5)
     h = make_host(tmp_path)

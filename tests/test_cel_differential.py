@@ -11,10 +11,11 @@ import celpy
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from capengine import paths
-from capengine.cel_compiler import compile_expression
-from capengine.cel_values import CelError
-from capengine.policy_loader import POLICY_DECLS
+from capengine.cel.compiler import compile_expression
+from capengine.cel.values import CelError
+from capengine.policy import paths
+from capengine.policy.functions import POLICY_ENVIRONMENT
+from capengine.policy.loader import POLICY_DECLS
 
 STRINGS = st.sampled_from(["", "/", "/photos", "/photos/a.jpg", "/photos2/b", "com.example.app", "vdfs.read_file",
                            "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6", "ph", "jpg", ".jpg", "é", "a\"b"])
@@ -79,7 +80,7 @@ def reference(expr: str, activation: dict) -> tuple[str, object]:
 
 
 def ours(expr: str, activation: dict) -> tuple[str, object]:
-    program, errors = compile_expression(expr, POLICY_DECLS, total=True)
+    program, errors = compile_expression(expr, POLICY_DECLS, POLICY_ENVIRONMENT, total=True)
     if errors:
         return "rejected", [getattr(e, "message", str(e)) for e in errors]
     try:

@@ -16,11 +16,11 @@ import pytest
 from helpers import policy_yaml, write
 from wasm_helpers import LIB, call_job, policy_set
 
-from capengine.daemon import Daemon, DaemonConfig, DaemonError, call
-from capengine.decision_log import DecisionLog, read_records
-from capengine.host_bridge import CallRecord
-from capengine.rate_limiter import RateLimiter
-from capengine.replay import replay
+from capengine.daemon.decision_log import DecisionLog, read_records
+from capengine.daemon.replay import replay
+from capengine.daemon.server import Daemon, DaemonConfig, DaemonError, call
+from capengine.host.bridge import CallRecord
+from capengine.host.rate_limiter import RateLimiter
 
 PING = "- {id: ping, effect: allow, operations: [test.ping]}\n"
 
@@ -106,7 +106,7 @@ def test_reload_switches_atomically_under_concurrent_load(daemon):
     v1 = daemon.status.revision
     stop = threading.Event()
     records: list[CallRecord] = []
-    from capengine.host_bridge import Dispatcher
+    from capengine.host.bridge import Dispatcher
 
     dispatcher = Dispatcher(daemon.host.active, daemon.host.registry, daemon.host.catalog, daemon.host.data_dir,
                             records.append)
@@ -245,7 +245,7 @@ def test_rate_limit_cost():
 
 
 def test_cost_above_burst_is_a_load_error():
-    from capengine.policy_loader import load_text
+    from capengine.policy.loader import load_text
 
     text = policy_yaml("p", PING) + "  limits:\n    - {operations: [ai.ocr], rate: 1/second, burst: 1, cost: 3}\n"
     [finding] = load_text("p.yaml", text)[1]
@@ -321,7 +321,7 @@ def test_replay_cli(tmp_path, capsys):
 
 
 def test_data_dir_env_is_respected(tmp_path, monkeypatch):
-    from capengine.libraries import default_data_dir
+    from capengine.host.libraries import default_data_dir
 
     monkeypatch.setenv("CAPENGINE_DATA_DIR", str(tmp_path))
     assert default_data_dir() == tmp_path

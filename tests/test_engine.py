@@ -113,13 +113,13 @@ def test_path_canonicalisation_attacks(photos, path, allowed):
 
 def test_percent_encoding_is_literal_not_decoded(photos):
     """'%2e%2e' is a file named '%2e%2e' inside /photos: it is allowed as such and never climbs."""
-    from capengine.policy_model import Request
+    from capengine.policy.model import Request
 
     assert Request.parse("com.example.app", "vdfs.read_file", "/photos/%2e%2e").path == "/photos/%2e%2e"
 
 
 def test_nfc_normalisation():
-    from capengine.policy_model import Request
+    from capengine.policy.model import Request
 
     assert Request.parse("a.b", "c.d", "/cafe\u0301").path == "/caf\u00e9"
 

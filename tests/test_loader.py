@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import policy_yaml, write
 
-from capengine.policy_loader import load_paths, load_text
+from capengine.policy.loader import load_paths, load_text
 
 
 def findings_of(text: str) -> list[tuple[int, int, str, str]]:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from wasm_helpers import LIB, build_c_example, make_host
 
-from capengine import safe_fs
-from capengine.extensions import load_extension
-from capengine.libraries import Library
-from capengine.operations import CallContext, OperationError, default_registry
+from capengine.host import safe_fs
+from capengine.host.libraries import Library
+from capengine.host.manifests import load_extension
+from capengine.host.operations import CallContext, OperationError, default_registry
 
 REGISTRY = default_registry()
 
@@ -255,8 +255,8 @@ spec:
 WRITER = """
 import sys
 from pathlib import Path
-from capengine.libraries import Library
-from capengine.operations import CallContext, default_registry
+from capengine.host.libraries import Library
+from capengine.host.operations import CallContext, default_registry
 op = default_registry().get("vdfs.write_sidecar")
 lib = Library("{lib}", "t", Path(sys.argv[1]))
 ctx = CallContext("com.example.app", lib, Path(sys.argv[1]).parent / "data")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from capengine.engine import PolicySet
-from capengine.extensions import Extension
-from capengine.host import Host
-from capengine.policy_loader import LoadResult, load_text
+from capengine.host.extension_host import Host
+from capengine.host.manifests import Extension
+from capengine.policy.engine import PolicySet
+from capengine.policy.loader import LoadResult, load_text
 
 ROOT = Path(__file__).resolve().parent.parent
 IMPORTS = (ROOT / "extensions" / "include" / "spacedrive.wat").read_text()
@@ -82,7 +82,7 @@ spec:
 
 
 def make_host(tmp_path: Path, policies: str = ALLOW_DOCS, **limits) -> Host:
-    from capengine.runtime import Limits
+    from capengine.host.runtime import Limits
 
     library = tmp_path / "lib"
     (library / "docs" / "sub").mkdir(parents=True, exist_ok=True)

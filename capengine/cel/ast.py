@@ -1,0 +1,470 @@
+"""CEL source -> a small, position-carrying AST.
+
+cel-python's Lark grammar is used only as a parser: its parse tree is deep (one node per precedence level)
+and untyped, so it is folded here into a handful of attrs nodes that the type checker and the compiler share.
+Macros (`has`, `all`, `exists`, ...) are expanded at this stage, as CEL specifies, so later stages never
+see them as calls.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import attrs
+import lark
+from celpy import celparser
+
+from capengine.cel.values import INT_MAX, INT_MIN, UINT_MAX, UInt
+
+
+class CelSyntaxError(Exception):
+    """A CEL expression that does not parse; `line`/`column` are 1-based inside the expression."""
+
+    def __init__(self, message: str, line: int = 1, column: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+@attrs.frozen
+class Pos:
+    line: int
+    column: int
+
+
+@attrs.frozen
+class Literal:
+    value: object
+    pos: Pos
+
+
+@attrs.frozen
+class Ident:
+    name: str
+    pos: Pos
+
+
+@attrs.frozen
+class Select:
+    operand: Node
+    field: str
+    pos: Pos
+    test_only: bool = False  # has(operand.field)
+
+
+@attrs.frozen
+class Call:
+    function: str
+    target: Node | None  # receiver for `x.f(...)` style calls
+    args: tuple[Node, ...]
+    pos: Pos
+
+
+@attrs.frozen
+class Index:
+    operand: Node
+    index: Node
+    pos: Pos
+
+
+@attrs.frozen
+class CreateList:
+    items: tuple[Node, ...]
+    pos: Pos
+
+
+@attrs.frozen
+class CreateMap:
+    entries: tuple[tuple[Node, Node], ...]
+    pos: Pos
+
+
+@attrs.frozen
+class Comprehension:
+    """A macro over a list or map.
+
+    kind: all | exists | exists_one | map | filter | transformList | transformMap.
+    `var2` is the value variable of the two-variable forms (`i, v` / `k, v`).
+    `guard` is the optional filter predicate of `map(x, p, f)` / `transformList(i, v, p, f)`.
+    """
+
+    kind: str
+    range: Node
+    var: str
+    var2: str | None
+    guard: Node | None
+    body: Node
+    pos: Pos
+
+
+@attrs.frozen
+class Conditional:
+    cond: Node
+    then: Node
+    otherwise: Node
+    pos: Pos
+
+
+@attrs.frozen
+class Bind:
+    """`cel.bind(var, init, body)`: body evaluated with var bound to init (evaluated once)."""
+
+    var: str
+    init: Node
+    body: Node
+    pos: Pos
+
+
+Node = Literal | Ident | Select | Call | Index | CreateList | CreateMap | Comprehension | Conditional | Bind
+
+_BINARY = {
+    "relation_lt": "_<_", "relation_le": "_<=_", "relation_gt": "_>_", "relation_ge": "_>=_",
+    "relation_eq": "_==_", "relation_ne": "_!=_", "relation_in": "@in",
+    "addition_add": "_+_", "addition_sub": "_-_",
+    "multiplication_mul": "_*_", "multiplication_div": "_/_", "multiplication_mod": "_%_",
+}
+# receiver macro name -> {argument count: number of loop variables}
+_QUANTIFIER = {2: 1, 3: 2}
+_MACROS = {"all": _QUANTIFIER, "exists": _QUANTIFIER, "exists_one": _QUANTIFIER, "existsOne": _QUANTIFIER,
+           "map": {2: 1, 3: 1}, "filter": {2: 1}, "transformList": {3: 2, 4: 2}, "transformMap": {3: 2, 4: 2}}
+MAX_DEPTH = 120  # AST levels (each parenthesis counts as one); keeps the checker and compiler within the stack
+# Precedence levels that only wrap a single child: walked in a loop, not recursively, so the Python stack
+# grows with the expression's real nesting, not ten frames per parenthesis.
+_PASS_THROUGH = {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication", "unary",
+                 "member", "primary", "paren_expr"}
+RESERVED = {"as", "break", "const", "continue", "else", "for", "function", "if", "import", "let", "loop",
+            "package", "namespace", "return", "var", "void", "while", "in"}
+
+
+@lru_cache(maxsize=1)
+def _parser() -> celparser.CELParser:
+    return celparser.CELParser()
+
+
+def _pos(tree: lark.Tree | lark.Token) -> Pos:
+    if isinstance(tree, lark.Token):
+        return Pos(tree.line or 1, tree.column or 1)
+    meta = tree.meta
+    return Pos(getattr(meta, "line", None) or 1, getattr(meta, "column", None) or 1)
+
+
+def _operator_pos(op_tree: lark.Tree, fn: str) -> Pos:
+    """Where a binary operator's own token starts: the tree ends just after it (Lark drops the token)."""
+    meta = op_tree.meta
+    width = 2 if fn == "@in" else len(fn) - 2
+    end_line, end_column = getattr(meta, "end_line", None), getattr(meta, "end_column", None)
+    if end_line is None or end_column is None or end_column <= width:
+        return _pos(op_tree)
+    return Pos(end_line, end_column - width)
+
+
+def parse(source: str, namespaced: frozenset[str] = frozenset()) -> Node:
+    """Parse a CEL expression; raises CelSyntaxError with a position inside `source`.
+
+    `namespaced`: the environment's dotted function names (`strings.quote`); `a.b(x)` is a call of the
+    function `a.b` when it is one of them, else the method `b` on `a` (CEL resolves names this way).
+    """
+    try:
+        tree = _parser().parse(source)
+    except celparser.CELParseError as exc:
+        line, column = getattr(exc, "line", None) or 1, getattr(exc, "column", None) or 1
+        raise CelSyntaxError(_describe(exc.__context__, source), line, column) from None
+    except RecursionError:
+        raise CelSyntaxError("expression nests too deeply") from None
+    return _Builder(source, namespaced).build(tree, 0)
+
+
+_TERMINALS = {"RPAR": "')'", "LPAR": "'('", "RSQB": "']'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'",
+              "IDENT": "an identifier", "INT_LIT": "a number", "STRING_LIT": "a string", "DOT": "'.'"}
+
+
+def _describe(cause: BaseException | None, source: str) -> str:
+    """A one-line message from Lark's exception (cel-python's own message is just the source line)."""
+    if isinstance(cause, lark.exceptions.UnexpectedToken):
+        if cause.token.type == "$END":
+            return "unexpected end of expression"
+        expected = sorted(_TERMINALS[t] for t in cause.expected if t in _TERMINALS)
+        hint = f"; expected {', '.join(expected)}" if expected and len(expected) <= 4 else ""
+        return f"unexpected {str(cause.token)!r}{hint}"
+    if isinstance(cause, lark.exceptions.UnexpectedCharacters):
+        ch = source[cause.pos_in_stream] if cause.pos_in_stream < len(source) else ""
+        if ch in "\"'":
+            return "unterminated or malformed string literal"
+        return f"unexpected character {ch!r}"
+    if isinstance(cause, lark.exceptions.UnexpectedEOF):
+        return "unexpected end of expression"
+    return "syntax error"
+
+
+class _Builder:
+    def __init__(self, source: str, namespaced: frozenset[str]) -> None:
+        self.source = source
+        self.namespaced = namespaced
+
+    def build(self, t: lark.Tree, depth: int) -> Node:
+        while t.data in _PASS_THROUGH:
+            kids = self._kids(t)
+            if len(kids) != 1 or not isinstance(kids[0], lark.Tree):
+                break
+            depth += t.data == "paren_expr"
+            t = kids[0]
+        if depth > MAX_DEPTH:
+            raise CelSyntaxError(f"expression nests too deeply (more than {MAX_DEPTH} levels); split it up",
+                                 *attrs.astuple(_pos(t)))
+        method = getattr(self, "_" + t.data)
+        return method(t, depth + 1)
+
+    def _kids(self, t: lark.Tree) -> list:
+        return [c for c in t.children if c is not None]
+
+    # precedence chains ---------------------------------------------------------------------------
+    def _expr(self, t, d):
+        kids = self._kids(t)
+        if len(kids) == 1:
+            return self.build(kids[0], d)
+        return Conditional(self.build(kids[0], d), self.build(kids[1], d), self.build(kids[2], d), _pos(t))
+
+    def _logical(self, t, d, fn):
+        kids = self._kids(t)
+        if len(kids) == 1:
+            return self.build(kids[0], d)
+        return Call(fn, None, (self.build(kids[0], d), self.build(kids[1], d)), _pos(t))
+
+    def _conditionalor(self, t, d):
+        return self._logical(t, d, "_||_")
+
+    def _conditionaland(self, t, d):
+        return self._logical(t, d, "_&&_")
+
+    def _binary(self, t, d):
+        kids = self._kids(t)
+        if len(kids) == 1:
+            return self.build(kids[0], d)
+        op_tree, right = kids
+        fn = _BINARY[op_tree.data]
+        left = self.build(op_tree.children[0], d)
+        rhs = self.build(right, d)
+        return Call(fn, None, (left, rhs), _operator_pos(op_tree, fn))
+
+    _relation = _addition = _multiplication = _binary
+
+    def _unary(self, t, d):
+        kids = self._kids(t)
+        if len(kids) == 1:
+            return self.build(kids[0], d)
+        op, operand = kids
+        fn = "-_" if op.data == "unary_neg" else "!_"
+        return Call(fn, None, (self.build(operand, d),), _pos(t))
+
+    # members ---------------------------------------------------------------------------------------
+    def _member_dot(self, t, d):
+        operand, name = self._kids(t)
+        return Select(self.build(operand, d), str(name), _pos(name))
+
+    def _member_dot_arg(self, t, d):
+        kids = self._kids(t)
+        operand, name = kids[0], str(kids[1])
+        args = self._exprs(kids[2], d) if len(kids) > 2 else ()
+        target = self.build(operand, d)
+        pos = _pos(kids[1])
+        arity = _MACROS.get(name, {}).get(len(args))
+        namespace = qualified_name(target)
+        if namespace == "cel" and name == "bind" and len(args) == 3:
+            return Bind(_ident_name(args[0], "cel.bind"), args[1], args[2], pos)
+        if namespace is not None and f"{namespace}.{name}" in self.namespaced:  # strings.quote(...)
+            return Call(f"{namespace}.{name}", None, args, pos)
+        if arity == 1:
+            return self._macro1(name, target, args, pos)
+        if arity == 2:
+            return self._macro2(name, target, args, pos)
+        return Call(name, target, args, pos)
+
+    def _macro1(self, name, target, args, pos):
+        var = _ident_name(args[0], name)
+        kind = "exists_one" if name == "existsOne" else name
+        if len(args) == 3:  # map(x, guard, transform)
+            return Comprehension(kind, target, var, None, args[1], args[2], pos)
+        return Comprehension(kind, target, var, None, None, args[1], pos)
+
+    def _macro2(self, name, target, args, pos):
+        var, var2 = _ident_name(args[0], name), _ident_name(args[1], name)
+        if var == var2:
+            raise CelSyntaxError(f"{name}(): the two variables must differ", pos.line, pos.column)
+        kind = "exists_one" if name == "existsOne" else name
+        guard, body = (args[2], args[3]) if len(args) == 4 else (None, args[2])
+        return Comprehension(kind, target, var, var2, guard, body, pos)
+
+    def _member_index(self, t, d):
+        operand, index = self._kids(t)
+        return Index(self.build(operand, d), self.build(index, d), _pos(t))
+
+    def _member_object(self, t, d):
+        raise CelSyntaxError("message construction is not supported (no protobuf types)", *attrs.astuple(_pos(t)))
+
+    def _dot_ident_arg(self, t, d):
+        kids = self._kids(t)
+        args = self._exprs(kids[1], d) if len(kids) > 1 else ()
+        return Call(str(kids[0]), None, args, _pos(kids[0]))
+
+    def _dot_ident(self, t, d):
+        name = self._kids(t)[0]
+        return Ident(str(name), _pos(name))
+
+    def _ident_arg(self, t, d):
+        kids = self._kids(t)
+        name = str(kids[0])
+        args = self._exprs(kids[1], d) if len(kids) > 1 else ()
+        if name == "has":
+            if len(args) != 1 or not isinstance(args[0], Select):
+                raise CelSyntaxError("has() takes a single field selection, e.g. has(args.name)",
+                                     *attrs.astuple(_pos(kids[0])))
+            sel = args[0]
+            return Select(sel.operand, sel.field, sel.pos, test_only=True)
+        return Call(name, None, args, _pos(kids[0]))
+
+    def _ident(self, t, d):
+        name = self._kids(t)[0]
+        if str(name) in RESERVED:
+            raise CelSyntaxError(f"reserved identifier '{name}'", *attrs.astuple(_pos(name)))
+        return Ident(str(name), _pos(name))
+
+    def _list_lit(self, t, d):
+        kids = self._kids(t)
+        return CreateList(self._exprs(kids[0], d) if kids else (), _pos(t))
+
+    def _map_lit(self, t, d):
+        kids = self._kids(t)
+        if not kids:
+            return CreateMap((), _pos(t))
+        items = [self.build(c, d) for c in kids[0].children]
+        return CreateMap(tuple(zip(items[0::2], items[1::2])), _pos(t))
+
+    def _exprs(self, t, d) -> tuple:
+        return tuple(self.build(c, d) for c in t.children)
+
+    def _literal(self, t, d):
+        tok = t.children[0]
+        try:
+            return Literal(literal_value(tok.type, str(tok)), _pos(tok))
+        except ValueError as exc:
+            raise CelSyntaxError(str(exc), *attrs.astuple(_pos(tok))) from None
+
+
+def referenced_fields(node: Node, variable: str) -> frozenset[str] | None:
+    """Names read from a map variable as `variable.name` or `variable["name"]`; None when the expression
+    uses the variable any other way (`size(args)`, `args[k]`), i.e. when it may depend on every field."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Select) and isinstance(n.operand, Ident) and n.operand.name == variable:
+            found.add(n.field)
+            continue
+        if (isinstance(n, Index) and isinstance(n.operand, Ident) and n.operand.name == variable
+                and isinstance(n.index, Literal) and isinstance(n.index.value, str)):
+            found.add(n.index.value)
+            continue
+        if isinstance(n, Ident) and n.name == variable:
+            return None
+        for field in attrs.fields(type(n)):
+            value = getattr(n, field.name)
+            children = value if isinstance(value, tuple) else (value,)
+            for child in children:
+                if isinstance(child, tuple):
+                    stack.extend(c for c in child if attrs.has(type(c)) and not isinstance(c, Pos))
+                elif attrs.has(type(child)) and not isinstance(child, Pos):
+                    stack.append(child)
+    return frozenset(found)
+
+
+def qualified_name(node: Node) -> str | None:
+    """`a.b.c` as one dotted name when it is a chain of plain selections on an identifier."""
+    parts: list[str] = []
+    while isinstance(node, Select) and not node.test_only:
+        parts.append(node.field)
+        node = node.operand
+    if not isinstance(node, Ident):
+        return None
+    parts.append(node.name)
+    return ".".join(reversed(parts))
+
+
+def _ident_name(node: Node, macro: str) -> str:
+    if not isinstance(node, Ident):
+        raise CelSyntaxError(f"{macro}(): the loop variable must be a simple identifier",
+                             node.pos.line, node.pos.column)
+    return node.name
+
+
+# literals -------------------------------------------------------------------------------------------
+
+def literal_value(kind: str, text: str) -> object:
+    if kind == "INT_LIT":
+        value = _parse_int(text)
+        if not INT_MIN <= value <= INT_MAX:
+            raise ValueError(f"integer literal out of range: {text}")
+        return value
+    if kind == "UINT_LIT":
+        value = _parse_int(text[:-1])
+        if not 0 <= value <= UINT_MAX:
+            raise ValueError(f"unsigned integer literal out of range: {text}")
+        return UInt(value)
+    if kind == "FLOAT_LIT":
+        return float(text)
+    if kind == "BOOL_LIT":
+        return text == "true"
+    if kind == "NULL_LIT":
+        return None
+    if kind in ("STRING_LIT", "MLSTRING_LIT"):
+        return _unquote(text, as_bytes=False)
+    if kind == "BYTES_LIT":
+        return _unquote(text[1:], as_bytes=True)
+    raise ValueError(f"unknown literal {text!r}")
+
+
+def _parse_int(text: str) -> int:
+    neg = text.startswith("-")
+    body = text[1:] if neg else text
+    value = int(body, 16) if body[:2].lower() == "0x" else int(body, 10)
+    return -value if neg else value
+
+
+_SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
+                   '"': '"', "'": "'", "\\": "\\", "`": "`", "?": "?"}
+_ESCAPE = re.compile(
+    r"\\(?:([abfnrtv\"'\\`?])|[xX]([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([0-3][0-7]{2})|(.))", re.S)
+
+
+def _unquote(text: str, as_bytes: bool) -> str | bytes:
+    raw = text[:1] in "rR"
+    if raw:
+        text = text[1:]
+    quote = text[:3] if text[:3] in ('"""', "'''") else text[:1]
+    body = text[len(quote):-len(quote)]
+    if raw:
+        return body.encode() if as_bytes else body
+    out: list[bytes] = []
+    pos = 0
+    for m in _ESCAPE.finditer(body):
+        out.append(body[pos:m.start()].encode())
+        pos = m.end()
+        simple, hx, u4, u8, octal, bad = m.groups()
+        if bad is not None:
+            raise ValueError(f"invalid escape sequence '\\{bad}'")
+        if simple is not None:
+            out.append(_SIMPLE_ESCAPES[simple].encode())
+        elif hx is not None or octal is not None:
+            code = int(hx, 16) if hx is not None else int(octal, 8)
+            out.append(bytes([code]) if as_bytes else chr(code).encode())
+        else:
+            if as_bytes:
+                raise ValueError("\\u and \\U escapes are not allowed in bytes literals")
+            code = int(u4 or u8, 16)
+            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                raise ValueError(f"invalid code point in escape: {m.group(0)}")
+            out.append(chr(code).encode())
+    out.append(body[pos:].encode())
+    data = b"".join(out)
+    return data if as_bytes else data.decode("utf-8", errors="strict")

@@ -1,0 +1,477 @@
+"""CEL AST -> Python closures.
+
+Each node becomes a function of the activation (a dict of variable values). Closures are built once per
+policy revision and share no mutable state, so evaluation is thread-safe and has no process-wide side
+effects (unlike cel-python's runners). CEL semantics kept here rather than borrowed from Python:
+errors are exceptions that `&&`/`||` and the quantifiers absorb commutatively; overloads are chosen by CEL
+type, statically where the checker proved the types and at run time otherwise; literal regexes, globs and
+`under` directories are validated and compiled at load time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+from capengine.cel import ast
+from capengine.cel.ast import qualified_name
+from capengine.cel.checker import CheckResult, check
+from capengine.cel.environment import DispatchTable, Environment, resolve_runtime
+from capengine.cel.types import BOOL, DYN, STRING, TYPE_IDENTS, Type
+from capengine.cel.values import CelError, CelType, UInt, make_map, map_lookup, type_name
+
+Fn = Callable[[dict], object]
+BUDGET_KEY = "\0budget"  # not a CEL identifier: no expression can read or shadow it
+MAX_ITERATIONS = 20_000  # comprehension steps per evaluation, nested loops included (about 50 ms)
+
+
+class CompileError(Exception):
+    def __init__(self, message: str, pos: ast.Pos) -> None:
+        super().__init__(message)
+        self.message = message
+        self.pos = pos
+
+
+@attrs.frozen
+class Program:
+    """A compiled expression. `evaluate` returns a CEL value or raises CelError (never anything else)."""
+
+    source: str
+    type: Type
+    fn: Fn
+    arg_fields: frozenset[str] | None = frozenset()  # what it reads of `args`; None: possibly everything
+    loops: bool = False  # has comprehensions: evaluation gets an iteration budget
+
+    def evaluate(self, activation: dict) -> object:
+        if self.loops:  # guest-sized lists must not let a policy burn the host's CPU (x.all(a, x.all(b, ...)))
+            activation = {**activation, BUDGET_KEY: [MAX_ITERATIONS]}
+        try:
+            return self.fn(activation)
+        except CelError:
+            raise
+        except RecursionError:
+            raise CelError("expression evaluation nested too deeply") from None
+        except Exception as exc:  # a Python-level failure inside a function is a CEL error, never a crash
+            raise CelError(f"{type(exc).__name__}: {exc}") from None
+
+
+def compile_expression(source: str, decls: dict[str, Type] | None, env: Environment,
+                       total: bool = False) -> tuple[Program | None, list]:
+    """Parse, check (unless decls is None) and compile against the functions of `env`. Returns (program,
+    errors); errors carry positions.
+
+    `total`: every activation will hold every declared variable (policy requests always do). That lets
+    comparisons of string variables with literals, and `&&`/`||`/`!` over them, compile to plain Python
+    operators: they cannot fail, so CEL's error-absorbing logic has nothing to do.
+
+    Errors are CelSyntaxError, cel_checker.CheckError or CompileError, all with a position in `source`.
+    """
+    try:
+        node = ast.parse(source, env.namespaced)
+    except ast.CelSyntaxError as exc:
+        return None, [exc]
+    checked = check(node, decls, env) if decls is not None else None
+    if checked is not None and checked.errors:
+        return None, list(checked.errors)
+    compiler = _Compiler(env, checked, total and checked is not None)
+    try:
+        fn = compiler.compile(node, frozenset())
+    except CompileError as exc:
+        return None, [exc]
+    return Program(source, checked.type if checked else DYN, fn, ast.referenced_fields(node, "args"),
+                   compiler.loops), []
+
+
+def _const(value: object) -> Fn:
+    return lambda a: value
+
+
+def _raise(message: str) -> Fn:
+    def fail(a):
+        raise CelError(message)
+
+    return fail
+
+
+_STRING_TESTS = {"startsWith": str.startswith, "endsWith": str.endswith, "contains": str.__contains__}
+
+
+class _Compiler:
+    def __init__(self, env: Environment, checked: CheckResult | None, total: bool = False) -> None:
+        self.env = env
+        self.checked = checked
+        self.total = total
+        self.loops = False
+
+    def static_type(self, node: ast.Node) -> Type:
+        if self.checked is None:
+            return DYN
+        return self.checked.node_types.get(id(node), DYN)
+
+    def compile(self, node: ast.Node, scope: frozenset[str]) -> Fn:
+        if self.total:
+            fast = self._infallible(node, scope)
+            if fast is not None:
+                return fast
+        return getattr(self, "_" + type(node).__name__)(node, scope)
+
+    def _string_var(self, node: ast.Node, scope) -> str | None:
+        """The name of a declared string variable (always present when `total`), else None."""
+        if isinstance(node, ast.Ident) and node.name not in scope and self.static_type(node) == Type("string"):
+            return node.name
+        return None
+
+    def _infallible(self, node: ast.Node, scope) -> Fn | None:
+        """A closure for boolean expressions that cannot raise: string variable vs string literal tests, and
+        `&&`, `||`, `!` over them. None when the node is anything else (then the general path compiles it)."""
+        if isinstance(node, ast.Literal) and type(node.value) is bool:
+            return _const(node.value)
+        if not isinstance(node, ast.Call):
+            return None
+        fn, args = node.function, node.args
+        if fn in ("_&&_", "_||_"):
+            left, right = (self._infallible(x, scope) for x in args)
+            if left is None or right is None:
+                return None
+            return (lambda a: left(a) or right(a)) if fn == "_||_" else (lambda a: left(a) and right(a))
+        if fn == "!_":
+            inner = self._infallible(args[0], scope)
+            return None if inner is None else (lambda a: not inner(a))
+        if fn in ("_==_", "_!=_") and len(args) == 2:
+            var, lit = args if isinstance(args[1], ast.Literal) else args[::-1]
+            name = self._string_var(var, scope)
+            if name is None or not isinstance(lit, ast.Literal) or type(lit.value) is not str:
+                return None
+            value = lit.value
+            return (lambda a: a[name] == value) if fn == "_==_" else (lambda a: a[name] != value)
+        if node.target is None or len(args) != 1 or not isinstance(args[0], ast.Literal) \
+                or type(args[0].value) is not str:
+            return None
+        name, value = self._string_var(node.target, scope), args[0].value
+        if name is None:
+            return None
+        self._validate_literal_arguments(fn, (node.target, *args))  # same load-time errors as the general path
+        if fn in _STRING_TESTS:
+            test = _STRING_TESTS[fn]
+            return lambda a: test(a[name], value)
+        for overload in self.env.overloads(fn, True):
+            if overload.specialize is not None and overload.params == (STRING, STRING) and overload.result == BOOL:
+                specialized = overload.specialize(value)
+                return lambda a: specialized(a[name])
+        return None
+
+    def _Literal(self, node: ast.Literal, scope) -> Fn:
+        return _const(node.value)
+
+    def _Ident(self, node: ast.Ident, scope) -> Fn:
+        name = node.name
+        if name not in scope and name in TYPE_IDENTS and name != "dyn":
+            type_value = CelType(TYPE_IDENTS[name].name)
+            return lambda a: a.get(name, type_value)
+
+        def ident(a):
+            try:
+                return a[name]
+            except KeyError:
+                raise CelError(f"no such attribute '{name}'") from None
+
+        return ident
+
+    def _Select(self, node: ast.Select, scope) -> Fn:
+        qualified = qualified_name(node)
+        if qualified in TYPE_IDENTS and qualified.split(".")[0] not in scope and not node.test_only:
+            type_value = CelType(TYPE_IDENTS[qualified].name)
+            return lambda a: a.get(qualified, type_value)
+        operand = self.compile(node.operand, scope)
+        field = node.field
+        if node.test_only:
+            def has(a):
+                m = operand(a)
+                if type(m) is dict:
+                    return field in m
+                raise CelError(f"has() on a value of type {type_name(m)}")
+
+            return has
+
+        def select(a):
+            m = operand(a)
+            if type(m) is dict:
+                try:
+                    return m[field]
+                except KeyError:
+                    raise CelError(f"no such key: '{field}'") from None
+            raise CelError(f"type '{type_name(m)}' has no field '{field}'")
+
+        if qualified is None or qualified.split(".")[0] in scope:
+            return select
+
+        def select_qualified(a):
+            if qualified in a:
+                return a[qualified]
+            return select(a)
+
+        return select_qualified
+
+    def _Index(self, node: ast.Index, scope) -> Fn:
+        operand, index = self.compile(node.operand, scope), self.compile(node.index, scope)
+
+        def get(a):
+            container, key = operand(a), index(a)
+            tc = type(container)
+            if tc is list or tc is tuple:
+                tk = type(key)
+                if tk is float and key.is_integer():
+                    key = int(key)
+                elif tk is not int and tk is not UInt:
+                    raise CelError(f"list index must be int, not {type_name(key)}")
+                if 0 <= key < len(container):
+                    return container[key]
+                raise CelError(f"index out of range: {key}")
+            if tc is dict:
+                found, value = map_lookup(container, key)
+                if found:
+                    return value
+                raise CelError(f"no such key: {key!r}")
+            raise CelError(f"type '{type_name(container)}' cannot be indexed")
+
+        return get
+
+    def _CreateList(self, node: ast.CreateList, scope) -> Fn:
+        items = [self.compile(i, scope) for i in node.items]
+        if all(isinstance(i, ast.Literal) for i in node.items):
+            return _const(tuple(i.value for i in node.items))
+        return lambda a: [f(a) for f in items]
+
+    def _CreateMap(self, node: ast.CreateMap, scope) -> Fn:
+        entries = [(self.compile(k, scope), self.compile(v, scope)) for k, v in node.entries]
+        return lambda a: make_map([(k(a), v(a)) for k, v in entries])
+
+    def _Conditional(self, node: ast.Conditional, scope) -> Fn:
+        cond, then, otherwise = (self.compile(n, scope) for n in (node.cond, node.then, node.otherwise))
+
+        def conditional(a):
+            c = cond(a)
+            if c is True:
+                return then(a)
+            if c is False:
+                return otherwise(a)
+            raise CelError(f"'?:' condition must be bool, not {type_name(c)}")
+
+        return conditional
+
+    def _Comprehension(self, node: ast.Comprehension, scope) -> Fn:
+        self.loops = True
+        inner = scope | {node.var} | ({node.var2} if node.var2 else set())
+        rng = self.compile(node.range, scope)
+        body = self.compile(node.body, inner)
+        guard = self.compile(node.guard, inner) if node.guard is not None else None
+        return _COMPREHENSIONS[node.kind](rng, node.var, node.var2, guard, body)
+
+    def _Bind(self, node: ast.Bind, scope) -> Fn:
+        init, body, var = self.compile(node.init, scope), self.compile(node.body, scope | {node.var}), node.var
+        return lambda a: body({**a, var: init(a)})
+
+    def _Call(self, node: ast.Call, scope) -> Fn:
+        fn = node.function
+        if fn in ("_&&_", "_||_"):
+            left, right = (self.compile(x, scope) for x in node.args)
+            return _logical(left, right, fn == "_||_")
+        if fn == "!_":
+            operand = self.compile(node.args[0], scope)
+
+            def negate(a):
+                v = operand(a)
+                if v is True or v is False:
+                    return not v
+                raise CelError(f"no such overload for '!' on {type_name(v)}")
+
+            return negate
+        receiver = node.target is not None
+        arg_nodes = ((node.target,) if receiver else ()) + node.args
+        args = [self.compile(x, scope) for x in arg_nodes]
+        self._validate_literal_arguments(fn, arg_nodes)
+        impl = self._static_impl(node, arg_nodes)
+        if impl is None:
+            table = self.env.dispatch_table(fn, receiver)
+            if not table:
+                return _raise(f"unknown function '{fn}'")
+            return _dynamic_call(table, args)
+        if len(args) == 1:
+            (x,) = args
+            return lambda a: impl(x(a))
+        if len(args) == 2:
+            x, y = args
+            return lambda a: impl(x(a), y(a))
+        return lambda a: impl(*[f(a) for f in args])
+
+    def _static_impl(self, node: ast.Call, arg_nodes: tuple) -> Callable | None:
+        """The single overload the checker proved applies, when every argument type is concrete."""
+        if self.checked is None:
+            return None
+        matched = self.checked.overloads.get(id(node), [])
+        if len(matched) != 1:
+            return None
+        if any(_has_dyn(self.static_type(n)) for n in arg_nodes):
+            return None
+        return matched[0].impl
+
+    def _validate_literal_arguments(self, fn: str, arg_nodes: tuple[ast.Node, ...]) -> None:
+        """Literal arguments that can never work (a malformed regex, glob or directory) fail the load instead
+        of failing (closed) on every call: each overload may check its literal at compile time."""
+        if len(arg_nodes) != 2 or not isinstance(arg_nodes[1], ast.Literal) or type(arg_nodes[1].value) is not str:
+            return
+        literal = arg_nodes[1]
+        for overload in self.env.functions.get(fn, ()):
+            if overload.check_literal is None or len(overload.params) != 2:
+                continue
+            try:
+                overload.check_literal(literal.value)
+            except CelError as exc:
+                raise CompileError(str(exc), literal.pos) from None
+            return
+
+
+def _has_dyn(t: Type) -> bool:
+    return t == DYN or t.is_param or any(_has_dyn(p) for p in t.params)
+
+
+def _dynamic_call(table: DispatchTable, args: list[Fn]) -> Fn:
+    def call(a):
+        values = tuple(f(a) for f in args)
+        return resolve_runtime(table, values)(*values)
+
+    return call
+
+
+def _logical(left: Fn, right: Fn, is_or: bool) -> Fn:
+    """CEL `&&`/`||`: the deciding value wins from either side; otherwise an error (or non-bool) propagates."""
+    decisive = is_or
+
+    def logical(a):
+        try:
+            lv = left(a)
+        except Exception as exc:  # absorbed if the other side decides
+            lv = exc
+        if lv is decisive:
+            return decisive
+        try:
+            rv = right(a)
+        except Exception as exc:
+            rv = exc
+        if rv is decisive:
+            return decisive
+        if lv is (not decisive) and rv is (not decisive):
+            return not decisive
+        for v in (lv, rv):
+            if isinstance(v, Exception):
+                raise v
+        raise CelError(f"no such overload for '{'||' if is_or else '&&'}' on non-bool operands")
+
+    return logical
+
+
+def _iterate(value, two_vars: bool):
+    t = type(value)
+    if t is list or t is tuple:
+        return enumerate(value) if two_vars else ((v, None) for v in value)
+    if t is dict:
+        return value.items() if two_vars else ((k, None) for k in value)
+    raise CelError(f"cannot iterate over a value of type {type_name(value)}")
+
+
+def _loop(rng: Fn, var: str, var2: str | None):
+    """Yield a child activation per element; one dict per comprehension, rebound each step."""
+
+    def run(a, source=None):
+        child = dict(a)
+        budget = a.get(BUDGET_KEY)
+        for first, second in _iterate(rng(a) if source is None else source, var2 is not None):
+            if budget is not None:
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise CelError(f"evaluation budget of {MAX_ITERATIONS} loop iterations exceeded")
+            child[var] = first
+            if var2 is not None:
+                child[var2] = second
+            yield child, first, second
+
+    return run
+
+
+def _quantifier(want: bool):
+    def build(rng, var, var2, guard, body):
+        loop = _loop(rng, var, var2)
+
+        def quantify(a):
+            error = None
+            for child, _, _ in loop(a):
+                try:
+                    v = body(child)
+                except Exception as exc:
+                    error = exc
+                    continue
+                if v is want:
+                    return want
+                if v is not (not want):
+                    error = CelError(f"predicate returned {type_name(v)}, not bool")
+            if error is not None:
+                raise error
+            return not want
+
+        return quantify
+
+    return build
+
+
+def _exists_one(rng, var, var2, guard, body):
+    loop = _loop(rng, var, var2)
+
+    def exists_one(a):
+        count = 0
+        for child, _, _ in loop(a):
+            v = body(child)
+            if v is True:
+                count += 1
+            elif v is not False:
+                raise CelError(f"predicate returned {type_name(v)}, not bool")
+        return count == 1
+
+    return exists_one
+
+
+def _selected(guard: Fn | None, child: dict) -> bool:
+    if guard is None:
+        return True
+    v = guard(child)
+    if v is True or v is False:
+        return v
+    raise CelError(f"filter returned {type_name(v)}, not bool")
+
+
+def _map(rng, var, var2, guard, body):
+    loop = _loop(rng, var, var2)
+    return lambda a: [body(child) for child, _, _ in loop(a) if _selected(guard, child)]
+
+
+def _filter(rng, var, var2, guard, body):
+    loop = _loop(rng, var, var2)
+    return lambda a: [first for child, first, _ in loop(a) if _selected(body, child)]
+
+
+def _transform_map(rng, var, var2, guard, body):
+    loop = _loop(rng, var, var2)
+
+    def transform(a):
+        source = rng(a)
+        if type(source) is not dict:
+            raise CelError("transformMap() needs a map")
+        return {first: body(child) for child, first, _ in loop(a, source) if _selected(guard, child)}
+
+    return transform
+
+
+_COMPREHENSIONS = {
+    "all": _quantifier(False), "exists": _quantifier(True), "exists_one": _exists_one,
+    "map": _map, "filter": _filter, "transformList": _map, "transformMap": _transform_map,
+}

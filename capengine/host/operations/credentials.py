@@ -1,0 +1,99 @@
+"""credentials.*: an encrypted vault, namespaced per extension (A can never read B's secrets, whatever the
+policy says: the namespace is the caller's id, not an argument).
+
+SQLite holds only AES-256-GCM ciphertext; the associated data binds each row to its extension and name, so a
+row copied into another namespace does not decrypt. The master key comes from $CAPENGINE_VAULT_KEY (base64,
+32 bytes) or a key file created 0600 on first use. Secrets are `hidden_args`: never seen by policies, logs,
+decisions or error messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import sqlite3
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from capengine.host.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
+
+KEY_ENV = "CAPENGINE_VAULT_KEY"
+
+
+def _master_key(data_dir: Path) -> bytes:
+    if os.environ.get(KEY_ENV):
+        try:
+            key = base64.b64decode(os.environ[KEY_ENV], validate=True)
+        except binascii.Error:
+            key = b""
+        if len(key) != 32:
+            raise OperationError("INTERNAL", f"${KEY_ENV} must be 32 bytes in base64")
+        return key
+    path = data_dir / "vault.key"
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise OperationError("INTERNAL", "the vault key file is corrupt") from None
+        return key
+    key = AESGCM.generate_key(bit_length=256)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    return key
+
+
+def _db(data_dir: Path) -> sqlite3.Connection:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = sqlite3.connect(data_dir / "vault.sqlite3", timeout=5)
+    db.execute("CREATE TABLE IF NOT EXISTS secrets (extension TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,"
+               " nonce BLOB NOT NULL, ciphertext BLOB NOT NULL, PRIMARY KEY (extension, name))")
+    return db
+
+
+def _aad(ctx: CallContext, name: str) -> bytes:
+    return f"{ctx.extension}\0{name}".encode()
+
+
+def store(ctx: CallContext, args: dict) -> dict:
+    nonce = os.urandom(12)
+    sealed = AESGCM(_master_key(ctx.data_dir)).encrypt(nonce, args["secret"].encode(), _aad(ctx, args["name"]))
+    kind = args.get("kind", "secret")
+    with _db(ctx.data_dir) as db:
+        db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?, ?, ?)",
+                   (ctx.extension, args["name"], kind, nonce, sealed))
+    return {"name": args["name"], "kind": kind, "stored": True}
+
+
+def get(ctx: CallContext, args: dict) -> dict:
+    with _db(ctx.data_dir) as db:
+        row = db.execute("SELECT kind, nonce, ciphertext FROM secrets WHERE extension = ? AND name = ?",
+                         (ctx.extension, args["name"])).fetchone()
+    if row is None:
+        raise OperationError("NOT_FOUND", f"no credential named {args['name']!r}")
+    try:
+        secret = AESGCM(_master_key(ctx.data_dir)).decrypt(row[1], row[2], _aad(ctx, args["name"]))
+    except InvalidTag:
+        raise OperationError("INTERNAL", "the credential does not decrypt (wrong vault key?)") from None
+    return {"name": args["name"], "kind": row[0], "secret": secret.decode()}
+
+
+def delete(ctx: CallContext, args: dict) -> dict:
+    with _db(ctx.data_dir) as db:
+        deleted = db.execute("DELETE FROM secrets WHERE extension = ? AND name = ?",
+                             (ctx.extension, args["name"])).rowcount
+    return {"name": args["name"], "deleted": bool(deleted)}
+
+
+def register(registry: Registry) -> None:
+    for name, kind, handler, description in (
+        ("credentials.store", "action", store, "Store (or replace) a secret in the caller's own vault."),
+        ("credentials.get", "query", get, "Read a secret from the caller's own vault."),
+        ("credentials.delete", "action", delete, "Delete a secret from the caller's own vault."),
+    ):
+        registry.register(Operation(name, kind, description, load_schema(name), handler, path_field=None,
+                                    needs_library=False, hidden_args=("secret",)))

@@ -1,0 +1,252 @@
+"""Running extensions under wasmtime with CPU, memory and instance limits.
+
+One Engine per process (per daemon), with epoch interruption driven by a ticker thread, and optional fuel.
+Every job runs in a fresh Store and instance: nothing a job leaves in linear memory or globals reaches the
+next job or another extension, and a trap, a host bug or an exhausted limit ends only that job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib.metadata
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import wasmtime
+
+from capengine.host.bridge import BridgeLimits, Dispatcher, GuestSession
+from capengine.host.manifests import Extension
+
+log = logging.getLogger("capengine.host.runtime")
+TICK_SECONDS = 0.01
+WASM_PAGE = 65536
+JobStatus = Literal["completed", "interrupted", "failed"]
+_STATUS = {0: "completed", 1: "interrupted", 2: "failed"}
+
+
+@attrs.frozen
+class Limits:
+    memory_bytes: int = 64 * 1024 * 1024
+    table_elements: int = 10_000
+    instances: int = 4
+    tables: int = 4
+    memories: int = 1
+    cpu_seconds: float = 10.0  # wall-clock bound per job, enforced by the epoch deadline
+    fuel: int | None = None  # optional instruction budget per job (deterministic, slower)
+    max_wasm_stack: int = 512 * 1024
+    bridge: BridgeLimits = BridgeLimits()
+
+
+@attrs.frozen
+class JobResult:
+    extension: str
+    job: str
+    status: JobStatus
+    code: int | None  # the job's return value, None when it did not return
+    error: str  # "" when completed; RESOURCE_EXHAUSTED/... with the reason otherwise
+    logs: tuple[tuple[int, str], ...]
+
+
+class Runtime:
+    def __init__(self, limits: Limits = Limits(), cache_dir: Path | None = None) -> None:
+        self.limits = limits
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        config.consume_fuel = limits.fuel is not None
+        config.max_wasm_stack = limits.max_wasm_stack
+        self.engine = wasmtime.Engine(config)
+        i32 = wasmtime.ValType.i32()
+        # FuncTypes belong to this Engine (sharing one across engines aborts the process).
+        self._types = {
+            "spacedrive_call": wasmtime.FuncType([i32] * 5, [i32]),
+            "spacedrive_result": wasmtime.FuncType([i32] * 2, [i32]),
+            "spacedrive_input": wasmtime.FuncType([i32] * 2, [i32]),
+            "spacedrive_log": wasmtime.FuncType([i32] * 3, []),
+        }
+        self.cache = ModuleCache(self.engine, cache_dir) if cache_dir is not None else None
+        self._stop = threading.Event()
+        self._interrupting = False
+        self._ticker = threading.Thread(target=self._tick, name="capengine-epoch", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            self.engine.increment_epoch()
+
+    def interrupt_all(self) -> None:
+        """Stop every running job now (shutdown): push the engine's epoch past every job's deadline. Jobs
+        started afterwards are refused."""
+        self._interrupting = True
+        for _ in range(self._deadline_ticks() + 1):
+            self.engine.increment_epoch()
+
+    def _deadline_ticks(self) -> int:
+        return max(1, round(self.limits.cpu_seconds / TICK_SECONDS))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._ticker.join()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load_module(self, ext: Extension) -> wasmtime.Module:
+        source = ext.module_path.read_bytes()
+        if self.cache is not None:
+            return self.cache.load(source, ext.module_path.suffix == ".wat")
+        return compile_module(self.engine, source, ext.module_path.suffix == ".wat")
+
+    def run_job(self, ext: Extension, job: str, dispatcher: Dispatcher, input_json: bytes = b"{}",
+                module: wasmtime.Module | None = None) -> JobResult:
+        session = GuestSession(ext, dispatcher, self.limits.bridge, input=input_json)
+        status, code, error = self._run(ext, job, session, module)
+        if session.host_errors:
+            error = (error + "; " if error else "") + "host errors: " + "; ".join(session.host_errors)
+        if session.dropped_logs:
+            session.logs.append((2, f"{session.dropped_logs} further log lines dropped (limit "
+                                    f"{self.limits.bridge.max_log_lines} per job)"))
+        if status != "completed":
+            log.warning("job %s/%s %s: %s", ext.id, job, status, error)
+        return JobResult(ext.id, job, status, code, error, tuple(session.logs))
+
+    def _run(self, ext: Extension, job: str, session: GuestSession,
+             module: wasmtime.Module | None) -> tuple[JobStatus, int | None, str]:
+        if job not in ext.jobs:
+            return "failed", None, f"job {job!r} is not declared in the manifest (jobs: {', '.join(ext.jobs)})"
+        lim = self.limits
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=lim.memory_bytes, table_elements=lim.table_elements,
+                         instances=lim.instances, tables=lim.tables, memories=lim.memories)
+        if lim.fuel is not None:
+            store.set_fuel(lim.fuel)
+        if self._interrupting:
+            return "interrupted", None, "the host is shutting down"
+        store.set_epoch_deadline(self._deadline_ticks())
+        linker = wasmtime.Linker(self.engine)
+        for name, handler in (("spacedrive_call", session.call), ("spacedrive_result", session.result),
+                              ("spacedrive_input", session.input_), ("spacedrive_log", session.log)):
+            linker.define_func("spacedrive", name, self._types[name], handler, access_caller=True)
+        memory = None
+        try:
+            module = module or self.load_module(ext)
+            instance = linker.instantiate(store, module)
+            exports = instance.exports(store)
+            memory = exports.get("memory")
+            if not isinstance(memory, wasmtime.Memory):
+                return "failed", None, "the module does not export its memory as 'memory'"
+            session.memory = memory
+            init = exports.get("plugin_init")
+            if isinstance(init, wasmtime.Func):
+                rc = init(store)
+                if rc != 0:
+                    return "failed", rc, f"plugin_init returned {rc}"
+            entry = exports.get(f"execute_{job}")
+            if not isinstance(entry, wasmtime.Func):
+                return "failed", None, f"the module does not export execute_{job}"
+            rc = entry(store)
+        except wasmtime.Trap as trap:
+            if self._interrupting and trap.trap_code == wasmtime.TrapCode.INTERRUPT:
+                return "interrupted", None, "interrupted by host shutdown"
+            return "failed", None, _trap_reason(trap, lim)
+        except wasmtime.WasmtimeError as exc:
+            return "failed", None, _limit_reason(str(exc), lim)
+        except OSError as exc:
+            return "failed", None, f"cannot read the module: {exc}"
+        if not isinstance(rc, int) or rc not in _STATUS:
+            return "failed", rc if isinstance(rc, int) else None, f"execute_{job} returned {rc!r}, not 0, 1 or 2"
+        status = _STATUS[rc]
+        error = "" if status == "completed" else f"execute_{job} returned {rc} ({status})"
+        if status == "failed" and memory is not None and memory.data_len(store) + WASM_PAGE > lim.memory_bytes:
+            error += f"; RESOURCE_EXHAUSTED: linear memory is at the {lim.memory_bytes}-byte limit"
+        return status, rc, error
+
+
+def _trap_reason(trap: wasmtime.Trap, lim: Limits) -> str:
+    code = trap.trap_code
+    if code == wasmtime.TrapCode.INTERRUPT:
+        return f"RESOURCE_EXHAUSTED: CPU time limit of {lim.cpu_seconds:g} s reached (epoch deadline)"
+    if code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return f"RESOURCE_EXHAUSTED: fuel budget of {lim.fuel} exhausted"
+    if code == wasmtime.TrapCode.STACK_OVERFLOW:
+        return f"RESOURCE_EXHAUSTED: wasm stack overflow ({lim.max_wasm_stack} bytes)"
+    lines = [line.strip() for line in (trap.message or "").splitlines() if line.strip()]
+    reason = next((line for line in lines if "wasm trap" in line), lines[-1] if lines else str(code))
+    return f"trap: {reason}"
+
+
+def _limit_reason(message: str, lim: Limits) -> str:
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    if "memory" in message and ("limit" in message or "maximum" in message or "exceed" in message):
+        return f"RESOURCE_EXHAUSTED: {first} (memory limit {lim.memory_bytes} bytes)"
+    return f"cannot instantiate: {first}"
+
+
+def compile_module(engine: wasmtime.Engine, source: bytes, is_wat: bool) -> wasmtime.Module:
+    return wasmtime.Module(engine, source.decode("utf-8") if is_wat else source)
+
+
+class ModuleCache:
+    """Compiled modules on disk, keyed by the source's sha256 and the wasmtime version.
+
+    `Module.deserialize` runs native code from the file and is unsafe on untrusted bytes, so each entry
+    carries an HMAC-SHA256 tag under a key that only this data directory holds (0600); an entry whose tag does
+    not verify is recompiled and overwritten, never deserialized.
+    """
+
+    def __init__(self, engine: wasmtime.Engine, directory: Path) -> None:
+        self.engine = engine
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.version = importlib.metadata.version("wasmtime")
+        self._key = self._load_key()
+        self.hits = self.misses = 0
+
+    def _load_key(self) -> bytes:
+        path = self.directory / "cache.key"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            key = path.read_bytes()
+            if len(key) != 32:
+                raise OSError(f"{path} is corrupt; delete the cache directory") from None
+            return key
+        key = os.urandom(32)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key)
+        return key
+
+    def _tag(self, data: bytes) -> bytes:
+        return hmac.new(self._key, self.version.encode() + b"\0" + data, hashlib.sha256).digest()
+
+    def load(self, source: bytes, is_wat: bool) -> wasmtime.Module:
+        digest = hashlib.sha256(source).hexdigest()
+        path = self.directory / f"{digest}-wasmtime{self.version}.cwasm"
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            blob = b""
+        tag, data = blob[:32], blob[32:]
+        if data and hmac.compare_digest(tag, self._tag(data)):
+            try:
+                module = wasmtime.Module.deserialize(self.engine, data)
+                self.hits += 1
+                return module
+            except wasmtime.WasmtimeError:
+                log.warning("cache entry %s does not deserialize; recompiling", path.name)
+        elif blob:
+            log.warning("cache entry %s failed verification; recompiling", path.name)
+        self.misses += 1
+        module = compile_module(self.engine, source, is_wat)
+        data = module.serialize()
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(self._tag(data) + data)
+        os.replace(tmp, path)
+        return module

@@ -1,0 +1,63 @@
+"""`capengine check` as a library call: load, lint, run policy tests, judge coverage.
+
+The daemon uses the same function at startup so that "the daemon refuses to start" and "check fails in CI"
+can never disagree about what an error is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+
+from capengine.policy import lint
+from capengine.policy import suites as policy_tests
+from capengine.policy.engine import PolicySet
+from capengine.policy.loader import LoadResult, load_paths
+from capengine.policy.model import Finding, Location
+
+
+@attrs.frozen
+class CheckOutcome:
+    load: LoadResult
+    findings: tuple[Finding, ...]
+    tests: policy_tests.TestReport | None
+    policy_set: PolicySet
+
+    @property
+    def errors(self) -> int:
+        return sum(f.severity == "error" for f in self.findings)
+
+    @property
+    def warnings(self) -> int:
+        return sum(f.severity == "warning" for f in self.findings)
+
+
+def run_check(paths: Iterable[str | Path], *, strict: bool = False, operations: Iterable[str] | None = None,
+              extensions_dir: str | Path | None = None, coverage: bool = False,
+              min_coverage: float | None = None, run_tests: bool = True) -> CheckOutcome:
+    paths = list(paths)
+    load = load_paths(paths)
+    findings = list(load.findings)
+    exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
+    findings.extend(lint.lint(load.policies, operations, exts))
+    policy_set = PolicySet.from_load(load)
+    report = None
+    if run_tests and load.suites:
+        report = policy_tests.run_suites(policy_set, load.suites)
+        findings.extend(policy_tests.findings(report))
+        if coverage or min_coverage is not None:
+            by_id = {r.qualified_id: r for p in load.policies for r in p.rules}
+            findings.extend(Finding(by_id[rid].location, "note", "uncovered-rule",
+                                    f"rule {rid} decided no test case") for rid in report.uncovered)
+        if min_coverage is not None and report.coverage < min_coverage:
+            findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", "coverage",
+                                    f"rule coverage {report.coverage:.1f}% is below --min-coverage {min_coverage:g}%"))
+    elif min_coverage is not None:
+        findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", "coverage",
+                                "--min-coverage given but no PolicyTest files were found"))
+    if strict:
+        findings = [attrs.evolve(f, severity="error") if f.severity == "warning" else f for f in findings]
+    findings.sort(key=lambda f: (f.location.file, f.location.line, f.location.column, f.code))
+    return CheckOutcome(load, tuple(findings), report, policy_set)

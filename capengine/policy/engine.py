@@ -1,0 +1,190 @@
+"""The decision engine: a compiled, immutable policy set that answers `decide(request)`.
+
+Semantics: default deny; any matching deny beats every allow whatever the order of files or rules; a
+condition that errors or yields a non-bool counts as matched for deny rules and unmatched for allow rules
+(fail closed), and is reported in the decision. Rules are indexed by exact operation name and by pattern,
+and the candidate list per (extension, operation) is computed once and cached, so deciding a call never
+scans unrelated rules. A PolicySet is never mutated after construction: hot reload builds a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from capengine.cel.compiler import Program
+from capengine.cel.values import CelError
+from capengine.policy import globs
+from capengine.policy.loader import LoadResult
+from capengine.policy.model import Decision, EvalError, Policy, Request, RequestError, Rule
+
+_CACHE_LIMIT = 65536
+
+
+@attrs.frozen
+class CompiledRule:
+    rule: Rule
+    program: Program | None
+    extension_patterns: tuple[str, ...]
+    qualified_id: str
+    deny: bool
+
+
+@attrs.frozen
+class RuleTrace:
+    """How one candidate rule fared, for `explain`."""
+
+    rule: str
+    effect: str
+    result: str  # "matched" | "not matched" | "error"
+    value: object
+    error: str | None
+
+
+@attrs.frozen
+class Explanation:
+    decision: Decision
+    trace: tuple[RuleTrace, ...]
+    reason: str
+
+
+class PolicySet:
+    def __init__(self, policies: Iterable[Policy], programs: dict[str, Program], revision: str = "") -> None:
+        self.policies = tuple(policies)
+        self.revision = revision
+        self.rules: list[CompiledRule] = []
+        self._exact: dict[str, list[CompiledRule]] = {}
+        self._patterns: list[tuple[str, CompiledRule]] = []
+        for policy in self.policies:
+            for rule in policy.rules:
+                compiled = CompiledRule(rule, programs.get(rule.qualified_id), policy.extensions,
+                                        rule.qualified_id, rule.effect == "deny")
+                self.rules.append(compiled)
+                for pattern in dict.fromkeys(rule.operations):
+                    if globs.is_literal(pattern):
+                        self._exact.setdefault(pattern, []).append(compiled)
+                    else:
+                        self._patterns.append((pattern, compiled))
+        self._candidates: dict[tuple[str, str], tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]] = {}
+        fields: set[str] | None = set()
+        for program in programs.values():
+            if fields is None or program.arg_fields is None:
+                fields = None
+            else:
+                fields |= program.arg_fields
+        self.arg_fields: frozenset[str] | None = None if fields is None else frozenset(fields)
+
+    def args_seen(self, args: dict) -> dict:
+        """The part of a call's args that some condition of this set can read: what a log keeps to re-decide
+        the call, without copying payloads no rule looks at."""
+        if self.arg_fields is None:
+            return dict(args)
+        if not self.arg_fields:
+            return {}
+        return {k: v for k, v in args.items() if k in self.arg_fields}
+
+    @classmethod
+    def from_load(cls, result: LoadResult) -> PolicySet:
+        return cls(result.policies, result.programs, result.revision)
+
+    def candidates(self, extension: str, operation: str) -> tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]:
+        """(deny rules, allow rules) that apply to this extension and operation, in policy order."""
+        key = (extension, operation)
+        found = self._candidates.get(key)
+        if found is not None:
+            return found
+        seen: dict[int, CompiledRule] = {}
+        for rule in self._exact.get(operation, ()):
+            seen[id(rule)] = rule
+        for pattern, rule in self._patterns:
+            if id(rule) not in seen and globs.glob_match(pattern, operation):
+                seen[id(rule)] = rule
+        order = {id(r): i for i, r in enumerate(self.rules)}
+        applicable = sorted((r for r in seen.values()
+                             if any(globs.glob_match(p, extension) for p in r.extension_patterns)),
+                            key=lambda r: order[id(r)])
+        found = (tuple(r for r in applicable if r.deny), tuple(r for r in applicable if not r.deny))
+        if len(self._candidates) >= _CACHE_LIMIT:
+            self._candidates.clear()  # bounded: a hostile stream of operation names cannot grow memory
+        self._candidates[key] = found
+        return found
+
+    def decide(self, request: Request) -> Decision:
+        denies, allows = self.candidates(request.extension, request.operation)
+        activation = request.activation()
+        errors: list[EvalError] = []
+        for rule in denies:
+            if rule.program is None:
+                return self._deny(rule, errors)
+            try:
+                value = rule.program.evaluate(activation)
+            except CelError as exc:
+                errors.append(EvalError(rule.qualified_id, f"{exc} (deny rule treated as matched)"))
+                return self._deny(rule, errors)
+            if value is True:
+                return self._deny(rule, errors)
+            if value is not False:
+                errors.append(EvalError(rule.qualified_id, f"condition returned {value!r}, not bool "
+                                                           "(deny rule treated as matched)"))
+                return self._deny(rule, errors)
+        for rule in allows:
+            if rule.program is None:
+                return Decision(True, (rule.qualified_id,), "", tuple(errors), self.revision)
+            try:
+                value = rule.program.evaluate(activation)
+            except CelError as exc:
+                errors.append(EvalError(rule.qualified_id, f"{exc} (allow rule treated as not matched)"))
+                continue
+            if value is True:
+                return Decision(True, (rule.qualified_id,), "", tuple(errors), self.revision)
+            if value is not False:
+                errors.append(EvalError(rule.qualified_id, f"condition returned {value!r}, not bool "
+                                                           "(allow rule treated as not matched)"))
+        return Decision(False, (), f"no policy allows {request.operation} for {request.extension}",
+                        tuple(errors), self.revision)
+
+    def _deny(self, rule: CompiledRule, errors: list[EvalError]) -> Decision:
+        message = rule.rule.message or f"denied by {rule.qualified_id}"
+        return Decision(False, (rule.qualified_id,), message, tuple(errors), self.revision)
+
+    def decide_raw(self, raw: dict) -> Decision:
+        """Decide a request given as JSON; a malformed request (e.g. a path escaping the root) is denied."""
+        try:
+            request = Request.from_mapping(raw)
+        except RequestError as exc:
+            return Decision(False, (), f"invalid request: {exc}", (EvalError("request", str(exc)),), self.revision)
+        return self.decide(request)
+
+    def explain(self, raw: dict) -> Explanation:
+        """Evaluate every candidate rule (no short-circuit) and say why the decision came out as it did."""
+        try:
+            request = Request.from_mapping(raw)
+        except RequestError as exc:
+            decision = self.decide_raw(raw)
+            return Explanation(decision, (), f"the request is invalid and is denied before any rule: {exc}")
+        denies, allows = self.candidates(request.extension, request.operation)
+        activation = request.activation()
+        trace = []
+        for rule in denies + allows:
+            if rule.program is None:
+                trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, "matched", True, None))
+                continue
+            try:
+                value = rule.program.evaluate(activation)
+            except CelError as exc:
+                trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, "error", None, str(exc)))
+                continue
+            result = "matched" if value is True else "not matched" if value is False else "error"
+            error = None if value in (True, False) and type(value) is bool else f"non-bool result {value!r}"
+            trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, result, value, error))
+        decision = self.decide(request)
+        if not denies and not allows:
+            reason = f"no rule applies to {request.operation} for {request.extension}: default deny"
+        elif decision.allowed:
+            reason = f"allowed by {decision.rules[0]}; no deny rule matched"
+        elif decision.rules:
+            reason = f"denied by {decision.rules[0]}: deny rules override every allow"
+        else:
+            reason = "no allow rule matched (rules whose condition errored count as not matched): default deny"
+        return Explanation(decision, tuple(trace), reason)

@@ -1,0 +1,281 @@
+"""Policy and policy-test files -> model objects + findings.
+
+Everything that can be wrong with a file is reported as a Finding with file:line:column, all of them, not
+just the first: YAML syntax, duplicate keys, schema violations (unknown keys, wrong types), duplicate ids,
+CEL syntax and type errors. A file with an error contributes nothing to the policy set; callers that must
+fail closed (the daemon) refuse the whole set when any error exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+import jsonschema
+
+from capengine.cel import ast as cel_ast
+from capengine.cel import checker as cel_checker
+from capengine.cel import compiler as cel_compiler
+from capengine.cel.types import DYN, STRING, Type, map_of
+from capengine.policy import globs
+from capengine.policy.functions import POLICY_ENVIRONMENT
+from capengine.policy.model import Finding, Limit, Location, Policy, Rule, TestCase, TestSuite
+from capengine.policy.schemas import validator
+from capengine.policy.yaml_source import Document, YamlSourceError, expression_position, load_documents
+
+POLICY_DECLS: dict[str, Type] = {
+    "extension": STRING, "operation": STRING, "path": STRING, "library": STRING, "args": map_of(STRING, DYN),
+}
+_RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600}
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+@attrs.define
+class LoadedFile:
+    path: str
+    text: str
+    policies: list[Policy] = attrs.field(factory=list)
+    suites: list[TestSuite] = attrs.field(factory=list)
+    programs: dict[str, cel_compiler.Program] = attrs.field(factory=dict)  # qualified rule id -> program
+
+
+@attrs.define
+class LoadResult:
+    files: list[LoadedFile]
+    findings: list[Finding]
+
+    @property
+    def policies(self) -> list[Policy]:
+        return [p for f in self.files for p in f.policies]
+
+    @property
+    def suites(self) -> list[TestSuite]:
+        return [s for f in self.files for s in f.suites]
+
+    @property
+    def programs(self) -> dict[str, cel_compiler.Program]:
+        return {k: v for f in self.files for k, v in f.programs.items()}
+
+    @property
+    def has_errors(self) -> bool:
+        return any(f.severity == "error" for f in self.findings)
+
+    @property
+    def revision(self) -> str:
+        """Content hash of the policy set (policy documents only; test files do not change decisions)."""
+        digest = hashlib.sha256()
+        for f in sorted(self.files, key=lambda f: f.path):
+            if f.policies:
+                digest.update(f.path.encode() + b"\0" + f.text.encode() + b"\0")
+        return digest.hexdigest()[:16]
+
+
+def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
+    """YAML files under the given files/directories, sorted so that results never depend on disk order."""
+    found: list[Path] = []
+    findings: list[Finding] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found.extend(sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file()))
+        elif p.is_file():
+            found.append(p)
+        else:
+            findings.append(Finding(Location(str(p)), "error", "io", "no such file or directory"))
+    return found, findings
+
+
+def load_paths(paths: Iterable[str | Path]) -> LoadResult:
+    files, findings = discover(paths)
+    result = LoadResult([], findings)
+    for path in files:
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise OSError(f"file larger than {MAX_FILE_BYTES} bytes")
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[:exc.start].count(b"\n") + 1
+            result.findings.append(Finding(Location(str(path), line, 1), "error", "io",
+                                           f"not UTF-8 (byte {exc.start}); save the file as UTF-8"))
+            continue
+        except OSError as exc:
+            result.findings.append(Finding(Location(str(path)), "error", "io", f"cannot read: {exc}"))
+            continue
+        loaded, file_findings = load_text(str(path), text)
+        result.files.append(loaded)
+        result.findings.extend(file_findings)
+    result.findings.extend(_cross_file_checks(result))
+    return result
+
+
+def load_text(path: str, text: str) -> tuple[LoadedFile, list[Finding]]:
+    """Load one file's text. On any error in a document, that document contributes nothing."""
+    loaded = LoadedFile(path, text)
+    findings: list[Finding] = []
+    try:
+        documents = list(load_documents(text))
+    except YamlSourceError as exc:
+        return loaded, [Finding(Location(path, exc.line, exc.column), "error", "yaml-syntax",
+                                f"{exc.message}; fix the YAML syntax")]
+    if not documents:
+        return loaded, [Finding(Location(path, 1, 1), "warning", "empty-file",
+                                "no YAML document in this file; add a Policy or PolicyTest, or remove the file")]
+    lines = text.splitlines()
+    for doc in documents:
+        _DocumentLoader(path, lines, doc, loaded, findings).load()
+    return loaded, findings
+
+
+class _DocumentLoader:
+    def __init__(self, path: str, lines: list[str], doc: Document, out: LoadedFile, findings: list[Finding]):
+        self.path, self.lines, self.doc, self.out, self.findings = path, lines, doc, out, findings
+
+    def at(self, json_path: tuple) -> Location:
+        return Location(self.path, *self.doc.position(json_path))
+
+    def report(self, json_path: tuple, code: str, message: str, severity: str = "error") -> None:
+        self.findings.append(Finding(self.at(json_path), severity, code, message))
+
+    def load(self) -> None:
+        errors_before = len(self.findings)
+        for key, line, column in self.doc.duplicates:
+            self.findings.append(Finding(Location(self.path, line, column), "error", "duplicate-key",
+                                         f"key '{key}' appears more than once in this mapping; keep one"))
+        data = self.doc.data
+        kind = data.get("kind") if isinstance(data, dict) else None
+        schema = {"Policy": "policy.schema.json", "PolicyTest": "policy-test.schema.json"}.get(kind)
+        if schema is None:
+            self.report(("kind",), "unknown-kind",
+                        f"kind must be Policy or PolicyTest, got {kind!r}")
+            return
+        for err in sorted(validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+            where = tuple(err.absolute_path)
+            if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+                extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+                where += (extra[0],) if extra else ()  # point at the offending key itself
+            self.report(where, "schema", _schema_message(err))
+        schema_ok = len(self.findings) == errors_before
+        if kind == "Policy":
+            self._policy(data, schema_ok)
+        elif schema_ok:
+            self._suite(data)
+
+    def _policy(self, data: dict, schema_ok: bool) -> None:
+        """Check every rule even when the schema already failed (report all problems at once); build the
+        Policy only when nothing at all is wrong."""
+        spec = _get(data, "spec", dict)
+        name = _get(_get(data, "metadata", dict), "name", str) or "?"
+        programs: dict[str, cel_compiler.Program] = {}
+        seen: dict[str, int] = {}
+        ok = schema_ok
+        for i, raw in enumerate(_get(spec, "rules", list)):
+            where = ("spec", "rules", i)
+            rid = _get(raw, "id", str)
+            if rid and rid in seen:
+                self.report(where + ("id",), "duplicate-rule-id",
+                            f"rule id '{rid}' is already used by rule #{seen[rid] + 1}; "
+                            "rule ids must be unique within a policy")
+                ok = False
+            elif rid:
+                seen[rid] = i
+            ok &= self._check_globs(where + ("operations",), _get(raw, "operations", list))
+            condition = _get(raw, "condition", str)
+            if condition:
+                program = self._compile(condition, where + ("condition",))
+                ok &= program is not None
+                if program is not None and rid:
+                    programs[f"{name}/{rid}"] = program
+        ok &= self._check_globs(("spec", "extensions"), _get(spec, "extensions", list))
+        for i, raw in enumerate(_get(spec, "limits", list)):
+            ok &= self._check_globs(("spec", "limits", i, "operations"), _get(raw, "operations", list))
+            burst, cost = (raw.get(k) if isinstance(raw, dict) else None for k in ("burst", "cost"))
+            if isinstance(burst, int) and isinstance(cost, int) and cost > burst:
+                self.report(("spec", "limits", i, "cost"), "bad-limit",
+                            f"cost {cost} is more than burst {burst}: no call could ever pass; raise burst")
+                ok = False
+        if not ok:
+            return
+        rules = tuple(Rule(name, raw["id"], raw["effect"], tuple(raw["operations"]), raw.get("condition"),
+                           raw.get("message"), self.at(("spec", "rules", i))) for i, raw in enumerate(spec["rules"]))
+        limits = []
+        for i, raw in enumerate(spec.get("limits", [])):
+            count, unit = raw["rate"].split("/")
+            limits.append(Limit(tuple(raw["operations"]), int(count), _RATE_UNITS[unit],
+                                raw.get("burst", int(count)), raw.get("cost", 1), self.at(("spec", "limits", i))))
+        self.out.policies.append(Policy(name, data["metadata"].get("description", ""), tuple(spec["extensions"]),
+                                        rules, tuple(limits), self.at(())))
+        self.out.programs.update(programs)
+
+    def _check_globs(self, json_path: tuple, patterns: list) -> bool:
+        ok = True
+        for i, pattern in enumerate(patterns):
+            if not isinstance(pattern, str):
+                continue  # the schema reports it
+            try:
+                globs.compile_glob(pattern, ".")
+            except globs.GlobError as exc:
+                self.report(json_path + (i,), "bad-glob", str(exc))
+                ok = False
+        return ok
+
+    def _compile(self, source: str, json_path: tuple) -> cel_compiler.Program | None:
+        program, errors = cel_compiler.compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT, total=True)
+        node = self.doc.nodes.get(json_path)
+        for err in errors:
+            pos = err.pos if not isinstance(err, cel_ast.CelSyntaxError) else cel_ast.Pos(err.line, err.column)
+            line, column = expression_position(node, self.lines, pos.line, pos.column)
+            code = {cel_ast.CelSyntaxError: "cel-syntax", cel_checker.CheckError: "cel-type"}.get(
+                type(err), "cel-invalid")
+            self.findings.append(Finding(Location(self.path, line, column), "error", code,
+                                         f"{err.message} in condition {source.strip()!r}"))
+        if program is not None and program.type not in (Type("bool"), DYN):
+            self.report(json_path, "cel-type", f"condition must be bool, but it is {program.type}")
+            return None
+        return program
+
+    def _suite(self, data: dict) -> None:
+        cases = []
+        names: set[str] = set()
+        for i, raw in enumerate(data["cases"]):
+            if raw["name"] in names:
+                self.report(("cases", i, "name"), "duplicate-case", f"test case name '{raw['name']}' repeats")
+                continue
+            names.add(raw["name"])
+            cases.append(TestCase(raw["name"], raw["request"], raw["expect"], raw.get("rule"), self.at(("cases", i))))
+        self.out.suites.append(TestSuite(data["metadata"]["name"], tuple(cases), self.at(())))
+
+
+def _get(container: object, key: str, kind: type) -> object:
+    """Lenient access for documents that may have failed the schema: a wrong type reads as empty."""
+    value = container.get(key) if isinstance(container, dict) else None
+    return value if isinstance(value, kind) else kind()
+
+
+def _schema_message(err: jsonschema.ValidationError) -> str:
+    where = "/".join(map(str, err.absolute_path)) or "document"
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        allowed = ", ".join(sorted(err.schema.get("properties", {})))
+        return f"unknown key(s) {', '.join(map(repr, extra))} in {where}; allowed: {allowed}"
+    if err.validator == "required":
+        return f"{err.message} in {where}"
+    if err.validator == "enum":
+        return f"{where}: {err.instance!r} is not one of {', '.join(map(repr, err.validator_value))}"
+    if err.validator == "pattern":
+        return f"{where}: {err.instance!r} does not match the required pattern {err.validator_value}"
+    return f"{where}: {err.message}"
+
+
+def _cross_file_checks(result: LoadResult) -> list[Finding]:
+    findings = []
+    names: dict[str, Location] = {}
+    for policy in result.policies:
+        if policy.name in names:
+            findings.append(Finding(policy.location, "error", "duplicate-policy",
+                                    f"policy name '{policy.name}' is already defined at {names[policy.name]}; "
+                                    "policy names must be unique across the set"))
+        else:
+            names[policy.name] = policy.location
+    return findings
