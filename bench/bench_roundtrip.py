@@ -76,7 +76,7 @@ def main() -> None:
 
 
 def host_dispatcher(host):
-    from capengine.host.bridge import Dispatcher
+    from capengine.host.dispatcher import Dispatcher
 
     return Dispatcher(host.active, host.registry, host.catalog, host.data_dir)
 

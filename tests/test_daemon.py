@@ -19,7 +19,7 @@ from wasm_helpers import LIB, call_job, policy_set
 from capengine.daemon.decision_log import DecisionLog, read_records
 from capengine.daemon.replay import replay
 from capengine.daemon.server import Daemon, DaemonConfig, DaemonError, call
-from capengine.host.bridge import CallRecord
+from capengine.host.envelope import CallRecord
 from capengine.host.rate_limiter import RateLimiter
 
 PING = "- {id: ping, effect: allow, operations: [test.ping]}\n"
@@ -106,7 +106,7 @@ def test_reload_switches_atomically_under_concurrent_load(daemon):
     v1 = daemon.status.revision
     stop = threading.Event()
     records: list[CallRecord] = []
-    from capengine.host.bridge import Dispatcher
+    from capengine.host.dispatcher import Dispatcher
 
     dispatcher = Dispatcher(daemon.host.active, daemon.host.registry, daemon.host.catalog, daemon.host.data_dir,
                             records.append)

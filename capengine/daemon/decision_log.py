@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from capengine.host.bridge import CallRecord
+from capengine.host.envelope import CallRecord
 
 DEFAULT_MASK = ("password", "token", "secret", "api_key", "apikey", "authorization")
 _STOP = object()

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from capengine.host.bridge import ActivePolicies, CallRecord, Dispatcher
+from capengine.host.dispatcher import ActivePolicies, Dispatcher
+from capengine.host.envelope import CallRecord
 from capengine.host.libraries import Library, LibraryCatalog
 from capengine.host.manifests import Extension
 from capengine.host.operations import Registry, default_registry

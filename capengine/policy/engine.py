@@ -10,14 +10,17 @@ scans unrelated rules. A PolicySet is never mutated after construction: hot relo
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import attrs
 
 from capengine.cel.compiler import Program
 from capengine.cel.values import CelError
 from capengine.policy import globs
-from capengine.policy.loader import LoadResult
 from capengine.policy.model import Decision, EvalError, Policy, Request, RequestError, Rule
+
+if TYPE_CHECKING:  # the engine needs only the loader's result, never the YAML loader itself
+    from capengine.policy.loader import LoadResult
 
 _CACHE_LIMIT = 65536
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from capengine.host.envelope import ErrorCode
 from capengine.host.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
 
 KEY_ENV = "CAPENGINE_VAULT_KEY"
@@ -30,7 +31,7 @@ def _master_key(data_dir: Path) -> bytes:
         except binascii.Error:
             key = b""
         if len(key) != 32:
-            raise OperationError("INTERNAL", f"${KEY_ENV} must be 32 bytes in base64")
+            raise OperationError(ErrorCode.INTERNAL, f"${KEY_ENV} must be 32 bytes in base64")
         return key
     path = data_dir / "vault.key"
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -39,7 +40,7 @@ def _master_key(data_dir: Path) -> bytes:
     except FileExistsError:
         key = path.read_bytes()
         if len(key) != 32:
-            raise OperationError("INTERNAL", "the vault key file is corrupt") from None
+            raise OperationError(ErrorCode.INTERNAL, "the vault key file is corrupt") from None
         return key
     key = AESGCM.generate_key(bit_length=256)
     with os.fdopen(fd, "wb") as out:
@@ -74,11 +75,11 @@ def get(ctx: CallContext, args: dict) -> dict:
         row = db.execute("SELECT kind, nonce, ciphertext FROM secrets WHERE extension = ? AND name = ?",
                          (ctx.extension, args["name"])).fetchone()
     if row is None:
-        raise OperationError("NOT_FOUND", f"no credential named {args['name']!r}")
+        raise OperationError(ErrorCode.NOT_FOUND, f"no credential named {args['name']!r}")
     try:
         secret = AESGCM(_master_key(ctx.data_dir)).decrypt(row[1], row[2], _aad(ctx, args["name"]))
     except InvalidTag:
-        raise OperationError("INTERNAL", "the credential does not decrypt (wrong vault key?)") from None
+        raise OperationError(ErrorCode.INTERNAL, "the credential does not decrypt (wrong vault key?)") from None
     return {"name": args["name"], "kind": row[0], "secret": secret.decode()}
 
 

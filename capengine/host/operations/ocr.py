@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 from capengine.host import safe_fs
+from capengine.host.envelope import ErrorCode
 from capengine.host.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
 from capengine.host.operations.vdfs import MAX_READ, fs_errors, library_root
 
@@ -16,20 +17,20 @@ TIMEOUT_SECONDS = 60
 def ocr(ctx: CallContext, args: dict) -> dict:
     binary = shutil.which("tesseract")
     if binary is None:
-        raise OperationError("INTERNAL", "OCR engine unavailable: the tesseract program is not installed "
+        raise OperationError(ErrorCode.INTERNAL, "OCR engine unavailable: the tesseract program is not installed "
                                          "(apt-get install tesseract-ocr tesseract-ocr-eng)")
     with fs_errors(), safe_fs.open_beneath(library_root(ctx), args["path"]) as fd:
         image = os.read(fd, MAX_READ + 1)
     if len(image) > MAX_READ:
-        raise OperationError("RESOURCE_EXHAUSTED", f"image is over the {MAX_READ}-byte cap")
+        raise OperationError(ErrorCode.RESOURCE_EXHAUSTED, f"image is over the {MAX_READ}-byte cap")
     try:  # the image goes in on stdin: tesseract never sees a path it could be tricked into following
         proc = subprocess.run([binary, "stdin", "stdout", "-l", args.get("language", "eng"), "tsv"], input=image,
                               capture_output=True, timeout=TIMEOUT_SECONDS, check=False)
     except subprocess.TimeoutExpired:
-        raise OperationError("RESOURCE_EXHAUSTED", f"OCR took longer than {TIMEOUT_SECONDS} s") from None
+        raise OperationError(ErrorCode.RESOURCE_EXHAUSTED, f"OCR took longer than {TIMEOUT_SECONDS} s") from None
     if proc.returncode != 0:
         detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
-        raise OperationError("INVALID_ARGUMENT", f"OCR failed: {detail[0]}")
+        raise OperationError(ErrorCode.INVALID_ARGUMENT, f"OCR failed: {detail[0]}")
     return _from_tsv(proc.stdout.decode("utf-8", "replace"))
 
 

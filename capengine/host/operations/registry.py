@@ -15,20 +15,17 @@ import attrs
 import fastjsonschema
 import jsonschema
 
+from capengine.host.envelope import ErrorCode
 from capengine.host.libraries import Library
 from capengine.policy import schemas
-
-ERROR_CODES = ("PERMISSION_DENIED", "RATE_LIMITED", "UNKNOWN_OPERATION", "INVALID_ARGUMENT", "NOT_FOUND",
-               "LIBRARY_REQUIRED", "RESOURCE_EXHAUSTED", "INTERNAL")
 
 
 class OperationError(Exception):
     """A failure the guest receives as an error envelope with this code."""
 
-    def __init__(self, code: str, message: str) -> None:
-        assert code in ERROR_CODES, code
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = ErrorCode(code)
         self.message = message
 
 
@@ -66,7 +63,7 @@ class Operation:
         try:
             self.validator(payload)
         except fastjsonschema.JsonSchemaValueException as exc:
-            raise OperationError("INVALID_ARGUMENT", f"{self.name}: {exc.message}") from None
+            raise OperationError(ErrorCode.INVALID_ARGUMENT, f"{self.name}: {exc.message}") from None
 
     def policy_args(self, payload: dict) -> dict:
         if not self.hidden_args:

@@ -11,6 +11,7 @@ import stat as stat_mod
 import time
 
 from capengine.host import safe_fs
+from capengine.host.envelope import ErrorCode
 from capengine.host.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
 
 MAX_READ = 16 * 1024 * 1024
@@ -21,7 +22,7 @@ SIDECAR_DIR = "/.capengine/sidecars"
 def library_root(ctx: CallContext):
     """The library's root directory; operations only ever open paths beneath it (via safe_fs)."""
     if ctx.library is None:  # the bridge checks needs_library first; this guards direct callers
-        raise OperationError("LIBRARY_REQUIRED", "this operation needs a library")
+        raise OperationError(ErrorCode.LIBRARY_REQUIRED, "this operation needs a library")
     return ctx.library.root
 
 
@@ -53,10 +54,10 @@ def read_file(ctx: CallContext, args: dict) -> dict:
     with fs_errors(), safe_fs.open_beneath(library_root(ctx), args["path"]) as fd:
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):
-            raise OperationError("INVALID_ARGUMENT", f"{args['path']} is not a regular file")
+            raise OperationError(ErrorCode.INVALID_ARGUMENT, f"{args['path']} is not a regular file")
         want = st.st_size - offset if length is None else length
         if want > MAX_READ:
-            raise OperationError("RESOURCE_EXHAUSTED", f"read of {want} bytes is over the {MAX_READ}-byte cap; "
+            raise OperationError(ErrorCode.RESOURCE_EXHAUSTED, f"read of {want} bytes is over the {MAX_READ}-byte cap; "
                                                        "read it in parts with offset/length")
         data = os.pread(fd, max(want, 0), offset)
     mime = mimetypes.guess_type(args["path"])[0] or "application/octet-stream"
@@ -75,7 +76,7 @@ def list_dir(ctx: CallContext, args: dict) -> dict:
                 continue  # removed while listing
             entries.append({"name": name, **_describe(st)})
             if len(entries) > MAX_ENTRIES:
-                raise OperationError("RESOURCE_EXHAUSTED", f"directory has more than {MAX_ENTRIES} entries")
+                raise OperationError(ErrorCode.RESOURCE_EXHAUSTED, f"directory has more than {MAX_ENTRIES} entries")
     return {"path": args["path"], "entries": entries}
 
 
@@ -92,7 +93,7 @@ def _content_hash(ctx: CallContext, path: str) -> str:
     digest = hashlib.sha256()
     with fs_errors(), safe_fs.open_beneath(library_root(ctx), path) as fd:
         if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-            raise OperationError("INVALID_ARGUMENT", f"{path} is not a regular file")
+            raise OperationError(ErrorCode.INVALID_ARGUMENT, f"{path} is not a regular file")
         while chunk := os.read(fd, 1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -138,7 +139,7 @@ def read_sidecar(ctx: CallContext, args: dict) -> dict:
     with fs_errors(), safe_fs.open_beneath(library_root(ctx), target) as fd:
         data = os.read(fd, MAX_READ + 1)
     if len(data) > MAX_READ:
-        raise OperationError("RESOURCE_EXHAUSTED", f"sidecar is over the {MAX_READ}-byte cap")
+        raise OperationError(ErrorCode.RESOURCE_EXHAUSTED, f"sidecar is over the {MAX_READ}-byte cap")
     return {"path": args["path"], "kind": args["kind"], "data": data.decode("utf-8", "replace")}
 
 
