@@ -1,4 +1,4 @@
-"""Runner for the CEL conformance cases in ../shared/cel-conformance (format: that folder's README).
+"""Runner for the CEL conformance cases vendored in tests/cel-spec (format: that folder's README).
 
 Used by tests/test_cel_conformance.py, and runnable on its own to print pass rates per file and section:
     python tests/cel_conformance.py [DIR]
@@ -20,7 +20,7 @@ from capengine.cel.types import parse_decl
 from capengine.cel.values import CelError, CelType, UInt, equals, type_name
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DIR = ROOT.parent / "shared" / "cel-conformance"
+DEFAULT_DIR = ROOT / "tests" / "cel-spec"
 
 
 def conformance_dir() -> Path:

@@ -16,9 +16,10 @@ import lark
 from celpy import celparser
 
 from capengine.cel.values import INT_MAX, INT_MIN, UINT_MAX, UInt
+from capengine.errors import CapengineError
 
 
-class CelSyntaxError(Exception):
+class CelSyntaxError(CapengineError):
     """A CEL expression that does not parse; `line`/`column` are 1-based inside the expression."""
 
     def __init__(self, message: str, line: int = 1, column: int = 1) -> None:

@@ -20,13 +20,14 @@ from capengine.cel.checker import CheckResult, check
 from capengine.cel.environment import DispatchTable, Environment, resolve_runtime
 from capengine.cel.types import BOOL, DYN, STRING, TYPE_IDENTS, Type
 from capengine.cel.values import CelError, CelType, UInt, make_map, map_lookup, type_name
+from capengine.errors import CapengineError
 
 Fn = Callable[[dict], object]
 BUDGET_KEY = "\0budget"  # not a CEL identifier: no expression can read or shadow it
 MAX_ITERATIONS = 20_000  # comprehension steps per evaluation, nested loops included (about 50 ms)
 
 
-class CompileError(Exception):
+class CompileError(CapengineError):
     def __init__(self, message: str, pos: ast.Pos) -> None:
         super().__init__(message)
         self.message = message

@@ -13,10 +13,12 @@ import math
 
 import attrs
 
+from capengine.errors import CapengineError
+
 INT_MIN, INT_MAX, UINT_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 
-class CelError(Exception):
+class CelError(CapengineError):
     """A CEL evaluation error: a value, not a crash. `&&`, `||` and the macros may absorb it."""
 
 

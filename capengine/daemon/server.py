@@ -22,6 +22,7 @@ from pathlib import Path
 import attrs
 
 from capengine.daemon.decision_log import DEFAULT_MASK, DecisionLog
+from capengine.errors import CapengineError
 from capengine.host.extension_host import Host
 from capengine.host.manifests import Extension, load_extensions
 from capengine.host.runtime import Limits
@@ -31,7 +32,7 @@ from capengine.policy.engine import PolicySet
 log = logging.getLogger("capengine.daemon.server")
 
 
-class DaemonError(Exception):
+class DaemonError(CapengineError):
     """The daemon cannot start (policy errors, socket in use); the message lists every reason."""
 
 
@@ -57,7 +58,7 @@ class PolicyStatus:
     last_error: tuple[str, ...] = ()  # findings of the last failed reload, () when the last one succeeded
 
 
-class RpcError(Exception):
+class RpcError(CapengineError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message

@@ -14,11 +14,13 @@ import re
 
 import wasmtime
 
+from capengine.errors import CapengineError
+
 FAULT_RANGE = -1  # a pointer/length outside linear memory
 FAULT_TOO_LARGE = -2  # a request over the size cap
 
 
-class AbiFault(Exception):
+class AbiFault(CapengineError):
     """A malformed call that the guest gets back as a negative return code, not as an envelope."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -26,7 +28,7 @@ class AbiFault(Exception):
         self.code = code
 
 
-class PayloadError(ValueError):
+class PayloadError(CapengineError, ValueError):
     """A payload that is in range but not an acceptable JSON object (INVALID_ARGUMENT)."""
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import attrs
 
+from capengine.errors import CapengineError
+
 DATA_DIR_ENV = "CAPENGINE_DATA_DIR"
 LIBRARY_ID_FILE = ".capengine/library-id"  # a library directory may carry its own id (the bundled sample does)
 
@@ -25,7 +27,7 @@ def default_data_dir() -> Path:
     return Path(base) / "capengine"
 
 
-class LibraryError(Exception):
+class LibraryError(CapengineError):
     pass
 
 

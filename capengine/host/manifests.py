@@ -6,12 +6,13 @@ from pathlib import Path
 
 import attrs
 
+from capengine.errors import CapengineError
 from capengine.policy import globs
 from capengine.policy.schemas import validator
 from capengine.policy.yaml_source import YamlSourceError, load_documents
 
 
-class ExtensionError(Exception):
+class ExtensionError(CapengineError):
     pass
 
 

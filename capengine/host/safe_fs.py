@@ -14,10 +14,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from capengine.errors import CapengineError
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class FsError(Exception):
+class FsError(CapengineError):
     """`code` is an envelope error code (NOT_FOUND, INVALID_ARGUMENT, ...)."""
 
     def __init__(self, code: str, message: str) -> None:

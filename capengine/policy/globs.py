@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from capengine.errors import CapengineError
 
-class GlobError(ValueError):
+
+class GlobError(CapengineError, ValueError):
     pass
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 import attrs
 
+from capengine.errors import CapengineError
 from capengine.policy import paths
 
 Effect = Literal["allow", "deny"]
@@ -76,7 +77,7 @@ class Policy:
     location: Location
 
 
-class RequestError(ValueError):
+class RequestError(CapengineError, ValueError):
     """A request that cannot be decided because one of its fields is malformed (e.g. a path escaping root)."""
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import unicodedata
 
+from capengine.errors import CapengineError
+
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 
 
-class PathError(ValueError):
+class PathError(CapengineError, ValueError):
     pass
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import attrs
 import yaml
 
+from capengine.errors import CapengineError
+
 try:
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - pure-Python fallback when libyaml is missing
@@ -20,7 +22,7 @@ except ImportError:  # pragma: no cover - pure-Python fallback when libyaml is m
 JsonPath = tuple  # of str | int
 
 
-class YamlSourceError(Exception):
+class YamlSourceError(CapengineError):
     def __init__(self, message: str, line: int, column: int) -> None:
         super().__init__(message)
         self.message, self.line, self.column = message, line, column

@@ -15,12 +15,13 @@ import attrs
 import fastjsonschema
 import jsonschema
 
+from capengine.errors import CapengineError
 from capengine.host.envelope import ErrorCode
 from capengine.host.libraries import Library
 from capengine.policy import schemas
 
 
-class OperationError(Exception):
+class OperationError(CapengineError):
     """A failure the guest receives as an error envelope with this code."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
