@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from capengine import __version__
+from capengine import __version__, bundled
 from capengine.policy import report
 from capengine.policy.check import run_check
 
@@ -22,7 +22,14 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def _default_policies() -> str:
+    """`./policies` where the user keeps them, else the examples that come with capengine."""
+    return "policies" if Path("policies").is_dir() else str(bundled.policies())
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
+    if not args.paths:
+        args.paths = [_default_policies()]
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"capengine check: no such file or directory: {', '.join(missing)}", file=sys.stderr)
@@ -54,12 +61,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if outcome.errors else EXIT_OK
 
 
-def _operations() -> list[str] | None:
+def _operations() -> list[str]:
     """Names of the registered operations, so lint can flag rules that match none."""
-    try:
-        from capengine.host.operations import default_registry
-    except ImportError:
-        return None
+    from capengine.host.operations import default_registry
+
     return default_registry().names()
 
 
@@ -79,7 +84,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"capengine explain: cannot read the request: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    policy_set = _load_policy_set(args.policies, "explain")
+    policy_set = _load_policy_set(args.policies or _default_policies(), "explain")
     if policy_set is None:
         return EXIT_FINDINGS
     explanation = policy_set.explain(request)
@@ -101,12 +106,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         detail = f"error: {t.error}" if t.error else f"condition = {t.value}"
         print(f"  {t.effect:5} {t.rule:40} {t.result:12} {detail}")
     return EXIT_OK
-
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_EXTENSION = ROOT / "extensions" / "photo-ocr"
-DEFAULT_LIBRARY = ROOT / "extensions" / "sample-library"
-DEFAULT_POLICIES = ROOT / "policies"
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -149,7 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FINDINGS
     host = Host(policy_set, _data_dir(args))
     try:
-        library = host.open_library(Path(args.library))
+        library = host.open_library(Path(args.library) if args.library else bundled.sample_library(host.data_dir))
         if user_input is None:
             user_input = {"library": library.id}
         job = args.job or ext.jobs[0]
@@ -280,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = sub.add_parser("check", help="validate, type-check, lint and test policy files")
-    check.add_argument("paths", nargs="*", default=["policies"], help="files or directories (default: policies)")
+    check.add_argument("paths", nargs="*", help="files or directories (default: ./policies, else the bundled ones)")
     check.add_argument("--format", choices=["text", "json", "sarif"], default="text")
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
     check.add_argument("--extensions", metavar="DIR", help="flag policies whose extension globs match nothing here")
@@ -289,15 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     explain = sub.add_parser("explain", help="show how the policy set decides one request")
-    explain.add_argument("--policies", required=True, metavar="DIR")
+    explain.add_argument("--policies", metavar="DIR", help="policy directory (default: ./policies, else the bundled ones)")
     explain.add_argument("--request", required=True, help="JSON object, or a file containing one (@file)")
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(func=_cmd_explain)
 
     run = sub.add_parser("run", help="run one job of an extension and print the calls it made")
-    run.add_argument("extension", nargs="?", default=str(DEFAULT_EXTENSION), help="extension directory")
-    run.add_argument("--policies", default=str(DEFAULT_POLICIES), metavar="DIR")
-    run.add_argument("--library", default=str(DEFAULT_LIBRARY), metavar="DIR")
+    run.add_argument("extension", nargs="?", default=str(bundled.extension()),
+                     help="extension directory (default: the bundled photo-ocr)")
+    run.add_argument("--policies", default=str(bundled.policies()), metavar="DIR",
+                     help="policy directory (default: the bundled policies)")
+    run.add_argument("--library", metavar="DIR", help="library root (default: the bundled sample library)")
     run.add_argument("--job", help="job name (default: the manifest's first job)")
     run.add_argument("--input", help='job input as a JSON object (default: {"library": "<the library\'s id>"})')
     run.add_argument("--data-dir", metavar="DIR", help="catalogue, vault and module cache (default: XDG data)")

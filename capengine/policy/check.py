@@ -1,7 +1,7 @@
 """`capengine check` as a library call: load, lint, run policy tests, judge coverage.
 
-The daemon uses the same function at startup so that "the daemon refuses to start" and "check fails in CI"
-can never disagree about what an error is.
+The daemon and `load_policies` use the same function, so that "the daemon refuses to start", "the embedder's
+load raises" and "check fails in CI" can never disagree about what an error is.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import attrs
 
+from capengine.errors import CapengineError
 from capengine.policy import lint
 from capengine.policy import suites as policy_tests
 from capengine.policy.engine import PolicySet
@@ -34,10 +35,10 @@ class CheckOutcome:
         return sum(f.severity == "warning" for f in self.findings)
 
 
-def run_check(paths: Iterable[str | Path], *, strict: bool = False, operations: Iterable[str] | None = None,
-              extensions_dir: str | Path | None = None, coverage: bool = False,
-              min_coverage: float | None = None, run_tests: bool = True) -> CheckOutcome:
-    paths = list(paths)
+def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
+              operations: Iterable[str] | None = None, extensions_dir: str | Path | None = None,
+              coverage: bool = False, min_coverage: float | None = None, run_tests: bool = True) -> CheckOutcome:
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     load = load_paths(paths)
     findings = list(load.findings)
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
@@ -61,3 +62,26 @@ def run_check(paths: Iterable[str | Path], *, strict: bool = False, operations: 
         findings = [attrs.evolve(f, severity="error") if f.severity == "warning" else f for f in findings]
     findings.sort(key=lambda f: (f.location.file, f.location.line, f.location.column, f.code))
     return CheckOutcome(load, tuple(findings), report, policy_set)
+
+
+class PolicyLoadError(CapengineError):
+    """A policy set with errors: nothing of it may be used (fail closed). `findings` holds every error and
+    warning, each with file:line:column, exactly as `capengine check` reports them."""
+
+    def __init__(self, findings: Iterable[Finding]) -> None:
+        self.findings = tuple(findings)
+        errors = [str(f) for f in self.findings if f.severity == "error"]
+        super().__init__(f"the policy set has {len(errors)} error(s):\n" + "\n".join(errors))
+
+
+def load_policies(paths: str | Path | Iterable[str | Path], *, operations: Iterable[str] | None = None,
+                  strict: bool = False) -> PolicySet:
+    """Load, check and compile policy files or directories into a PolicySet, or raise PolicyLoadError.
+
+    The verdict is `capengine check`'s: syntax, schema, CEL type errors, lint errors and failing PolicyTest
+    cases all refuse the set. `operations`: the registered operation names (lint flags rules matching none).
+    """
+    outcome = run_check(paths, strict=strict, operations=operations)
+    if outcome.errors:
+        raise PolicyLoadError(outcome.findings)
+    return outcome.policy_set
