@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     explain = sub.add_parser("explain", help="show how the policy set decides one request")
-    explain.add_argument("--policies", metavar="DIR", help="policy directory (default: ./policies, else the bundled ones)")
+    explain.add_argument("--policies", metavar="DIR",
+                         help="policy directory (default: ./policies, else the bundled ones)")
     explain.add_argument("--request", required=True, help="JSON object, or a file containing one (@file)")
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(func=_cmd_explain)
