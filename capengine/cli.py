@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from capengine import __version__, bundled
 from capengine.policy import report
@@ -16,7 +17,7 @@ EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors exit 2 with a one-line hint, as documented
+    def error(self, message: str) -> NoReturn:  # usage errors exit 2 with a one-line hint, as documented
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
