@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from capengine.host.manifests import Extension, ExtensionError, load_extension
     from capengine.host.runtime import JobResult, Limits
 
-__version__ = "0.1.0"
+from capengine.version import __version__
+
 __all__ = [
     "CapengineError", "CheckOutcome", "Decision", "Explanation", "Extension", "ExtensionError", "Finding", "Host",
     "JobResult", "Limits", "Location", "PolicyLoadError", "PolicySet", "Request", "RequestError", "__version__",

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from capengine import __version__, bundled
+from capengine import bundled
 from capengine.policy import report
 from capengine.policy.check import run_check
+from capengine.version import __version__
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 

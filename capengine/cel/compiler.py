@@ -158,8 +158,7 @@ class _Compiler:
             return lambda a: test(a[name], value)
         for overload in self.env.overloads(fn, True):
             if overload.specialize is not None and overload.params == (STRING, STRING) and overload.result == BOOL:
-                specialized = overload.specialize(value)
-                return lambda a: specialized(a[name])
+                return overload.specialize(value, name)
         return None
 
     def _Literal(self, node: ast.Literal, scope) -> Fn:

@@ -175,9 +175,9 @@ def _check_regex(pattern: str) -> None:
     compile_regex(pattern)
 
 
-def _regex_search(pattern: str) -> Callable[[str], bool]:
+def _regex_search(pattern: str, variable: str) -> Callable[[dict[str, Any]], bool]:
     search = compile_regex(pattern).search
-    return lambda s: search(s) is not None
+    return lambda a: search(a[variable]) is not None
 
 
 _def("matches", (STRING, STRING), BOOL, _matches, check_literal=_check_regex, specialize=_regex_search)

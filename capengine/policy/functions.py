@@ -8,6 +8,7 @@ directories and patterns are validated when the policy loads and precompiled for
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from capengine.cel.environment import Define, Environment
 from capengine.cel.standard import STANDARD
@@ -32,12 +33,12 @@ def _check_directory(directory: str) -> None:
         raise CelError(str(exc)) from None
 
 
-def _under_literal(directory: str) -> Callable[[str], bool]:
+def _under_literal(directory: str, variable: str) -> Callable[[dict[str, Any]], bool]:
     base = paths.canonical_path(directory)
     if base in ("", "/"):
-        return lambda p: p.startswith("/")
+        return lambda a: a[variable].startswith("/")
     prefix = base + "/"
-    return lambda p: p == base or p.startswith(prefix)
+    return lambda a: (p := a[variable]) == base or p.startswith(prefix)
 
 
 def _compile_glob(pattern: str) -> Callable[[str], object]:
@@ -55,9 +56,9 @@ def _check_glob(pattern: str) -> None:
     _compile_glob(pattern)
 
 
-def _glob_literal(pattern: str) -> Callable[[str], bool]:
+def _glob_literal(pattern: str, variable: str) -> Callable[[dict[str, Any]], bool]:
     match = _compile_glob(pattern)
-    return lambda p: match(p) is not None
+    return lambda a: match(a[variable]) is not None
 
 
 def register(define: Define) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from capengine import __version__
 from capengine.policy.model import Finding
+from capengine.version import __version__
 
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "note": "note"}
 RULE_HELP = {
