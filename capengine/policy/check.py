@@ -13,6 +13,7 @@ import attrs
 
 from capengine.policy import lint
 from capengine.policy import suites as policy_tests
+from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
 from capengine.policy.loader import LoadResult, load_paths
 from capengine.policy.model import Finding, Location
@@ -49,13 +50,13 @@ def run_check(paths: Iterable[str | Path], *, strict: bool = False, operations: 
         findings.extend(policy_tests.findings(report))
         if coverage or min_coverage is not None:
             by_id = {r.qualified_id: r for p in load.policies for r in p.rules}
-            findings.extend(Finding(by_id[rid].location, "note", "uncovered-rule",
+            findings.extend(Finding(by_id[rid].location, "note", Code.UNCOVERED_RULE,
                                     f"rule {rid} decided no test case") for rid in report.uncovered)
         if min_coverage is not None and report.coverage < min_coverage:
-            findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", "coverage",
+            findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", Code.COVERAGE,
                                     f"rule coverage {report.coverage:.1f}% is below --min-coverage {min_coverage:g}%"))
     elif min_coverage is not None:
-        findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", "coverage",
+        findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", Code.COVERAGE,
                                 "--min-coverage given but no PolicyTest files were found"))
     if strict:
         findings = [attrs.evolve(f, severity="error") if f.severity == "warning" else f for f in findings]

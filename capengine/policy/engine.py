@@ -9,8 +9,8 @@ scans unrelated rules. A PolicySet is never mutated after construction: hot relo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -78,7 +78,7 @@ class PolicySet:
                 fields |= program.arg_fields
         self.arg_fields: frozenset[str] | None = None if fields is None else frozenset(fields)
 
-    def args_seen(self, args: dict) -> dict:
+    def args_seen(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """The part of a call's args that some condition of this set can read: what a log keeps to re-decide
         the call, without copying payloads no rule looks at."""
         if self.arg_fields is None:
@@ -151,7 +151,7 @@ class PolicySet:
         message = rule.rule.message or f"denied by {rule.qualified_id}"
         return Decision(False, (rule.qualified_id,), message, tuple(errors), self.revision)
 
-    def decide_raw(self, raw: dict) -> Decision:
+    def decide_raw(self, raw: Mapping[str, Any]) -> Decision:
         """Decide a request given as JSON; a malformed request (e.g. a path escaping the root) is denied."""
         try:
             request = Request.from_mapping(raw)
@@ -159,7 +159,7 @@ class PolicySet:
             return Decision(False, (), f"invalid request: {exc}", (EvalError("request", str(exc)),), self.revision)
         return self.decide(request)
 
-    def explain(self, raw: dict) -> Explanation:
+    def explain(self, raw: Mapping[str, Any]) -> Explanation:
         """Evaluate every candidate rule (no short-circuit) and say why the decision came out as it did."""
         try:
             request = Request.from_mapping(raw)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from capengine.cel.ast import Literal, parse
 from capengine.policy import globs
+from capengine.policy.codes import Code
 from capengine.policy.model import Finding, Policy, Rule
 
 
@@ -20,7 +21,7 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
         if exts is not None:
             for pattern in policy.extensions:
                 if not any(globs.glob_match(pattern, e) for e in exts):
-                    findings.append(Finding(policy.location, "warning", "unused-extension-glob",
+                    findings.append(Finding(policy.location, "warning", Code.UNUSED_EXTENSION_GLOB,
                                             f"policy '{policy.name}': extensions pattern '{pattern}' matches no "
                                             "extension in the extensions directory"))
         for rule in policy.rules:
@@ -33,20 +34,20 @@ def _rule_findings(policy: Policy, rule: Rule, ops: list[str] | None, denies) ->
     where, rid = rule.location, rule.qualified_id
     if rule.effect == "allow" and rule.condition is None and any(
             all(seg in ("*", "**") for seg in op.split(".")) for op in rule.operations):
-        out.append(Finding(where, "warning", "broad-allow",
+        out.append(Finding(where, "warning", Code.BROAD_ALLOW,
                            f"rule {rid} allows every operation ({', '.join(rule.operations)}) with no condition; "
                            "list the operations it needs or add a condition"))
     if _literally_false(rule.condition):
-        out.append(Finding(where, "warning", "never-matches", f"rule {rid} has condition 'false' and never matches"))
+        out.append(Finding(where, "warning", Code.NEVER_MATCHES, f"rule {rid} has condition 'false' and never matches"))
     if ops is not None:
         dead = [p for p in rule.operations if not any(globs.glob_match(p, op) for op in ops)]
         if dead:
-            out.append(Finding(where, "warning", "never-matches",
+            out.append(Finding(where, "warning", Code.NEVER_MATCHES,
                                f"rule {rid}: operation pattern(s) {', '.join(dead)} match no registered operation"))
     if rule.effect == "allow":
         for deny_policy, deny in denies:
             if _covers(deny_policy, deny, policy, rule):
-                out.append(Finding(where, "warning", "shadowed-allow",
+                out.append(Finding(where, "warning", Code.SHADOWED_ALLOW,
                                    f"allow rule {rid} can never take effect: unconditional deny "
                                    f"{deny.qualified_id} covers all its operations and extensions"))
                 break
