@@ -42,7 +42,7 @@ def run_check(paths: Iterable[str | Path], *, strict: bool = False, operations: 
     load = load_paths(paths)
     findings = list(load.findings)
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
-    findings.extend(lint.lint(load.policies, operations, exts))
+    findings.extend(lint.lint(load.policies, operations, exts, load.catalog))
     policy_set = PolicySet.from_load(load)
     report = None
     if run_tests and load.suites:

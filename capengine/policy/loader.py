@@ -8,6 +8,7 @@ fail closed (the daemon) refuse the whole set when any error exists.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,10 +24,11 @@ from capengine.cel import checker as cel_checker
 from capengine.cel import compiler as cel_compiler
 from capengine.cel.cost import Bound
 from capengine.cel.types import DYN, STRING, Type, map_of
-from capengine.policy import globs, paths
+from capengine.policy import globs, operations, paths
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.model import Finding, Limit, Location, Policy, Rule, Severity, TestCase, TestSuite
+from capengine.policy.operations import Catalog
 from capengine.policy.schemas import validator
 from capengine.policy.yaml_source import Document, JsonPath, YamlSourceError, expression_position, load_documents
 
@@ -59,6 +61,7 @@ class LoadedFile:
 class LoadResult:
     files: list[LoadedFile]
     findings: list[Finding]
+    catalog: Catalog = attrs.field(factory=operations.builtin)  # the operations rules could name
 
     @property
     def policies(self) -> list[Policy]:
@@ -78,12 +81,11 @@ class LoadResult:
 
     @property
     def revision(self) -> str:
-        """Content hash of the policy set (policy documents only; test files do not change decisions)."""
-        digest = hashlib.sha256()
-        for f in sorted(self.files, key=lambda f: f.path):
-            if f.policies:
-                digest.update(f.path.encode() + b"\0" + f.text.encode() + b"\0")
-        return digest.hexdigest()[:16]
+        """Content hash of the policy set: the sorted digests of the policy files' texts (test files do not
+        change decisions). Paths are left out, so `check policies`, `check /abs/policies` and a daemon reading a
+        copy elsewhere agree on the revision their audit records carry."""
+        texts = sorted(hashlib.sha256(f.text.encode()).digest() for f in self.files if f.policies)
+        return hashlib.sha256(b"capengine-policy-set\0" + b"".join(texts)).hexdigest()[:16]
 
 
 def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
@@ -101,9 +103,19 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
     return found, findings
 
 
-def load_paths(paths: Iterable[str | Path]) -> LoadResult:
+def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = ()) -> LoadResult:
+    """Load every policy and test file under `paths`. `schema_dirs`: extra operation schema directories
+    (operations an embedding registers besides the built-in ones), so rules may name them."""
     files, findings = discover(paths)
-    result = LoadResult([], findings)
+    catalog = operations.builtin()
+    schema_dirs = list(schema_dirs)
+    if schema_dirs:
+        try:
+            catalog = catalog.with_directories(schema_dirs)
+        except (OSError, ValueError) as exc:
+            findings.append(Finding(Location(str(schema_dirs[0])), "error", Code.IO,
+                                    f"cannot read operation schemas: {exc}"))
+    result = LoadResult([], findings, catalog)
     for path in files:
         try:
             if path.stat().st_size > MAX_FILE_BYTES:
@@ -117,14 +129,14 @@ def load_paths(paths: Iterable[str | Path]) -> LoadResult:
         except OSError as exc:
             result.findings.append(Finding(Location(str(path)), "error", Code.IO, f"cannot read: {exc}"))
             continue
-        loaded, file_findings = load_text(str(path), text)
+        loaded, file_findings = load_text(str(path), text, catalog)
         result.files.append(loaded)
         result.findings.extend(file_findings)
     result.findings.extend(_cross_file_checks(result))
     return result
 
 
-def load_text(path: str, text: str) -> tuple[LoadedFile, list[Finding]]:
+def load_text(path: str, text: str, catalog: Catalog | None = None) -> tuple[LoadedFile, list[Finding]]:
     """Load one file's text. On any error in a document, that document contributes nothing."""
     loaded = LoadedFile(path, text)
     findings: list[Finding] = []
@@ -138,13 +150,15 @@ def load_text(path: str, text: str) -> tuple[LoadedFile, list[Finding]]:
                                 "no YAML document in this file; add a Policy or PolicyTest, or remove the file")]
     lines = text.splitlines()
     for doc in documents:
-        _DocumentLoader(path, lines, doc, loaded, findings).load()
+        _DocumentLoader(path, lines, doc, loaded, findings, catalog or operations.builtin()).load()
     return loaded, findings
 
 
 class _DocumentLoader:
-    def __init__(self, path: str, lines: list[str], doc: Document, out: LoadedFile, findings: list[Finding]):
+    def __init__(self, path: str, lines: list[str], doc: Document, out: LoadedFile, findings: list[Finding],
+                 catalog: Catalog) -> None:
         self.path, self.lines, self.doc, self.out, self.findings = path, lines, doc, out, findings
+        self.catalog = catalog
 
     def at(self, json_path: JsonPath) -> Location:
         return Location(self.path, *self.doc.position(json_path))
@@ -228,6 +242,17 @@ class _DocumentLoader:
         for i, pattern in enumerate(patterns):
             if not isinstance(pattern, str):
                 continue  # the schema reports it
+            if operations.is_class_selector(pattern):
+                name = pattern[len(operations.CLASS_PREFIX):]
+                known = sorted(self.catalog.classes)
+                if name not in known:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    hint = f"did you mean 'class:{close[0]}'? " if close else ""
+                    self.report(json_path + (i,), Code.UNKNOWN_CLASS,
+                                f"no operation declares class '{name}'; {hint}known classes: "
+                                + ", ".join(f"class:{k}" for k in known))
+                    ok = False
+                continue
             try:
                 globs.compile_glob(pattern, ".")
             except globs.GlobError as exc:
