@@ -37,9 +37,11 @@ class CheckOutcome:
 
 def run_check(paths: Iterable[str | Path], *, strict: bool = False, operations: Iterable[str] | None = None,
               extensions_dir: str | Path | None = None, coverage: bool = False,
-              min_coverage: float | None = None, run_tests: bool = True) -> CheckOutcome:
+              min_coverage: float | None = None, run_tests: bool = True,
+              schema_dirs: Iterable[str | Path] = ()) -> CheckOutcome:
+    """`schema_dirs`: operation schemas an embedding registers besides the built-in ones (see loader)."""
     paths = list(paths)
-    load = load_paths(paths)
+    load = load_paths(paths, schema_dirs)
     findings = list(load.findings)
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
     findings.extend(lint.lint(load.policies, operations, exts, load.catalog))
