@@ -131,6 +131,7 @@ class Checker:
 
     def _Comprehension(self, node: ast.Comprehension, scope) -> Type:
         rng = self.visit(node.range, scope)
+        second: Type | None
         if rng == DYN:
             first, second = DYN, DYN
         elif rng.name == "list":
@@ -172,7 +173,7 @@ class Checker:
                     self.error(f"operand of '{_OPERATOR_TEXT[node.function]}' must be bool, not {t}", arg.pos)
             return BOOL
         receiver = node.target is not None
-        args = ((node.target,) if receiver else ()) + node.args
+        args: tuple[ast.Node, ...] = ((node.target,) if node.target is not None else ()) + node.args
         arg_types = [self.visit(a, scope) for a in args]
         candidates = self.env.overloads(node.function, receiver)
         if not candidates:

@@ -9,6 +9,7 @@ environment, never by writing into a process-wide table.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import attrs
@@ -49,9 +50,13 @@ class Define(Protocol):
 DispatchTable = list[tuple[tuple[str | None, ...], Impl]]
 
 
+def _read_only(functions: Mapping[str, tuple[Overload, ...]]) -> Mapping[str, tuple[Overload, ...]]:
+    return MappingProxyType(dict(functions))
+
+
 @attrs.frozen
 class Environment:
-    functions: Mapping[str, tuple[Overload, ...]] = attrs.field(factory=dict)
+    functions: Mapping[str, tuple[Overload, ...]] = attrs.field(factory=dict, converter=_read_only)
     # Dotted function names (`strings.quote`), which the parser must tell from method calls.
     namespaced: frozenset[str] = attrs.field(
         init=False, default=attrs.Factory(lambda self: frozenset(n for n in self.functions if "." in n),

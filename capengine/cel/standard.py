@@ -33,8 +33,10 @@ from capengine.cel.types import (
     map_of,
 )
 from capengine.cel.values import (
+    MAP_TYPES,
     CelError,
     CelType,
+    Number,
     UInt,
     check_int,
     check_uint,
@@ -118,11 +120,17 @@ _COMPARE = {"_<_": (lambda x, y: x < y, lambda c: c is not None and c < 0),
             "_<=_": (lambda x, y: x <= y, lambda c: c is not None and c <= 0),
             "_>_": (lambda x, y: x > y, lambda c: c is not None and c > 0),
             "_>=_": (lambda x, y: x >= y, lambda c: c is not None and c >= 0)}
+
+
+def _mixed_compare(outcome: Callable[[int | None], bool]) -> Callable[[Number, Number], bool]:
+    """int vs double etc.: compare by value as CEL does, not as Python would."""
+    return lambda x, y: outcome(numeric_compare(x, y))
+
+
 for _name, (_same, _outcome) in _COMPARE.items():
     for _x in _ORDERED:
         for _y in _ORDERED:
-            _impl = _same if _x == _y else (lambda x, y, o=_outcome: o(numeric_compare(x, y)))
-            _def(_name, (_x, _y), BOOL, _impl)
+            _def(_name, (_x, _y), BOOL, _same if _x == _y else _mixed_compare(_outcome))
     for _t in (STRING, BYTES, BOOL, TIMESTAMP, DURATION):
         _def(_name, (_t, _t), BOOL, _same)
 
@@ -135,7 +143,7 @@ def _in_list(x, seq) -> bool:
 
 
 def _in_map(x, mapping) -> bool:
-    if type(x) in (list, tuple, dict):
+    if isinstance(x, (list, tuple, *MAP_TYPES)):
         return False
     return map_lookup(mapping, x)[0]
 

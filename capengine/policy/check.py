@@ -14,6 +14,7 @@ import attrs
 from capengine.errors import CapengineError
 from capengine.policy import lint
 from capengine.policy import suites as policy_tests
+from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
 from capengine.policy.loader import LoadResult, load_paths
 from capengine.policy.model import Finding, Location
@@ -37,12 +38,14 @@ class CheckOutcome:
 
 def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
               operations: Iterable[str] | None = None, extensions_dir: str | Path | None = None,
-              coverage: bool = False, min_coverage: float | None = None, run_tests: bool = True) -> CheckOutcome:
+              coverage: bool = False, min_coverage: float | None = None, run_tests: bool = True,
+              schema_dirs: Iterable[str | Path] = ()) -> CheckOutcome:
+    """`schema_dirs`: operation schemas an embedding registers besides the built-in ones (see loader)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    load = load_paths(paths)
+    load = load_paths(paths, schema_dirs)
     findings = list(load.findings)
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
-    findings.extend(lint.lint(load.policies, operations, exts))
+    findings.extend(lint.lint(load.policies, operations, exts, load.catalog))
     policy_set = PolicySet.from_load(load)
     report = None
     if run_tests and load.suites:
@@ -50,13 +53,13 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
         findings.extend(policy_tests.findings(report))
         if coverage or min_coverage is not None:
             by_id = {r.qualified_id: r for p in load.policies for r in p.rules}
-            findings.extend(Finding(by_id[rid].location, "note", "uncovered-rule",
+            findings.extend(Finding(by_id[rid].location, "note", Code.UNCOVERED_RULE,
                                     f"rule {rid} decided no test case") for rid in report.uncovered)
         if min_coverage is not None and report.coverage < min_coverage:
-            findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", "coverage",
+            findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", Code.COVERAGE,
                                     f"rule coverage {report.coverage:.1f}% is below --min-coverage {min_coverage:g}%"))
     elif min_coverage is not None:
-        findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", "coverage",
+        findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", Code.COVERAGE,
                                 "--min-coverage given but no PolicyTest files were found"))
     if strict:
         findings = [attrs.evolve(f, severity="error") if f.severity == "warning" else f for f in findings]

@@ -9,15 +9,16 @@ scans unrelated rules. A PolicySet is never mutated after construction: hot relo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from capengine.cel.compiler import Program
 from capengine.cel.values import CelError
-from capengine.policy import globs
+from capengine.policy import globs, operations
 from capengine.policy.model import Decision, EvalError, Policy, Request, RequestError, Rule
+from capengine.policy.operations import Catalog
 
 if TYPE_CHECKING:  # the engine needs only the loader's result, never the YAML loader itself
     from capengine.policy.loader import LoadResult
@@ -53,19 +54,24 @@ class Explanation:
 
 
 class PolicySet:
-    def __init__(self, policies: Iterable[Policy], programs: dict[str, Program], revision: str = "") -> None:
+    def __init__(self, policies: Iterable[Policy], programs: Mapping[str, Program], revision: str = "",
+                 catalog: Catalog | None = None) -> None:
         self.policies = tuple(policies)
         self.revision = revision
+        self.catalog = catalog or operations.builtin()
         self.rules: list[CompiledRule] = []
         self._exact: dict[str, list[CompiledRule]] = {}
         self._patterns: list[tuple[str, CompiledRule]] = []
+        self._classes: list[tuple[str, CompiledRule]] = []  # class:<name> selectors, resolved per operation
         for policy in self.policies:
             for rule in policy.rules:
                 compiled = CompiledRule(rule, programs.get(rule.qualified_id), policy.extensions,
                                         rule.qualified_id, rule.effect == "deny")
                 self.rules.append(compiled)
                 for pattern in dict.fromkeys(rule.operations):
-                    if globs.is_literal(pattern):
+                    if operations.is_class_selector(pattern):
+                        self._classes.append((pattern[len(operations.CLASS_PREFIX):], compiled))
+                    elif globs.is_literal(pattern):
                         self._exact.setdefault(pattern, []).append(compiled)
                     else:
                         self._patterns.append((pattern, compiled))
@@ -78,7 +84,7 @@ class PolicySet:
                 fields |= program.arg_fields
         self.arg_fields: frozenset[str] | None = None if fields is None else frozenset(fields)
 
-    def args_seen(self, args: dict) -> dict:
+    def args_seen(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """The part of a call's args that some condition of this set can read: what a log keeps to re-decide
         the call, without copying payloads no rule looks at."""
         if self.arg_fields is None:
@@ -89,7 +95,7 @@ class PolicySet:
 
     @classmethod
     def from_load(cls, result: LoadResult) -> PolicySet:
-        return cls(result.policies, result.programs, result.revision)
+        return cls(result.policies, result.programs, result.revision, result.catalog)
 
     def candidates(self, extension: str, operation: str) -> tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]:
         """(deny rules, allow rules) that apply to this extension and operation, in policy order."""
@@ -102,6 +108,9 @@ class PolicySet:
             seen[id(rule)] = rule
         for pattern, rule in self._patterns:
             if id(rule) not in seen and globs.glob_match(pattern, operation):
+                seen[id(rule)] = rule
+        for class_name, rule in self._classes:
+            if id(rule) not in seen and self.catalog.in_class(class_name, operation, rule.deny):
                 seen[id(rule)] = rule
         order = {id(r): i for i, r in enumerate(self.rules)}
         applicable = sorted((r for r in seen.values()
@@ -151,7 +160,7 @@ class PolicySet:
         message = rule.rule.message or f"denied by {rule.qualified_id}"
         return Decision(False, (rule.qualified_id,), message, tuple(errors), self.revision)
 
-    def decide_raw(self, raw: dict) -> Decision:
+    def decide_raw(self, raw: Mapping[str, Any]) -> Decision:
         """Decide a request given as JSON; a malformed request (e.g. a path escaping the root) is denied."""
         try:
             request = Request.from_mapping(raw)
@@ -159,7 +168,7 @@ class PolicySet:
             return Decision(False, (), f"invalid request: {exc}", (EvalError("request", str(exc)),), self.revision)
         return self.decide(request)
 
-    def explain(self, raw: dict) -> Explanation:
+    def explain(self, raw: Mapping[str, Any]) -> Explanation:
         """Evaluate every candidate rule (no short-circuit) and say why the decision came out as it did."""
         try:
             request = Request.from_mapping(raw)

@@ -7,6 +7,7 @@ directories and patterns are validated when the policy loads and precompiled for
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +43,12 @@ def _under_literal(directory: str, variable: str) -> Callable[[dict[str, Any]], 
 
 
 def _compile_glob(pattern: str) -> Callable[[str], object]:
+    """Path globs match canonical paths: the pattern is NFC-normalised like every request path (a literal typed
+    in NFD would otherwise never match), and a trailing `**` also matches the directory itself."""
+    if not pattern.startswith("/"):
+        raise CelError(f"glob() needs an absolute library path pattern (starting with '/'), got {pattern!r}")
     try:
-        return globs.compile_glob(pattern, "/").fullmatch
+        return globs.compile_glob(unicodedata.normalize("NFC", pattern), "/", trailing_zero=True).fullmatch
     except globs.GlobError as exc:
         raise CelError(str(exc)) from None
 

@@ -2,51 +2,64 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import attrs
+
+from capengine.cel import ast
 from capengine.cel.ast import Literal, parse
 from capengine.policy import globs
+from capengine.policy.codes import Code
 from capengine.policy.model import Finding, Policy, Rule
+from capengine.policy.operations import Catalog, builtin, selector_matches
+
+CONTENT = "reveals-content"
 
 
 def lint(policies: list[Policy], operations: Iterable[str] | None = None,
-         extension_ids: Iterable[str] | None = None) -> list[Finding]:
+         extension_ids: Iterable[str] | None = None, catalog: Catalog | None = None) -> list[Finding]:
     findings: list[Finding] = []
+    catalog = catalog or builtin()
     ops = sorted(operations) if operations is not None else None
     exts = sorted(extension_ids) if extension_ids is not None else None
     unconditional_denies = [(p, r) for p in policies for r in p.rules if r.effect == "deny" and r.condition is None]
+    findings.extend(_content_around_deny(policies, catalog, ops))
+    findings.extend(_nfd_literals(policies))
     for policy in policies:
         if exts is not None:
             for pattern in policy.extensions:
                 if not any(globs.glob_match(pattern, e) for e in exts):
-                    findings.append(Finding(policy.location, "warning", "unused-extension-glob",
+                    findings.append(Finding(policy.location, "warning", Code.UNUSED_EXTENSION_GLOB,
                                             f"policy '{policy.name}': extensions pattern '{pattern}' matches no "
                                             "extension in the extensions directory"))
         for rule in policy.rules:
-            findings.extend(_rule_findings(policy, rule, ops, unconditional_denies))
+            findings.extend(_rule_findings(policy, rule, ops, unconditional_denies, catalog))
     return findings
 
 
-def _rule_findings(policy: Policy, rule: Rule, ops: list[str] | None, denies) -> list[Finding]:
+def _rule_findings(policy: Policy, rule: Rule, ops: list[str] | None, denies: list[tuple[Policy, Rule]],
+                   catalog: Catalog) -> list[Finding]:
     out = []
     where, rid = rule.location, rule.qualified_id
     if rule.effect == "allow" and rule.condition is None and any(
             all(seg in ("*", "**") for seg in op.split(".")) for op in rule.operations):
-        out.append(Finding(where, "warning", "broad-allow",
+        out.append(Finding(where, "warning", Code.BROAD_ALLOW,
                            f"rule {rid} allows every operation ({', '.join(rule.operations)}) with no condition; "
                            "list the operations it needs or add a condition"))
     if _literally_false(rule.condition):
-        out.append(Finding(where, "warning", "never-matches", f"rule {rid} has condition 'false' and never matches"))
+        out.append(Finding(where, "warning", Code.NEVER_MATCHES, f"rule {rid} has condition 'false' and never matches"))
     if ops is not None:
-        dead = [p for p in rule.operations if not any(globs.glob_match(p, op) for op in ops)]
+        is_deny = rule.effect == "deny"
+        dead = [p for p in rule.operations if not any(selector_matches(p, op, is_deny, catalog) for op in ops)]
         if dead:
-            out.append(Finding(where, "warning", "never-matches",
+            out.append(Finding(where, "warning", Code.NEVER_MATCHES,
                                f"rule {rid}: operation pattern(s) {', '.join(dead)} match no registered operation"))
     if rule.effect == "allow":
         for deny_policy, deny in denies:
-            if _covers(deny_policy, deny, policy, rule):
-                out.append(Finding(where, "warning", "shadowed-allow",
+            if _covers(deny_policy, deny, policy, rule, ops or catalog.names(), catalog):
+                out.append(Finding(where, "warning", Code.SHADOWED_ALLOW,
                                    f"allow rule {rid} can never take effect: unconditional deny "
                                    f"{deny.qualified_id} covers all its operations and extensions"))
                 break
@@ -73,10 +86,94 @@ def _pattern_covers(general: str, specific: str) -> bool:
     return globs.glob_match(general, specific)
 
 
-def _covers(deny_policy: Policy, deny: Rule, policy: Policy, rule: Rule) -> bool:
-    ops_covered = all(any(_pattern_covers(d, op) for d in deny.operations) for op in rule.operations)
+def _covers(deny_policy: Policy, deny: Rule, policy: Policy, rule: Rule, ops: list[str], catalog: Catalog) -> bool:
+    allowed = [op for op in ops if any(selector_matches(s, op, False, catalog) for s in rule.operations)]
+    if any(s.startswith("class:") for s in rule.operations + deny.operations):  # compare what they name
+        ops_covered = bool(allowed) and all(any(selector_matches(d, op, True, catalog) for d in deny.operations)
+                                            for op in allowed)
+    else:
+        ops_covered = all(any(_pattern_covers(d, op) for d in deny.operations) for op in rule.operations)
     exts_covered = all(any(_pattern_covers(d, e) for d in deny_policy.extensions) for e in policy.extensions)
     return ops_covered and exts_covered
+
+
+def _extensions_overlap(a: Policy, b: Policy) -> bool:
+    """Could some extension id fall under both policies? (Each pattern's text tried as a name of the other.)"""
+    return any(globs.glob_match(x, y) or globs.glob_match(y, x) or "**" in (x, y)
+               for x in a.extensions for y in b.extensions)
+
+
+def _nodes(condition: str | None) -> Iterator[object]:
+    """Every AST node of a condition (nothing when it does not parse: the loader reports that)."""
+    if condition is None:
+        return
+    try:
+        root = parse(condition)
+    except Exception:
+        return
+    stack: list[object] = [root]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, tuple):
+            stack.extend(n)
+        elif attrs.has(type(n)) and not isinstance(n, ast.Pos):
+            yield n
+            node_type: type = type(n)  # an attrs class: attrs.has() said so
+            stack.extend(getattr(n, f.name) for f in attrs.fields(node_type))
+
+
+def _reads_variable(condition: str | None, name: str) -> bool:
+    return any(isinstance(n, ast.Ident) and n.name == name for n in _nodes(condition))
+
+
+def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str] | None) -> list[Finding]:
+    """A deny that hides some files from one content-revealing operation while an allow still lets another
+    content-revealing operation (OCR, sidecars of the file) read them: the deny protects nothing."""
+    names = ops if ops is not None else catalog.names()
+    revealing = [op for op in names if (info := catalog.get(op)) is not None and CONTENT in info.classes]
+    out: list[Finding] = []
+    for policy in policies:
+        for deny in policy.rules:
+            if deny.effect != "deny" or not (deny.condition is None or _reads_variable(deny.condition, "path")):
+                continue
+            denied = [op for op in revealing if any(selector_matches(s, op, True, catalog) for s in deny.operations)]
+            if not denied:
+                continue
+            leaks: dict[str, str] = {}
+            for other in policies:
+                if not _extensions_overlap(policy, other):
+                    continue
+                for allow in other.rules:
+                    if allow.effect != "allow":
+                        continue
+                    for op in revealing:
+                        if op not in denied and op not in leaks and any(
+                                selector_matches(s, op, False, catalog) for s in allow.operations):
+                            leaks[op] = allow.qualified_id
+            if leaks:
+                shown = ", ".join(f"{op} (allowed by {rule})" for op, rule in sorted(leaks.items()))
+                out.append(Finding(deny.location, "warning", Code.CONTENT_REACHABLE,
+                                   f"deny {deny.qualified_id} hides these paths from {', '.join(denied)}, but "
+                                   f"{shown} also reveal file content; deny every operation that reveals it "
+                                   f'with operations: ["class:{CONTENT}"]'))
+    return out
+
+
+def _nfd_literals(policies: list[Policy]) -> list[Finding]:
+    """Request paths are NFC-normalised before any rule sees them: a string literal in another normal form
+    (typed on macOS, pasted from a decomposed file name) can never be equal to a path."""
+    out: list[Finding] = []
+    for policy in policies:
+        for rule in policy.rules:
+            for n in _nodes(rule.condition):
+                if isinstance(n, Literal) and isinstance(n.value, str) \
+                        and unicodedata.normalize("NFC", n.value) != n.value:
+                    out.append(Finding(rule.location, "warning", Code.NFD_LITERAL,
+                                       f"rule {rule.qualified_id}: string {n.value!r} is not in Unicode NFC, but "
+                                       "every request path is; write it precomposed (path.under and path.glob "
+                                       "normalise their literal themselves)"))
+                    break
+    return out
 
 
 def extension_ids(directory: str | Path) -> list[str]:

@@ -99,6 +99,9 @@ def _convert(node: yaml.Node, path: JsonPath, doc: Document, depth: int) -> obje
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, path + (i,), doc, depth + 1) for i, item in enumerate(node.value)]
+    if not isinstance(node, yaml.ScalarNode):
+        raise YamlSourceError(f"unsupported YAML node {type(node).__name__}", node.start_mark.line + 1,
+                              node.start_mark.column + 1)
     try:
         return _scalar(node)
     except yaml.constructor.ConstructorError as exc:
