@@ -43,6 +43,7 @@ class Program:
     fn: Fn
     arg_fields: frozenset[str] | None = frozenset()  # what it reads of `args`; None: possibly everything
     loops: bool = False  # has comprehensions: evaluation gets an iteration budget
+    node: ast.Node | None = attrs.field(default=None, eq=False, repr=False)  # the AST, for analyses and indexes
 
     def evaluate(self, activation: dict) -> object:
         if self.loops:  # guest-sized lists must not let a policy burn the host's CPU (x.all(a, x.all(b, ...)))
@@ -81,7 +82,7 @@ def compile_expression(source: str, decls: dict[str, Type] | None, env: Environm
     except CompileError as exc:
         return None, [exc]
     return Program(source, checked.type if checked else DYN, fn, ast.referenced_fields(node, "args"),
-                   compiler.loops), []
+                   compiler.loops, node), []
 
 
 def _const(value: object) -> Fn:
