@@ -3,48 +3,56 @@ every generated request (decision, deciding rule, message and the errors reporte
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from helpers import LIB, policy_yaml, write
-from hypothesis import HealthCheck, given, settings
+from helpers import LIB
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capengine.cel.compiler import compile_expression
 from capengine.policy.engine import PolicySet
-from capengine.policy.loader import load_paths
-from capengine.policy.model import Request
+from capengine.policy.functions import POLICY_ENVIRONMENT
+from capengine.policy.loader import POLICY_DECLS
+from capengine.policy.model import Location, Policy, Request, Rule
 from capengine.policy.rule_index import guard_of
 
 OTHER = "00000000-0000-4000-8000-000000000001"
 SEGMENTS = ["a", "b", "c", "photos", "private", "x.png"]
-RULES = """
-- {id: d-private, effect: deny, operations: [vdfs.read_file], condition: 'path.glob("/photos/**/private/**")'}
-- {id: d-under-c, effect: deny, operations: [vdfs.read_file], condition: 'path.under("/a/c") && args.n > 3'}
-- {id: d-kind, effect: deny, operations: [vdfs.read_file], condition: 'args.kind == "secret"'}
-- {id: d-lib, effect: deny, operations: [vdfs.read_file], condition: 'library == "%(other)s" && path.under("/b")'}
-- {id: d-or, effect: deny, operations: [vdfs.read_file], condition: 'path.under("/c/a") || args.n == 7'}
-- {id: a-a, effect: allow, operations: [vdfs.read_file], condition: 'path.under("/a")'}
-- {id: a-ab, effect: allow, operations: [vdfs.read_file], condition: 'path.under("/a/b") && args.n < 2'}
-- {id: a-eq, effect: allow, operations: [vdfs.read_file], condition: 'path == "/b/a" && library == "%(lib)s"'}
-- {id: a-glob, effect: allow, operations: [vdfs.read_file], condition: 'path.glob("/c/*/x.png")'}
-- {id: a-kind-in, effect: allow, operations: [vdfs.read_file], condition: 'args.kind in ["doc", 3]'}
-- {id: a-has, effect: allow, operations: [vdfs.read_file], condition: 'has(args.n) && args.n == 4'}
-- {id: d-has, effect: deny, operations: [vdfs.read_file], condition: 'args.kind == "x" && has(args.kind)'}
-- {id: a-lib, effect: allow, operations: [vdfs.read_file], condition: 'library == "%(lib)s" && args.n >= 5'}
-- {id: a-root, effect: allow, operations: [vdfs.read_file], condition: 'path == "/" || path.under("/photos/b")'}
-- {id: a-bad, effect: allow, operations: [vdfs.read_file], condition: 'path.under("/b") && int(args.kind) > 0'}
-- {id: a-none, effect: allow, operations: [vdfs.read_file]}
-""" % {"other": OTHER, "lib": LIB}
+# (id, effect, condition); args.n / args.kind are untyped here on purpose (programs are compiled directly,
+# so every value type reaches the conditions, including the ones typed args would refuse at load).
+RULES = [
+    ("d-private", "deny", 'path.glob("/photos/**/private/**")'),
+    ("d-under-c", "deny", 'path.under("/a/c") && args.n > 3'),
+    ("d-kind", "deny", 'args.kind == "secret"'),
+    ("d-lib", "deny", f'library == "{OTHER}" && path.under("/b")'),
+    ("d-or", "deny", 'path.under("/c/a") || args.n == 7'),
+    ("a-a", "allow", 'path.under("/a")'),
+    ("a-ab", "allow", 'path.under("/a/b") && args.n < 2'),
+    ("a-eq", "allow", f'path == "/b/a" && library == "{LIB}"'),
+    ("a-glob", "allow", 'path.glob("/c/*/x.png")'),
+    ("a-kind-in", "allow", 'args.kind in ["doc", 3]'),
+    ("a-has", "allow", "has(args.n) && args.n == 4"),
+    ("d-has", "deny", 'args.kind == "x" && has(args.kind)'),
+    ("a-lib", "allow", f'library == "{LIB}" && args.n >= 5'),
+    ("a-root", "allow", 'path == "/" || path.under("/photos/b")'),
+    ("a-bad", "allow", 'path.under("/b") && int(args.kind) > 0'),
+    ("a-none", "allow", None),
+]
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[PolicySet, PolicySet]:
-    directory: Path = tmp_path_factory.mktemp("policies")
-    write(directory, "p.yaml", policy_yaml("p", RULES))
-    loaded = load_paths([directory])
-    assert not loaded.has_errors, [str(f) for f in loaded.findings]
-    indexed = PolicySet(loaded.policies, loaded.programs, loaded.revision, index_threshold=0)
-    plain = PolicySet(loaded.policies, loaded.programs, loaded.revision, index_threshold=1_000_000)
+def sets() -> tuple[PolicySet, PolicySet]:
+    where = Location("index-test.yaml", 1, 1)
+    rules = tuple(Rule("p", rid, effect, ("vdfs.read_file",), cond, None, where)
+                  for rid, effect, cond in RULES)
+    policy = Policy("p", "", ("com.example.*",), rules, (), where)
+    programs = {}
+    for rule in rules:
+        if rule.condition is not None:
+            program, errors = compile_expression(rule.condition, POLICY_DECLS, POLICY_ENVIRONMENT, total=True)
+            assert program is not None, errors
+            programs[rule.qualified_id] = program
+    indexed = PolicySet([policy], programs, "r", index_threshold=0)
+    plain = PolicySet([policy], programs, "r", index_threshold=1_000_000)
     return indexed, plain
 
 
@@ -57,7 +65,7 @@ requests = st.builds(
     st.dictionaries(st.sampled_from(["n", "kind", "other"]), arg_values, max_size=3))
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=2000, deadline=None)
 @given(request=requests)
 def test_index_agrees_with_plain_evaluation(sets: tuple[PolicySet, PolicySet], request: Request) -> None:
     indexed, plain = sets
