@@ -47,6 +47,7 @@ class Program:
     # within budget from bounded inputs: guest-sized values must not let a policy burn the host's CPU.
     metered: bool = False
     cost: int | None = None  # static worst-case estimate in cost units; None when not estimated
+    node: ast.Node | None = attrs.field(default=None, eq=False, repr=False)  # the AST, for analyses and indexes
 
     def evaluate(self, activation: Activation) -> Value:
         if self.metered:
@@ -110,7 +111,7 @@ def compile_expression(source: str, decls: dict[str, Type] | None, env: Environm
     except CompileError as exc:
         return None, [exc]
     return Program(source, checked.type if checked else DYN, fn, ast.referenced_fields(node, "args"),
-                   metered, estimate.cost if estimate else None), []
+                   metered, estimate.cost if estimate else None, node), []
 
 
 def _const(value: Value) -> Fn:

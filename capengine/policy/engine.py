@@ -4,26 +4,31 @@ Semantics: default deny; any matching deny beats every allow whatever the order 
 condition that errors or yields a non-bool counts as matched for deny rules and unmatched for allow rules
 (fail closed), and is reported in the decision. Rules are indexed by exact operation name and by pattern,
 and the candidate list per (extension, operation) is computed once and cached, so deciding a call never
-scans unrelated rules. A PolicySet is never mutated after construction: hot reload builds a new one.
+scans unrelated rules; where many rules share one (extension, operation), a RuleIndex over their literal
+path/library/args guards picks the few that can match (rule_index.py). A PolicySet is never mutated after
+construction: hot reload builds a new one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from capengine.cel import ast
 from capengine.cel.compiler import Program
 from capengine.cel.values import CelError
 from capengine.policy import globs, operations
 from capengine.policy.model import Decision, EvalError, Policy, Request, RequestError, Rule
 from capengine.policy.operations import Catalog
+from capengine.policy.rule_index import RuleIndex
 
 if TYPE_CHECKING:  # the engine needs only the loader's result, never the YAML loader itself
     from capengine.policy.loader import LoadResult
 
 _CACHE_LIMIT = 65536
+INDEX_THRESHOLD = 8  # rules per (extension, operation) above which decide() selects candidates by index
 
 
 @attrs.frozen
@@ -33,6 +38,27 @@ class CompiledRule:
     extension_patterns: tuple[str, ...]
     qualified_id: str
     deny: bool
+    order: int  # position in the set: candidates are evaluated in this order
+
+    @property
+    def guard_node(self) -> ast.Node | None:
+        return self.program.node if self.program is not None else None
+
+
+@attrs.frozen
+class Plan:
+    """How one (extension, operation) is decided: its rules in policy order, and an index over them when
+    there are enough to make one pay."""
+
+    denies: tuple[CompiledRule, ...]
+    allows: tuple[CompiledRule, ...]
+    index: RuleIndex | None
+
+    def select(self, request: Request) -> tuple[Sequence[CompiledRule], Sequence[CompiledRule]]:
+        if self.index is None:
+            return self.denies, self.allows
+        found = self.index.select(request.path, request.library, request.args)
+        return [r for r in found if r.deny], [r for r in found if not r.deny]
 
 
 @attrs.frozen
@@ -55,8 +81,9 @@ class Explanation:
 
 class PolicySet:
     def __init__(self, policies: Iterable[Policy], programs: Mapping[str, Program], revision: str = "",
-                 catalog: Catalog | None = None) -> None:
+                 catalog: Catalog | None = None, index_threshold: int = INDEX_THRESHOLD) -> None:
         self.policies = tuple(policies)
+        self.index_threshold = index_threshold
         self.revision = revision
         self.catalog = catalog or operations.builtin()
         self.rules: list[CompiledRule] = []
@@ -66,7 +93,7 @@ class PolicySet:
         for policy in self.policies:
             for rule in policy.rules:
                 compiled = CompiledRule(rule, programs.get(rule.qualified_id), policy.extensions,
-                                        rule.qualified_id, rule.effect == "deny")
+                                        rule.qualified_id, rule.effect == "deny", len(self.rules))
                 self.rules.append(compiled)
                 for pattern in dict.fromkeys(rule.operations):
                     if operations.is_class_selector(pattern):
@@ -75,7 +102,7 @@ class PolicySet:
                         self._exact.setdefault(pattern, []).append(compiled)
                     else:
                         self._patterns.append((pattern, compiled))
-        self._candidates: dict[tuple[str, str], tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]] = {}
+        self._plans: dict[tuple[str, str], Plan] = {}
         fields: set[str] | None = set()
         for program in programs.values():
             if fields is None or program.arg_fields is None:
@@ -99,8 +126,12 @@ class PolicySet:
 
     def candidates(self, extension: str, operation: str) -> tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]:
         """(deny rules, allow rules) that apply to this extension and operation, in policy order."""
+        plan = self.plan(extension, operation)
+        return plan.denies, plan.allows
+
+    def plan(self, extension: str, operation: str) -> Plan:
         key = (extension, operation)
-        found = self._candidates.get(key)
+        found = self._plans.get(key)
         if found is not None:
             return found
         seen: dict[int, CompiledRule] = {}
@@ -112,18 +143,18 @@ class PolicySet:
         for class_name, rule in self._classes:
             if id(rule) not in seen and self.catalog.in_class(class_name, operation, rule.deny):
                 seen[id(rule)] = rule
-        order = {id(r): i for i, r in enumerate(self.rules)}
         applicable = sorted((r for r in seen.values()
                              if any(globs.glob_match(p, extension) for p in r.extension_patterns)),
-                            key=lambda r: order[id(r)])
-        found = (tuple(r for r in applicable if r.deny), tuple(r for r in applicable if not r.deny))
-        if len(self._candidates) >= _CACHE_LIMIT:
-            self._candidates.clear()  # bounded: a hostile stream of operation names cannot grow memory
-        self._candidates[key] = found
+                            key=lambda r: r.order)
+        index = RuleIndex(applicable) if len(applicable) > self.index_threshold else None
+        found = Plan(tuple(r for r in applicable if r.deny), tuple(r for r in applicable if not r.deny), index)
+        if len(self._plans) >= _CACHE_LIMIT:
+            self._plans.clear()  # bounded: a hostile stream of operation names cannot grow memory
+        self._plans[key] = found
         return found
 
     def decide(self, request: Request) -> Decision:
-        denies, allows = self.candidates(request.extension, request.operation)
+        denies, allows = self.plan(request.extension, request.operation).select(request)
         activation = request.activation()
         errors: list[EvalError] = []
         for rule in denies:
