@@ -216,8 +216,11 @@ class _Compiler:
                 and not node.test_only:
             type_value = CelType(TYPE_IDENTS[qualified].name)
             return lambda a: a.get(qualified, type_value)
-        operand = self.compile(node.operand, scope)
         field = node.field
+        if self.total and not node.test_only and isinstance(node.operand, ast.Ident) \
+                and node.operand.name not in scope and self.static_type(node.operand).name == "map":
+            return _declared_map_field(node.operand.name, field)
+        operand = self.compile(node.operand, scope)
         if node.test_only:
             def has(a: Activation) -> Value:
                 m = operand(a)
@@ -369,18 +372,55 @@ class _Compiler:
             return
 
 
+def _declared_map_field(variable: str, field: str) -> Fn:
+    """`args.size` when `args` is a declared map that every activation holds (`total`): one closure instead
+    of three (no qualified-name probe: a total activation holds only the declared variables)."""
+    def select(a: Activation) -> Value:
+        try:
+            return cast(Mapping[str, Value], a[variable])[field]
+        except KeyError:
+            raise CelError(f"no such key: '{field}'") from None
+
+    return select
+
+
 def _has_dyn(t: Type) -> bool:
     return t == DYN or t.is_param or any(_has_dyn(p) for p in t.params)
 
 
 def _dynamic_call(table: DispatchTable, args: list[Fn], metered_as: str | None) -> Fn:
+    """A call whose overload depends on run-time types (a `dyn` argument such as `args.size`).
+
+    Overload resolution depends only on the Python types of the values, so the implementation found for a
+    combination of types is remembered (an inline cache: a handful of JSON types at most; a failed
+    resolution is never remembered and raises every time)."""
+    resolved: dict[tuple[type, ...], Impl] = {}
+    charge = metered_as is not None and metered_as not in cost.FREE_FUNCTIONS
+
+    def resolve(values: tuple[Value, ...]) -> Impl:
+        impl = resolve_runtime(table, values)
+        resolved[tuple(map(type, values))] = impl
+        return impl
+
+    if len(args) == 2 and not charge:
+        x, y = args
+
+        def call2(a: Activation) -> Value:
+            u, v = x(a), y(a)
+            impl = resolved.get((type(u), type(v))) or resolve((u, v))
+            result: Value = impl(u, v)
+            return result
+
+        return call2
+
     def call(a: Activation) -> Value:
         values = tuple(f(a) for f in args)
-        if metered_as is not None and metered_as not in cost.FREE_FUNCTIONS:
+        if charge:
             meter = a.get(BUDGET_KEY)
             if meter is not None:
-                cost.charge_call(cast(list[int], meter), metered_as, values)
-        result: Value = resolve_runtime(table, values)(*values)
+                cost.charge_call(cast(list[int], meter), cast(str, metered_as), values)
+        impl = resolved.get(tuple(map(type, values))) or resolve(values)
+        result: Value = impl(*values)
         return result
 
     return call

@@ -166,7 +166,7 @@ _RE2_OPTIONS.log_errors = False  # errors are reported as CelError; RE2 would al
 
 
 @lru_cache(maxsize=512)
-def compile_regex(pattern: str):
+def compile_regex(pattern: str) -> Any:
     """RE2, not Python's re: policy regexes run in linear time (no ReDoS from a policy or a request)."""
     try:
         return re2.compile(pattern, _RE2_OPTIONS)
@@ -175,8 +175,24 @@ def compile_regex(pattern: str):
         raise CelError(f"invalid regular expression {pattern!r}: {detail}") from None
 
 
+_UNANCHORED = re2._Anchor.UNANCHORED
+
+
+@lru_cache(maxsize=512)
+def searcher(pattern: str) -> Callable[[str], bool]:
+    """`pattern` found anywhere in a string. Calls RE2's matcher directly: the wrapper's `search()` builds
+    match objects and offset tables we never use (4.0 us against 0.7 us per call)."""
+    match = compile_regex(pattern)._regexp.Match
+
+    def search(text: str) -> bool:
+        data = text.encode("utf-8")
+        return bool(match(_UNANCHORED, data, 0, len(data))[0][0] != -1)
+
+    return search
+
+
 def _matches(s: str, pattern: str) -> bool:
-    return compile_regex(pattern).search(s) is not None
+    return searcher(pattern)(s)
 
 
 def _check_regex(pattern: str) -> None:
@@ -184,8 +200,8 @@ def _check_regex(pattern: str) -> None:
 
 
 def _regex_search(pattern: str, variable: str) -> Callable[[dict[str, Any]], bool]:
-    search = compile_regex(pattern).search
-    return lambda a: search(a[variable]) is not None
+    search = searcher(pattern)
+    return lambda a: search(a[variable])
 
 
 _def("matches", (STRING, STRING), BOOL, _matches, check_literal=_check_regex, specialize=_regex_search)

@@ -16,7 +16,7 @@ that also test `has(args.field)`, which are false without it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -183,7 +183,7 @@ class RuleIndex:
                 if not guard.has_checked:
                     self.absent.setdefault(guard.field, []).append(rule)
 
-    def select(self, path: str, library: str, args: dict[str, Any]) -> list[Any]:
+    def select(self, path: str, library: str, args: Mapping[str, Any]) -> list[Any]:
         """The rules that may match, in policy order."""
         found: list[Any] = list(self.always)
         groups = 1 if found else 0
