@@ -105,7 +105,8 @@ def test_abi_faults_return_negative_codes(host, tmp_path, args, expected):
     data = '  (data (i32.const 1024) "test.ping")\n  (data (i32.const 4096) "{}")'
     result, calls, _ = run(host, tmp_path, expect_job(expected, CALL.format(*args), data))
     assert result.status == "completed", result.error
-    assert calls == []
+    [call] = calls  # refused at the boundary, and still recorded with what the guest got
+    assert call.code == {-1: "FAULT_RANGE", -2: "FAULT_TOO_LARGE"}[expected] and call.decided is False
 
 
 def test_result_buffer_too_small_copies_nothing(host, tmp_path):
