@@ -75,7 +75,7 @@ def _probe_existing(root: Path) -> bool:
         names = set(os.listdir(root))
     except OSError:
         return True
-    for name in names:
+    for name in names - {".capengine"}:  # capengine's own directory may be fresh from the failed probe
         swapped = name.swapcase()
         if swapped != name and swapped not in names:
             return os.path.lexists(root / swapped)
