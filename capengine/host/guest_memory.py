@@ -46,7 +46,7 @@ class View:
 
     __slots__ = ("base", "size")
 
-    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Store) -> None:
+    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Storelike) -> None:
         self.size = memory.data_len(store)
         self.base = ctypes.addressof(memory.data_ptr(store).contents) if self.size else 0
 

@@ -14,12 +14,20 @@ import binascii
 import os
 import sqlite3
 from pathlib import Path
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from capengine.host.envelope import ErrorCode
-from capengine.host.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
+from capengine.host.operations.registry import (
+    CallContext,
+    Handler,
+    Operation,
+    OperationError,
+    Registry,
+    load_schema,
+)
 
 KEY_ENV = "CAPENGINE_VAULT_KEY"
 
@@ -102,10 +110,11 @@ def delete(ctx: CallContext, args: dict) -> dict:
 
 
 def register(registry: Registry) -> None:
-    for name, kind, handler, description in (
+    operations: tuple[tuple[str, Literal["query", "action"], Handler, str], ...] = (
         ("credentials.store", "action", store, "Store a secret in the caller's own vault (replace: true overwrites)."),
         ("credentials.get", "query", get, "Read a secret from the caller's own vault."),
         ("credentials.delete", "action", delete, "Delete a secret from the caller's own vault."),
-    ):
+    )
+    for name, kind, handler, description in operations:
         registry.register(Operation(name, kind, description, load_schema(name), handler, path_field=None,
                                     needs_library=False, hidden_args=("secret",)))

@@ -17,11 +17,19 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Literal
 
 from capengine.host import fs_names, safe_fs
 from capengine.host.deadline import DeadlineExceeded
 from capengine.host.envelope import ErrorCode
-from capengine.host.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
+from capengine.host.operations.registry import (
+    CallContext,
+    Handler,
+    Operation,
+    OperationError,
+    Registry,
+    load_schema,
+)
 
 MAX_READ = 16 * 1024 * 1024
 MAX_ENTRIES = 10_000
@@ -90,7 +98,7 @@ def read_file(ctx: CallContext, args: dict) -> dict:
 def list_dir(ctx: CallContext, args: dict) -> dict:
     """Every entry, whatever its name: a name that is not UTF-8 (or has control characters) is given in the
     text form of fs_names, which vdfs.read_file accepts back."""
-    entries = []
+    entries: list[dict] = []
     with fs_errors(), safe_fs.open_beneath(library_root(ctx), args["path"], directory=True) as fd:
         for name in safe_fs.list_names(fd):
             if args["path"] == "/" and name == b".capengine":
@@ -234,11 +242,12 @@ def read_sidecar(ctx: CallContext, args: dict) -> dict:
 
 
 def register(registry: Registry) -> None:
-    for name, kind, handler, description in (
+    operations: tuple[tuple[str, Literal["query", "action"], Handler, str], ...] = (
         ("vdfs.read_file", "query", read_file, "Read a file's bytes (base64), size and MIME type."),
         ("vdfs.list_dir", "query", list_dir, "List a directory: name, kind, size, mtime per entry."),
         ("vdfs.stat", "query", stat, "Kind, size and mtime of one entry (links are not followed)."),
         ("vdfs.write_sidecar", "action", write_sidecar, "Atomically store derived data for an entry (own namespace)."),
         ("vdfs.read_sidecar", "query", read_sidecar, "Read derived data stored for an entry (own, or `writer`'s)."),
-    ):
+    )
+    for name, kind, handler, description in operations:
         registry.register(Operation(name, kind, description, load_schema(name), handler))
