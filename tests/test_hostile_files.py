@@ -486,3 +486,73 @@ def test_devices_are_never_opened(lib):
     result = outcome(lib, "vdfs.read_file", path="/photos/zero.png")
     assert result.startswith("INVALID_ARGUMENT") and "character device" in result
 
+
+
+# --- a real case-insensitive volume (FUSE), where the kernel itself folds names -----------------------------------
+
+@pytest.fixture
+def casefold_volume(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("fuse", reason="fusepy is not installed")
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount") is None:
+        pytest.skip("no FUSE on this machine (needs /dev/fuse and fusermount from libfuse2)")
+    backing, mountpoint = tmp_path / "backing", tmp_path / "mnt"
+    backing.mkdir()
+    mountpoint.mkdir()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("casefold_fuse.py")), str(backing),
+                             str(mountpoint)], stderr=subprocess.PIPE)
+    for _ in range(200):
+        if os.path.ismount(mountpoint) or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if not os.path.ismount(mountpoint):
+        proc.kill()
+        pytest.skip(f"cannot mount a FUSE file system here: {proc.communicate()[1].decode()[-300:]}")
+    try:
+        yield backing, mountpoint
+    finally:
+        subprocess.run(["fusermount", "-u", str(mountpoint)], check=False)
+        proc.wait(timeout=HANG_BOUND)
+
+
+DENY_PRIVATE = """
+apiVersion: capengine/v1
+kind: Policy
+metadata: {name: t}
+spec:
+  extensions: ["com.example.*"]
+  rules:
+    - {id: photos, effect: allow, operations: [vdfs.read_file, vdfs.list_dir], condition: 'path.under("/photos")'}
+    - {id: private, effect: deny, operations: ["**"], condition: 'path.under("/photos/private")'}
+"""
+
+
+def test_deny_rules_hold_on_a_real_case_insensitive_volume(casefold_volume, tmp_path):
+    """Without the probe (a library recorded case-sensitive) the first spelling below reads the passport."""
+    from wasm_helpers import policy_set
+
+    from capengine.host.extension_host import Host
+
+    backing, mnt = casefold_volume
+    (backing / "photos" / "private").mkdir(parents=True)
+    (backing / "photos" / "private" / "passport.png").write_text("PASSPORT")
+    (backing / "photos" / "note.txt").write_text("note")
+    assert (mnt / "photos" / "Private" / "passport.png").read_text() == "PASSPORT"  # the volume folds: the attack
+    host = Host(policy_set(DENY_PRIVATE), tmp_path / "data")
+    try:
+        library = host.catalog.add(mnt, "usb stick", LIB)
+        assert library.case_insensitive is True  # found by probing the volume at `library add`
+        for spelling in ("/photos/Private/passport.png", "/PHOTOS/PRIVATE/PASSPORT.PNG", "/photos/private/passport.png",
+                         "/photos/Pri\u0301vate/passport.png"):
+            ext = extension(tmp_path, call_job("vdfs.read_file", f'{{"path": "{spelling}"}}'))
+            result, calls = host.run_job(ext, "go", b"{}")
+            assert calls[0].code in ("PERMISSION_DENIED", "NOT_FOUND"), (spelling, calls[0])
+            assert "PASSPORT" not in result.logs[0][1] and "UEFTU1BPUl" not in result.logs[0][1]
+        ext = extension(tmp_path, call_job("vdfs.read_file", '{"path": "/Photos/NOTE.txt"}'))
+        result, calls = host.run_job(ext, "go", b"{}")
+        assert (calls[0].code, calls[0].path) == ("OK", "/photos/note.txt")  # judged and opened as on disk
+    finally:
+        host.close()
