@@ -161,16 +161,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         host.close()
     print(f"extension {ext.id} {ext.version}, job {job}, library {library.id} ({library.root})")
     print(f"policy revision {policy_set.revision}; {len(calls) + calls.dropped} call(s):")
+    from capengine.host.safe_text import escape  # guest-chosen text never reaches the terminal raw
+
     for c in calls:
         verdict = ("ALLOW" if c.allowed else "DENY ") if c.decided else "-----"
         rules = ",".join(c.rules) or ("default deny" if c.decided and not c.allowed else "-")
         outcome = c.code if c.code == "OK" else f"{c.code}: {c.message}"
-        print(f"  {verdict} {c.operation:20} {c.path or '-':32} {rules:32} {outcome}  [{c.duration_us} us]")
+        print(f"  {verdict} {c.operation:20} {escape(c.path) or '-':32} {rules:32} {outcome}  [{c.duration_us} us]")
     if calls.dropped:
         print(f"  ... and {calls.dropped} more call(s) (see the decision log)")
     for level, text in result.logs:
         print(f"  log {('debug', 'info', 'warn', 'error')[level]}: {text}")
-    print(f"job {result.status}" + (f": {result.error}" if result.error else ""))
+    print(f"job {result.status}" + (f": {escape(result.error)}" if result.error else ""))
     return EXIT_OK if result.status == "completed" else EXIT_FINDINGS
 
 

@@ -430,3 +430,35 @@ spec:
         assert '"secret":"first"' in result.logs[0][1]
     finally:
         h.close()
+
+
+def test_capengine_run_prints_no_raw_control_characters(tmp_path, capsys):
+    """The operator's terminal: forged log lines, ANSI escapes and a hostile method name arrive escaped."""
+    from capengine.cli import main
+
+    ext_dir = tmp_path / "ext"
+    ext_dir.mkdir()
+    forged = "ok\\0a[capengine] job completed\\1b[2J\\1b[31m"
+    method = "evil\\1b[5m\\0d"
+    body = f"""(func (export "execute_go") (result i32)
+        (call $spacedrive_log (i32.const 2) (i32.const 1024) (i32.const {len(forged) - 2 * forged.count(chr(92))}))
+        (drop (call $spacedrive_call (i32.const 2048) (i32.const {len(method) - 2 * method.count(chr(92))})
+                                     (i32.const 0) (i32.const 4096) (i32.const 2)))
+        (i32.const 0))"""
+    data = (f'  (data (i32.const 1024) "{forged}")\n  (data (i32.const 2048) "{method}")\n'
+            '  (data (i32.const 4096) "{}")')
+    (ext_dir / "go.wat").write_text(wat_module(body, data))
+    (ext_dir / "manifest.yaml").write_text("id: com.example.evil\nname: Evil\nversion: 0.1.0\nmodule: go.wat\n"
+                                           "jobs: [go]\noperations: ['**']\n")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text("apiVersion: capengine/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n"
+                                     "  extensions: ['com.example.*']\n  rules:\n"
+                                     "    - {id: ping, effect: allow, operations: [test.ping]}\n")
+    (tmp_path / "lib").mkdir()
+    main(["run", str(ext_dir), "--policies", str(policies), "--library", str(tmp_path / "lib"),
+          "--data-dir", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    assert not any(line.startswith("[capengine] job completed") for line in out.splitlines())
+    assert "ok\\n[capengine] job completed\\x1b[2J\\x1b[31m" in out and "evil\\x1b[5m\\r" in out
