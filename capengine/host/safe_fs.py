@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from capengine.errors import CapengineError
-from capengine.host import fs_names
+from capengine.host import dir_index, fs_names
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -254,27 +254,29 @@ def spelled_path(root: Path, canonical: str, case_insensitive: bool) -> str:
 
 
 def _on_disk(parent: int, text: str, path: str) -> bytes | None:
-    names = _entries(parent, path)
+    """The entry `text` names in a folding directory, or None when nothing is there. An answer from the
+    (cached) index is confirmed by inode against what the volume itself resolves; when they disagree the
+    directory is listed afresh, and as a last resort every entry's inode is compared."""
     wanted = fs_names.to_bytes(text)
-    if wanted in names:
-        return wanted
-    try:
-        st: os.stat_result | None = os.stat(wanted, dir_fd=parent, follow_symlinks=False)
-    except FileNotFoundError:
-        st = None
-    key = fs_names.equivalence_key(text, True)
-    candidates = [n for n in names if fs_names.equivalence_key(fs_names.to_text(n), True) == key]
-    if st is not None:  # the volume opens it: find the entry it opens
-        inode = (st.st_dev, st.st_ino)
-        same = [n for n in candidates or names if _inode(parent, n) == inode]
-        if len(same) != 1:
-            raise FsError("PERMISSION_DENIED", f"the volume resolves {path} to an entry capengine cannot identify "
-                                               "unambiguously; refused")
-        return same[0]
-    if len(candidates) > 1:
-        raise FsError("INVALID_ARGUMENT", f"{path} matches {len(candidates)} entries that differ only in case; "
-                                          "capengine opens none of them")
-    return candidates[0] if candidates else None
+    resolved = _inode(parent, wanted)  # what the volume opens for this spelling, if anything
+    for fresh in (False, True):
+        index = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh)
+        candidates = (wanted,) if wanted in index.names else index.equivalent(text)
+        if resolved is None:  # the volume opens nothing: a unique equivalent entry is the one meant
+            if len(candidates) > 1:
+                raise FsError("INVALID_ARGUMENT", f"{path} matches {len(candidates)} entries that differ only in "
+                                                  "case; capengine opens none of them")
+            if not candidates or _inode(parent, candidates[0]) is not None:
+                return candidates[0] if candidates else None
+            continue  # the index named an entry that is gone: list again
+        same = [n for n in candidates if _inode(parent, n) == resolved]
+        if len(same) == 1:
+            return same[0]
+    same = [n for n in _entries(parent, path) if _inode(parent, n) == resolved]
+    if len(same) != 1:
+        raise FsError("PERMISSION_DENIED", f"the volume resolves {path} to an entry capengine cannot identify "
+                                           "unambiguously; refused")
+    return same[0]
 
 
 def _inode(parent: int, name: bytes) -> tuple[int, int] | None:
