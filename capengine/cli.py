@@ -196,11 +196,13 @@ def _cmd_library(args: argparse.Namespace) -> int:
     catalog = LibraryCatalog(_data_dir(args))
     if args.library_command == "add":
         try:
-            lib = catalog.add(args.directory, args.name, args.id)
+            lib = catalog.add(args.directory, args.name, args.id, allow_hardlinks=args.allow_hardlinks)
         except (LibraryError, ValueError) as exc:
             print(f"capengine library add: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        print(f"{lib.id}  {lib.name}  {lib.root}")
+        notes = [note for flag, note in ((lib.case_insensitive, "case-insensitive volume: policies judge on-disk "
+                                          "spellings"), (lib.allow_hardlinks, "hard links allowed")) if flag]
+        print(f"{lib.id}  {lib.name}  {lib.root}" + "".join(f"  ({note})" for note in notes))
         return EXIT_OK
     for lib in catalog.list():
         print(f"{lib.id}  {lib.name}  {lib.root}")
@@ -317,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("directory")
     add.add_argument("--name")
     add.add_argument("--id", help="library UUID (default: DIR/.capengine/library-id, else a new one)")
+    add.add_argument("--allow-hardlinks", action="store_true",
+                     help="open regular files with more than one hard link (refused by default; docs/operations.md)")
     lib_sub.add_parser("list", help="list the libraries", parents=[data_dir])
     library.set_defaults(func=_cmd_library)
 

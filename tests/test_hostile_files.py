@@ -556,3 +556,13 @@ def test_deny_rules_hold_on_a_real_case_insensitive_volume(casefold_volume, tmp_
         assert (calls[0].code, calls[0].path) == ("OK", "/photos/note.txt")  # judged and opened as on disk
     finally:
         host.close()
+
+
+def test_library_add_allow_hardlinks_is_recorded(tmp_path, capsys):
+    from capengine.cli import main
+
+    (tmp_path / "lib").mkdir()
+    assert main(["library", "add", str(tmp_path / "lib"), "--id", LIB, "--data-dir", str(tmp_path / "data"),
+                 "--allow-hardlinks"]) == 0
+    assert "hard links allowed" in capsys.readouterr().out
+    assert LibraryCatalog(tmp_path / "data").get(LIB).allow_hardlinks is True
