@@ -13,6 +13,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from wasm_helpers import LIB, call_job, extension, make_host
 
 from capengine.host import fs_names, safe_fs
@@ -531,7 +533,6 @@ spec:
 
 
 def test_deny_rules_hold_on_a_real_case_insensitive_volume(casefold_volume, tmp_path):
-    """Without the probe (a library recorded case-sensitive) the first spelling below reads the passport."""
     from wasm_helpers import policy_set
 
     from capengine.host.extension_host import Host
@@ -554,6 +555,11 @@ def test_deny_rules_hold_on_a_real_case_insensitive_volume(casefold_volume, tmp_
         ext = extension(tmp_path, call_job("vdfs.read_file", '{"path": "/Photos/NOTE.txt"}'))
         result, calls = host.run_job(ext, "go", b"{}")
         assert (calls[0].code, calls[0].path) == ("OK", "/photos/note.txt")  # judged and opened as on disk
+        # The attack this prevents: the same library recorded as case-sensitive lets "Private" through.
+        host.catalog._known[LIB] = Library(LIB, "usb stick", library.root, case_insensitive=False)
+        ext = extension(tmp_path, call_job("vdfs.read_file", '{"path": "/photos/Private/passport.png"}'))
+        result, calls = host.run_job(ext, "go", b"{}")
+        assert calls[0].code == "OK" and "UEFTU1BPUlQ" in result.logs[0][1]  # base64("PASSPORT")
     finally:
         host.close()
 
@@ -566,3 +572,32 @@ def test_library_add_allow_hardlinks_is_recorded(tmp_path, capsys):
                  "--allow-hardlinks"]) == 0
     assert "hard links allowed" in capsys.readouterr().out
     assert LibraryCatalog(tmp_path / "data").get(LIB).allow_hardlinks is True
+
+
+NAME_BYTES = st.binary(min_size=1, max_size=80).filter(lambda b: b"/" not in b and b"\0" not in b
+                                                     and b not in (b".", b".."))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=NAME_BYTES)
+def test_any_name_on_disk_is_listed_and_read_back(tmp_path, name):
+    """For random byte names: the listed text form passes canonicalisation and opens that very file."""
+    from capengine.policy.paths import PathError, canonical_path
+
+    root = tmp_path / "names"
+    (root / "d").mkdir(parents=True, exist_ok=True)  # not the root, where .capengine is hidden
+    lib = Library(LIB, "t", root)
+    target = os.path.join(os.fsencode(root / "d"), name)
+    with open(target, "wb") as f:
+        f.write(b"payload:" + name)
+    try:
+        [entry] = call(lib, "vdfs.list_dir", path="/d")["entries"]
+        assert fs_names.to_bytes(entry["name"]) == name
+        try:
+            path = canonical_path("/d/" + entry["name"])
+        except PathError:  # only when escaping made the name longer than 255 bytes
+            assert len(entry["name"].encode()) > 255
+            return
+        assert base64.b64decode(call(lib, "vdfs.read_file", path=path)["data"]) == b"payload:" + name
+    finally:
+        os.unlink(target)
