@@ -462,3 +462,27 @@ def test_capengine_run_prints_no_raw_control_characters(tmp_path, capsys):
     assert "\x1b" not in out and "\r" not in out
     assert not any(line.startswith("[capengine] job completed") for line in out.splitlines())
     assert "ok\\n[capengine] job completed\\x1b[2J\\x1b[31m" in out and "evil\\x1b[5m\\r" in out
+
+
+def test_a_host_bug_outside_the_handler_is_internal_and_recorded(host, tmp_path):
+    def broken_decide(request):
+        raise RuntimeError("policy engine bug")
+
+    object.__setattr__(host.policy_set, "decide", broken_decide)
+    result, calls, [env] = run(host, tmp_path, call_job("test.ping", '{"message": "x"}'))
+    assert env["error"]["code"] == "INTERNAL" and "engine bug" not in env["error"]["message"]
+    assert calls[0].code == "INTERNAL" and "policy engine bug" in result.error
+
+
+def test_a_directory_over_the_entry_cap_is_refused_without_reading_it_all(tmp_path, monkeypatch):
+    from capengine.host.operations import vdfs
+
+    monkeypatch.setattr(vdfs, "MAX_ENTRIES", 10)
+    h = make_host(tmp_path)
+    try:
+        for i in range(50):
+            (tmp_path / "lib" / "docs" / f"f{i}").touch()
+        result, calls, [env] = run(h, tmp_path, call_job("vdfs.list_dir", '{"path": "/docs"}'))
+    finally:
+        h.close()
+    assert env["error"]["code"] == "RESOURCE_EXHAUSTED" and "more than 10 entries" in env["error"]["message"]

@@ -1,7 +1,8 @@
 """Directory listings indexed by name equivalence, cached while the directory is unchanged.
 
-On a case-insensitive library every path component is looked up among its siblings (safe_fs.spelled_path);
-listing a 1,000-entry directory on every call costs about 1.5 ms. A listing is reused while the directory's
+On a case-insensitive library every path component is looked up among its siblings (safe_fs.spelled_path),
+and a name that does not exist is looked up by its NFC form (safe_fs._lookup); listing a 1,000-entry
+directory on every call costs about 1.5 ms. A listing is reused while the directory's
 mtime and ctime are unchanged. It is only ever a hint: the caller confirms each answer by inode against what
 the file system itself resolves, and asks for a fresh listing when they disagree, so a stale entry (a
 directory changed twice within a coarse mtime tick, as on FAT) can cost a rescan but never a wrong answer.
@@ -25,17 +26,23 @@ MAX_CACHED_ENTRIES = 20_000  # bigger directories are listed afresh each time ra
 @attrs.frozen
 class Listing:
     names: frozenset[bytes]
-    by_key: dict[str, tuple[bytes, ...]]  # equivalence_key(name, case_insensitive=True) -> names
+    by_nfc: dict[str, tuple[bytes, ...]]  # equivalence_key(name, False) -> names
+    by_fold: dict[str, tuple[bytes, ...]]  # equivalence_key(name, True) -> names
 
     @classmethod
     def of(cls, names: list[bytes]) -> Listing:
-        by_key: dict[str, list[bytes]] = {}
+        by_nfc: dict[str, list[bytes]] = {}
+        by_fold: dict[str, list[bytes]] = {}
         for name in names:
-            by_key.setdefault(fs_names.equivalence_key(fs_names.to_text(name), True), []).append(name)
-        return cls(frozenset(names), {k: tuple(v) for k, v in by_key.items()})
+            text = fs_names.to_text(name)
+            by_nfc.setdefault(fs_names.equivalence_key(text, False), []).append(name)
+            by_fold.setdefault(fs_names.equivalence_key(text, True), []).append(name)
+        return cls(frozenset(names), {k: tuple(v) for k, v in by_nfc.items()},
+                   {k: tuple(v) for k, v in by_fold.items()})
 
-    def equivalent(self, text: str) -> tuple[bytes, ...]:
-        return self.by_key.get(fs_names.equivalence_key(text, True), ())
+    def equivalent(self, text: str, case_insensitive: bool) -> tuple[bytes, ...]:
+        index = self.by_fold if case_insensitive else self.by_nfc
+        return index.get(fs_names.equivalence_key(text, case_insensitive), ())
 
 
 _cache: OrderedDict[tuple[int, int], tuple[tuple[int, int], Listing]] = OrderedDict()

@@ -103,7 +103,11 @@ class Dispatcher:
                         deadline: Deadline | None, errors: HostErrors | None) -> tuple[dict, dict[str, Any]]:
         active = self.active()
         record = self._blank(ext, method, library_id, active.policy_set.revision)
-        envelope = self._dispatch(active, ext, method, library_id, payload, record, deadline, errors)
+        try:
+            envelope = self._dispatch(active, ext, method, library_id, payload, record, deadline, errors)
+        except Exception as exc:  # a host bug outside the handler (a policy, a path lookup): INTERNAL, recorded
+            self._host_error(errors, f"deciding {safe_text.escape(method)[:100]}", exc)
+            envelope = error_envelope(ErrorCode.INTERNAL, f"{method} failed inside the host; see the host log")
         return envelope, record
 
     def _dispatch(self, active: ActivePolicies, ext: Extension, method: str, library_id: str, payload: dict,

@@ -111,14 +111,14 @@ def _lookup(parent: int, text: str, path: str) -> bytes:
         return name
     except FileNotFoundError:
         pass
-    key = fs_names.equivalence_key(text, False)
-    matches = [n for n in _entries(parent, path) if fs_names.equivalence_key(fs_names.to_text(n), False) == key]
-    if len(matches) > 1:
-        raise FsError("INVALID_ARGUMENT", f"{path} names {len(matches)} entries that differ only in Unicode "
-                                          "normalisation; capengine opens none of them")
-    if not matches:
-        raise FileNotFoundError(errno.ENOENT, "not found")
-    return matches[0]
+    for fresh in (False, True):  # a cached index is a hint: an entry it names must still exist
+        matches = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh).equivalent(text, False)
+        if len(matches) > 1:
+            raise FsError("INVALID_ARGUMENT", f"{path} names {len(matches)} entries that differ only in Unicode "
+                                              "normalisation; capengine opens none of them")
+        if matches and _inode(parent, matches[0]) is not None:
+            return matches[0]
+    raise FileNotFoundError(errno.ENOENT, "not found")
 
 
 def _check_file(st: os.stat_result, path: str, allow_hardlinks: bool) -> None:
@@ -203,9 +203,16 @@ def open_parent(root: Path, canonical: str, create: bool = False) -> Iterator[tu
         _close(fds)
 
 
-def list_names(directory: int) -> list[bytes]:
-    """The on-disk names in an open directory, sorted, as bytes (never decoded: see fs_names)."""
-    return sorted(os.fsencode(name) for name in os.listdir(directory))
+def list_names(directory: int, limit: int | None = None) -> list[bytes]:
+    """The on-disk names in an open directory, sorted, as bytes (never decoded: see fs_names). With `limit`,
+    a directory with more entries is refused after reading limit + 1 names, not all ten million of them."""
+    names: list[bytes] = []
+    with os.scandir(directory) as it:
+        for entry in it:
+            names.append(os.fsencode(entry.name))
+            if limit is not None and len(names) > limit:
+                raise FsError("RESOURCE_EXHAUSTED", f"directory has more than {limit} entries")
+    return sorted(names)
 
 
 def casefolded(directory: int) -> bool:
@@ -261,7 +268,7 @@ def _on_disk(parent: int, text: str, path: str) -> bytes | None:
     resolved = _inode(parent, wanted)  # what the volume opens for this spelling, if anything
     for fresh in (False, True):
         index = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh)
-        candidates = (wanted,) if wanted in index.names else index.equivalent(text)
+        candidates = (wanted,) if wanted in index.names else index.equivalent(text, True)
         if resolved is None:  # the volume opens nothing: a unique equivalent entry is the one meant
             if len(candidates) > 1:
                 raise FsError("INVALID_ARGUMENT", f"{path} matches {len(candidates)} entries that differ only in "

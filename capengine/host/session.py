@@ -82,6 +82,7 @@ class GuestSession:
             self._reject(raw_method, "", _FAULT_NAMES[fault.code], str(fault), start)
             return fault.code
         except Exception as exc:  # noqa: BLE001 - never let a host bug become an uncontrolled trap
+            self._reject(raw_method, "", FAULT_RANGE, "host error; see the host log", start)
             return self._internal("spacedrive_call", exc)
         try:
             self.held = self._reply(raw_method, raw_library, raw_payload, start)

@@ -100,7 +100,8 @@ def list_dir(ctx: CallContext, args: dict) -> dict:
     text form of fs_names, which vdfs.read_file accepts back."""
     entries: list[dict] = []
     with fs_errors(), safe_fs.open_beneath(library_root(ctx), args["path"], directory=True) as fd:
-        for name in safe_fs.list_names(fd):
+        hidden = 1 if args["path"] == "/" else 0  # /.capengine is read but not listed
+        for name in safe_fs.list_names(fd, MAX_ENTRIES + hidden):
             if args["path"] == "/" and name == b".capengine":
                 continue  # the sidecar store is reached only through the sidecar operations
             if len(entries) % 256 == 0:
