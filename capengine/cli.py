@@ -162,16 +162,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         host.close()
     print(f"extension {ext.id} {ext.version}, job {job}, library {library.id} ({library.root})")
     print(f"policy revision {policy_set.revision}; {len(calls) + calls.dropped} call(s):")
+    from capengine.host.safe_text import escape  # guest-chosen text never reaches the terminal raw
+
     for c in calls:
         verdict = ("ALLOW" if c.allowed else "DENY ") if c.decided else "-----"
         rules = ",".join(c.rules) or ("default deny" if c.decided and not c.allowed else "-")
         outcome = c.code if c.code == "OK" else f"{c.code}: {c.message}"
-        print(f"  {verdict} {c.operation:20} {c.path or '-':32} {rules:32} {outcome}  [{c.duration_us} us]")
+        print(f"  {verdict} {c.operation:20} {escape(c.path) or '-':32} {rules:32} {outcome}  [{c.duration_us} us]")
     if calls.dropped:
         print(f"  ... and {calls.dropped} more call(s) (see the decision log)")
     for level, text in result.logs:
         print(f"  log {('debug', 'info', 'warn', 'error')[level]}: {text}")
-    print(f"job {result.status}" + (f": {result.error}" if result.error else ""))
+    print(f"job {result.status}" + (f": {escape(result.error)}" if result.error else ""))
     return EXIT_OK if result.status == "completed" else EXIT_FINDINGS
 
 
@@ -195,11 +197,13 @@ def _cmd_library(args: argparse.Namespace) -> int:
     catalog = LibraryCatalog(_data_dir(args))
     if args.library_command == "add":
         try:
-            lib = catalog.add(args.directory, args.name, args.id)
+            lib = catalog.add(args.directory, args.name, args.id, allow_hardlinks=args.allow_hardlinks)
         except (LibraryError, ValueError) as exc:
             print(f"capengine library add: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        print(f"{lib.id}  {lib.name}  {lib.root}")
+        notes = [note for flag, note in ((lib.case_insensitive, "case-insensitive volume: policies judge on-disk "
+                                          "spellings"), (lib.allow_hardlinks, "hard links allowed")) if flag]
+        print(f"{lib.id}  {lib.name}  {lib.root}" + "".join(f"  ({note})" for note in notes))
         return EXIT_OK
     for lib in catalog.list():
         print(f"{lib.id}  {lib.name}  {lib.root}")
@@ -319,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("directory")
     add.add_argument("--name")
     add.add_argument("--id", help="library UUID (default: DIR/.capengine/library-id, else a new one)")
+    add.add_argument("--allow-hardlinks", action="store_true",
+                     help="open regular files with more than one hard link (refused by default; docs/operations.md)")
     lib_sub.add_parser("list", help="list the libraries", parents=[data_dir])
     library.set_defaults(func=_cmd_library)
 

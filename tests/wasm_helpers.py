@@ -24,8 +24,8 @@ def wat_module(body: str, data: str = "", pages: int = 2, max_pages: str = "") -
 def call_job(method: str | bytes, payload: str, library_ptr: int = 64) -> str:
     """A module whose job `go` makes one call with literal method/payload and returns the call's result."""
     method_len = len(method.encode() if isinstance(method, str) else method)
-    data = (f'  (data (i32.const 1024) "{_wat_escape(method)}")\n'
-            f'  (data (i32.const 4096) "{_wat_escape(payload)}")')
+    data = (f'  (data (i32.const 1024) "{wat_bytes(method)}")\n'
+            f'  (data (i32.const 4096) "{wat_bytes(payload)}")')
     body = f"""
   (func (export "execute_go") (result i32)
     (local $n i32)
@@ -39,7 +39,8 @@ def call_job(method: str | bytes, payload: str, library_ptr: int = 64) -> str:
     return wat_module(body, data)
 
 
-def _wat_escape(text: str | bytes) -> str:
+def wat_bytes(text: str | bytes) -> str:
+    """Text or bytes as the body of a WAT data string (every byte escaped)."""
     raw = text.encode() if isinstance(text, str) else text
     return "".join(f"\\{b:02x}" for b in raw)
 

@@ -15,6 +15,7 @@ from typing import Literal
 import attrs
 import wasmtime
 
+from capengine.host.deadline import Deadline
 from capengine.host.manifests import Extension
 from capengine.host.module_cache import ModuleCache, compile_module
 from capengine.host.session import BridgeLimits, CallHandler, GuestSession
@@ -103,7 +104,8 @@ class Runtime:
 
     def run_job(self, ext: Extension, job: str, dispatcher: CallHandler, input_json: bytes = b"{}",
                 module: wasmtime.Module | None = None) -> JobResult:
-        session = GuestSession(ext, dispatcher, self.limits.bridge, input=input_json)
+        session = GuestSession(ext, dispatcher, self.limits.bridge, input=input_json,
+                               deadline=Deadline.after(self.limits.cpu_seconds, lambda: self._interrupting))
         status, code, error = self._run(ext, job, session, module)
         if session.host_errors:
             error = (error + "; " if error else "") + "host errors: " + "; ".join(session.host_errors)

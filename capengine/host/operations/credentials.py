@@ -14,12 +14,20 @@ import binascii
 import os
 import sqlite3
 from pathlib import Path
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from capengine.host.envelope import ErrorCode
-from capengine.host.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
+from capengine.host.operations.registry import (
+    CallContext,
+    Handler,
+    Operation,
+    OperationError,
+    Registry,
+    load_schema,
+)
 
 KEY_ENV = "CAPENGINE_VAULT_KEY"
 
@@ -48,9 +56,11 @@ def _master_key(data_dir: Path) -> bytes:
     return key
 
 
-def _db(data_dir: Path) -> sqlite3.Connection:
+def _db(ctx: CallContext) -> sqlite3.Connection:
+    """The vault database; waiting for a lock held by another process ends with the call's deadline."""
+    data_dir = ctx.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    db = sqlite3.connect(data_dir / "vault.sqlite3", timeout=5)
+    db = sqlite3.connect(data_dir / "vault.sqlite3", timeout=min(5.0, max(0.05, ctx.deadline.remaining())))
     db.execute("CREATE TABLE IF NOT EXISTS secrets (extension TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,"
                " nonce BLOB NOT NULL, ciphertext BLOB NOT NULL, PRIMARY KEY (extension, name))")
     return db
@@ -61,17 +71,26 @@ def _aad(ctx: CallContext, name: str) -> bytes:
 
 
 def store(ctx: CallContext, args: dict) -> dict:
+    """Never overwrites by accident: replacing a secret is an explicit `replace: true`, which policies see as
+    args.replace (a policy that forbids destroying secrets denies it). Without it, an existing name is
+    ALREADY_EXISTS and the stored secret is untouched; the check and the insert are one statement."""
     nonce = os.urandom(12)
     sealed = AESGCM(_master_key(ctx.data_dir)).encrypt(nonce, args["secret"].encode(), _aad(ctx, args["name"]))
     kind = args.get("kind", "secret")
-    with _db(ctx.data_dir) as db:
-        db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?, ?, ?)",
-                   (ctx.extension, args["name"], kind, nonce, sealed))
+    replace = bool(args.get("replace", False))
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    try:
+        with _db(ctx) as db:
+            db.execute(f"{verb} INTO secrets VALUES (?, ?, ?, ?, ?)", (ctx.extension, args["name"], kind, nonce,
+                                                                        sealed))
+    except sqlite3.IntegrityError:
+        raise OperationError(ErrorCode.ALREADY_EXISTS, f"a credential named {args['name']!r} exists; store it "
+                                                       "with replace: true to overwrite it") from None
     return {"name": args["name"], "kind": kind, "stored": True}
 
 
 def get(ctx: CallContext, args: dict) -> dict:
-    with _db(ctx.data_dir) as db:
+    with _db(ctx) as db:
         row = db.execute("SELECT kind, nonce, ciphertext FROM secrets WHERE extension = ? AND name = ?",
                          (ctx.extension, args["name"])).fetchone()
     if row is None:
@@ -84,17 +103,18 @@ def get(ctx: CallContext, args: dict) -> dict:
 
 
 def delete(ctx: CallContext, args: dict) -> dict:
-    with _db(ctx.data_dir) as db:
+    with _db(ctx) as db:
         deleted = db.execute("DELETE FROM secrets WHERE extension = ? AND name = ?",
                              (ctx.extension, args["name"])).rowcount
     return {"name": args["name"], "deleted": bool(deleted)}
 
 
 def register(registry: Registry) -> None:
-    for name, kind, handler, description in (
-        ("credentials.store", "action", store, "Store (or replace) a secret in the caller's own vault."),
+    operations: tuple[tuple[str, Literal["query", "action"], Handler, str], ...] = (
+        ("credentials.store", "action", store, "Store a secret in the caller's own vault (replace: true overwrites)."),
         ("credentials.get", "query", get, "Read a secret from the caller's own vault."),
         ("credentials.delete", "action", delete, "Delete a secret from the caller's own vault."),
-    ):
+    )
+    for name, kind, handler, description in operations:
         registry.register(Operation(name, kind, description, load_schema(name), handler, path_field=None,
                                     needs_library=False, hidden_args=("secret",)))
