@@ -56,6 +56,10 @@ class ModuleCache:
             log.warning("module cache disabled: %s", exc)
             return None
 
+    @property
+    def enabled(self) -> bool:
+        return self._key is not None
+
     def _tag(self, digest: str, data: bytes) -> bytes:
         mac = hmac.new(self._key or b"", digestmod=hashlib.sha256)
         for part in (TAG_DOMAIN, digest.encode(), self.version.encode(), self.engine_config.encode()):
