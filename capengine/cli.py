@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from capengine import __version__, bundled
-from capengine.errors import CapengineError
 from capengine.policy import report
 from capengine.policy.check import run_check
 
@@ -132,6 +131,7 @@ def _load_policy_set(policies: str, command: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from capengine.errors import CapengineError
     from capengine.host.extension_host import Host
     from capengine.host.manifests import ExtensionError, load_extension
 
@@ -184,6 +184,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_ext(args: argparse.Namespace) -> int:
     """The operator vouches for an extension: its id counts only for the module and manifest installed here."""
+    from capengine.errors import CapengineError
     from capengine.host.installed import InstalledRegistry
     from capengine.host.manifests import load_extension
 
