@@ -107,8 +107,8 @@ class Runtime:
         digest = hashlib.sha256(source).hexdigest()
         if digest != ext.module_sha256:
             raise IdentityError(f"{ext.module_path} changed since {ext.id} was loaded (sha256 {digest}, loaded "
-                                f"{ext.module_sha256}); load it again (restart the daemon, or reinstall it with "
-                                f"capengine ext install --replace {ext.directory})")
+                                f"{ext.module_sha256}); if that build is meant to run, vouch for it (capengine "
+                                f"ext install --replace {ext.directory}) and load it again (restart the daemon)")
         if self.cache is not None:
             return self.cache.load(source, ext.module_path.suffix == ".wat", digest)
         return compile_module(self.engine, source, ext.module_path.suffix == ".wat")
