@@ -185,13 +185,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_ext(args: argparse.Namespace) -> int:
     """The operator vouches for an extension: its id counts only for the module and manifest installed here."""
     from capengine.errors import CapengineError
+    from capengine.host import signatures
     from capengine.host.installed import InstalledRegistry
     from capengine.host.manifests import load_extension
 
     command = f"capengine ext {args.ext_command}"
     try:
+        if args.ext_command == "keygen":
+            print(f"public key {signatures.generate_key(Path(args.path))}  (private key in {args.path}; trust the "
+                  f"public one with: capengine ext trust NAME KEY --ids GLOB)")
+            return EXIT_OK
+        if args.ext_command == "sign":
+            signed, pub = signatures.sign(Path(args.directory), Path(args.key))
+            print(f"signed {signed.id} {signed.version} with {pub}: {Path(args.directory) / signatures.SIGNATURE_FILE}")
+            return EXIT_OK
         registry = InstalledRegistry(_data_dir(args))
-        if args.ext_command == "install":
+        if args.ext_command == "trust":
+            trusted = registry.trusted.trust(args.name, args.key, args.ids)
+            print(f"trusted {trusted.name} ({trusted.public_key}) to sign {', '.join(trusted.ids)}")
+        elif args.ext_command == "untrust":
+            if registry.trusted.untrust(args.name) is None:
+                print(f"{command}: no trusted key named {args.name}", file=sys.stderr)
+                return EXIT_FINDINGS
+            print(f"no longer trusted: {args.name}")
+        elif args.ext_command == "install":
             entry, changed = registry.install(load_extension(args.directory), replace=args.replace)
             print(f"{'installed' if changed else 'already installed'}: {entry.id} {entry.version}\n"
                   f"  module sha256   {entry.module_sha256}\n  manifest sha256 {entry.manifest_sha256}")
@@ -205,6 +222,8 @@ def _cmd_ext(args: argparse.Namespace) -> int:
             for entry in registry.entries().values():
                 print(f"{entry.id}  {entry.version}  module sha256 {entry.module_sha256}  manifest sha256 "
                       f"{entry.manifest_sha256}  from {entry.directory}  installed {entry.installed_at}")
+            for key in registry.trusted.entries().values():
+                print(f"trusted key {key.name}  {key.public_key}  may sign {', '.join(key.ids)}")
     except CapengineError as exc:
         print(f"{command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -355,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     ext_sub.add_parser("list", help="list the installed extensions and their digests", parents=[ext_data_dir])
     remove = ext_sub.add_parser("remove", help="withdraw an installed extension", parents=[ext_data_dir])
     remove.add_argument("id", metavar="ID")
+    keygen = ext_sub.add_parser("keygen", help="make an Ed25519 signing key (PEM, 0600) and print its public key")
+    keygen.add_argument("path", metavar="PRIVATE_KEY_FILE")
+    sign = ext_sub.add_parser("sign", help="sign DIR's id, manifest and module (writes DIR/signature.ed25519)")
+    sign.add_argument("directory", metavar="DIR")
+    sign.add_argument("--key", required=True, metavar="PRIVATE_KEY_FILE")
+    trust = ext_sub.add_parser("trust", help="accept extensions signed by KEY for ids matching GLOB without install",
+                               parents=[ext_data_dir])
+    trust.add_argument("name", metavar="NAME")
+    trust.add_argument("key", metavar="PUBLIC_KEY", help="base64, as ext keygen prints it")
+    trust.add_argument("--ids", nargs="+", required=True, metavar="GLOB", help="ids the key may sign for")
+    untrust = ext_sub.add_parser("untrust", help="withdraw a trusted key", parents=[ext_data_dir])
+    untrust.add_argument("name", metavar="NAME")
     ext.set_defaults(func=_cmd_ext)
 
     ops = sub.add_parser("ops", help="list the registered operations and their input schemas")

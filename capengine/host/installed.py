@@ -3,9 +3,10 @@
 WHY: a manifest's `id` is a claim made by whoever wrote the manifest, and policy grants, vault rows, sidecars
 and rate buckets all hang off ids. An id counts only for the exact module and manifest the operator vouched for
 with `capengine ext install`. A module whose id is installed with other digests is refused (naming both
-digests); a module whose id is not installed runs only where development mode is allowed (`capengine run`),
-in a namespace keyed by its module digest, so it never reaches an installed extension's data and two modules
-claiming one id never share any. The daemon requires installation and refuses duplicate ids outright.
+digests) unless a key the operator trusts for that id signed it (`capengine.host.signatures`); any other module
+runs only where development mode is allowed (`capengine run`), in a namespace keyed by its module digest, so it
+never reaches an installed extension's data and two modules claiming one id never share any. The daemon
+requires installation (or a trusted signature) and refuses duplicate ids outright.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import attrs
 
 from capengine.host import data_dir as private
 from capengine.host.manifests import Extension, IdentityError, development_namespace, load_extensions
+from capengine.host.signatures import TrustedKeys
 
 REGISTRY_FILE = "installed.json"
 LOCK_FILE = "installed.lock"
@@ -62,6 +64,7 @@ class InstalledRegistry:
         self.path = self.data_dir / REGISTRY_FILE
         self._cache: tuple[tuple[int, int, int], dict[str, Installed]] | None = None
         self._lock = threading.Lock()
+        self.trusted = TrustedKeys(self.data_dir)
 
     def entries(self) -> dict[str, Installed]:
         try:
@@ -140,22 +143,27 @@ class InstalledRegistry:
             return entries.pop(ext_id, None)
 
     def bind(self, ext: Extension, require_installed: bool) -> Extension:
-        """`ext` with the namespace it is entitled to: its id when its digests are the installed ones; else a
-        development namespace keyed by its module digest (only when `require_installed` is false)."""
+        """`ext` with the namespace it is entitled to: its id when its digests are the installed ones or a key
+        the operator trusts for the id signed them; else a development namespace keyed by its module digest
+        (only when `require_installed` is false)."""
         entry = self.entries().get(ext.id)
+        if entry is not None and (entry.module_sha256, entry.manifest_sha256) == (ext.module_sha256,
+                                                                                  ext.manifest_sha256):
+            return attrs.evolve(ext, namespace=ext.id)
+        if self.trusted.signer(ext) is not None:
+            return attrs.evolve(ext, namespace=ext.id)
         if entry is None:
             if require_installed:
                 raise IdentityError(f"{ext.directory}: extension {ext.id} is not installed, so its id is only a "
-                                    f"claim; if you vouch for it: capengine ext install {ext.directory}")
+                                    f"claim; if you vouch for it: capengine ext install {ext.directory} (or "
+                                    "trust the key that signed it: capengine ext trust)")
             return attrs.evolve(ext, namespace=development_namespace(ext.module_sha256))
         problems = [f"its {what} has sha256 {got}, the installed one {want}"
                     for what, got, want in (("module", ext.module_sha256, entry.module_sha256),
                                             ("manifest", ext.manifest_sha256, entry.manifest_sha256)) if got != want]
-        if problems:
-            raise IdentityError(f"{ext.directory}: refusing {ext.id}: it is not what was installed under that id "
-                                f"(from {entry.directory}): {'; '.join(problems)}. If you vouch for this one: "
-                                f"capengine ext install --replace {ext.directory}")
-        return attrs.evolve(ext, namespace=ext.id)
+        raise IdentityError(f"{ext.directory}: refusing {ext.id}: it is not what was installed under that id "
+                            f"(from {entry.directory}): {'; '.join(problems)}. If you vouch for this one: "
+                            f"capengine ext install --replace {ext.directory}")
 
 
 def load_installed(extensions_dir: Path, data_dir: Path) -> tuple[dict[str, Extension], list[str]]:
