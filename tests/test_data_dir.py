@@ -224,3 +224,12 @@ def test_daemon_with_a_file_as_data_dir_is_a_clear_error(tmp_path):
                "--data-dir", str(not_a_dir), "--socket", str(tmp_path / "s.sock"))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"data directory {not_a_dir} is not a directory" in proc.stderr
+
+
+def test_a_data_dir_reached_through_a_symlink_is_made_private_too(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    os.chmod(real, 0o755)
+    (tmp_path / "link").symlink_to(real)
+    private.prepare(tmp_path / "link")
+    assert mode(real) == 0o700 and mode(real / "vault.sqlite3") == 0o600

@@ -26,7 +26,8 @@ log = logging.getLogger("capengine.host.data_dir")
 # journal and WAL files copy the database file's mode).
 SQLITE_FILES = ("vault.sqlite3", "libraries.sqlite3")
 # What capengine keeps in a data dir (checked at start; anything else there is the user's and left alone).
-OWN_ENTRIES = ("vault.*", "libraries.sqlite3*", "installed.*", "decisions.jsonl*", "*.key", "module-cache")
+OWN_ENTRIES = ("vault.*", "libraries.sqlite3*", "installed.*", "trusted-keys.*", "decisions.jsonl*", "*.key",
+               "module-cache")
 KEY_READ_ATTEMPTS = 20  # a short key is retried this many times, 50 ms apart, before it is called corrupt
 KEY_RETRY_SECONDS = 0.05
 
@@ -58,7 +59,7 @@ def prepare(data_dir: str | Path) -> Path:
         raise DataDirError(f"cannot create the data directory {path}: {exc.strerror}; {what}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise DataDirError(f"data directory {path} is not a directory; {what}")
-    _check_private(path, st, 0o700)
+    _check_private(path.resolve(), st, 0o700)  # the directory the user named, also through a symlink
     with os.scandir(path) as entries:
         for entry in entries:
             if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in OWN_ENTRIES):
@@ -89,13 +90,22 @@ def _check_private(path: Path, st: os.stat_result, mode: int) -> None:
                            "read the vault or plant cache entries; use a data directory of your own (--data-dir)")
     if stat.S_IMODE(st.st_mode) & 0o077:
         try:
-            os.chmod(path, mode, follow_symlinks=False)
+            _chmod_no_follow(path, mode)
         except OSError as exc:
             raise DataDirError(f"{path} is readable or writable by other users (mode "
                                f"{stat.S_IMODE(st.st_mode):04o}) and cannot be made {mode:04o}: {exc.strerror}; "
                                f"run: chmod {mode:o} {path}") from None
         log.warning("%s was mode %04o (other users could reach it); made it %04o", path, stat.S_IMODE(st.st_mode),
                     mode)
+
+
+def _chmod_no_follow(path: Path, mode: int) -> None:
+    """chmod through a descriptor opened without following a symlink (portable, unlike lchmod)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _create_private(path: Path) -> None:
