@@ -133,8 +133,8 @@ def _load_policy_set(policies: str, command: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from capengine.errors import CapengineError
     from capengine.host.extension_host import Host
-    from capengine.host.libraries import LibraryError
     from capengine.host.manifests import ExtensionError, load_extension
 
     try:
@@ -148,18 +148,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     policy_set = _load_policy_set(args.policies, "run")
     if policy_set is None:
         return EXIT_FINDINGS
-    host = Host(policy_set, _data_dir(args))
     try:
+        host = Host(policy_set, _data_dir(args))
+    except CapengineError as exc:  # an unusable data dir, a damaged key file
+        print(f"capengine run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        ext = host.bind(ext)
         library = host.open_library(Path(args.library) if args.library else bundled.sample_library(host.data_dir))
         if user_input is None:
             user_input = {"library": library.id}
         job = args.job or ext.jobs[0]
         result, calls = host.run_job(ext, job, json.dumps(user_input).encode())
-    except (LibraryError, OSError, ValueError) as exc:
+    except (CapengineError, OSError, ValueError) as exc:
         print(f"capengine run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
         host.close()
+    if ext.namespace != ext.id:
+        print(f"development mode: {ext.id} is not installed in {host.data_dir}, so it runs in a namespace of its "
+              f"own, {ext.namespace} (its own vault, sidecars and rate limits; never an installed extension's). "
+              f"To run it as {ext.id}: capengine ext install {ext.directory}")
     print(f"extension {ext.id} {ext.version}, job {job}, library {library.id} ({library.root})")
     print(f"policy revision {policy_set.revision}; {len(calls) + calls.dropped} call(s):")
     from capengine.host.safe_text import escape  # guest-chosen text never reaches the terminal raw
@@ -175,6 +184,54 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  log {('debug', 'info', 'warn', 'error')[level]}: {text}")
     print(f"job {result.status}" + (f": {escape(result.error)}" if result.error else ""))
     return EXIT_OK if result.status == "completed" else EXIT_FINDINGS
+
+
+def _cmd_ext(args: argparse.Namespace) -> int:
+    """The operator vouches for an extension: its id counts only for the module and manifest installed here."""
+    from capengine.errors import CapengineError
+    from capengine.host import signatures
+    from capengine.host.installed import InstalledRegistry
+    from capengine.host.manifests import load_extension
+
+    command = f"capengine ext {args.ext_command}"
+    try:
+        if args.ext_command == "keygen":
+            print(f"public key {signatures.generate_key(Path(args.path))}  (private key in {args.path}; trust the "
+                  f"public one with: capengine ext trust NAME KEY --ids GLOB)")
+            return EXIT_OK
+        if args.ext_command == "sign":
+            signed, pub = signatures.sign(Path(args.directory), Path(args.key))
+            print(f"signed {signed.id} {signed.version} with {pub}: {Path(args.directory) / signatures.SIGNATURE_FILE}")
+            return EXIT_OK
+        registry = InstalledRegistry(_data_dir(args))
+        if args.ext_command == "trust":
+            trusted = registry.trusted.trust(args.name, args.key, args.ids)
+            print(f"trusted {trusted.name} ({trusted.public_key}) to sign {', '.join(trusted.ids)}")
+        elif args.ext_command == "untrust":
+            if registry.trusted.untrust(args.name) is None:
+                print(f"{command}: no trusted key named {args.name}", file=sys.stderr)
+                return EXIT_FINDINGS
+            print(f"no longer trusted: {args.name}")
+        elif args.ext_command == "install":
+            entry, changed = registry.install(load_extension(args.directory), replace=args.replace)
+            print(f"{'installed' if changed else 'already installed'}: {entry.id} {entry.version}\n"
+                  f"  module sha256   {entry.module_sha256}\n  manifest sha256 {entry.manifest_sha256}")
+        elif args.ext_command == "remove":
+            if registry.remove(args.id) is None:
+                print(f"{command}: {args.id} is not installed in {registry.data_dir} (see capengine ext list)",
+                      file=sys.stderr)
+                return EXIT_FINDINGS
+            print(f"removed {args.id} (its vault entries stay; installing the same id again reaches them)")
+        else:
+            for entry in registry.entries().values():
+                print(f"{entry.id}  {entry.version}  module sha256 {entry.module_sha256}  manifest sha256 "
+                      f"{entry.manifest_sha256}  from {entry.directory}  installed {entry.installed_at}")
+            for key in registry.trusted.entries().values():
+                print(f"trusted key {key.name}  {key.public_key}  may sign {', '.join(key.ids)}")
+    except CapengineError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _cmd_ops(args: argparse.Namespace) -> int:
@@ -310,6 +367,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", help='job input as a JSON object (default: {"library": "<the library\'s id>"})')
     run.add_argument("--data-dir", metavar="DIR", help="catalogue, vault and module cache (default: XDG data)")
     run.set_defaults(func=_cmd_run)
+
+    ext = sub.add_parser("ext", help="install, list and remove the extensions the daemon may run")
+    ext_data_dir = _Parser(add_help=False)
+    ext_data_dir.add_argument("--data-dir", metavar="DIR", help="where the registry lives (default: XDG data)")
+    ext_sub = ext.add_subparsers(dest="ext_command", required=True, parser_class=_Parser)
+    install = ext_sub.add_parser("install", help="vouch for the module and manifest in DIR under their id",
+                                 parents=[ext_data_dir])
+    install.add_argument("directory", metavar="DIR")
+    install.add_argument("--replace", action="store_true",
+                         help="replace an installed extension of the same id that has other digests")
+    ext_sub.add_parser("list", help="list the installed extensions and their digests", parents=[ext_data_dir])
+    remove = ext_sub.add_parser("remove", help="withdraw an installed extension", parents=[ext_data_dir])
+    remove.add_argument("id", metavar="ID")
+    keygen = ext_sub.add_parser("keygen", help="make an Ed25519 signing key (PEM, 0600) and print its public key")
+    keygen.add_argument("path", metavar="PRIVATE_KEY_FILE")
+    sign = ext_sub.add_parser("sign", help="sign DIR's id, manifest and module (writes DIR/signature.ed25519)")
+    sign.add_argument("directory", metavar="DIR")
+    sign.add_argument("--key", required=True, metavar="PRIVATE_KEY_FILE")
+    trust = ext_sub.add_parser("trust", help="accept extensions signed by KEY for ids matching GLOB without install",
+                               parents=[ext_data_dir])
+    trust.add_argument("name", metavar="NAME")
+    trust.add_argument("key", metavar="PUBLIC_KEY", help="base64, as ext keygen prints it")
+    trust.add_argument("--ids", nargs="+", required=True, metavar="GLOB", help="ids the key may sign for")
+    untrust = ext_sub.add_parser("untrust", help="withdraw a trusted key", parents=[ext_data_dir])
+    untrust.add_argument("name", metavar="NAME")
+    ext.set_defaults(func=_cmd_ext)
 
     ops = sub.add_parser("ops", help="list the registered operations and their input schemas")
     ops.add_argument("--format", choices=["text", "json"], default="text")

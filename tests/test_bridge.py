@@ -416,17 +416,27 @@ spec:
     - {id: no-overwrite, effect: deny, operations: [credentials.store], condition: 'has(args.replace) && args.replace'}
 """
     h = make_host(tmp_path, policy)
+
+    def call(method: str, payload: str):
+        """Each call is a new module installed under the same id (an upgrade): one vault for all of them
+        (a development-mode module would get a vault of its own)."""
+        directory = tmp_path / "ext"
+        directory.mkdir(exist_ok=True)
+        (directory / "m.wat").write_text(call_job(method, payload, 0))
+        (directory / "manifest.yaml").write_text("id: com.example.app\nname: X\nversion: 1.0.0\nmodule: m.wat\n"
+                                                 "jobs: [go]\noperations: [credentials.*]\n")
+        ext = load_extension(directory)
+        h.installed.install(ext, replace=True)
+        return h.run_job(ext, "go", b"{}")
+
     try:
         store = '{"name": "tok", "secret": "%s"%s}'
-        assert h.run_job(extension(tmp_path, call_job("credentials.store", store % ("first", ""), 0)), "go",
-                         b"{}")[1][0].code == "OK"
-        _, calls = h.run_job(extension(tmp_path, call_job("credentials.store", store % ("second", ""), 0)), "go",
-                             b"{}")
+        assert call("credentials.store", store % ("first", ""))[1][0].code == "OK"
+        _, calls = call("credentials.store", store % ("second", ""))
         assert calls[0].code == "ALREADY_EXISTS"
-        _, calls = h.run_job(extension(tmp_path, call_job("credentials.store", store % ("second", ', "replace": true'),
-                                                          0)), "go", b"{}")
+        _, calls = call("credentials.store", store % ("second", ', "replace": true'))
         assert calls[0].code == "PERMISSION_DENIED" and calls[0].args["replace"] is True
-        result, calls = h.run_job(extension(tmp_path, call_job("credentials.get", '{"name": "tok"}', 0)), "go", b"{}")
+        result, calls = call("credentials.get", '{"name": "tok"}')
         assert '"secret":"first"' in result.logs[0][1]
     finally:
         h.close()

@@ -20,6 +20,8 @@ from capengine.daemon.decision_log import DecisionLog, read_records
 from capengine.daemon.replay import replay
 from capengine.daemon.server import Daemon, DaemonConfig, DaemonError, call
 from capengine.host.envelope import CallRecord
+from capengine.host.installed import InstalledRegistry
+from capengine.host.manifests import load_extension
 from capengine.host.rate_limiter import RateLimiter
 
 PING = "- {id: ping, effect: allow, operations: [test.ping]}\n"
@@ -35,6 +37,7 @@ def setup_dirs(tmp_path: Path, rules: str = PING) -> DaemonConfig:
                                        "jobs: [go]\noperations: [test.ping]\n")
     (tmp_path / "extensions" / "broken").mkdir()
     (tmp_path / "extensions" / "broken" / "manifest.yaml").write_text("id: [\n")
+    InstalledRegistry(tmp_path / "data").install(load_extension(ext))  # the daemon runs installed ones only
     return DaemonConfig(tmp_path / "policies", tmp_path / "extensions", tmp_path / "data",
                         tmp_path / "data" / "ctl.sock", watch_interval=0)
 
@@ -162,6 +165,7 @@ def test_shutdown_interrupts_running_jobs_and_removes_socket(tmp_path):
                                    '(func (export "execute_go") (result i32) (loop $l (br $l)) (i32.const 0)))')
     (loop / "manifest.yaml").write_text("id: com.example.looper\nname: L\nversion: 1.0.0\nmodule: loop.wat\n"
                                         "jobs: [go]\noperations: []\n")
+    InstalledRegistry(config.data_dir).install(load_extension(loop))
     d = Daemon(config)
     d.start()
     result = {}

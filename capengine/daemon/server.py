@@ -24,7 +24,8 @@ import attrs
 from capengine.daemon.decision_log import DEFAULT_MASK, DecisionLog
 from capengine.errors import CapengineError
 from capengine.host.extension_host import Host
-from capengine.host.manifests import Extension, load_extensions
+from capengine.host.installed import load_installed
+from capengine.host.manifests import Extension
 from capengine.host.runtime import Limits
 from capengine.policy.check import run_check
 from capengine.policy.engine import PolicySet
@@ -92,14 +93,22 @@ class Daemon:
         if policy_set is None:
             raise DaemonError("refusing to start: the policy set has errors\n" + "\n".join(errors))
         self.status = PolicyStatus(policy_set.revision, files, time.time())
-        extensions, broken = load_extensions(config.extensions)
+        try:  # also makes the data dir private (0700) before anything below writes to it
+            extensions, broken = load_installed(config.extensions, config.data_dir)
+        except CapengineError as exc:
+            raise DaemonError(f"refusing to start: {exc}") from None
         for problem in broken:
             log.error("extension skipped: %s", problem)
-        self.extensions: dict[str, Extension] = {e.id: e for e in extensions}
+        self.extensions: dict[str, Extension] = extensions
         self.broken_extensions = broken
         self.decisions = DecisionLog(config.data_dir / "decisions.jsonl", config.log_max_bytes, config.log_keep,
                                      config.log_mask)
-        self.host = Host(policy_set, config.data_dir, config.limits, on_call=self.decisions.record)
+        try:
+            self.host = Host(policy_set, config.data_dir, config.limits, on_call=self.decisions.record,
+                             require_installed=True)
+        except CapengineError as exc:
+            self.decisions.close()
+            raise DaemonError(f"refusing to start: {exc}") from None
         self._jobs_lock = threading.Lock()
         self._in_flight: dict[str, int] = {}
         self._running: dict[str, dict] = {}

@@ -152,14 +152,14 @@ class Dispatcher:
             return error_envelope(ErrorCode.PERMISSION_DENIED, decision.message,
                                   decision.rules[0] if decision.rules else None)
         if active.limiter is not None:
-            wait, limit = active.limiter.acquire(ext.id, method)
+            wait, limit = active.limiter.acquire(ext.id, method, ext.namespace)
             if limit is not None:
                 return error_envelope(ErrorCode.RATE_LIMITED, f"rate limit {limit} reached; retry in {wait:.3f} s",
                                       limit, retry_after_ms=max(1, round(wait * 1000)))
         deadline = deadline or Deadline.after(DEFAULT_SECONDS)
         try:
             deadline.check(method)
-            result = op.handler(CallContext(ext.id, library, self.data_dir, deadline), args)
+            result = op.handler(CallContext(ext.namespace, library, self.data_dir, deadline), args)
         except OperationError as exc:
             return error_envelope(exc.code, exc.message)
         except DeadlineExceeded as exc:

@@ -1,7 +1,9 @@
 """Token buckets from the policies' `spec.limits`, per (extension, limit).
 
 A limit in a policy applies to every extension its `extensions` globs match and every operation its own
-`operations` globs match; each extension gets its own bucket per limit. A call takes `cost` tokens from every
+`operations` globs match; each extension gets its own bucket per limit, keyed by its namespace (its id once
+installed, a digest-derived name in development mode) so that a module merely claiming an id never drains or
+shares the installed extension's buckets. A call takes `cost` tokens from every
 bucket that applies, all or nothing, so two limits never half-charge a refused call. The clock is injected
 so tests are exact without sleeping; one lock keeps the buckets exact under concurrent callers.
 """
@@ -59,10 +61,12 @@ class RateLimiter:
             self._applicable[key] = found
         return found
 
-    def acquire(self, extension: str, operation: str) -> tuple[float, str | None]:
+    def acquire(self, extension: str, operation: str, namespace: str | None = None) -> tuple[float, str | None]:
         """Take the call's tokens and return (0.0, None), or take nothing and return the seconds until the call
-        may pass and the limit that refused it ("<policy>/limits/<index>")."""
+        may pass and the limit that refused it ("<policy>/limits/<index>"). `extension` (the id) selects the
+        limits; `namespace` (default: the id) selects the buckets."""
         which = self._which(extension, operation)
+        owner = extension if namespace is None else namespace
         if not which:
             return 0.0, None
         with self._lock:
@@ -71,9 +75,9 @@ class RateLimiter:
             wait, refused = 0.0, None
             for i in which:
                 scoped = self.limits[i]
-                bucket = self._buckets.get((extension, i))
+                bucket = self._buckets.get((owner, i))
                 if bucket is None:
-                    bucket = self._buckets[(extension, i)] = _Bucket(float(scoped.limit.burst), now)
+                    bucket = self._buckets[(owner, i)] = _Bucket(float(scoped.limit.burst), now)
                 bucket.tokens = min(float(scoped.limit.burst), bucket.tokens + (now - bucket.updated) * scoped.rate)
                 bucket.updated = now
                 cost = scoped.limit.cost

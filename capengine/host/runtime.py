@@ -7,7 +7,9 @@ next job or another extension, and a trap, a host bug or an exhausted limit ends
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import platform
 import threading
 from pathlib import Path
 from typing import Literal
@@ -16,7 +18,7 @@ import attrs
 import wasmtime
 
 from capengine.host.deadline import Deadline
-from capengine.host.manifests import Extension
+from capengine.host.manifests import Extension, IdentityError
 from capengine.host.module_cache import ModuleCache, compile_module
 from capengine.host.session import BridgeLimits, CallHandler, GuestSession
 
@@ -24,7 +26,7 @@ log = logging.getLogger("capengine.host.runtime")
 TICK_SECONDS = 0.01
 WASM_PAGE = 65536
 JobStatus = Literal["completed", "interrupted", "failed"]
-_STATUS = {0: "completed", 1: "interrupted", 2: "failed"}
+_STATUS: dict[int, JobStatus] = {0: "completed", 1: "interrupted", 2: "failed"}
 
 
 @attrs.frozen
@@ -58,6 +60,9 @@ class Runtime:
         config.consume_fuel = limits.fuel is not None
         config.max_wasm_stack = limits.max_wasm_stack
         self.engine = wasmtime.Engine(config)
+        # Everything above that changes the compiled code, for the module cache's tag (Config has no getters).
+        self.engine_config = (f"machine={platform.machine()};epoch_interruption=1;consume_fuel="
+                              f"{int(limits.fuel is not None)};max_wasm_stack={limits.max_wasm_stack}")
         i32 = wasmtime.ValType.i32()
         # FuncTypes belong to this Engine (sharing one across engines aborts the process).
         self._types = {
@@ -66,7 +71,7 @@ class Runtime:
             "spacedrive_input": wasmtime.FuncType([i32] * 2, [i32]),
             "spacedrive_log": wasmtime.FuncType([i32] * 3, []),
         }
-        self.cache = ModuleCache(self.engine, cache_dir) if cache_dir is not None else None
+        self.cache = ModuleCache(self.engine, cache_dir, self.engine_config) if cache_dir is not None else None
         self._stop = threading.Event()
         self._interrupting = False
         self._ticker = threading.Thread(target=self._tick, name="capengine-epoch", daemon=True)
@@ -97,9 +102,16 @@ class Runtime:
         self.close()
 
     def load_module(self, ext: Extension) -> wasmtime.Module:
+        """Compile (or fetch from the cache) exactly the module whose digest `ext` was loaded and vouched for
+        with: a file swapped on disk since is refused, not run under the old identity."""
         source = ext.module_path.read_bytes()
+        digest = hashlib.sha256(source).hexdigest()
+        if digest != ext.module_sha256:
+            raise IdentityError(f"{ext.module_path} changed since {ext.id} was loaded (sha256 {digest}, loaded "
+                                f"{ext.module_sha256}); if that build is meant to run, vouch for it (capengine "
+                                f"ext install --replace {ext.directory}) and load it again (restart the daemon)")
         if self.cache is not None:
-            return self.cache.load(source, ext.module_path.suffix == ".wat")
+            return self.cache.load(source, ext.module_path.suffix == ".wat", digest)
         return compile_module(self.engine, source, ext.module_path.suffix == ".wat")
 
     def run_job(self, ext: Extension, job: str, dispatcher: CallHandler, input_json: bytes = b"{}",
@@ -159,6 +171,8 @@ class Runtime:
             return "failed", None, _limit_reason(str(exc), lim)
         except OSError as exc:
             return "failed", None, f"cannot read the module: {exc}"
+        except IdentityError as exc:
+            return "failed", None, str(exc)
         if not isinstance(rc, int) or rc not in _STATUS:
             return "failed", rc if isinstance(rc, int) else None, f"execute_{job} returned {rc!r}, not 0, 1 or 2"
         status = _STATUS[rc]

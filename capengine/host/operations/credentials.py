@@ -1,9 +1,12 @@
 """credentials.*: an encrypted vault, namespaced per extension (A can never read B's secrets, whatever the
-policy says: the namespace is the caller's id, not an argument).
+policy says: the namespace is the caller's, not an argument; an extension's id when the operator installed
+exactly that module, else a namespace keyed by its module digest).
 
 SQLite holds only AES-256-GCM ciphertext; the associated data binds each row to its extension and name, so a
 row copied into another namespace does not decrypt. The master key comes from $CAPENGINE_VAULT_KEY (base64,
-32 bytes) or a key file created 0600 on first use. Secrets are `hidden_args`: never seen by policies, logs,
+32 bytes) or a key file created 0600 on first use, atomically (a full disk or two first stores racing never
+leave or read a short key). A key that cannot be had fails the call with INTERNAL; the reason goes to the host
+log only. Secrets are `hidden_args`: never seen by policies, logs,
 decisions or error messages.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Literal
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from capengine.host import data_dir as private
 from capengine.host.envelope import ErrorCode
 from capengine.host.operations.registry import (
     CallContext,
@@ -30,6 +35,10 @@ from capengine.host.operations.registry import (
 )
 
 KEY_ENV = "CAPENGINE_VAULT_KEY"
+KEY_FIX = ("restore it from a backup; without it the stored secrets cannot be decrypted (to start an empty "
+           "vault instead, delete it and vault.sqlite3)")
+UNAVAILABLE = "the vault is unavailable; see the host log"  # all a guest learns about a key problem
+log = logging.getLogger("capengine.host.operations.credentials")
 
 
 def _master_key(data_dir: Path) -> bytes:
@@ -39,21 +48,18 @@ def _master_key(data_dir: Path) -> bytes:
         except binascii.Error:
             key = b""
         if len(key) != 32:
-            raise OperationError(ErrorCode.INTERNAL, f"${KEY_ENV} must be 32 bytes in base64")
+            log.error("$%s must be 32 bytes in base64", KEY_ENV)
+            raise OperationError(ErrorCode.INTERNAL, UNAVAILABLE)
         return key
-    path = data_dir / "vault.key"
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        key = path.read_bytes()
-        if len(key) != 32:
-            raise OperationError(ErrorCode.INTERNAL, "the vault key file is corrupt") from None
-        return key
-    key = AESGCM.generate_key(bit_length=256)
-    with os.fdopen(fd, "wb") as out:
-        out.write(key)
-    return key
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return private.load_or_create_key(data_dir / "vault.key", 32, KEY_FIX)
+    except OSError as exc:
+        log.error("cannot create the data directory %s: %s", data_dir, exc.strerror)
+        raise OperationError(ErrorCode.INTERNAL, UNAVAILABLE) from None
+    except private.KeyFileError as exc:
+        log.error("%s", exc)
+        raise OperationError(ErrorCode.INTERNAL, UNAVAILABLE) from None
 
 
 def _db(ctx: CallContext) -> sqlite3.Connection:
