@@ -11,6 +11,7 @@ import hashlib
 import logging
 import platform
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +26,7 @@ from capengine.host.session import BridgeLimits, CallHandler, GuestSession
 log = logging.getLogger("capengine.host.runtime")
 TICK_SECONDS = 0.01
 WASM_PAGE = 65536
+MAX_PREPARED = 64  # linked modules kept in memory (one per extension version in use)
 JobStatus = Literal["completed", "interrupted", "failed"]
 _STATUS: dict[int, JobStatus] = {0: "completed", 1: "interrupted", 2: "failed"}
 
@@ -72,10 +74,60 @@ class Runtime:
             "spacedrive_log": wasmtime.FuncType([i32] * 3, []),
         }
         self.cache = ModuleCache(self.engine, cache_dir, self.engine_config) if cache_dir is not None else None
+        self._linker = self._abi_linker()
+        self._prepared: OrderedDict[str, wasmtime.InstancePre] = OrderedDict()  # module sha256 -> linked module
+        self._prepared_lock = threading.Lock()
         self._stop = threading.Event()
         self._interrupting = False
         self._ticker = threading.Thread(target=self._tick, name="capengine-epoch", daemon=True)
         self._ticker.start()
+
+    def _abi_linker(self) -> wasmtime.Linker:
+        """One Linker for every job: the ABI's host functions find the running job's session through a
+        thread-local (a job runs on one thread, and the guest calls the host on that thread), so nothing is
+        rebuilt per job and a module is linked once (InstancePre)."""
+        current = self._current = threading.local()
+
+        def call(caller: wasmtime.Caller, method_ptr: int, method_len: int, library_ptr: int, payload_ptr: int,
+                 payload_len: int) -> int:
+            session: GuestSession = current.session
+            return session.call(caller, method_ptr, method_len, library_ptr, payload_ptr, payload_len)
+
+        def result(caller: wasmtime.Caller, out_ptr: int, out_cap: int) -> int:
+            session: GuestSession = current.session
+            return session.result(caller, out_ptr, out_cap)
+
+        def input_(caller: wasmtime.Caller, out_ptr: int, out_cap: int) -> int:
+            session: GuestSession = current.session
+            return session.input_(caller, out_ptr, out_cap)
+
+        def log_(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+            session: GuestSession = current.session
+            session.log(caller, level, ptr, length)
+
+        linker = wasmtime.Linker(self.engine)
+        for name, handler in (("spacedrive_call", call), ("spacedrive_result", result),
+                              ("spacedrive_input", input_), ("spacedrive_log", log_)):
+            linker.define_func("spacedrive", name, self._types[name], handler, access_caller=True)
+        return linker
+
+    def prepare(self, ext: Extension) -> wasmtime.InstancePre:
+        """The extension's module compiled and linked, kept in memory by the digest it was vouched for (at
+        most MAX_PREPARED modules): a job pays neither a file read, a hash, a cache check nor a link. The
+        first use reads and verifies the file (load_module), so a module swapped on disk before it is never
+        run; after it, the bytes that run are the ones verified, whatever happens to the file."""
+        digest = ext.module_sha256
+        with self._prepared_lock:
+            pre = self._prepared.get(digest)
+            if pre is not None:
+                self._prepared.move_to_end(digest)
+                return pre
+        pre = self._linker.instantiate_pre(self.load_module(ext))
+        with self._prepared_lock:
+            self._prepared[digest] = pre
+            while len(self._prepared) > MAX_PREPARED:
+                self._prepared.popitem(last=False)
+        return pre
 
     def _tick(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
@@ -114,11 +166,14 @@ class Runtime:
             return self.cache.load(source, ext.module_path.suffix == ".wat", digest)
         return compile_module(self.engine, source, ext.module_path.suffix == ".wat")
 
-    def run_job(self, ext: Extension, job: str, dispatcher: CallHandler, input_json: bytes = b"{}",
-                module: wasmtime.Module | None = None) -> JobResult:
+    def run_job(self, ext: Extension, job: str, dispatcher: CallHandler, input_json: bytes = b"{}") -> JobResult:
         session = GuestSession(ext, dispatcher, self.limits.bridge, input=input_json,
                                deadline=Deadline.after(self.limits.cpu_seconds, lambda: self._interrupting))
-        status, code, error = self._run(ext, job, session, module)
+        self._current.session = session
+        try:
+            status, code, error = self._run(ext, job, session)
+        finally:
+            self._current.session = None
         if session.host_errors:
             error = (error + "; " if error else "") + "host errors: " + "; ".join(session.host_errors)
         if session.dropped_logs:
@@ -128,8 +183,7 @@ class Runtime:
             log.warning("job %s/%s %s: %s", ext.id, job, status, error)
         return JobResult(ext.id, job, status, code, error, tuple(session.logs))
 
-    def _run(self, ext: Extension, job: str, session: GuestSession,
-             module: wasmtime.Module | None) -> tuple[JobStatus, int | None, str]:
+    def _run(self, ext: Extension, job: str, session: GuestSession) -> tuple[JobStatus, int | None, str]:
         if job not in ext.jobs:
             return "failed", None, f"job {job!r} is not declared in the manifest (jobs: {', '.join(ext.jobs)})"
         lim = self.limits
@@ -141,14 +195,9 @@ class Runtime:
         if self._interrupting:
             return "interrupted", None, "the host is shutting down"
         store.set_epoch_deadline(self._deadline_ticks())
-        linker = wasmtime.Linker(self.engine)
-        for name, handler in (("spacedrive_call", session.call), ("spacedrive_result", session.result),
-                              ("spacedrive_input", session.input_), ("spacedrive_log", session.log)):
-            linker.define_func("spacedrive", name, self._types[name], handler, access_caller=True)
         memory = None
         try:
-            module = module or self.load_module(ext)
-            instance = linker.instantiate(store, module)
+            instance = self.prepare(ext).instantiate(store)
             exports = instance.exports(store)
             memory = exports.get("memory")
             if not isinstance(memory, wasmtime.Memory):
