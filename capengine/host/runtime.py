@@ -18,6 +18,7 @@ from typing import Literal
 import attrs
 import wasmtime
 
+from capengine.host import raw_functions
 from capengine.host.deadline import Deadline
 from capengine.host.manifests import Extension, IdentityError
 from capengine.host.module_cache import ModuleCache, compile_module
@@ -106,9 +107,13 @@ class Runtime:
             session.log(caller, level, ptr, length)
 
         linker = wasmtime.Linker(self.engine)
-        for name, handler in (("spacedrive_call", call), ("spacedrive_result", result),
-                              ("spacedrive_input", input_), ("spacedrive_log", log_)):
-            linker.define_func("spacedrive", name, self._types[name], handler, access_caller=True)
+        self._callbacks: list[object] = []  # the raw callbacks must outlive every instance of the linker
+        abi: tuple[tuple[str, raw_functions.HostFunction, int, bool], ...] = (
+            ("spacedrive_call", call, 5, True), ("spacedrive_result", result, 2, True),
+            ("spacedrive_input", input_, 2, True), ("spacedrive_log", log_, 3, False))
+        for name, handler, params, returns in abi:
+            raw_functions.define(linker, "spacedrive", name, self._types[name], params, returns, handler,
+                                 self._callbacks)
         return linker
 
     def prepare(self, ext: Extension) -> wasmtime.InstancePre:
