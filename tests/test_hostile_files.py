@@ -158,9 +158,7 @@ def test_content_hashes_are_cached_until_the_file_changes(lib, monkeypatch):
     assert exc.value.code == "NOT_FOUND"
 
 
-def test_host_shutdown_ends_a_long_host_call(tmp_path):
-    """A guest's call hashes a 1 GiB file; interrupt_all (daemon shutdown) stops the call, not just the wasm."""
-    policy = f"""
+SIDECAR_POLICY = f"""
 apiVersion: capengine/v1
 kind: Policy
 metadata: {{name: t}}
@@ -169,7 +167,11 @@ spec:
   rules:
     - {{id: s, effect: allow, operations: [vdfs.write_sidecar], condition: 'library == "{LIB}"'}}
 """
-    host = make_host(tmp_path, policy, cpu_seconds=60.0)
+
+
+def test_host_shutdown_ends_a_long_host_call(tmp_path):
+    """A guest's call hashes a 1 GiB file; interrupt_all (daemon shutdown) stops the call, not just the wasm."""
+    host = make_host(tmp_path, SIDECAR_POLICY, cpu_seconds=60.0)
     sparse(tmp_path / "lib" / "docs" / "big.bin", vdfs.MAX_HASHED)
     ext = extension(tmp_path, call_job("vdfs.write_sidecar", '{"path": "/docs/big.bin", "kind": "k", "data": "x"}'))
     out: list = []
@@ -187,6 +189,27 @@ spec:
         assert calls[0].code == "RESOURCE_EXHAUSTED" and "shutting down" in calls[0].message
     else:  # the shutdown came before the guest ran
         assert result.status == "interrupted"
+
+
+def test_the_jobs_cpu_limit_reaches_inside_a_host_call(tmp_path, monkeypatch):
+    """cpu_seconds=0.3 and a call that would hash 1 GiB in 4 KiB steps: the call stops at the job's limit."""
+    monkeypatch.setattr(vdfs, "HASH_CHUNK", 4096)
+    host = make_host(tmp_path, SIDECAR_POLICY, cpu_seconds=0.3)
+    sparse(tmp_path / "lib" / "docs" / "big.bin", vdfs.MAX_HASHED)
+    ext = extension(tmp_path, call_job("vdfs.write_sidecar", '{"path": "/docs/big.bin", "kind": "k", "data": "x"}'))
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(host.run_job(ext, "go", b"{}")), daemon=True)
+    try:
+        worker.start()
+        worker.join(HANG_BOUND)
+        assert not worker.is_alive()
+    finally:
+        host.close()
+    result, calls = out[0]
+    if calls:
+        assert calls[0].code == "RESOURCE_EXHAUSTED" and "time limit" in calls[0].message, calls[0]
+    else:  # the limit ran out before the guest got to its call
+        assert result.status == "failed" and "CPU time limit" in result.error
 
 
 # --- item 5: OCR decompression bomb ----------------------------------------------------------------------------
