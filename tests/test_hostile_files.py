@@ -4,6 +4,7 @@ as equal (NFD, case, non-UTF-8), sidecar poisoning across extensions. Real files
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import stat
 import struct
@@ -515,8 +516,9 @@ def test_devices_are_never_opened(lib):
 
 # --- a real case-insensitive volume (FUSE), where the kernel itself folds names -----------------------------------
 
-@pytest.fixture
-def casefold_volume(tmp_path):
+@contextlib.contextmanager
+def casefold_mount(backing: Path, mountpoint: Path):
+    """Mount tests/casefold_fuse.py (a kernel-level case-insensitive file system) over `backing`."""
     import shutil
     import subprocess
     import sys
@@ -524,9 +526,6 @@ def casefold_volume(tmp_path):
     pytest.importorskip("fuse", reason="fusepy is not installed")
     if not os.path.exists("/dev/fuse") or shutil.which("fusermount") is None:
         pytest.skip("no FUSE on this machine (needs /dev/fuse and fusermount from libfuse2)")
-    backing, mountpoint = tmp_path / "backing", tmp_path / "mnt"
-    backing.mkdir()
-    mountpoint.mkdir()
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("casefold_fuse.py")), str(backing),
                              str(mountpoint)], stderr=subprocess.PIPE)
     for _ in range(200):
@@ -537,10 +536,19 @@ def casefold_volume(tmp_path):
         proc.kill()
         pytest.skip(f"cannot mount a FUSE file system here: {proc.communicate()[1].decode()[-300:]}")
     try:
-        yield backing, mountpoint
+        yield
     finally:
         subprocess.run(["fusermount", "-u", str(mountpoint)], check=False)
         proc.wait(timeout=HANG_BOUND)
+
+
+@pytest.fixture
+def casefold_volume(tmp_path):
+    backing, mountpoint = tmp_path / "backing", tmp_path / "mnt"
+    backing.mkdir()
+    mountpoint.mkdir()
+    with casefold_mount(backing, mountpoint):
+        yield backing, mountpoint
 
 
 DENY_PRIVATE = """
@@ -624,3 +632,24 @@ def test_any_name_on_disk_is_listed_and_read_back(tmp_path, name):
         assert base64.b64decode(call(lib, "vdfs.read_file", path=path)["data"]) == b"payload:" + name
     finally:
         os.unlink(target)
+
+
+def test_a_case_insensitive_volume_mounted_inside_a_library_is_folded_too(tmp_path):
+    """The library root is on ext4 (probe: case-sensitive); /photos is a case-insensitive mount inside it."""
+    from wasm_helpers import policy_set
+
+    from capengine.host.extension_host import Host
+
+    root, backing = tmp_path / "lib", tmp_path / "backing"
+    (root / "photos").mkdir(parents=True)
+    (backing / "private").mkdir(parents=True)
+    (backing / "private" / "passport.png").write_text("PASSPORT")
+    with casefold_mount(backing, root / "photos"):
+        host = Host(policy_set(DENY_PRIVATE), tmp_path / "data")
+        try:
+            assert host.catalog.add(root, "home", LIB).case_insensitive is False
+            ext = extension(tmp_path, call_job("vdfs.read_file", '{"path": "/photos/PRIVATE/passport.png"}'))
+            result, calls = host.run_job(ext, "go", b"{}")
+        finally:
+            host.close()
+    assert (calls[0].code, calls[0].path) == ("PERMISSION_DENIED", "/photos/private/passport.png")
