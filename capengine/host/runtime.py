@@ -15,6 +15,7 @@ from typing import Literal
 import attrs
 import wasmtime
 
+from capengine.host import safe_text
 from capengine.host.deadline import Deadline
 from capengine.host.manifests import Extension
 from capengine.host.module_cache import ModuleCache, compile_module
@@ -107,6 +108,7 @@ class Runtime:
         session = GuestSession(ext, dispatcher, self.limits.bridge, input=input_json,
                                deadline=Deadline.after(self.limits.cpu_seconds, lambda: self._interrupting))
         status, code, error = self._run(ext, job, session, module)
+        error = safe_text.escape(error)  # may quote the module's own import and export names
         if session.host_errors:
             error = (error + "; " if error else "") + "host errors: " + "; ".join(session.host_errors)
         if session.dropped_logs:
