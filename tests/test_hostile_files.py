@@ -101,6 +101,29 @@ def test_a_fifo_swapped_in_after_the_check_is_opened_without_blocking_and_refuse
     assert result.startswith("INVALID_ARGUMENT") and "FIFO" in result
 
 
+def test_a_fifo_on_the_way_or_behind_a_link_is_never_opened(lib):
+    os.mkfifo(lib.root / "photos" / "pipe")
+    os.symlink("pipe", lib.root / "photos" / "link.png")
+    assert outcome(lib, "vdfs.read_file", path="/photos/pipe/x.png").startswith("NOT_FOUND")
+    assert outcome(lib, "vdfs.list_dir", path="/photos/pipe").startswith("NOT_FOUND")
+    assert outcome(lib, "vdfs.read_file", path="/photos/link.png").startswith("PERMISSION_DENIED")
+    assert call(lib, "vdfs.stat", path="/photos/pipe")["kind"] == "other"  # lstat only: metadata is safe
+
+
+def test_a_planted_sidecar_fifo_or_hard_link_is_refused(lib):
+    """Whoever writes the library can write .capengine/ too: a sidecar is opened like any library file."""
+    call(lib, "vdfs.write_sidecar", path="/photos/a.txt", kind="k", data="mine")
+    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/*/k")
+    stored.unlink()
+    os.mkfifo(stored)
+    assert outcome(lib, "vdfs.read_sidecar", path="/photos/a.txt", kind="k").startswith("INVALID_ARGUMENT")
+    stored.unlink()
+    (lib.root / "secret.txt").write_text("sk-live")
+    os.link(lib.root / "secret.txt", stored)
+    result = outcome(lib, "vdfs.read_sidecar", path="/photos/a.txt", kind="k")
+    assert result.startswith("PERMISSION_DENIED") and "sk-live" not in result
+
+
 def test_a_fifo_through_a_real_guest_fails_the_call_not_the_host(tmp_path):
     host = make_host(tmp_path, cpu_seconds=5.0)
     try:
