@@ -676,3 +676,11 @@ def test_a_case_insensitive_volume_mounted_inside_a_library_is_folded_too(tmp_pa
         finally:
             host.close()
     assert (calls[0].code, calls[0].path) == ("PERMISSION_DENIED", "/photos/private/passport.png")
+
+
+@pytest.mark.parametrize("name,extra", [("vdfs.read_file", {}), ("ai.ocr", {}),
+                                        ("vdfs.write_sidecar", {"kind": "k", "data": "x"}),
+                                        ("vdfs.read_sidecar", {"kind": "k"})])
+def test_the_library_root_is_not_a_file(lib, name, extra):
+    """Found by the fuzz test: ai.ocr of "/" read the root directory's descriptor (INTERNAL)."""
+    assert outcome(lib, name, path="/", **extra).startswith("INVALID_ARGUMENT")

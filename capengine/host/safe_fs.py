@@ -164,6 +164,8 @@ def open_beneath(root: Path, canonical: str, directory: bool = False,
     """Yield a read-only descriptor for the regular file (or, with directory=True, the directory) at
     `canonical` under `root`; the caller must not close it."""
     parts = _components(canonical)
+    if not parts and not directory:
+        raise FsError("INVALID_ARGUMENT", "/ is the library root, a directory")
     last = len(parts) - 1
     with _descriptors(canonical) as fds:
         fds.append(os.open(root, _DIR_FLAGS))
