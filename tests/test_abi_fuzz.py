@@ -136,7 +136,8 @@ def test_the_guest_itself_fails_when_the_host_stops_serving(host, monkeypatch):
 FIELDS = ["path", "message", "offset", "length", "kind", "name", "secret", "data", "writer", "replace", "language"]
 field_values = st.one_of(
     st.text(max_size=30), st.sampled_from(["/docs/hello.txt", "/docs", "/", "/docs/sub/secret.txt", "/nope",
-                                           "/docs/../x", "ocr-text", "eng"]),
+                                           "/docs/../x", "ocr-text", "eng", "/DOCS/HELLO.txt", "/docs/caf\u00e9",
+                                           "/Docs/Sub/Secret.TXT", "/docs/hello.txt/x"]),
     st.integers(min_value=-2 ** 70, max_value=2 ** 70), st.floats(allow_nan=False, allow_infinity=False),
     st.booleans(), st.none(), st.lists(st.integers(), max_size=3))
 
@@ -154,9 +155,15 @@ spec:
 
 @pytest.fixture(scope="module")
 def open_host(tmp_path_factory):
-    """Every operation allowed, so fuzzed input reaches the handlers instead of stopping at the policy."""
+    """Every operation allowed, so fuzzed input reaches the handlers instead of stopping at the policy; the
+    library is recorded case-insensitive, so every path also goes through the on-disk spelling lookup."""
+    import attrs
+
     tmp = tmp_path_factory.mktemp("fuzz-open")
     h = make_host(tmp, ALLOW_ALL)
+    h.catalog._known[LIB] = attrs.evolve(h.catalog.get(LIB), case_insensitive=True)
+    for name in ("Hello.TXT", "cafe\u0301", "caf\u00e9", "Docs2"):
+        (tmp / "lib" / "docs" / name).write_text(name)
     h.fuzz_ext = extension(tmp, GUEST)  # type: ignore[attr-defined]
     yield h
     h.close()
