@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from wasm_helpers import LIB, extension, make_host, wat_bytes, wat_module
 
 from capengine.host.envelope import FAULT_RANGE, FAULT_TOO_LARGE, OK, ErrorCode
+from capengine.host.operations import default_registry
 
 DATA = 16384  # where the guest copies its input; fuzzed bytes start at DATA + 24
 PAYLOAD = DATA + 24
@@ -130,3 +131,57 @@ def test_the_guest_itself_fails_when_the_host_stops_serving(host, monkeypatch):
     monkeypatch.setattr(GuestSession, "result", lambda self, caller, ptr, cap: -1)
     result, _ = host.run_job(host.fuzz_ext, "go", job_input(4, [0] * 5, b""))
     assert result.status == "failed"
+
+
+FIELDS = ["path", "message", "offset", "length", "kind", "name", "secret", "data", "writer", "replace", "language"]
+field_values = st.one_of(
+    st.text(max_size=30), st.sampled_from(["/docs/hello.txt", "/docs", "/", "/docs/sub/secret.txt", "/nope",
+                                           "/docs/../x", "ocr-text", "eng", "/DOCS/HELLO.txt", "/docs/caf\u00e9",
+                                           "/Docs/Sub/Secret.TXT", "/docs/hello.txt/x"]),
+    st.integers(min_value=-2 ** 70, max_value=2 ** 70), st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(), st.none(), st.lists(st.integers(), max_size=3))
+
+
+ALLOW_ALL = """
+apiVersion: capengine/v1
+kind: Policy
+metadata: {name: all}
+spec:
+  extensions: ["com.example.*"]
+  rules:
+    - {id: all, effect: allow, operations: ["**"]}
+"""
+
+
+@pytest.fixture(scope="module")
+def open_host(tmp_path_factory):
+    """Every operation allowed, so fuzzed input reaches the handlers instead of stopping at the policy; the
+    library is recorded case-insensitive, so every path also goes through the on-disk spelling lookup."""
+    import attrs
+
+    tmp = tmp_path_factory.mktemp("fuzz-open")
+    h = make_host(tmp, ALLOW_ALL)
+    h.catalog._known[LIB] = attrs.evolve(h.catalog.get(LIB), case_insensitive=True)
+    for name in ("Hello.TXT", "cafe\u0301", "caf\u00e9", "Docs2"):
+        (tmp / "lib" / "docs" / name).write_text(name)
+    h.fuzz_ext = extension(tmp, GUEST)  # type: ignore[attr-defined]
+    yield h
+    h.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(sorted(default_registry().names())),
+       payload=st.dictionaries(st.sampled_from(FIELDS), field_values, max_size=5))
+def test_no_payload_makes_an_operation_fail_inside_the_host(open_host, method, payload):
+    """Every operation, every shape of input that parses: a defined code, never INTERNAL (a host bug)."""
+    from capengine.host.dispatcher import Dispatcher
+    from capengine.host.host_errors import HostErrors
+
+    records = []
+    errors = HostErrors()
+    host = open_host
+    dispatcher = Dispatcher(host.active, host.registry, host.catalog, host.data_dir, records.append)
+    reply = json.loads(dispatcher.reply(host.fuzz_ext, method, LIB, payload, None, errors))
+    [record] = records
+    code = "OK" if reply["ok"] else reply["error"]["code"]
+    assert record.code == code and code in CODES and code != "INTERNAL", (reply, list(errors))

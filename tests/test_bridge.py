@@ -496,3 +496,11 @@ def test_a_directory_over_the_entry_cap_is_refused_without_reading_it_all(tmp_pa
     finally:
         h.close()
     assert env["error"]["code"] == "RESOURCE_EXHAUSTED" and "more than 10 entries" in env["error"]["message"]
+
+
+def test_import_names_in_job_errors_are_escaped(host, tmp_path, caplog):
+    wat = ('(module (import "env" "evil\\1b[2J\\0aforged line" (func)) (memory (export "memory") 1)'
+           ' (func (export "execute_go") (result i32) (i32.const 0)))')
+    result, _, _ = run(host, tmp_path, wat)
+    assert result.status == "failed" and "evil\\x1b[2J" in result.error and "\x1b" not in result.error
+    assert not any("\x1b" in r.getMessage() for r in caplog.records)

@@ -4,6 +4,7 @@ as equal (NFD, case, non-UTF-8), sidecar poisoning across extensions. Real files
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import stat
 import struct
@@ -100,6 +101,29 @@ def test_a_fifo_swapped_in_after_the_check_is_opened_without_blocking_and_refuse
     assert result.startswith("INVALID_ARGUMENT") and "FIFO" in result
 
 
+def test_a_fifo_on_the_way_or_behind_a_link_is_never_opened(lib):
+    os.mkfifo(lib.root / "photos" / "pipe")
+    os.symlink("pipe", lib.root / "photos" / "link.png")
+    assert outcome(lib, "vdfs.read_file", path="/photos/pipe/x.png").startswith("NOT_FOUND")
+    assert outcome(lib, "vdfs.list_dir", path="/photos/pipe").startswith("NOT_FOUND")
+    assert outcome(lib, "vdfs.read_file", path="/photos/link.png").startswith("PERMISSION_DENIED")
+    assert call(lib, "vdfs.stat", path="/photos/pipe")["kind"] == "other"  # lstat only: metadata is safe
+
+
+def test_a_planted_sidecar_fifo_or_hard_link_is_refused(lib):
+    """Whoever writes the library can write .capengine/ too: a sidecar is opened like any library file."""
+    call(lib, "vdfs.write_sidecar", path="/photos/a.txt", kind="k", data="mine")
+    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/*/k")
+    stored.unlink()
+    os.mkfifo(stored)
+    assert outcome(lib, "vdfs.read_sidecar", path="/photos/a.txt", kind="k").startswith("INVALID_ARGUMENT")
+    stored.unlink()
+    (lib.root / "secret.txt").write_text("sk-live")
+    os.link(lib.root / "secret.txt", stored)
+    result = outcome(lib, "vdfs.read_sidecar", path="/photos/a.txt", kind="k")
+    assert result.startswith("PERMISSION_DENIED") and "sk-live" not in result
+
+
 def test_a_fifo_through_a_real_guest_fails_the_call_not_the_host(tmp_path):
     host = make_host(tmp_path, cpu_seconds=5.0)
     try:
@@ -158,9 +182,7 @@ def test_content_hashes_are_cached_until_the_file_changes(lib, monkeypatch):
     assert exc.value.code == "NOT_FOUND"
 
 
-def test_host_shutdown_ends_a_long_host_call(tmp_path):
-    """A guest's call hashes a 1 GiB file; interrupt_all (daemon shutdown) stops the call, not just the wasm."""
-    policy = f"""
+SIDECAR_POLICY = f"""
 apiVersion: capengine/v1
 kind: Policy
 metadata: {{name: t}}
@@ -169,7 +191,11 @@ spec:
   rules:
     - {{id: s, effect: allow, operations: [vdfs.write_sidecar], condition: 'library == "{LIB}"'}}
 """
-    host = make_host(tmp_path, policy, cpu_seconds=60.0)
+
+
+def test_host_shutdown_ends_a_long_host_call(tmp_path):
+    """A guest's call hashes a 1 GiB file; interrupt_all (daemon shutdown) stops the call, not just the wasm."""
+    host = make_host(tmp_path, SIDECAR_POLICY, cpu_seconds=60.0)
     sparse(tmp_path / "lib" / "docs" / "big.bin", vdfs.MAX_HASHED)
     ext = extension(tmp_path, call_job("vdfs.write_sidecar", '{"path": "/docs/big.bin", "kind": "k", "data": "x"}'))
     out: list = []
@@ -187,6 +213,27 @@ spec:
         assert calls[0].code == "RESOURCE_EXHAUSTED" and "shutting down" in calls[0].message
     else:  # the shutdown came before the guest ran
         assert result.status == "interrupted"
+
+
+def test_the_jobs_cpu_limit_reaches_inside_a_host_call(tmp_path, monkeypatch):
+    """cpu_seconds=0.3 and a call that would hash 1 GiB in 4 KiB steps: the call stops at the job's limit."""
+    monkeypatch.setattr(vdfs, "HASH_CHUNK", 4096)
+    host = make_host(tmp_path, SIDECAR_POLICY, cpu_seconds=0.3)
+    sparse(tmp_path / "lib" / "docs" / "big.bin", vdfs.MAX_HASHED)
+    ext = extension(tmp_path, call_job("vdfs.write_sidecar", '{"path": "/docs/big.bin", "kind": "k", "data": "x"}'))
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(host.run_job(ext, "go", b"{}")), daemon=True)
+    try:
+        worker.start()
+        worker.join(HANG_BOUND)
+        assert not worker.is_alive()
+    finally:
+        host.close()
+    result, calls = out[0]
+    if calls:
+        assert calls[0].code == "RESOURCE_EXHAUSTED" and "time limit" in calls[0].message, calls[0]
+    else:  # the limit ran out before the guest got to its call
+        assert result.status == "failed" and "CPU time limit" in result.error
 
 
 # --- item 5: OCR decompression bomb ----------------------------------------------------------------------------
@@ -492,8 +539,9 @@ def test_devices_are_never_opened(lib):
 
 # --- a real case-insensitive volume (FUSE), where the kernel itself folds names -----------------------------------
 
-@pytest.fixture
-def casefold_volume(tmp_path):
+@contextlib.contextmanager
+def casefold_mount(backing: Path, mountpoint: Path):
+    """Mount tests/casefold_fuse.py (a kernel-level case-insensitive file system) over `backing`."""
     import shutil
     import subprocess
     import sys
@@ -501,9 +549,6 @@ def casefold_volume(tmp_path):
     pytest.importorskip("fuse", reason="fusepy is not installed")
     if not os.path.exists("/dev/fuse") or shutil.which("fusermount") is None:
         pytest.skip("no FUSE on this machine (needs /dev/fuse and fusermount from libfuse2)")
-    backing, mountpoint = tmp_path / "backing", tmp_path / "mnt"
-    backing.mkdir()
-    mountpoint.mkdir()
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("casefold_fuse.py")), str(backing),
                              str(mountpoint)], stderr=subprocess.PIPE)
     for _ in range(200):
@@ -514,10 +559,19 @@ def casefold_volume(tmp_path):
         proc.kill()
         pytest.skip(f"cannot mount a FUSE file system here: {proc.communicate()[1].decode()[-300:]}")
     try:
-        yield backing, mountpoint
+        yield
     finally:
         subprocess.run(["fusermount", "-u", str(mountpoint)], check=False)
         proc.wait(timeout=HANG_BOUND)
+
+
+@pytest.fixture
+def casefold_volume(tmp_path):
+    backing, mountpoint = tmp_path / "backing", tmp_path / "mnt"
+    backing.mkdir()
+    mountpoint.mkdir()
+    with casefold_mount(backing, mountpoint):
+        yield backing, mountpoint
 
 
 DENY_PRIVATE = """
@@ -601,3 +655,32 @@ def test_any_name_on_disk_is_listed_and_read_back(tmp_path, name):
         assert base64.b64decode(call(lib, "vdfs.read_file", path=path)["data"]) == b"payload:" + name
     finally:
         os.unlink(target)
+
+
+def test_a_case_insensitive_volume_mounted_inside_a_library_is_folded_too(tmp_path):
+    """The library root is on ext4 (probe: case-sensitive); /photos is a case-insensitive mount inside it."""
+    from wasm_helpers import policy_set
+
+    from capengine.host.extension_host import Host
+
+    root, backing = tmp_path / "lib", tmp_path / "backing"
+    (root / "photos").mkdir(parents=True)
+    (backing / "private").mkdir(parents=True)
+    (backing / "private" / "passport.png").write_text("PASSPORT")
+    with casefold_mount(backing, root / "photos"):
+        host = Host(policy_set(DENY_PRIVATE), tmp_path / "data")
+        try:
+            assert host.catalog.add(root, "home", LIB).case_insensitive is False
+            ext = extension(tmp_path, call_job("vdfs.read_file", '{"path": "/photos/PRIVATE/passport.png"}'))
+            result, calls = host.run_job(ext, "go", b"{}")
+        finally:
+            host.close()
+    assert (calls[0].code, calls[0].path) == ("PERMISSION_DENIED", "/photos/private/passport.png")
+
+
+@pytest.mark.parametrize("name,extra", [("vdfs.read_file", {}), ("ai.ocr", {}),
+                                        ("vdfs.write_sidecar", {"kind": "k", "data": "x"}),
+                                        ("vdfs.read_sidecar", {"kind": "k"})])
+def test_the_library_root_is_not_a_file(lib, name, extra):
+    """Found by the fuzz test: ai.ocr of "/" read the root directory's descriptor (INTERNAL)."""
+    assert outcome(lib, name, path="/", **extra).startswith("INVALID_ARGUMENT")

@@ -37,9 +37,6 @@ class Deadline:
     def remaining(self) -> float:
         return 0.0 if self.cancelled() else max(0.0, self.at - time.monotonic())
 
-    def expired(self) -> bool:
-        return self.remaining() <= 0.0
-
     def check(self, what: str) -> None:
         if self.cancelled():
             raise DeadlineExceeded(f"{what} stopped: the host is shutting down")

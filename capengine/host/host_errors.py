@@ -73,8 +73,5 @@ class HostErrors:
         if self.dropped:
             yield f"{self.dropped} further host failure(s) of other kinds"
 
-    def __len__(self) -> int:
-        return len(self._kinds) + (1 if self.dropped else 0)
-
     def __bool__(self) -> bool:
         return bool(self._kinds) or bool(self.dropped)

@@ -48,7 +48,8 @@ class Library:
 def probe_case_insensitive(root: Path) -> bool:
     """Whether the volume holding `root` treats names differing in case (or normalisation) as one.
 
-    Creates a mixed-case probe file under ROOT/.capengine and looks it up by another spelling. When the root
+    Creates a mixed-case probe file under ROOT/.capengine and looks it up by other spellings (case, NFD, an
+    ignorable U+200C). When the root
     is not writable, an existing entry is looked up with its case swapped. When nothing can be learned, the
     answer is True: treating a case-sensitive volume as insensitive only costs directory scans, the other
     mistake lets "/Private" past a deny on "/private"."""
@@ -62,9 +63,10 @@ def probe_case_insensitive(root: Path) -> bool:
     except OSError:
         return _probe_existing(root)
     try:
-        other = probe_dir / f"case-probe-{token}-\u00e9"
-        decomposed = probe_dir / f"Case-Probe-{token}-E\u0301"
-        return other.exists() or decomposed.exists()
+        variants = (f"case-probe-{token}-\u00e9",  # case
+                    f"Case-Probe-{token}-E\u0301",  # normalisation (APFS, even when case-sensitive)
+                    f"Case-\u200cProbe-{token}-\u00c9")  # an ignorable code point (HFS+)
+        return any(os.path.lexists(probe_dir / variant) for variant in variants)
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()

@@ -18,7 +18,7 @@ from typing import Literal
 import attrs
 import wasmtime
 
-from capengine.host import raw_functions
+from capengine.host import raw_functions, safe_text
 from capengine.host.deadline import Deadline
 from capengine.host.manifests import Extension, IdentityError
 from capengine.host.module_cache import ModuleCache, compile_module
@@ -179,6 +179,7 @@ class Runtime:
             status, code, error = self._run(ext, job, session)
         finally:
             self._current.session = None
+        error = safe_text.escape(error)  # may quote the module's own import and export names
         if session.host_errors:
             error = (error + "; " if error else "") + "host errors: " + "; ".join(session.host_errors)
         if session.dropped_logs:

@@ -164,6 +164,8 @@ def open_beneath(root: Path, canonical: str, directory: bool = False,
     """Yield a read-only descriptor for the regular file (or, with directory=True, the directory) at
     `canonical` under `root`; the caller must not close it."""
     parts = _components(canonical)
+    if not parts and not directory:
+        raise FsError("INVALID_ARGUMENT", "/ is the library root, a directory")
     last = len(parts) - 1
     with _descriptors(canonical) as fds:
         fds.append(os.open(root, _DIR_FLAGS))
@@ -225,9 +227,10 @@ def casefolded(directory: int) -> bool:
 
 
 def spelled_path(root: Path, canonical: str, case_insensitive: bool) -> str:
-    """`canonical` with each existing component spelled as it is on disk (NFC), where the file system folds
-    names (a case-insensitive library, or a casefold directory). This is the path a policy must judge: on such
-    a volume "/photos/Private/x" opens "/photos/private/x", and the deny on /photos/private/** must hold.
+    """`canonical` with each existing component spelled as it is on disk (NFC), wherever the file system may
+    fold names: a case-insensitive library, a casefold directory, another file system mounted inside. This is
+    the path a policy must judge: on such a volume "/photos/Private/x" opens "/photos/private/x", and the deny
+    on /photos/private/** must hold.
 
     A name the volume resolves but that no listed entry matches (HFS+ ignoring U+200C, say) is confirmed by
     inode; one that cannot be identified at all is refused rather than guessed. Components that do not exist
@@ -238,8 +241,13 @@ def spelled_path(root: Path, canonical: str, case_insensitive: bool) -> str:
     spelled: list[str] = []
     with _descriptors(canonical) as fds:
         fds.append(os.open(root, _DIR_FLAGS))
+        root_device = os.fstat(fds[0]).st_dev
+        folding = case_insensitive
         for i, text in enumerate(parts):
-            if not (case_insensitive or casefolded(fds[-1])):
+            # Below a mount point (a USB stick mounted inside the library, say) the probe made at `library add`
+            # says nothing: such a directory, and everything under it, is treated as folding.
+            folding = folding or casefolded(fds[-1]) or os.fstat(fds[-1]).st_dev != root_device
+            if not folding:
                 spelled.append(text)
                 name = fs_names.to_bytes(text)
             else:

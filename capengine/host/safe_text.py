@@ -3,8 +3,9 @@
 A guest chooses its log lines, the method names it calls, and parts of the messages echoed back (schema
 errors quote input). Printed raw, "\\n" forges a log line, ESC [ ... rewrites the operator's terminal, CR
 overwrites a line, U+202E reverses it, and a lone surrogate cannot even be encoded. `escape` writes every
-such character as a visible escape (\\n, \\x1b, \\u202e, \\udc80) and doubles the backslash, so the result is
-one printable line from which the original can be read back.
+such character as a visible escape (\\n, \\x1b, \\u202e, \\udc80), so the result is one printable line that
+cannot move the cursor or start another line. A backslash is left as it is: guests often log JSON, whose
+"\\n" should stay readable, and a literal "\\x1b" a guest writes is only text that looks like an escape.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import unicodedata
 
 _ESCAPED = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))  # controls, bidi/invisible format, surrogates, separators
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Where format characters live outside the BMP (Unicode 15): Kaithi, Egyptian format controls, shorthand,
 # musical symbols, tags.
 _ASTRAL_FORMAT = ((0x11000, 0x14000), (0x1BC00, 0x1BD00), (0x1D100, 0x1D200), (0xE0000, 0xE0100))
