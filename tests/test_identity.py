@@ -223,3 +223,15 @@ def test_a_damaged_registry_is_a_clear_error(tmp_path):
     run = cli("run", str(ext), "--data-dir", str(data), "--policies", str(policies(tmp_path)),
               "--library", str(ROOT / "extensions" / "sample-library"))
     assert run.returncode == 2 and "Traceback" not in run.stderr and REGISTRY_FILE in run.stderr
+
+
+def test_successive_installed_builds_of_one_id_share_its_data(tmp_path, host):
+    from wasm_helpers import installed_extension
+
+    first = installed_extension(host, tmp_path, call_job(*STORE, 0), SYNC)
+    assert host.run_job(first, "go", b"{}")[1][0].code == "OK"
+    second = installed_extension(host, tmp_path, call_job(*GET, 0), SYNC)  # the operator installed a new build
+    result, _ = host.run_job(second, "go", b"{}")
+    assert json.loads(result.logs[0][1])["result"]["secret"] == "s3cret-of-sync"
+    result, _ = host.run_job(first, "go", b"{}")  # the old build is no longer what is installed
+    assert result.status == "failed" and "refusing" in result.error

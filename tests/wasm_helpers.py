@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -59,6 +60,25 @@ def extension(tmp_path: Path, wat: str, ext_id: str = "com.example.app", operati
     path = tmp_path / f"{ext_id}.wat"
     path.write_text(wat)
     return Extension(ext_id, ext_id, "0.1.0", path, tuple(jobs), tuple(operations), tmp_path)
+
+
+def installed_extension(host: Host, tmp_path: Path, wat: str, ext_id: str = "com.example.app",
+                        operations=("**",), jobs=("go",)) -> Extension:
+    """Like `extension`, but installed in the host's data dir (replacing the id's previous module), so that
+    successive guests of one test act as one extension and share its vault and sidecars. A plain `extension`
+    runs in development mode: its namespace is keyed by its module digest, so two different guests never share."""
+    from capengine.host.installed import InstalledRegistry
+    from capengine.host.manifests import load_extension
+
+    directory = tmp_path / "installed" / ext_id
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "module.wat").write_text(wat)
+    (directory / "manifest.yaml").write_text(
+        f"id: {ext_id}\nname: {ext_id}\nversion: 0.1.0\nmodule: module.wat\njobs: [{', '.join(jobs)}]\n"
+        f"operations: [{', '.join(json.dumps(o) for o in operations)}]\n")
+    ext = load_extension(directory)
+    InstalledRegistry(host.data_dir).install(ext, replace=True)
+    return ext
 
 
 def policy_set(text: str) -> PolicySet:
