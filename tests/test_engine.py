@@ -60,37 +60,37 @@ def test_erroring_condition_fails_closed_for_allow_and_deny(tmp_path):
     write(tmp_path, "p.yaml", policy_yaml("p", """
         - id: allow-if-flag
           effect: allow
-          operations: ["test.ping"]
+          operations: ["app.ping"]
           condition: 'args.flag == true'
         - id: deny-if-big
           effect: deny
-          operations: ["vdfs.read_file"]
+          operations: ["app.read"]
           condition: 'args.size > 10'
         - id: allow-read
           effect: allow
-          operations: ["vdfs.read_file"]
+          operations: ["app.read"]
     """))
     ps = load_set(tmp_path)
-    d = ps.decide_raw(request("test.ping"))  # args.flag missing -> error -> allow not matched
+    d = ps.decide_raw(request("app.ping"))  # args.flag missing -> error -> allow not matched
     assert not d.allowed and d.errors and d.errors[0].rule == "p/allow-if-flag"
-    d = ps.decide_raw(request())  # args.size missing -> error -> deny matched
+    d = ps.decide_raw(request("app.read"))  # args.size missing -> error -> deny matched
     assert not d.allowed and d.rules == ("p/deny-if-big",) and "treated as matched" in d.errors[0].message
-    d = ps.decide_raw(request(size="12"))  # string > int: no overload -> error -> deny
+    d = ps.decide_raw(request("app.read", size="12"))  # string > int: no overload -> error -> deny
     assert not d.allowed
-    assert ps.decide_raw(request(size=3)).allowed
+    assert ps.decide_raw(request("app.read", size=3)).allowed
 
 
 def test_non_bool_condition_from_dyn_fails_closed(tmp_path):
     write(tmp_path, "p.yaml", policy_yaml("p", """
         - id: allow-by-arg
           effect: allow
-          operations: ["test.ping"]
+          operations: ["app.ping"]
           condition: 'args.flag'
     """))
     ps = load_set(tmp_path)
-    d = ps.decide_raw(request("test.ping", flag="yes"))
+    d = ps.decide_raw(request("app.ping", flag="yes"))
     assert not d.allowed and "not bool" in d.errors[0].message
-    assert ps.decide_raw(request("test.ping", flag=True)).allowed
+    assert ps.decide_raw(request("app.ping", flag=True)).allowed
 
 
 @pytest.mark.parametrize("operation,allowed", [
@@ -194,7 +194,7 @@ def test_decide_is_thread_safe(tmp_path):
     write(tmp_path, "p.yaml", policy_yaml("p", """
         - id: mine
           effect: allow
-          operations: ["vdfs.read_file"]
+          operations: ["app.read"]
           condition: 'path.under("/home/" + extension) && args.n % 2 == 0 && [1,2,3].exists(x, x == args.n % 4)'
     """, extensions='["**"]'))
     ps = load_set(tmp_path)
@@ -203,8 +203,8 @@ def test_decide_is_thread_safe(tmp_path):
     def worker(k: int) -> None:
         ext = f"ext.n{k}"
         for n in range(400):
-            own = ps.decide_raw(request(path=f"/home/{ext}/f", extension=ext, n=n)).allowed
-            other = ps.decide_raw(request(path=f"/home/ext.n{k + 1}/f", extension=ext, n=n)).allowed
+            own = ps.decide_raw(request("app.read", path=f"/home/{ext}/f", extension=ext, n=n)).allowed
+            other = ps.decide_raw(request("app.read", path=f"/home/ext.n{k + 1}/f", extension=ext, n=n)).allowed
             if own != (n % 4 == 2) or other:
                 failures.append((k, n, own, other))
 
