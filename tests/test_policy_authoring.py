@@ -153,3 +153,37 @@ def test_revision_is_independent_of_path_spelling(tmp_path, monkeypatch):
     assert relative == absolute == load_paths([copy]).revision
     (copy / "photo-ocr.yaml").write_text((copy / "photo-ocr.yaml").read_text() + "\n# changed\n")
     assert load_paths([copy]).revision != relative
+
+
+def test_unknown_key_is_reported_on_the_key_with_a_suggestion(tmp_path):
+    found, lines = findings_for(tmp_path, """
+        - id: a
+          effect: deny
+          operations: [vdfs.read_file]
+          conditon: 'path.under("/secrets")'
+    """)
+    (f,) = [f for f in found if f.code == "schema"]
+    assert (f.location.line, f.location.column) == (10, col(lines, 10, "conditon"))
+    assert "did you mean 'condition'?" in f.message
+
+
+def test_extra_schema_directory_is_the_escape_hatch_for_operations_registered_later(tmp_path, monkeypatch):
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    (schemas / "sync.upload.schema.json").write_text(
+        '{"type": "object", "x-capengine": {"reveals": ["content"]}, "additionalProperties": false,'
+        ' "required": ["path"], "properties": {"path": {"type": "string"}, "size": {"type": "integer"}}}')
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    write(policies, "p.yaml", policy_yaml("p", """
+        - {id: up, effect: allow, operations: [sync.upload], condition: 'has(args.size) && args.size < 10'}
+    """))
+    assert [f.code for f in run_check([policies], operations=OPS).findings] == ["unknown-operation"]
+    assert run_check([policies], operations=OPS, schema_dirs=[schemas]).findings == ()
+    monkeypatch.setenv("CAPENGINE_OPERATION_SCHEMAS", str(schemas))
+    assert run_check([policies], operations=OPS).findings == ()
+    write(policies, "p.yaml", policy_yaml("p", """
+        - {id: up, effect: allow, operations: [sync.upload], condition: 'args.sise < 10'}
+    """))
+    (f,) = run_check([policies], operations=OPS).findings
+    assert f.code == "cel-type" and "did you mean 'size'?" in f.message

@@ -23,6 +23,7 @@ import yaml
 from capengine.cel import ast as cel_ast
 from capengine.cel import checker as cel_checker
 from capengine.cel import compiler as cel_compiler
+from capengine.cel.checker import did_you_mean
 from capengine.cel.cost import Bound
 from capengine.cel.types import DYN, STRING, Type, map_of
 from capengine.policy import arg_types, globs, operations, paths
@@ -187,7 +188,13 @@ class _DocumentLoader:
             if err.validator == "additionalProperties" and isinstance(err.instance, dict):
                 properties: Json = err.schema.get("properties", {}) if isinstance(err.schema, dict) else {}
                 extra = sorted(set(err.instance) - set(properties))
-                where += (extra[0],) if extra else ()  # point at the offending key itself
+                if extra:  # point at the offending key itself, not its value
+                    key_at = self.doc.key_marks.get(where + (extra[0],))
+                    if key_at is not None:
+                        self.findings.append(Finding(Location(self.path, *key_at), "error", Code.SCHEMA,
+                                                     _schema_message(err)))
+                        continue
+                    where += (extra[0],)
             self.report(where, Code.SCHEMA, _schema_message(err))
         schema_ok = len(self.findings) == errors_before
         if kind == "Policy":
@@ -346,7 +353,8 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
         instance: Json = err.instance
         extra = sorted(set(instance) - set(schema.get("properties", {})))
         allowed = ", ".join(sorted(schema.get("properties", {})))
-        return f"unknown key(s) {', '.join(map(repr, extra))} in {where}; allowed: {allowed}"
+        hint = did_you_mean(extra[0], schema.get("properties", {})) if len(extra) == 1 else ""
+        return f"unknown key(s) {', '.join(map(repr, extra))} in {where}{hint}; allowed: {allowed}"
     if err.validator == "required":
         return f"{err.message} in {where}"
     if err.validator == "enum":

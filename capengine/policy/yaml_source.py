@@ -34,6 +34,7 @@ class Document:
     marks: dict[JsonPath, tuple[int, int]]  # JSON path -> (line, column), 1-based
     nodes: dict[JsonPath, yaml.Node]
     duplicates: list[tuple[str, int, int]]  # (key, line, column) of repeated mapping keys
+    key_marks: dict[JsonPath, tuple[int, int]] = attrs.field(factory=dict)  # where each mapping key is written
 
     def position(self, path: JsonPath) -> tuple[int, int]:
         """Position of the node at `path`, or of its nearest ancestor that exists."""
@@ -95,6 +96,7 @@ def _convert(node: yaml.Node, path: JsonPath, doc: Document, depth: int) -> obje
             if key in result:
                 doc.duplicates.append((key, key_node.start_mark.line + 1, key_node.start_mark.column + 1))
                 continue  # the first occurrence stands; the duplicate is reported, never silently used
+            doc.key_marks[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             result[key] = _convert(value_node, path + (key,), doc, depth + 1)
         return result
     if isinstance(node, yaml.SequenceNode):
