@@ -187,3 +187,17 @@ def test_extra_schema_directory_is_the_escape_hatch_for_operations_registered_la
     """))
     (f,) = run_check([policies], operations=OPS).findings
     assert f.code == "cel-type" and "did you mean 'size'?" in f.message
+
+
+def test_a_broken_schema_directory_is_a_clear_error(tmp_path):
+    write(tmp_path, "p.yaml", policy_yaml("p", "- {id: a, effect: allow, operations: [vdfs.stat]}\n"))
+    (f,) = run_check([tmp_path / "p.yaml"], schema_dirs=[tmp_path / "missing"]).findings
+    assert f.code == "io" and "not a directory" in f.message
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.op.schema.json").write_text("[1, 2]")
+    (f,) = run_check([tmp_path / "p.yaml"], schema_dirs=[bad]).findings
+    assert f.code == "io" and "must be a JSON object" in f.message
+    (bad / "x.op.schema.json").write_text("{not json")
+    (f,) = run_check([tmp_path / "p.yaml"], schema_dirs=[bad]).findings
+    assert f.code == "io" and "x.op.schema.json: not valid JSON" in f.message

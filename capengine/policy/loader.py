@@ -119,7 +119,8 @@ def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = 
             catalog = catalog.with_directories(schema_dirs)
         except (OSError, ValueError) as exc:
             findings.append(Finding(Location(str(schema_dirs[0])), "error", Code.IO,
-                                    f"cannot read operation schemas: {exc}"))
+                                    f"cannot read operation schemas: {exc}; fix the file or the directory list "
+                                    f"(schema_dirs / ${SCHEMA_PATH_ENV})"))
     result = LoadResult([], findings, catalog)
     for path in files:
         try:
