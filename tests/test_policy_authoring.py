@@ -201,3 +201,15 @@ def test_a_broken_schema_directory_is_a_clear_error(tmp_path):
     (bad / "x.op.schema.json").write_text("{not json")
     (f,) = run_check([tmp_path / "p.yaml"], schema_dirs=[bad]).findings
     assert f.code == "io" and "x.op.schema.json: not valid JSON" in f.message
+
+
+def test_text_report_shows_the_source_line_with_a_caret(tmp_path):
+    from capengine.policy import report
+
+    found, lines = findings_for(tmp_path, """
+        - {id: a, effect: deny, operations: [vdfs.read_file], condition: 'args.lenght > 1'}
+    """)
+    text = report.as_text(found, "summary").splitlines()
+    column = col(lines, 7, "lenght")
+    assert text[1] == f"  7 | {lines[6]}"
+    assert text[2] == "    | " + " " * (column - 1) + "^"
