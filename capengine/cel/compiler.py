@@ -11,6 +11,7 @@ type, statically where the checker proved the types and at run time otherwise; l
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import cast
 
 import attrs
@@ -68,7 +69,7 @@ CompileProblem = ast.CelSyntaxError | CheckError | CompileError
 class CostModel:
     """Size bounds of the declared variables for the static cost estimate (see cost.py), and the limit."""
 
-    variables: Mapping[str, cost.Bound]
+    variables: Mapping[str, cost.Bound] = attrs.field(converter=lambda v: MappingProxyType(dict(v)))
     unknown: cost.Bound  # any value whose size nothing bounds (a guest-sized field of a dyn map)
     limit: int | None = cost.BUDGET  # None: estimate, but never refuse (run-time metering still applies)
 
