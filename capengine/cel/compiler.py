@@ -62,6 +62,14 @@ class Program:
             raise CelError(f"{type(exc).__name__}: {exc}") from None
 
 
+class CostLimitError(CompileError):
+    """The expression's estimated worst-case cost exceeds the limit (see cost.py)."""
+
+    def __init__(self, message: str, pos: ast.Pos, estimate: int) -> None:
+        super().__init__(message, pos)
+        self.estimate = estimate
+
+
 CompileProblem = ast.CelSyntaxError | CheckError | CompileError
 
 
@@ -100,10 +108,10 @@ def compile_expression(source: str, decls: dict[str, Type] | None, env: Environm
     if checked is not None and costs is not None:
         estimate = cost.estimate(node, checked.node_types, costs.variables, costs.unknown)
         if costs.limit is not None and estimate.cost > costs.limit:
-            return None, [CompileError(
+            return None, [CostLimitError(
                 f"worst-case cost {estimate.cost:,} units exceeds the budget of {costs.limit:,} (sizes the "
                 "guest controls make this condition too expensive: avoid scanning large values inside "
-                "loops, or bound what it reads)", node.pos)]
+                "loops, or bound what it reads)", node.pos, estimate.cost)]
     metered = estimate is None or not estimate.bounded or estimate.cost > cost.BUDGET
     compiler = _Compiler(env, checked, total and checked is not None, metered)
     try:

@@ -298,8 +298,6 @@ class _DocumentLoader:
             pos = err.pos if not isinstance(err, cel_ast.CelSyntaxError) else cel_ast.Pos(err.line, err.column)
             line, column = self._expression_position(node, pos)
             code = _ERROR_CODES.get(type(err), Code.CEL_INVALID)
-            if isinstance(err, cel_compiler.CompileError) and err.message.startswith("worst-case cost"):
-                code = Code.CEL_COST
             self.findings.append(Finding(Location(self.path, line, column), "error", code,
                                          f"{err.message} in condition {source.strip()!r}"))
         if program is not None and program.type not in (Type("bool"), DYN):
@@ -338,7 +336,8 @@ class _DocumentLoader:
         self.out.suites.append(TestSuite(data["metadata"]["name"], tuple(cases), self.at(())))
 
 
-_ERROR_CODES: dict[type, Code] = {cel_ast.CelSyntaxError: Code.CEL_SYNTAX, cel_checker.CheckError: Code.CEL_TYPE}
+_ERROR_CODES: dict[type, Code] = {cel_ast.CelSyntaxError: Code.CEL_SYNTAX, cel_checker.CheckError: Code.CEL_TYPE,
+                                  cel_compiler.CostLimitError: Code.CEL_COST}
 
 
 def _get(container: Json, key: str, kind: type) -> Json:
