@@ -13,6 +13,7 @@ from capengine.cel.ast import Literal, parse
 from capengine.cel.checker import did_you_mean
 from capengine.policy import globs
 from capengine.policy.codes import Code
+from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.model import Finding, Policy, Rule, TestSuite
 from capengine.policy.operations import Catalog, builtin, selector_matches
 
@@ -89,7 +90,7 @@ def _literally_false(condition: str | None) -> bool:
     if condition is None:
         return False
     try:
-        node = parse(condition)
+        node = parse(condition, POLICY_ENVIRONMENT.namespaced)
     except Exception:  # syntax errors are the loader's to report
         return False
     return isinstance(node, Literal) and node.value is False
@@ -127,7 +128,7 @@ def _nodes(condition: str | None) -> Iterator[object]:
     if condition is None:
         return
     try:
-        root = parse(condition)
+        root = parse(condition, POLICY_ENVIRONMENT.namespaced)
     except Exception:
         return
     stack: list[object] = [root]
@@ -150,6 +151,17 @@ def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str
     content-revealing operation (OCR, sidecars of the file) read them: the deny protects nothing."""
     names = ops if ops is not None else catalog.names()
     revealing = [op for op in names if (info := catalog.get(op)) is not None and CONTENT in info.classes]
+    # per policy, once: which content-revealing operation some allow rule of it grants (and which rule)
+    allowed: list[tuple[Policy, dict[str, str]]] = []
+    for other in policies:
+        grants: dict[str, str] = {}
+        for allow in other.rules:
+            if allow.effect == "allow":
+                for op in revealing:
+                    if op not in grants and any(selector_matches(s, op, False, catalog) for s in allow.operations):
+                        grants[op] = allow.qualified_id
+        if grants:
+            allowed.append((other, grants))
     out: list[Finding] = []
     for policy in policies:
         for deny in policy.rules:
@@ -159,16 +171,11 @@ def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str
             if not denied:
                 continue
             leaks: dict[str, str] = {}
-            for other in policies:
-                if not _extensions_overlap(policy, other):
-                    continue
-                for allow in other.rules:
-                    if allow.effect != "allow":
-                        continue
-                    for op in revealing:
-                        if op not in denied and op not in leaks and any(
-                                selector_matches(s, op, False, catalog) for s in allow.operations):
-                            leaks[op] = allow.qualified_id
+            for other, grants in allowed:
+                if _extensions_overlap(policy, other):
+                    for op, rule in grants.items():
+                        if op not in denied:
+                            leaks.setdefault(op, rule)
             if leaks:
                 shown = ", ".join(f"{op} (allowed by {rule})" for op, rule in sorted(leaks.items()))
                 out.append(Finding(deny.location, "warning", Code.CONTENT_REACHABLE,
