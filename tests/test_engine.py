@@ -226,3 +226,23 @@ def test_guest_sized_lists_cannot_make_a_policy_burn_cpu(tmp_path):
     result = load_paths([tmp_path])
     (finding,) = result.findings
     assert finding.code == "cel-cost" and finding.location.line == 8 and "exceeds the budget" in finding.message
+
+
+def test_explain_says_why_rules_did_not_apply_and_when_a_deny_failed_closed(tmp_path):
+    write(tmp_path, "p.yaml", policy_yaml("p", """
+        - {id: read, effect: allow, operations: [vdfs.read_file], condition: 'path.under("/photos")'}
+        - {id: big, effect: deny, operations: [vdfs.read_file], condition: 'args.length > 10'}
+        - {id: ocr, effect: allow, operations: [ai.ocr]}
+    """))
+    write(tmp_path, "q.yaml", policy_yaml("q", "- {id: other, effect: allow, operations: [vdfs.stat]}\n",
+                                          extensions='["org.other.*"]'))
+    ps = load_set(tmp_path)
+    ex = ps.explain(request(path="/photos/a.jpg"))  # no args.length: the deny errors, which matches
+    assert not ex.decision.allowed and ex.decision.rules == ("p/big",)
+    assert "errored" in ex.reason and "fail closed" in ex.reason
+    assert [(t.rule, t.result, t.condition) for t in ex.trace] == [
+        ("p/big", "error", "args.length > 10"), ("p/read", "matched", 'path.under("/photos")')]
+    assert dict(ex.skipped) == {"p/ocr": "operation vdfs.read_file is not in ai.ocr",
+                                "q/other": "extension com.example.app is not in org.other.*"}
+    typo = ps.explain(request("vdfs.readfile"))
+    assert "unknown operation 'vdfs.readfile'; did you mean 'vdfs.read_file'?" in typo.reason
