@@ -2,7 +2,9 @@
 
 Semantics: default deny; any matching deny beats every allow whatever the order of files or rules; a
 condition that errors or yields a non-bool counts as matched for deny rules and unmatched for allow rules
-(fail closed), and is reported in the decision. Rules are indexed by exact operation name and by pattern,
+(fail closed), and is reported in the decision. A rule's operations are globs over names or operation classes
+(`class:reveals-content`, resolved against the operation catalog; an operation that declares nothing is in
+every class for a deny and in none for an allow). Rules are indexed by exact operation name and by pattern,
 and the candidate list per (extension, operation) is computed once and cached, so deciding a call never
 scans unrelated rules. A PolicySet is never mutated after construction: hot reload builds a new one.
 """
