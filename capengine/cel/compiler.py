@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import cast
+from typing import Any, cast
 
 import attrs
 
@@ -133,7 +133,9 @@ def _raise(message: str) -> Fn:
     return fail
 
 
-_STRING_TESTS = {"startsWith": str.startswith, "endsWith": str.endswith, "contains": str.__contains__}
+# no typing.cast in these closures: it is a real call on the hot path
+_STRING_TESTS: dict[str, Callable[[Any, str], bool]] = {
+    "startsWith": str.startswith, "endsWith": str.endswith, "contains": str.__contains__}
 
 
 class _Compiler:
@@ -195,11 +197,11 @@ class _Compiler:
         self._validate_literal_arguments(fn, (node.target, *args))  # same load-time errors as the general path
         if fn in _STRING_TESTS:
             test = _STRING_TESTS[fn]
-            return lambda a: test(cast(str, a[name]), text)
+            return lambda a: test(a[name], text)
         for overload in self.env.overloads(fn, True):
             if overload.specialize is not None and overload.params == (STRING, STRING) and overload.result == BOOL:
                 specialized = overload.specialize(text)
-                return lambda a: cast(bool, specialized(a[name]))
+                return lambda a: specialized(a[name])
         return None
 
     def _Literal(self, node: ast.Literal, scope: Scope) -> Fn:
