@@ -146,3 +146,11 @@ def test_empty_and_non_utf8_files_are_reported(tmp_path):
     found = {(f.location.file.rsplit("/", 1)[-1], f.location.line, f.severity, f.code)
              for f in load_paths([tmp_path]).findings}
     assert found == {("empty.yaml", 1, "warning", "empty-file"), ("latin1.yaml", 3, "error", "io")}
+
+
+def test_duplicate_policy_points_at_the_second_name(tmp_path):
+    write(tmp_path, "a.yaml", policy_yaml("same", "- {id: r, effect: allow, operations: [a.b]}\n"))
+    write(tmp_path, "b.yaml", "# a comment\n" + policy_yaml("same", "- {id: r, effect: allow, operations: [a.b]}\n"))
+    (finding,) = load_paths([tmp_path]).findings
+    assert finding.location.file.endswith("b.yaml") and (finding.location.line, finding.location.column) == (4, 18)
+    assert "a.yaml:3:18" in finding.message

@@ -251,7 +251,7 @@ class _DocumentLoader:
                                 raw.get("burst", int(count)), raw.get("cost", 1), self.at(("spec", "limits", i)),
                                 self._item_locations(("spec", "limits", i, "operations"), raw["operations"])))
         self.out.policies.append(Policy(name, data["metadata"].get("description", ""), tuple(spec["extensions"]),
-                                        rules, tuple(limits), self.at(()),
+                                        rules, tuple(limits), self.at(("metadata", "name")),
                                         self._item_locations(("spec", "extensions"), spec["extensions"])))
         self.out.programs.update(programs)
 
