@@ -154,3 +154,17 @@ def test_duplicate_policy_points_at_the_second_name(tmp_path):
     (finding,) = load_paths([tmp_path]).findings
     assert finding.location.file.endswith("b.yaml") and (finding.location.line, finding.location.column) == (4, 18)
     assert "a.yaml:3:18" in finding.message
+
+
+@pytest.mark.parametrize("condition, needle", [
+    ('"path == \\"/x\\" && nope"', "nope"),
+    ('"path == \\u0022/x\\u0022 && nope"', "nope"),
+    ("'path == ''/x'' && nope'", "nope"),
+    ('"nope"', "nope"),
+])
+def test_error_columns_are_exact_in_quoted_yaml_with_escapes(tmp_path, condition, needle):
+    text = policy_yaml("p", f"- {{id: r, effect: allow, operations: [a.b], condition: {condition}}}\n")
+    write(tmp_path, "p.yaml", text)
+    (finding,) = load_paths([tmp_path]).findings
+    line = text.splitlines()[6]
+    assert (finding.location.line, finding.location.column) == (7, line.index(needle) + 1), finding
