@@ -213,3 +213,15 @@ def test_text_report_shows_the_source_line_with_a_caret(tmp_path):
     column = col(lines, 7, "lenght")
     assert text[1] == f"  7 | {lines[6]}"
     assert text[2] == "    | " + " " * (column - 1) + "^"
+
+
+def test_rate_and_regex_errors_in_plain_words(tmp_path):
+    text = policy_yaml("p", """
+        - {id: a, effect: allow, operations: [vdfs.stat], condition: 'path.matches(r"(a)\\1")'}
+        - {id: b, effect: allow, operations: [vdfs.stat], condition: 'path.matches("a(?=b)")'}
+    """) + "  limits:\n    - {operations: [vdfs.stat], rate: 10/sec}\n"
+    write(tmp_path, "p.yaml", text)
+    messages = [f.message for f in load_paths([tmp_path]).findings]
+    assert any("backreferences" in m and "RE2" in m for m in messages), messages
+    assert any("lookahead" in m for m in messages), messages
+    assert any("is not a rate" in m and "10/second" in m for m in messages), messages

@@ -336,6 +336,14 @@ class _DocumentLoader:
         self.out.suites.append(TestSuite(data["metadata"]["name"], tuple(cases), self.at(())))
 
 
+_PATTERN_WORDS = {  # what a schema pattern means, for messages (the regex itself helps nobody)
+    "rate": "a rate: a positive count, '/', and second, minute or hour (e.g. 10/second, 100/minute, 5/hour)",
+    "operations": "an operation glob (letters, digits, '_', '-', '.', '*', '?') or class:<reveals|affects>-<what>",
+    "extensions": "an extension id glob (letters, digits, '_', '-', '.', '*', '?')",
+    "name": "an identifier (letters, digits, '_', '.', '-'; starting with a letter or digit; at most 128)",
+    "id": "an identifier (letters, digits, '_', '.', '-'; starting with a letter or digit; at most 128)",
+}
+
 _ERROR_CODES: dict[type, Code] = {cel_ast.CelSyntaxError: Code.CEL_SYNTAX, cel_checker.CheckError: Code.CEL_TYPE,
                                   cel_compiler.CostLimitError: Code.CEL_COST}
 
@@ -361,6 +369,12 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
         choices: Json = err.validator_value
         return f"{where}: {err.instance!r} is not one of {', '.join(map(repr, choices))}"
     if err.validator == "pattern":
+        field = str(err.absolute_path[-1]) if err.absolute_path else ""
+        if isinstance(err.absolute_path[-1] if err.absolute_path else None, int) and len(err.absolute_path) > 1:
+            field = str(err.absolute_path[-2])
+        expected = _PATTERN_WORDS.get(field)
+        if expected:
+            return f"{where}: {err.instance!r} is not {expected}"
         return f"{where}: {err.instance!r} does not match the required pattern {err.validator_value}"
     return f"{where}: {err.message}"
 
