@@ -37,7 +37,7 @@ def test_quadratic_scans_are_refused_at_load_with_their_estimate(tmp_path, sourc
     write(tmp_path, "p.yaml", policy_yaml("p", f"""
         - id: scan
           effect: deny
-          operations: [test.ping]
+          operations: [app.scan]
           condition: '{source}'
     """))
     result = load_paths([tmp_path])
@@ -73,15 +73,15 @@ def test_budget_exhaustion_cannot_be_absorbed_by_or(tmp_path):
 def test_bounded_scans_of_a_large_value_load_and_decide(tmp_path):
     """Twenty scans of at most 1 MiB fit the budget: such a rule loads and decides on a 1 MiB payload."""
     write(tmp_path, "p.yaml", policy_yaml("p", """
-        - {id: ping, effect: allow, operations: [test.ping]}
+        - {id: ping, effect: allow, operations: [app.scan]}
         - id: many-scans
           effect: deny
-          operations: [test.ping]
+          operations: [app.scan]
           condition: '[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].exists(i, args.data.contains(string(i)))'
     """))
     ps = load_set(tmp_path)
-    assert ps.decide_raw(request("test.ping", data="x" * 1024 * 1024)).allowed
-    denied = ps.decide_raw(request("test.ping", data="x" * 1024 * 1024 + "17"))
+    assert ps.decide_raw(request("app.scan", data="x" * 1024 * 1024)).allowed
+    denied = ps.decide_raw(request("app.scan", data="x" * 1024 * 1024 + "17"))
     assert not denied.allowed and denied.rules == ("p/many-scans",) and not denied.errors
 
 

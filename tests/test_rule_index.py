@@ -16,7 +16,7 @@ from capengine.policy.model import Location, Policy, Request, Rule
 from capengine.policy.rule_index import guard_of
 
 OTHER = "00000000-0000-4000-8000-000000000001"
-SEGMENTS = ["a", "b", "c", "photos", "private", "x.png"]
+SEGMENTS = ["a", "b", "c", "photos", "private", "x.png", "caf\u00e9"]
 # (id, effect, condition); args.n / args.kind are untyped here on purpose (programs are compiled directly,
 # so every value type reaches the conditions, including the ones typed args would refuse at load).
 RULES = [
@@ -35,6 +35,7 @@ RULES = [
     ("a-lib", "allow", f'library == "{LIB}" && args.n >= 5'),
     ("a-root", "allow", 'path == "/" || path.under("/photos/b")'),
     ("a-bad", "allow", 'path.under("/b") && int(args.kind) > 0'),
+    ("a-nfd", "allow", 'path.glob("/photos/cafe\u0301/**")'),
     ("a-none", "allow", None),
 ]
 
@@ -86,6 +87,7 @@ def test_the_index_really_selects(sets: tuple[PolicySet, PolicySet]) -> None:
 @pytest.mark.parametrize(("condition", "guard"), [
     ('path.under("/photos/2024")', ("under", ("/photos/2024",))),
     ('path.glob("/photos/*/raw/**")', ("under", ("/photos",))),
+    ('path.glob("/cafe\u0301/**")', ("under", ("/caf\u00e9",))),  # NFC, as glob() normalises its pattern
     ('args.size > 1 && path.under("/a") && path.under("/a/b/c")', ("under", ("/a/b/c",))),
     ('library == "x" && args.kind == "a"', ("library", ("x",))),
     ('args.kind in ["a", 1]', ("arg", ((str, "a"), (int, 1)))),

@@ -162,11 +162,14 @@ def _operator_pos(op_tree: lark.Tree, fn: str) -> Pos:
     return Pos(end_line, end_column - width)
 
 
+@lru_cache(maxsize=8192)
 def parse(source: str, namespaced: frozenset[str] = frozenset()) -> Node:
     """Parse a CEL expression; raises CelSyntaxError with a position inside `source`.
 
     `namespaced`: the environment's dotted function names (`strings.quote`); `a.b(x)` is a call of the
     function `a.b` when it is one of them, else the method `b` on `a` (CEL resolves names this way).
+    The AST is immutable, so a parse is cached and shared: loading, lint and checks of one condition (and of
+    the same condition in many files) parse it once.
     """
     try:
         tree = _parser().parse(source)

@@ -11,7 +11,8 @@ type, statically where the checker proved the types and at run time otherwise; l
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import cast
+from types import MappingProxyType
+from typing import Any, cast
 
 import attrs
 
@@ -62,6 +63,14 @@ class Program:
             raise CelError(f"{type(exc).__name__}: {exc}") from None
 
 
+class CostLimitError(CompileError):
+    """The expression's estimated worst-case cost exceeds the limit (see cost.py)."""
+
+    def __init__(self, message: str, pos: ast.Pos, estimate: int) -> None:
+        super().__init__(message, pos)
+        self.estimate = estimate
+
+
 CompileProblem = ast.CelSyntaxError | CheckError | CompileError
 
 
@@ -69,7 +78,7 @@ CompileProblem = ast.CelSyntaxError | CheckError | CompileError
 class CostModel:
     """Size bounds of the declared variables for the static cost estimate (see cost.py), and the limit."""
 
-    variables: Mapping[str, cost.Bound]
+    variables: Mapping[str, cost.Bound] = attrs.field(converter=lambda v: MappingProxyType(dict(v)))
     unknown: cost.Bound  # any value whose size nothing bounds (a guest-sized field of a dyn map)
     limit: int | None = cost.BUDGET  # None: estimate, but never refuse (run-time metering still applies)
 
@@ -100,10 +109,10 @@ def compile_expression(source: str, decls: dict[str, Type] | None, env: Environm
     if checked is not None and costs is not None:
         estimate = cost.estimate(node, checked.node_types, costs.variables, costs.unknown)
         if costs.limit is not None and estimate.cost > costs.limit:
-            return None, [CompileError(
+            return None, [CostLimitError(
                 f"worst-case cost {estimate.cost:,} units exceeds the budget of {costs.limit:,} (sizes the "
                 "guest controls make this condition too expensive: avoid scanning large values inside "
-                "loops, or bound what it reads)", node.pos)]
+                "loops, or bound what it reads)", node.pos, estimate.cost)]
     metered = estimate is None or not estimate.bounded or estimate.cost > cost.BUDGET
     compiler = _Compiler(env, checked, total and checked is not None, metered)
     try:
@@ -125,7 +134,9 @@ def _raise(message: str) -> Fn:
     return fail
 
 
-_STRING_TESTS = {"startsWith": str.startswith, "endsWith": str.endswith, "contains": str.__contains__}
+# no typing.cast in these closures: it is a real call on the hot path
+_STRING_TESTS: dict[str, Callable[[Any, str], bool]] = {
+    "startsWith": str.startswith, "endsWith": str.endswith, "contains": str.__contains__}
 
 
 class _Compiler:
@@ -187,7 +198,7 @@ class _Compiler:
         self._validate_literal_arguments(fn, (node.target, *args))  # same load-time errors as the general path
         if fn in _STRING_TESTS:
             test = _STRING_TESTS[fn]
-            return lambda a: test(cast(str, a[name]), text)
+            return lambda a: test(a[name], text)
         for overload in self.env.overloads(fn, True):
             if overload.specialize is not None and overload.params == (STRING, STRING) and overload.result == BOOL:
                 return overload.specialize(text, name)

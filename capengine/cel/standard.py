@@ -172,7 +172,31 @@ def compile_regex(pattern: str) -> Any:
         return re2.compile(pattern, _RE2_OPTIONS)
     except Exception as exc:  # re2.error has no stable public base class across versions
         detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise CelError(f"invalid regular expression {pattern!r}: {detail}") from None
+        raise CelError(f"invalid regular expression {pattern!r}: {_plain_regex_error(detail)}") from None
+
+
+_RE2_ERRORS = (  # RE2's terse messages, said in plain terms (what is wrong and what to do)
+    ("missing )", "a '(' is never closed"),
+    ("unexpected )", "a ')' has no matching '('"),
+    ("missing ]", "a '[' character class is never closed"),
+    ("invalid escape sequence: \\1", "backreferences (\\1) are not supported: RE2 runs in linear time"),
+    ("invalid perl operator: (?=", "lookahead (?=...) is not supported: RE2 runs in linear time"),
+    ("invalid perl operator: (?!", "negative lookahead (?!...) is not supported: RE2 runs in linear time"),
+    ("invalid perl operator: (?<", "lookbehind (?<=...) is not supported: RE2 runs in linear time"),
+    ("invalid repetition size", "a repetition count is above 1000 or malformed (x{n,m} needs n <= m <= 1000)"),
+    ("bad repetition operator", "a repetition operator (* + ? {n}) follows nothing or another repetition"),
+    ("missing argument to repetition operator", "a repetition operator (* + ? {n}) has nothing to repeat"),
+    ("invalid escape sequence", "an escape sequence RE2 does not know; write a literal backslash as \\\\"),
+    ("invalid character class range", "a character class range goes backwards (write [a-z], not [z-a])"),
+    ("pattern too large", "the expression compiles to too large a program; simplify it"),
+)
+
+
+def _plain_regex_error(detail: str) -> str:
+    for prefix, plain in _RE2_ERRORS:
+        if detail.startswith(prefix):
+            return f"{plain} (RE2: {detail})"
+    return detail
 
 
 _UNANCHORED = re2._Anchor.UNANCHORED

@@ -43,11 +43,15 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
     """`schema_dirs`: operation schemas an embedding registers besides the built-in ones (see loader)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     load = load_paths(paths, schema_dirs)
+    # operations declared by extra schema directories count as registered
+    operations = sorted(set(operations) | set(load.catalog.names())) if operations is not None else None
     findings = list(load.findings)
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
     findings.extend(lint.lint(load.policies, operations, exts, load.catalog))
     policy_set = PolicySet.from_load(load)
     report = None
+    findings.extend(lint.test_findings(load.suites, load.policies,
+                                       operations if operations is not None else load.catalog.names()))
     if run_tests and load.suites:
         report = policy_tests.run_suites(policy_set, load.suites)
         findings.extend(policy_tests.findings(report))

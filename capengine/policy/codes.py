@@ -29,6 +29,12 @@ class Code(StrEnum):
     CONTENT_REACHABLE = "content-reachable-around-deny"
     NFD_LITERAL = "nfd-literal"
     UNKNOWN_CLASS = "unknown-class"
+    UNKNOWN_OPERATION = "unknown-operation"
+    UNGUARDED_OPTIONAL = "unguarded-optional"
+    PATH_PREFIX = "path-prefix"
+    UNKNOWN_LIMIT_OPERATION = "unknown-limit-operation"
+    TEST_UNKNOWN_OPERATION = "test-unknown-operation"
+    TEST_UNKNOWN_EXTENSION = "test-unknown-extension"
     TEST_FAILED = "test-failed"
     UNCOVERED_RULE = "uncovered-rule"
     COVERAGE = "coverage"
@@ -61,6 +67,12 @@ _HELP = {
     Code.CONTENT_REACHABLE: "A path is denied for one content-revealing operation but allowed for another.",
     Code.NFD_LITERAL: "A path literal is not in Unicode NFC, the form every request path is normalised to.",
     Code.UNKNOWN_CLASS: "An operation class (class:...) that no registered operation declares.",
+    Code.UNKNOWN_OPERATION: "A rule's operations match no registered operation.",
+    Code.UNGUARDED_OPTIONAL: "A deny reads an optional argument without has(): it denies every call lacking it.",
+    Code.PATH_PREFIX: "A string prefix/suffix/substring test on path is not segment-aware; use under() or glob().",
+    Code.UNKNOWN_LIMIT_OPERATION: "A rate limit names operations that match no registered operation.",
+    Code.TEST_UNKNOWN_OPERATION: "A policy test case calls an operation that is not registered: it tests nothing.",
+    Code.TEST_UNKNOWN_EXTENSION: "A policy test case names an extension no policy applies to.",
     Code.TEST_FAILED: "A policy test case did not get the expected decision.",
     Code.UNCOVERED_RULE: "No policy test case was decided by this rule.",
     Code.COVERAGE: "Rule coverage of the policy tests is below the required minimum.",

@@ -2,7 +2,9 @@
 
 Semantics: default deny; any matching deny beats every allow whatever the order of files or rules; a
 condition that errors or yields a non-bool counts as matched for deny rules and unmatched for allow rules
-(fail closed), and is reported in the decision. Rules are indexed by exact operation name and by pattern,
+(fail closed), and is reported in the decision. A rule's operations are globs over names or operation classes
+(`class:reveals-content`, resolved against the operation catalog; an operation that declares nothing is in
+every class for a deny and in none for an allow). Rules are indexed by exact operation name and by pattern,
 and the candidate list per (extension, operation) is computed once and cached, so deciding a call never
 scans unrelated rules; where many rules share one (extension, operation), a RuleIndex over their literal
 path/library/args guards picks the few that can match (rule_index.py). A PolicySet is never mutated after
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from capengine.cel import ast
+from capengine.cel.checker import did_you_mean
 from capengine.cel.compiler import Program
 from capengine.cel.values import CelError
 from capengine.policy import globs, operations
@@ -70,6 +73,7 @@ class RuleTrace:
     result: str  # "matched" | "not matched" | "error"
     value: object
     error: str | None
+    condition: str | None = None  # the condition's source text (None: unconditional)
 
 
 @attrs.frozen
@@ -77,6 +81,8 @@ class Explanation:
     decision: Decision
     trace: tuple[RuleTrace, ...]
     reason: str
+    # rules of the set that did not apply to this request, and why (extension or operation mismatch)
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 class PolicySet:
@@ -210,24 +216,42 @@ class PolicySet:
         activation = request.activation()
         trace = []
         for rule in denies + allows:
+            condition = rule.rule.condition
             if rule.program is None:
-                trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, "matched", True, None))
+                trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, "matched", True, None, condition))
                 continue
             try:
                 value = rule.program.evaluate(activation)
             except CelError as exc:
-                trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, "error", None, str(exc)))
+                trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, "error", None, str(exc), condition))
                 continue
             result = "matched" if value is True else "not matched" if value is False else "error"
             error = None if value in (True, False) and type(value) is bool else f"non-bool result {value!r}"
-            trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, result, value, error))
+            trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, result, value, error, condition))
         decision = self.decide(request)
-        if not denies and not allows:
+        candidates = {id(r) for r in denies + allows}
+        skipped = tuple((r.qualified_id, self._why_not(r, request)) for r in self.rules if id(r) not in candidates)
+        errored = {t.rule for t in trace if t.result == "error"}
+        if self.catalog.operations and self.catalog.get(request.operation) is None:
+            hint = did_you_mean(request.operation, self.catalog.names())
+            reason = f"unknown operation '{request.operation}'{hint}"
+            reason += ": no rule applies, default deny" if not denies and not allows else ""
+            if decision.rules:
+                reason += f"; denied by {decision.rules[0]}"
+        elif not denies and not allows:
             reason = f"no rule applies to {request.operation} for {request.extension}: default deny"
         elif decision.allowed:
             reason = f"allowed by {decision.rules[0]}; no deny rule matched"
+        elif decision.rules and decision.rules[0] in errored:
+            reason = (f"denied by {decision.rules[0]}: its condition errored, which counts as matched for a deny "
+                      "(fail closed)")
         elif decision.rules:
             reason = f"denied by {decision.rules[0]}: deny rules override every allow"
         else:
             reason = "no allow rule matched (rules whose condition errored count as not matched): default deny"
-        return Explanation(decision, tuple(trace), reason)
+        return Explanation(decision, tuple(trace), reason, skipped)
+
+    def _why_not(self, rule: CompiledRule, request: Request) -> str:
+        if not any(globs.glob_match(p, request.extension) for p in rule.extension_patterns):
+            return f"extension {request.extension} is not in {', '.join(rule.extension_patterns)}"
+        return f"operation {request.operation} is not in {', '.join(rule.rule.operations)}"

@@ -10,9 +10,11 @@ import attrs
 
 from capengine.cel import ast
 from capengine.cel.ast import Literal, parse
+from capengine.cel.checker import did_you_mean
 from capengine.policy import globs
 from capengine.policy.codes import Code
-from capengine.policy.model import Finding, Policy, Rule
+from capengine.policy.functions import POLICY_ENVIRONMENT
+from capengine.policy.model import Finding, Policy, Rule, TestSuite
 from capengine.policy.operations import Catalog, builtin, selector_matches
 
 CONTENT = "reveals-content"
@@ -29,13 +31,15 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
     findings.extend(_nfd_literals(policies))
     for policy in policies:
         if exts is not None:
-            for pattern in policy.extensions:
+            for i, pattern in enumerate(policy.extensions):
                 if not any(globs.glob_match(pattern, e) for e in exts):
-                    findings.append(Finding(policy.location, "warning", Code.UNUSED_EXTENSION_GLOB,
+                    at = policy.extension_locations[i] if i < len(policy.extension_locations) else policy.location
+                    findings.append(Finding(at, "warning", Code.UNUSED_EXTENSION_GLOB,
                                             f"policy '{policy.name}': extensions pattern '{pattern}' matches no "
                                             "extension in the extensions directory"))
         for rule in policy.rules:
             findings.extend(_rule_findings(policy, rule, ops, unconditional_denies, catalog))
+        findings.extend(_limit_findings(policy, ops if ops is not None else catalog.names()))
     return findings
 
 
@@ -43,22 +47,26 @@ def _rule_findings(policy: Policy, rule: Rule, ops: list[str] | None, denies: li
                    catalog: Catalog) -> list[Finding]:
     out = []
     where, rid = rule.location, rule.qualified_id
+    names = ops if ops is not None else catalog.names()
+    is_deny = rule.effect == "deny"
+    dead = {p for p in rule.operations if not any(selector_matches(p, op, is_deny, catalog) for op in names)}
     if rule.effect == "allow" and rule.condition is None and any(
-            all(seg in ("*", "**") for seg in op.split(".")) for op in rule.operations):
+            p not in dead and all(seg in ("*", "**") for seg in p.split(".")) for p in rule.operations):
         out.append(Finding(where, "warning", Code.BROAD_ALLOW,
                            f"rule {rid} allows every operation ({', '.join(rule.operations)}) with no condition; "
                            "list the operations it needs or add a condition"))
     if _literally_false(rule.condition):
         out.append(Finding(where, "warning", Code.NEVER_MATCHES, f"rule {rid} has condition 'false' and never matches"))
-    if ops is not None:
-        is_deny = rule.effect == "deny"
-        dead = [p for p in rule.operations if not any(selector_matches(p, op, is_deny, catalog) for op in ops)]
-        if dead:
-            out.append(Finding(where, "warning", Code.NEVER_MATCHES,
-                               f"rule {rid}: operation pattern(s) {', '.join(dead)} match no registered operation"))
+    for i, pattern in enumerate(rule.operations):
+        if pattern in dead:
+            at = rule.operation_locations[i] if i < len(rule.operation_locations) else where
+            out.append(Finding(at, "error", Code.UNKNOWN_OPERATION,
+                               f"rule {rid}: operation pattern '{pattern}' matches no registered operation"
+                               f"{did_you_mean(pattern, names)}; see `capengine ops` (operations an embedding "
+                               "registers are declared with their schema directory)"))
     if rule.effect == "allow":
         for deny_policy, deny in denies:
-            if _covers(deny_policy, deny, policy, rule, ops or catalog.names(), catalog):
+            if _covers(deny_policy, deny, policy, rule, names, catalog):
                 out.append(Finding(where, "warning", Code.SHADOWED_ALLOW,
                                    f"allow rule {rid} can never take effect: unconditional deny "
                                    f"{deny.qualified_id} covers all its operations and extensions"))
@@ -66,11 +74,23 @@ def _rule_findings(policy: Policy, rule: Rule, ops: list[str] | None, denies: li
     return out
 
 
+def _limit_findings(policy: Policy, names: list[str]) -> list[Finding]:
+    out = []
+    for limit in policy.limits:
+        for i, pattern in enumerate(limit.operations):
+            if not any(globs.glob_match(pattern, op) for op in names):
+                at = limit.operation_locations[i] if i < len(limit.operation_locations) else limit.location
+                out.append(Finding(at, "warning", Code.UNKNOWN_LIMIT_OPERATION,
+                                   f"policy '{policy.name}': limit on '{pattern}' matches no registered operation, "
+                                   f"so it limits nothing{did_you_mean(pattern, names)}"))
+    return out
+
+
 def _literally_false(condition: str | None) -> bool:
     if condition is None:
         return False
     try:
-        node = parse(condition)
+        node = parse(condition, POLICY_ENVIRONMENT.namespaced)
     except Exception:  # syntax errors are the loader's to report
         return False
     return isinstance(node, Literal) and node.value is False
@@ -108,7 +128,7 @@ def _nodes(condition: str | None) -> Iterator[object]:
     if condition is None:
         return
     try:
-        root = parse(condition)
+        root = parse(condition, POLICY_ENVIRONMENT.namespaced)
     except Exception:
         return
     stack: list[object] = [root]
@@ -131,6 +151,17 @@ def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str
     content-revealing operation (OCR, sidecars of the file) read them: the deny protects nothing."""
     names = ops if ops is not None else catalog.names()
     revealing = [op for op in names if (info := catalog.get(op)) is not None and CONTENT in info.classes]
+    # per policy, once: which content-revealing operation some allow rule of it grants (and which rule)
+    allowed: list[tuple[Policy, dict[str, str]]] = []
+    for other in policies:
+        grants: dict[str, str] = {}
+        for allow in other.rules:
+            if allow.effect == "allow":
+                for op in revealing:
+                    if op not in grants and any(selector_matches(s, op, False, catalog) for s in allow.operations):
+                        grants[op] = allow.qualified_id
+        if grants:
+            allowed.append((other, grants))
     out: list[Finding] = []
     for policy in policies:
         for deny in policy.rules:
@@ -140,16 +171,11 @@ def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str
             if not denied:
                 continue
             leaks: dict[str, str] = {}
-            for other in policies:
-                if not _extensions_overlap(policy, other):
-                    continue
-                for allow in other.rules:
-                    if allow.effect != "allow":
-                        continue
-                    for op in revealing:
-                        if op not in denied and op not in leaks and any(
-                                selector_matches(s, op, False, catalog) for s in allow.operations):
-                            leaks[op] = allow.qualified_id
+            for other, grants in allowed:
+                if _extensions_overlap(policy, other):
+                    for op, rule in grants.items():
+                        if op not in denied:
+                            leaks.setdefault(op, rule)
             if leaks:
                 shown = ", ".join(f"{op} (allowed by {rule})" for op, rule in sorted(leaks.items()))
                 out.append(Finding(deny.location, "warning", Code.CONTENT_REACHABLE,
@@ -173,6 +199,25 @@ def _nfd_literals(policies: list[Policy]) -> list[Finding]:
                                        "every request path is; write it precomposed (path.under and path.glob "
                                        "normalise their literal themselves)"))
                     break
+    return out
+
+
+def test_findings(suites: list[TestSuite], policies: list[Policy], ops: list[str]) -> list[Finding]:
+    """Test cases that cannot test what they claim: an operation nothing registers (`vdfs.stats` with
+    `expect: deny` passes by default deny), an extension no policy applies to."""
+    out = []
+    for suite in suites:
+        for case in suite.cases:
+            op, ext = case.request.get("operation"), case.request.get("extension")
+            if isinstance(op, str) and op not in ops:
+                out.append(Finding(case.location, "warning", Code.TEST_UNKNOWN_OPERATION,
+                                   f"{suite.name} / {case.name}: operation '{op}' is not registered"
+                                   f"{did_you_mean(op, ops)}; the case tests only the default deny"))
+            if isinstance(ext, str) and not any(globs.glob_match(p, ext) for pol in policies for p in pol.extensions):
+                exts = sorted({p for pol in policies for p in pol.extensions if globs.is_literal(p)})
+                out.append(Finding(case.location, "warning", Code.TEST_UNKNOWN_EXTENSION,
+                                   f"{suite.name} / {case.name}: no policy applies to extension '{ext}'"
+                                   f"{did_you_mean(ext, exts)}; the case tests only the default deny"))
     return out
 
 

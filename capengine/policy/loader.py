@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType
@@ -22,9 +23,10 @@ import yaml
 from capengine.cel import ast as cel_ast
 from capengine.cel import checker as cel_checker
 from capengine.cel import compiler as cel_compiler
+from capengine.cel.checker import did_you_mean
 from capengine.cel.cost import Bound
 from capengine.cel.types import DYN, STRING, Type, map_of
-from capengine.policy import globs, operations, paths
+from capengine.policy import arg_types, globs, operations, paths
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.model import Finding, Limit, Location, Policy, Rule, Severity, TestCase, TestSuite
@@ -37,6 +39,7 @@ Json = Any  # a YAML document's plain data, checked against the JSON Schema befo
 POLICY_DECLS: dict[str, Type] = {
     "extension": STRING, "operation": STRING, "path": STRING, "library": STRING, "args": map_of(STRING, DYN),
 }
+SCHEMA_PATH_ENV = "CAPENGINE_OPERATION_SCHEMAS"
 MAX_ARGS_BYTES = 1024 * 1024
 """The largest call payload a guest can send (the host's request cap), hence the largest any args value can be."""
 POLICY_COSTS = cel_compiler.CostModel(
@@ -105,16 +108,19 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
 
 def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = ()) -> LoadResult:
     """Load every policy and test file under `paths`. `schema_dirs`: extra operation schema directories
-    (operations an embedding registers besides the built-in ones), so rules may name them."""
+    (operations an embedding registers besides the built-in ones), so rules may name them; by default the
+    directories listed in $CAPENGINE_OPERATION_SCHEMAS (os.pathsep-separated), which reaches `capengine check`
+    and the daemon too."""
     files, findings = discover(paths)
     catalog = operations.builtin()
-    schema_dirs = list(schema_dirs)
+    schema_dirs = list(schema_dirs) or [d for d in os.environ.get(SCHEMA_PATH_ENV, "").split(os.pathsep) if d]
     if schema_dirs:
         try:
             catalog = catalog.with_directories(schema_dirs)
         except (OSError, ValueError) as exc:
             findings.append(Finding(Location(str(schema_dirs[0])), "error", Code.IO,
-                                    f"cannot read operation schemas: {exc}"))
+                                    f"cannot read operation schemas: {exc}; fix the file or the directory list "
+                                    f"(schema_dirs / ${SCHEMA_PATH_ENV})"))
     result = LoadResult([], findings, catalog)
     for path in files:
         try:
@@ -183,7 +189,13 @@ class _DocumentLoader:
             if err.validator == "additionalProperties" and isinstance(err.instance, dict):
                 properties: Json = err.schema.get("properties", {}) if isinstance(err.schema, dict) else {}
                 extra = sorted(set(err.instance) - set(properties))
-                where += (extra[0],) if extra else ()  # point at the offending key itself
+                if extra:  # point at the offending key itself, not its value
+                    key_at = self.doc.key_marks.get(where + (extra[0],))
+                    if key_at is not None:
+                        self.findings.append(Finding(Location(self.path, *key_at), "error", Code.SCHEMA,
+                                                     _schema_message(err)))
+                        continue
+                    where += (extra[0],)
             self.report(where, Code.SCHEMA, _schema_message(err))
         schema_ok = len(self.findings) == errors_before
         if kind == "Policy":
@@ -212,7 +224,9 @@ class _DocumentLoader:
             ok &= self._check_globs(where + ("operations",), _get(raw, "operations", list))
             condition = _get(raw, "condition", str)
             if condition:
-                program = self._compile(condition, where + ("condition",))
+                selectors = [s for s in _get(raw, "operations", list) if isinstance(s, str)]
+                program = self._compile(condition, where + ("condition",), self._args_record(selectors),
+                                        _get(raw, "effect", str) == "deny")
                 ok &= program is not None
                 if program is not None and rid:
                     programs[f"{name}/{rid}"] = program
@@ -227,15 +241,22 @@ class _DocumentLoader:
         if not ok:
             return
         rules = tuple(Rule(name, raw["id"], raw["effect"], tuple(raw["operations"]), raw.get("condition"),
-                           raw.get("message"), self.at(("spec", "rules", i))) for i, raw in enumerate(spec["rules"]))
+                           raw.get("message"), self.at(("spec", "rules", i)),
+                           self._item_locations(("spec", "rules", i, "operations"), raw["operations"]))
+                      for i, raw in enumerate(spec["rules"]))
         limits = []
         for i, raw in enumerate(spec.get("limits", [])):
             count, unit = raw["rate"].split("/")
             limits.append(Limit(tuple(raw["operations"]), int(count), _RATE_UNITS[unit],
-                                raw.get("burst", int(count)), raw.get("cost", 1), self.at(("spec", "limits", i))))
+                                raw.get("burst", int(count)), raw.get("cost", 1), self.at(("spec", "limits", i)),
+                                self._item_locations(("spec", "limits", i, "operations"), raw["operations"])))
         self.out.policies.append(Policy(name, data["metadata"].get("description", ""), tuple(spec["extensions"]),
-                                        rules, tuple(limits), self.at(())))
+                                        rules, tuple(limits), self.at(("metadata", "name")),
+                                        self._item_locations(("spec", "extensions"), spec["extensions"])))
         self.out.programs.update(programs)
+
+    def _item_locations(self, json_path: JsonPath, items: list[Json]) -> tuple[Location, ...]:
+        return tuple(self.at(json_path + (i,)) for i in range(len(items)))
 
     def _check_globs(self, json_path: JsonPath, patterns: list[Json]) -> bool:
         ok = True
@@ -260,21 +281,42 @@ class _DocumentLoader:
                 ok = False
         return ok
 
-    def _compile(self, source: str, json_path: JsonPath) -> cel_compiler.Program | None:
-        program, errors = cel_compiler.compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT, total=True,
+    def _args_record(self, selectors: list[str]) -> Type | None:
+        """`args` typed from the schemas of the operations these selectors match (None: nothing known)."""
+        matched = [info for op in self.catalog.names()
+                   if any(operations.selector_matches(s, op, False, self.catalog) for s in selectors)
+                   and (info := self.catalog.get(op)) is not None]
+        return arg_types.args_type(matched)
+
+    def _compile(self, source: str, json_path: JsonPath, record: Type | None = None,
+                 deny: bool = False) -> cel_compiler.Program | None:
+        decls = POLICY_DECLS if record is None else {**POLICY_DECLS, "args": record}
+        program, errors = cel_compiler.compile_expression(source, decls, POLICY_ENVIRONMENT, total=True,
                                                           costs=POLICY_COSTS)
         node = self.doc.nodes.get(json_path)
         for err in errors:
             pos = err.pos if not isinstance(err, cel_ast.CelSyntaxError) else cel_ast.Pos(err.line, err.column)
             line, column = self._expression_position(node, pos)
             code = _ERROR_CODES.get(type(err), Code.CEL_INVALID)
-            if isinstance(err, cel_compiler.CompileError) and err.message.startswith("worst-case cost"):
-                code = Code.CEL_COST
             self.findings.append(Finding(Location(self.path, line, column), "error", code,
                                          f"{err.message} in condition {source.strip()!r}"))
         if program is not None and program.type not in (Type("bool"), DYN):
             self.report(json_path, Code.CEL_TYPE, f"condition must be bool, but it is {program.type}")
             return None
+        if program is None:
+            return None
+        tree = cel_ast.parse(source, POLICY_ENVIRONMENT.namespaced)
+        for message, pos in arg_types.prefix_tests(tree):
+            line, column = self._expression_position(node, pos)
+            self.findings.append(Finding(Location(self.path, line, column), "warning", Code.PATH_PREFIX, message))
+        if deny and record is not None:
+            for field, pos in arg_types.unguarded_optional_reads(tree, record):
+                line, column = self._expression_position(node, pos)
+                self.findings.append(Finding(
+                    Location(self.path, line, column), "warning", Code.UNGUARDED_OPTIONAL,
+                    f"deny reads optional args.{field} without has(): a call without it makes the condition "
+                    f"error, which a deny counts as a match (it denies every such call); write "
+                    f"'has(args.{field}) && ...'"))
         return program
 
     def _expression_position(self, node: yaml.Node | None, pos: cel_ast.Pos) -> tuple[int, int]:
@@ -294,7 +336,16 @@ class _DocumentLoader:
         self.out.suites.append(TestSuite(data["metadata"]["name"], tuple(cases), self.at(())))
 
 
-_ERROR_CODES: dict[type, Code] = {cel_ast.CelSyntaxError: Code.CEL_SYNTAX, cel_checker.CheckError: Code.CEL_TYPE}
+_PATTERN_WORDS = {  # what a schema pattern means, for messages (the regex itself helps nobody)
+    "rate": "a rate: a positive count, '/', and second, minute or hour (e.g. 10/second, 100/minute, 5/hour)",
+    "operations": "an operation glob (letters, digits, '_', '-', '.', '*', '?') or class:<reveals|affects>-<what>",
+    "extensions": "an extension id glob (letters, digits, '_', '-', '.', '*', '?')",
+    "name": "an identifier (letters, digits, '_', '.', '-'; starting with a letter or digit; at most 128)",
+    "id": "an identifier (letters, digits, '_', '.', '-'; starting with a letter or digit; at most 128)",
+}
+
+_ERROR_CODES: dict[type, Code] = {cel_ast.CelSyntaxError: Code.CEL_SYNTAX, cel_checker.CheckError: Code.CEL_TYPE,
+                                  cel_compiler.CostLimitError: Code.CEL_COST}
 
 
 def _get(container: Json, key: str, kind: type) -> Json:
@@ -310,13 +361,20 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
         instance: Json = err.instance
         extra = sorted(set(instance) - set(schema.get("properties", {})))
         allowed = ", ".join(sorted(schema.get("properties", {})))
-        return f"unknown key(s) {', '.join(map(repr, extra))} in {where}; allowed: {allowed}"
+        hint = did_you_mean(extra[0], schema.get("properties", {})) if len(extra) == 1 else ""
+        return f"unknown key(s) {', '.join(map(repr, extra))} in {where}{hint}; allowed: {allowed}"
     if err.validator == "required":
         return f"{err.message} in {where}"
     if err.validator == "enum":
         choices: Json = err.validator_value
         return f"{where}: {err.instance!r} is not one of {', '.join(map(repr, choices))}"
     if err.validator == "pattern":
+        field = str(err.absolute_path[-1]) if err.absolute_path else ""
+        if isinstance(err.absolute_path[-1] if err.absolute_path else None, int) and len(err.absolute_path) > 1:
+            field = str(err.absolute_path[-2])
+        expected = _PATTERN_WORDS.get(field)
+        if expected:
+            return f"{where}: {err.instance!r} is not {expected}"
         return f"{where}: {err.instance!r} does not match the required pattern {err.validator_value}"
     return f"{where}: {err.message}"
 

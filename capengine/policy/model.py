@@ -54,6 +54,7 @@ class Rule:
     condition: str | None
     message: str | None
     location: Location
+    operation_locations: tuple[Location, ...] = attrs.field(default=(), eq=False)  # one per operations entry
 
     @property
     def qualified_id(self) -> str:
@@ -68,6 +69,7 @@ class Limit:
     burst: int
     cost: int
     location: Location
+    operation_locations: tuple[Location, ...] = attrs.field(default=(), eq=False)
 
 
 @attrs.frozen
@@ -78,6 +80,7 @@ class Policy:
     rules: tuple[Rule, ...]
     limits: tuple[Limit, ...]
     location: Location
+    extension_locations: tuple[Location, ...] = attrs.field(default=(), eq=False)
 
 
 class RequestError(CapengineError, ValueError):

@@ -67,9 +67,16 @@ class Catalog:
         besides the built-in ones); a later directory may not redefine an operation."""
         ops = dict(self.operations)
         for directory in directories:
+            if not Path(directory).is_dir():
+                raise ValueError(f"{directory} is not a directory")
             for path in sorted(Path(directory).glob("*" + _SUFFIX)):
-                info = _info(path.name[: -len(_SUFFIX)], json.loads(path.read_text(encoding="utf-8")), str(path))
-                ops.setdefault(info.name, info)
+                try:
+                    schema = json.loads(path.read_text(encoding="utf-8"))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}: not valid JSON ({exc})") from None
+                if not isinstance(schema, dict):
+                    raise ValueError(f"{path}: an operation schema must be a JSON object")
+                ops.setdefault(path.name[: -len(_SUFFIX)], _info(path.name[: -len(_SUFFIX)], schema, str(path)))
         return Catalog(MappingProxyType(ops))
 
 

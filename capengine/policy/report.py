@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from capengine.policy.codes import Code
 from capengine.policy.model import Finding
@@ -11,10 +12,33 @@ from capengine.version import __version__
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "note": "note"}
 
 
-def as_text(findings: list[Finding], summary: str) -> str:
-    lines = [str(f) for f in findings]
+def as_text(findings: list[Finding], summary: str, source: bool = True) -> str:
+    """One line per finding, followed (when `source` and the file can be read) by the source line and a caret
+    under the column, as compilers print them."""
+    files: dict[str, list[str] | None] = {}
+    lines = []
+    for f in findings:
+        lines.append(str(f))
+        if source and f.location.line > 0:
+            lines.extend(_excerpt(f, files))
     lines.append(summary)
     return "\n".join(lines) + "\n"
+
+
+def _excerpt(f: Finding, files: dict[str, list[str] | None]) -> list[str]:
+    if f.location.file not in files:
+        try:
+            files[f.location.file] = Path(f.location.file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            files[f.location.file] = None
+    text = files[f.location.file]
+    if text is None or f.location.line > len(text):
+        return []
+    line = text[f.location.line - 1].replace("\t", " ")
+    gutter = str(f.location.line)
+    shown = "".join(c if c.isprintable() else "?" for c in line)
+    column = max(f.location.column, 1)
+    return [f"  {gutter} | {shown}", f"  {' ' * len(gutter)} | {' ' * (column - 1)}^"]
 
 
 def as_json(findings: list[Finding], summary: dict) -> str:

@@ -16,6 +16,7 @@ that also test `has(args.field)`, which are false without it.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -65,11 +66,12 @@ def _arg_key(value: object) -> tuple[type, object] | None:
 
 
 def _glob_prefix(pattern: str) -> str | None:
-    """The literal directory a path must be under for `pattern` to match it, or None."""
+    """The literal directory a path must be under for `pattern` to match it, or None. Normalised to NFC as
+    `glob()` normalises its pattern (functions.py)."""
     if not pattern.startswith("/"):
         return None
     literal: list[str] = []
-    for segment in pattern.split("/")[1:]:
+    for segment in unicodedata.normalize("NFC", pattern).split("/")[1:]:
         if not segment or "*" in segment or "?" in segment:
             break
         literal.append(segment)
