@@ -20,13 +20,47 @@ from capengine.policy.operations import Catalog, builtin, selector_matches
 CONTENT = "reveals-content"
 
 
+class _ByExtension:
+    """Which policies could apply to a common extension, without comparing every pair: policies whose
+    extension patterns are all literal ids are found by id; the others (wildcards: org-wide baselines) are
+    candidates for everything. Keeps the cross-policy lints linear in the common case (one policy per
+    extension), not quadratic (10,000 files)."""
+
+    def __init__(self, policies: Iterable[Policy]) -> None:
+        self.by_id: dict[str, list[Policy]] = {}
+        self.wild: list[Policy] = []
+        for policy in policies:
+            if all(globs.is_literal(p) for p in policy.extensions):
+                for pattern in dict.fromkeys(policy.extensions):
+                    self.by_id.setdefault(pattern, []).append(policy)
+            else:
+                self.wild.append(policy)
+        self.every = [p for group in self.by_id.values() for p in group] + self.wild
+
+    def candidates(self, policy: Policy) -> list[Policy]:
+        """A superset of the policies whose extension patterns can match an extension `policy` applies to,
+        in no particular order and without duplicates."""
+        if not all(globs.is_literal(p) for p in policy.extensions):
+            return list({id(p): p for p in self.every}.values())
+        found = {id(p): p for p in self.wild}
+        for pattern in policy.extensions:
+            for other in self.by_id.get(pattern, ()):
+                found[id(other)] = other
+        return list(found.values())
+
+
 def lint(policies: list[Policy], operations: Iterable[str] | None = None,
          extension_ids: Iterable[str] | None = None, catalog: Catalog | None = None) -> list[Finding]:
     findings: list[Finding] = []
     catalog = catalog or builtin()
     ops = sorted(operations) if operations is not None else None
     exts = sorted(extension_ids) if extension_ids is not None else None
-    unconditional_denies = [(p, r) for p in policies for r in p.rules if r.effect == "deny" and r.condition is None]
+    denies_of: dict[int, list[Rule]] = {}
+    for p in policies:
+        denies = [r for r in p.rules if r.effect == "deny" and r.condition is None]
+        if denies:
+            denies_of[id(p)] = denies
+    deny_index = _ByExtension(p for p in policies if id(p) in denies_of)
     findings.extend(_content_around_deny(policies, catalog, ops))
     findings.extend(_nfd_literals(policies))
     for policy in policies:
@@ -38,7 +72,8 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
                                             f"policy '{policy.name}': extensions pattern '{pattern}' matches no "
                                             "extension in the extensions directory"))
         for rule in policy.rules:
-            findings.extend(_rule_findings(policy, rule, ops, unconditional_denies, catalog))
+            unconditional = [(d, r) for d in deny_index.candidates(policy) for r in denies_of[id(d)]]
+            findings.extend(_rule_findings(policy, rule, ops, unconditional, catalog))
         findings.extend(_limit_findings(policy, ops if ops is not None else catalog.names()))
     return findings
 
@@ -64,9 +99,11 @@ def _rule_findings(policy: Policy, rule: Rule, ops: list[str] | None, denies: li
                                f"rule {rid}: operation pattern '{pattern}' matches no registered operation"
                                f"{did_you_mean(pattern, names)}; see `capengine ops` (operations an embedding "
                                "registers are declared with their schema directory)"))
-    if rule.effect == "allow":
-        for deny_policy, deny in denies:
-            if _covers(deny_policy, deny, policy, rule, names, catalog):
+    if rule.effect == "allow" and denies:
+        allowed = [op for op in names if any(selector_matches(s, op, False, catalog) for s in rule.operations)]
+        order = {id(r): i for i, (_, r) in enumerate(denies)}
+        for deny_policy, deny in sorted(denies, key=lambda pr: (pr[0].location, order[id(pr[1])])):
+            if _covers(deny_policy, deny, policy, rule, allowed, catalog):
                 out.append(Finding(where, "warning", Code.SHADOWED_ALLOW,
                                    f"allow rule {rid} can never take effect: unconditional deny "
                                    f"{deny.qualified_id} covers all its operations and extensions"))
@@ -106,8 +143,9 @@ def _pattern_covers(general: str, specific: str) -> bool:
     return globs.glob_match(general, specific)
 
 
-def _covers(deny_policy: Policy, deny: Rule, policy: Policy, rule: Rule, ops: list[str], catalog: Catalog) -> bool:
-    allowed = [op for op in ops if any(selector_matches(s, op, False, catalog) for s in rule.operations)]
+def _covers(deny_policy: Policy, deny: Rule, policy: Policy, rule: Rule, allowed: list[str],
+            catalog: Catalog) -> bool:
+    """`allowed`: the operations `rule` grants (computed once per rule by the caller)."""
     if any(s.startswith("class:") for s in rule.operations + deny.operations):  # compare what they name
         ops_covered = bool(allowed) and all(any(selector_matches(d, op, True, catalog) for d in deny.operations)
                                             for op in allowed)
@@ -152,7 +190,7 @@ def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str
     names = ops if ops is not None else catalog.names()
     revealing = [op for op in names if (info := catalog.get(op)) is not None and CONTENT in info.classes]
     # per policy, once: which content-revealing operation some allow rule of it grants (and which rule)
-    allowed: list[tuple[Policy, dict[str, str]]] = []
+    allowed: dict[int, dict[str, str]] = {}
     for other in policies:
         grants: dict[str, str] = {}
         for allow in other.rules:
@@ -161,7 +199,8 @@ def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str
                     if op not in grants and any(selector_matches(s, op, False, catalog) for s in allow.operations):
                         grants[op] = allow.qualified_id
         if grants:
-            allowed.append((other, grants))
+            allowed[id(other)] = grants
+    granting = _ByExtension(p for p in policies if id(p) in allowed)
     out: list[Finding] = []
     for policy in policies:
         for deny in policy.rules:
@@ -171,9 +210,9 @@ def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str
             if not denied:
                 continue
             leaks: dict[str, str] = {}
-            for other, grants in allowed:
+            for other in sorted(granting.candidates(policy), key=lambda p: p.location):
                 if _extensions_overlap(policy, other):
-                    for op, rule in grants.items():
+                    for op, rule in allowed[id(other)].items():
                         if op not in denied:
                             leaks.setdefault(op, rule)
             if leaks:
@@ -206,6 +245,8 @@ def test_findings(suites: list[TestSuite], policies: list[Policy], ops: list[str
     """Test cases that cannot test what they claim: an operation nothing registers (`vdfs.stats` with
     `expect: deny` passes by default deny), an extension no policy applies to."""
     out = []
+    literal = {p for pol in policies for p in pol.extensions if globs.is_literal(p)}
+    wild = sorted({p for pol in policies for p in pol.extensions if not globs.is_literal(p)})
     for suite in suites:
         for case in suite.cases:
             op, ext = case.request.get("operation"), case.request.get("extension")
@@ -213,8 +254,8 @@ def test_findings(suites: list[TestSuite], policies: list[Policy], ops: list[str
                 out.append(Finding(case.location, "warning", Code.TEST_UNKNOWN_OPERATION,
                                    f"{suite.name} / {case.name}: operation '{op}' is not registered"
                                    f"{did_you_mean(op, ops)}; the case tests only the default deny"))
-            if isinstance(ext, str) and not any(globs.glob_match(p, ext) for pol in policies for p in pol.extensions):
-                exts = sorted({p for pol in policies for p in pol.extensions if globs.is_literal(p)})
+            if isinstance(ext, str) and ext not in literal and not any(globs.glob_match(p, ext) for p in wild):
+                exts = sorted(literal)
                 out.append(Finding(case.location, "warning", Code.TEST_UNKNOWN_EXTENSION,
                                    f"{suite.name} / {case.name}: no policy applies to extension '{ext}'"
                                    f"{did_you_mean(ext, exts)}; the case tests only the default deny"))
