@@ -47,7 +47,7 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
     operations = sorted(set(operations) | set(load.catalog.names())) if operations is not None else None
     findings = list(load.findings)
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
-    findings.extend(lint.lint(load.policies, operations, exts, load.catalog))
+    findings.extend(lint.lint(load.policies, operations, exts, load.catalog, load.programs))
     policy_set = PolicySet.from_load(load)
     report = None
     findings.extend(lint.test_findings(load.suites, load.policies,

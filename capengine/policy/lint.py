@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import attrs
@@ -11,6 +11,7 @@ import attrs
 from capengine.cel import ast
 from capengine.cel.ast import Literal, parse
 from capengine.cel.checker import did_you_mean
+from capengine.cel.compiler import Program
 from capengine.policy import globs
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
@@ -50,7 +51,11 @@ class _ByExtension:
 
 
 def lint(policies: list[Policy], operations: Iterable[str] | None = None,
-         extension_ids: Iterable[str] | None = None, catalog: Catalog | None = None) -> list[Finding]:
+         extension_ids: Iterable[str] | None = None, catalog: Catalog | None = None,
+         programs: Mapping[str, Program] | None = None) -> list[Finding]:
+    """`programs`: the compiled conditions by qualified rule id, whose ASTs lint reads instead of parsing
+    every condition again (parsing dominates a large check)."""
+    asts = _Asts(programs or {})
     findings: list[Finding] = []
     catalog = catalog or builtin()
     ops = sorted(operations) if operations is not None else None
@@ -61,8 +66,8 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
         if denies:
             denies_of[id(p)] = denies
     deny_index = _ByExtension(p for p in policies if id(p) in denies_of)
-    findings.extend(_content_around_deny(policies, catalog, ops))
-    findings.extend(_nfd_literals(policies))
+    findings.extend(_content_around_deny(policies, catalog, ops, asts))
+    findings.extend(_nfd_literals(policies, asts))
     for policy in policies:
         if exts is not None:
             for i, pattern in enumerate(policy.extensions):
@@ -73,13 +78,13 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
                                             "extension in the extensions directory"))
         for rule in policy.rules:
             unconditional = [(d, r) for d in deny_index.candidates(policy) for r in denies_of[id(d)]]
-            findings.extend(_rule_findings(policy, rule, ops, unconditional, catalog))
+            findings.extend(_rule_findings(policy, rule, ops, unconditional, catalog, asts))
         findings.extend(_limit_findings(policy, ops if ops is not None else catalog.names()))
     return findings
 
 
 def _rule_findings(policy: Policy, rule: Rule, ops: list[str] | None, denies: list[tuple[Policy, Rule]],
-                   catalog: Catalog) -> list[Finding]:
+                   catalog: Catalog, asts: _Asts) -> list[Finding]:
     out = []
     where, rid = rule.location, rule.qualified_id
     names = ops if ops is not None else catalog.names()
@@ -90,7 +95,7 @@ def _rule_findings(policy: Policy, rule: Rule, ops: list[str] | None, denies: li
         out.append(Finding(where, "warning", Code.BROAD_ALLOW,
                            f"rule {rid} allows every operation ({', '.join(rule.operations)}) with no condition; "
                            "list the operations it needs or add a condition"))
-    if _literally_false(rule.condition):
+    if asts.literally_false(rule.condition):
         out.append(Finding(where, "warning", Code.NEVER_MATCHES, f"rule {rid} has condition 'false' and never matches"))
     for i, pattern in enumerate(rule.operations):
         if pattern in dead:
@@ -123,14 +128,44 @@ def _limit_findings(policy: Policy, names: list[str]) -> list[Finding]:
     return out
 
 
-def _literally_false(condition: str | None) -> bool:
-    if condition is None:
-        return False
-    try:
-        node = parse(condition, POLICY_ENVIRONMENT.namespaced)
-    except Exception:  # syntax errors are the loader's to report
-        return False
-    return isinstance(node, Literal) and node.value is False
+class _Asts:
+    """Condition text -> AST for one lint run: the compiled programs' trees, else parsed once."""
+
+    def __init__(self, programs: Mapping[str, Program]) -> None:
+        self._trees: dict[str, ast.Node | None] = {p.source: p.node for p in programs.values() if p.node is not None}
+
+    def of(self, condition: str | None) -> ast.Node | None:
+        """None for no condition, and for one that does not parse (the loader reports that)."""
+        if condition is None:
+            return None
+        if condition not in self._trees:
+            try:
+                self._trees[condition] = parse(condition, POLICY_ENVIRONMENT.namespaced)
+            except Exception:
+                self._trees[condition] = None
+        return self._trees[condition]
+
+    def nodes(self, condition: str | None) -> Iterator[object]:
+        """Every AST node of a condition."""
+        root = self.of(condition)
+        if root is None:
+            return
+        stack: list[object] = [root]
+        while stack:
+            n = stack.pop()
+            if isinstance(n, tuple):
+                stack.extend(n)
+            elif attrs.has(type(n)) and not isinstance(n, ast.Pos):
+                yield n
+                node_type: type = type(n)  # an attrs class: attrs.has() said so
+                stack.extend(getattr(n, f.name) for f in attrs.fields(node_type))
+
+    def reads_variable(self, condition: str | None, name: str) -> bool:
+        return any(isinstance(n, ast.Ident) and n.name == name for n in self.nodes(condition))
+
+    def literally_false(self, condition: str | None) -> bool:
+        node = self.of(condition)
+        return isinstance(node, Literal) and node.value is False
 
 
 def _pattern_covers(general: str, specific: str) -> bool:
@@ -161,30 +196,8 @@ def _extensions_overlap(a: Policy, b: Policy) -> bool:
                for x in a.extensions for y in b.extensions)
 
 
-def _nodes(condition: str | None) -> Iterator[object]:
-    """Every AST node of a condition (nothing when it does not parse: the loader reports that)."""
-    if condition is None:
-        return
-    try:
-        root = parse(condition, POLICY_ENVIRONMENT.namespaced)
-    except Exception:
-        return
-    stack: list[object] = [root]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, tuple):
-            stack.extend(n)
-        elif attrs.has(type(n)) and not isinstance(n, ast.Pos):
-            yield n
-            node_type: type = type(n)  # an attrs class: attrs.has() said so
-            stack.extend(getattr(n, f.name) for f in attrs.fields(node_type))
-
-
-def _reads_variable(condition: str | None, name: str) -> bool:
-    return any(isinstance(n, ast.Ident) and n.name == name for n in _nodes(condition))
-
-
-def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str] | None) -> list[Finding]:
+def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str] | None,
+                         asts: _Asts) -> list[Finding]:
     """A deny that hides some files from one content-revealing operation while an allow still lets another
     content-revealing operation (OCR, sidecars of the file) read them: the deny protects nothing."""
     names = ops if ops is not None else catalog.names()
@@ -204,7 +217,7 @@ def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str
     out: list[Finding] = []
     for policy in policies:
         for deny in policy.rules:
-            if deny.effect != "deny" or not (deny.condition is None or _reads_variable(deny.condition, "path")):
+            if deny.effect != "deny" or not (deny.condition is None or asts.reads_variable(deny.condition, "path")):
                 continue
             denied = [op for op in revealing if any(selector_matches(s, op, True, catalog) for s in deny.operations)]
             if not denied:
@@ -224,13 +237,13 @@ def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str
     return out
 
 
-def _nfd_literals(policies: list[Policy]) -> list[Finding]:
+def _nfd_literals(policies: list[Policy], asts: _Asts) -> list[Finding]:
     """Request paths are NFC-normalised before any rule sees them: a string literal in another normal form
     (typed on macOS, pasted from a decomposed file name) can never be equal to a path."""
     out: list[Finding] = []
     for policy in policies:
         for rule in policy.rules:
-            for n in _nodes(rule.condition):
+            for n in asts.nodes(rule.condition):
                 if isinstance(n, Literal) and isinstance(n.value, str) \
                         and unicodedata.normalize("NFC", n.value) != n.value:
                     out.append(Finding(rule.location, "warning", Code.NFD_LITERAL,
