@@ -7,6 +7,8 @@ the policy loads; conditions whose cost the estimate cannot bound are metered by
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from helpers import load_set, policy_yaml, request, write
 
@@ -96,7 +98,7 @@ def test_string_tests_on_bounded_variables_are_not_metered():
 
 
 def test_reading_guest_sized_values_is_metered_and_estimated_by_size():
-    program, errors = compile_expression('args.name.startsWith("sync.")', POLICY_DECLS, POLICY_ENVIRONMENT,
+    program, errors = compile_expression('args.name.contains("sync.")', POLICY_DECLS, POLICY_ENVIRONMENT,
                                          total=True, costs=POLICY_COSTS)
     assert not errors and program.metered
     assert program.cost >= 1024  # one KiB per unit of a 1 MiB string
@@ -112,3 +114,31 @@ def test_reading_guest_sized_values_is_metered_and_estimated_by_size():
 def test_bundled_policies_fit_the_budget():
     result = load_paths(["policies"])
     assert not [f for f in result.findings if f.code == "cel-cost"]
+
+
+@pytest.mark.parametrize("condition", [
+    'args.name.startsWith("sync.")', 'args.name.endsWith(".tmp")', 'args.kind == "ocr-text"',
+    '"x" != args.kind', 'args.size < 1000', 'args.kind in ["a", "b", "c"]', 'size(args.data) > 3',
+    'has(args.length) && args.length > 16777216',
+])
+def test_comparing_a_guest_sized_value_with_a_literal_is_not_guest_sized_work(condition):
+    """Equality, ordering, prefix/suffix tests and `in [literals]` stop at the literal's length: reading a
+    field to compare it with a literal is proven cheap, so it runs unmetered, and stays cheap on 1 MiB."""
+    program, errors = compile_expression(condition, POLICY_DECLS, POLICY_ENVIRONMENT, total=True,
+                                         costs=POLICY_COSTS)
+    assert not errors and not program.metered and program.cost < 100
+    huge = "s" * (1 << 20)
+    activation = {"extension": "e", "operation": "o", "path": "/", "library": "",
+                  "args": {"name": huge, "kind": huge, "size": huge, "data": huge, "length": 1 << 30}}
+    with contextlib.suppress(CelError):  # a string compared with an int is an error, decided in O(1) too
+        program.evaluate(activation)
+
+
+@pytest.mark.parametrize("condition", [
+    'args.data.contains("x")', 'args.a == args.b', 'args.data + "x" == "y"', 'args.data.matches("a+")',
+    '"x" in args.list',
+])
+def test_work_that_grows_with_a_guest_sized_value_stays_metered(condition):
+    program, errors = compile_expression(condition, POLICY_DECLS, POLICY_ENVIRONMENT, total=True,
+                                         costs=POLICY_COSTS)
+    assert not errors and program.metered

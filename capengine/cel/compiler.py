@@ -10,6 +10,7 @@ type, statically where the checker proved the types and at run time otherwise; l
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, cast
@@ -160,6 +161,11 @@ class _Compiler:
         compiled: Fn = getattr(self, "_" + type(node).__name__)(node, scope)
         return compiled
 
+    def _declared_map(self, node: ast.Node, scope: Scope) -> bool:
+        """A declared map variable (`args`), present in every activation when `total`."""
+        return self.total and isinstance(node, ast.Ident) and node.name not in scope \
+            and self.static_type(node).name == "map"
+
     def _string_var(self, node: ast.Node, scope: Scope) -> str | None:
         """The name of a declared string variable (always present when `total`), else None."""
         if isinstance(node, ast.Ident) and node.name not in scope and self.static_type(node) == Type("string"):
@@ -171,6 +177,9 @@ class _Compiler:
         `&&`, `||`, `!` over them. None when the node is anything else (then the general path compiles it)."""
         if isinstance(node, ast.Literal) and type(node.value) is bool:
             return _const(node.value)
+        if isinstance(node, ast.Select) and node.test_only and self._declared_map(node.operand, scope):
+            variable, field = cast(ast.Ident, node.operand).name, node.field
+            return lambda a: field in cast(Mapping[str, Value], a[variable])
         if not isinstance(node, ast.Call):
             return None
         fn, args = node.function, node.args
@@ -228,9 +237,8 @@ class _Compiler:
             type_value = CelType(TYPE_IDENTS[qualified].name)
             return lambda a: a.get(qualified, type_value)
         field = node.field
-        if self.total and not node.test_only and isinstance(node.operand, ast.Ident) \
-                and node.operand.name not in scope and self.static_type(node.operand).name == "map":
-            return _declared_map_field(node.operand.name, field)
+        if not node.test_only and self._declared_map(node.operand, scope):
+            return _declared_map_field(cast(ast.Ident, node.operand).name, field)
         operand = self.compile(node.operand, scope)
         if node.test_only:
             def has(a: Activation) -> Value:
@@ -322,8 +330,15 @@ class _Compiler:
     def _Call(self, node: ast.Call, scope: Scope) -> Fn:
         fn = node.function
         if fn in ("_&&_", "_||_"):
+            sure = self._infallible(node.args[0], scope) if self.total else None
+            if sure is not None:  # a left side that cannot fail: CEL's error absorption reduces to and/or
+                return _short_circuit(sure, self.compile(node.args[1], scope), fn == "_||_")
             left, right = (self.compile(x, scope) for x in node.args)
             return _logical(left, right, fn == "_||_")
+        if not self.metered:
+            fast = self._literal_comparison(node, scope)
+            if fast is not None:
+                return fast
         if fn == "!_":
             operand = self.compile(node.args[0], scope)
 
@@ -354,6 +369,42 @@ class _Compiler:
             return lambda a: impl(x(a), y(a))
         return lambda a: impl(*[f(a) for f in args])
 
+    def _literal_comparison(self, node: ast.Call, scope: Scope) -> Fn | None:
+        """`args.f <op> literal` (either side), and `args.f in ["a", "b"]`: the shapes policies read optional
+        arguments with. A value of the literal's own type is compared with Python's operator; any other
+        value goes through CEL's dispatch (cross-type numbers, errors), so semantics are unchanged."""
+        fn, args = node.function, node.args
+        if node.target is not None or len(args) != 2:
+            return None
+        if fn == "@in":
+            field, items = args
+            if not (isinstance(field, ast.Select) and not field.test_only and self._declared_map(field.operand, scope)
+                    and isinstance(items, ast.CreateList) and items.items
+                    and all(isinstance(i, ast.Literal) and type(i.value) is str for i in items.items)):
+                return None
+            read = _declared_map_field(cast(ast.Ident, field.operand).name, field.field)
+            choices = frozenset(cast(ast.Literal, i).value for i in items.items)
+            return lambda a: type(v := read(a)) is str and v in choices  # CEL: no other type equals a string
+        if fn not in _COMPARISONS:
+            return None
+        flipped = isinstance(args[0], ast.Literal)
+        field, literal = (args[1], args[0]) if flipped else (args[0], args[1])
+        if not (isinstance(field, ast.Select) and not field.test_only and self._declared_map(field.operand, scope)
+                and isinstance(literal, ast.Literal) and type(literal.value) in (int, str)):
+            return None
+        read = _declared_map_field(cast(ast.Ident, field.operand).name, field.field)
+        value, kind, op = literal.value, type(literal.value), _COMPARISONS[fn]
+        table = self.env.dispatch_table(fn, False)
+
+        def general(v: Value) -> Value:
+            pair = (value, v) if flipped else (v, value)
+            result: Value = resolve_runtime(table, pair)(*pair)
+            return result
+
+        if flipped:
+            return lambda a: op(value, v) if type(v := read(a)) is kind else general(v)
+        return lambda a: op(v, value) if type(v := read(a)) is kind else general(v)
+
     def _static_impl(self, node: ast.Call, arg_nodes: tuple[ast.Node, ...]) -> Impl | None:
         """The single overload the checker proved applies, when every argument type is concrete."""
         if self.checked is None:
@@ -381,6 +432,24 @@ class _Compiler:
             except CelError as exc:
                 raise CompileError(str(exc), literal.pos) from None
             return
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "_==_": operator.eq, "_!=_": operator.ne, "_<_": operator.lt, "_<=_": operator.le, "_>_": operator.gt,
+    "_>=_": operator.ge}
+
+
+def _short_circuit(left: Fn, right: Fn, is_or: bool) -> Fn:
+    """`&&`/`||` whose left side cannot fail: it decides alone when it can, else the right side's bool (or
+    its error) is the result, exactly as CEL's commutative rules give."""
+    def check(v: Value) -> Value:
+        if v is True or v is False:
+            return v
+        raise CelError(f"no such overload for '{'||' if is_or else '&&'}' on non-bool operands")
+
+    if is_or:
+        return lambda a: True if left(a) else check(right(a))
+    return lambda a: check(right(a)) if left(a) else False
 
 
 def _declared_map_field(variable: str, field: str) -> Fn:

@@ -28,6 +28,13 @@ from capengine.cel import ast
 from capengine.cel.types import Type
 from capengine.cel.values import CelError, Value
 
+# Functions whose work, when one operand is a literal, is bounded by that literal whatever the size of the
+# other: equality and ordering stop at the shorter operand (or at a length or type mismatch), prefix and
+# suffix tests read as much of the value as the literal is long, and `x in [literals]` does one such
+# equality per item. Reading a guest-sized field only to compare it with a literal is therefore not
+# guest-sized work.
+LITERAL_BOUNDED = frozenset({"_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_", "startsWith", "endsWith"})
+
 BUDGET = 100_000
 """Units one evaluation may spend (about 0.1 s): the static limit for a condition's worst case, and the
 run-time budget of a metered evaluation."""
@@ -46,6 +53,7 @@ class Bound:
 
     size: int
     elem: Bound | None = None
+    guessed: bool = False  # the size is the unknown-value default, not a proven bound
 
 
 SCALAR = Bound(0)
@@ -128,10 +136,17 @@ class CostEstimator:
         return self.node_types.get(id(node), Type("dyn"))
 
     def elem(self, bound: Bound) -> Bound:
-        if bound.elem is None:
-            self.bounded = False
-            return self.unknown
+        """An element's bound; the unknown-value default, marked guessed, where nothing bounds it. Reading
+        such an element costs nothing size-dependent by itself: the estimate is unbounded only when some
+        work depends on the guessed size (see `consume`)."""
+        if bound.elem is None or bound.guessed:
+            return attrs.evolve(self.unknown, guessed=True)
         return bound.elem
+
+    def consume(self, bound: Bound) -> None:
+        """Some work depends on this size: if it is only guessed, the estimate proves nothing."""
+        if bound.guessed:
+            self.bounded = False
 
     def visit(self, node: ast.Node, scope: Mapping[str, Bound]) -> tuple[int, Bound]:
         if isinstance(node, ast.Literal):
@@ -180,6 +195,7 @@ class CostEstimator:
 
     def _comprehension(self, node: ast.Comprehension, scope: Mapping[str, Bound]) -> tuple[int, Bound]:
         range_cost, rng = self.visit(node.range, scope)
+        self.consume(rng)
         n = rng.size
         elem = self.elem(rng)
         inner = dict(scope)
@@ -198,8 +214,7 @@ class CostEstimator:
         return cost, Bound(n, body)
 
     def unknown_key(self) -> Bound:
-        self.bounded = False
-        return self.unknown
+        return attrs.evolve(self.unknown, guessed=True)
 
     def _call(self, node: ast.Call, scope: Mapping[str, Bound]) -> tuple[int, Bound]:
         arg_nodes = _arg_nodes(node)
@@ -207,6 +222,12 @@ class CostEstimator:
         cost = sum(c for c, _ in visited)
         if node.function in ("_&&_", "_||_", "!_"):
             return cost + 1, SCALAR
+        literal = _literal_operand(node, arg_nodes)
+        if literal is not None:  # bounded by the literal (LITERAL_BOUNDED): the other operand's size is moot
+            return cost + call_cost(node.function, [("text", literal)]), SCALAR
+        if node.function not in FREE_FUNCTIONS:
+            for _, bound in visited:
+                self.consume(bound)
         sizes = [(_kind(self.type_of(a)), b.size) for a, (_, b) in zip(arg_nodes, visited)]
         cost += call_cost(node.function, sizes)
         return cost, self._result(node, [b for _, b in visited])
@@ -242,13 +263,34 @@ class CostEstimator:
         return Bound(total, elem)
 
 
+def _literal_size(node: ast.Node) -> int | None:
+    """Size of a literal operand (a literal list counts its items' sizes), or None if not a literal."""
+    if isinstance(node, ast.Literal):
+        return value_kind(node.value)[1]
+    if isinstance(node, ast.CreateList) and all(isinstance(i, ast.Literal) for i in node.items):
+        return sum(value_kind(i.value)[1] + 1 for i in node.items if isinstance(i, ast.Literal))
+    return None
+
+
+def _literal_operand(node: ast.Call, args: tuple[ast.Node, ...]) -> int | None:
+    """The size that bounds a call's work when that bound comes from a literal operand, else None."""
+    if len(args) != 2:
+        return None
+    if node.function == "@in":
+        return _literal_size(args[1]) if isinstance(args[1], ast.CreateList) else None
+    if node.function not in LITERAL_BOUNDED:
+        return None
+    sizes = [s for s in map(_literal_size, args) if s is not None]
+    return min(sizes) if sizes else None
+
+
 def _arg_nodes(node: ast.Call) -> tuple[ast.Node, ...]:
     return ((node.target,) if node.target is not None else ()) + node.args
 
 
 def _max(a: Bound, b: Bound) -> Bound:
     elem = a.elem if b.elem is None else b.elem if a.elem is None else _max(a.elem, b.elem)
-    return Bound(max(a.size, b.size), elem)
+    return Bound(max(a.size, b.size), elem, a.guessed or b.guessed)
 
 
 def estimate(node: ast.Node, node_types: Mapping[int, Type], variables: Mapping[str, Bound],
