@@ -85,7 +85,8 @@ def test_malformed_control_requests_get_errors(daemon):
         s.sendall(b"{nope\n[1]\n")
         reader = s.makefile()
         replies = [json.loads(reader.readline()) for _ in range(2)]
-    assert [r["error"]["code"] for r in replies] == [-32700, -32600]
+    assert replies[0]["error"]["code"] == -32700
+    assert [r["error"]["code"] for r in replies[1]] == [-32600]  # a batch of one invalid request
 
 
 def test_reload_with_broken_file_keeps_last_known_good(daemon):
@@ -120,7 +121,7 @@ def test_reload_switches_atomically_under_concurrent_load(daemon):
         t.start()
     time.sleep(0.05)
     write(daemon.config.policies, "p.yaml", policy_yaml("p", "- {id: stop, effect: deny, operations: [test.ping]}\n"))
-    v2 = daemon.reload()["revision"]
+    v2 = daemon.reload(accept_removals=True)["revision"]  # the rule "ping" is removed on purpose
     time.sleep(0.05)
     stop.set()
     for t in threads:
@@ -148,10 +149,16 @@ def test_watcher_reloads_on_file_change(tmp_path):
         d.stop()
 
 
-def test_job_concurrency_limit(daemon):
-    daemon._in_flight["com.example.pinger"] = daemon.config.max_jobs_per_extension
+def test_job_queue_full_is_overload_with_retry_after(daemon):
+    admission = daemon.admission
+    admission._running["com.example.pinger"] = daemon.config.max_jobs_per_extension
+    admission._waiting["com.example.pinger"] = daemon.config.max_queued_per_extension
     reply = call(daemon.config.socket, "jobs.run", {"extension": "com.example.pinger", "job": "go"})
-    assert reply["error"]["code"] == -32001 and "in flight" in reply["error"]["message"]
+    assert reply["error"]["code"] == -32001 and "queued" in reply["error"]["message"]
+    assert reply["error"]["data"]["retry_after_ms"] >= 10
+    admission._waiting["com.example.pinger"] = 0
+    reply = call(daemon.config.socket, "jobs.run", {"extension": "com.example.pinger", "job": "go", "wait_ms": 50})
+    assert reply["error"]["code"] == -32001 and "within 0.05 s" in reply["error"]["message"]
 
 
 def test_shutdown_interrupts_running_jobs_and_removes_socket(tmp_path):
@@ -304,7 +311,7 @@ def test_replay_flips_exactly_the_changed_calls(tmp_path):
     """))
     report = replay(candidate, tmp_path / "d.jsonl")
     assert [(f.line, f.was, f.now, f.rules) for f in report.flips] == [(2, "allow", "deny", ("p/private",))]
-    assert (report.decided, report.skipped, report.unreadable) == (3, 1, (5,))
+    assert (report.decided, report.skipped, report.unreadable) == (3, 1, ((str(tmp_path / "d.jsonl"), 5),))
 
 
 def test_replay_cli(tmp_path, capsys):
