@@ -291,7 +291,8 @@ class DecisionLog:
         delay = 0.1
         while True:
             with self._cond:
-                while not self._pending and not self._refusals and not self._closing and not self._reopen:
+                while (not self._pending and not self._refusals and not self._closing and not self._reopen
+                       and self._last_error is None and self._fd is not None):
                     self._cond.wait(self.fsync_interval)
                     self._maybe_sync()
                 if self._closed or (self._closing and not self._pending and not self._refusals):
@@ -380,7 +381,7 @@ class DecisionLog:
 
     def _ensure_open(self) -> int:
         if self._fd is None:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)  # RDWR: fence
             try:
                 self._size = self._fence(fd)
             except OSError:

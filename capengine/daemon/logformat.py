@@ -13,7 +13,7 @@ from capengine.daemon.decision_log import rfc3339
 
 
 def _escape(text: str) -> str:
-    return "".join(c if c.isprintable() or c in "\n\t" else ascii(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class TextFormatter(logging.Formatter):
