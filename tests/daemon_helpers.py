@@ -50,17 +50,20 @@ def make_setup(tmp: Path, data: Path | None = None) -> dict[str, Path]:
 class DaemonProcess:
     def __init__(self, dirs: dict[str, Path], *extra: str, env: dict | None = None) -> None:
         self.dirs, self.socket = dirs, dirs["socket"]
+        # files, not pipes: a daemon whose log pipe nobody reads would block on a full pipe
+        self.stderr_path = dirs["socket"].with_name(f"daemon-{time.monotonic_ns()}.err")
+        self._err = self.stderr_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "capengine", "daemon", "--policies", str(dirs["policies"]),
              "--extensions", str(dirs["extensions"]), "--data-dir", str(dirs["data"]), "--socket", str(self.socket),
-             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+             *extra], stdout=subprocess.DEVNULL, stderr=self._err, text=True,
             env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float = 60) -> DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.proc.stderr.read()}")
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.stderr()}")
             with contextlib.suppress(Exception):
                 if "result" in call(self.socket, "health", timeout=5):
                     return self
@@ -86,7 +89,10 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
-        return code, self.proc.stderr.read()
+        return code, self.stderr()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
