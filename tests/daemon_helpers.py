@@ -125,11 +125,10 @@ def tmpfs(path: Path, size: str = "1m"):
 def fill(directory: Path) -> Path:
     """Fill the file system holding `directory` until ENOSPC."""
     filler = directory / "filler"
-    with filler.open("wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
     with contextlib.suppress(OSError), filler.open("ab") as f:  # the last few bytes
         for _ in range(65536):
             f.write(b"\0")
