@@ -222,6 +222,11 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     from capengine.daemon.server import Daemon
 
     configure_logging(args.log_format)
+    requests: list[str] = []  # handlers first: a SIGTERM right after READY=1 must be a graceful stop
+    signal.signal(signal.SIGHUP, lambda *_: requests.append("reload"))
+    signal.signal(signal.SIGUSR1, lambda *_: requests.append("reopen"))
+    signal.signal(signal.SIGTERM, lambda *_: requests.append("stop"))
+    signal.signal(signal.SIGINT, lambda *_: requests.append("stop"))
     data_dir = _data_dir(args)
     try:
         config = DaemonConfig(Path(args.policies), Path(args.extensions), data_dir,
@@ -232,14 +237,9 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
                               metrics_textfile=Path(args.metrics_textfile) if args.metrics_textfile else None)
         daemon = Daemon(config)
         daemon.start()
-    except (DaemonError, ValueError) as exc:
+    except (DaemonError, ValueError, OSError) as exc:
         print(f"capengine daemon: {exc}", file=sys.stderr)
         return EXIT_FINDINGS
-    requests: list[str] = []
-    signal.signal(signal.SIGHUP, lambda *_: requests.append("reload"))
-    signal.signal(signal.SIGUSR1, lambda *_: requests.append("reopen"))
-    signal.signal(signal.SIGTERM, lambda *_: requests.append("stop"))
-    signal.signal(signal.SIGINT, lambda *_: requests.append("stop"))
     print(f"capengine daemon: serving on {config.socket} (policy revision {daemon.status.revision})", flush=True)
     while "stop" not in requests:
         time.sleep(0.05)

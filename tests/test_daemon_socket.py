@@ -91,9 +91,7 @@ def test_request_line_cap_idle_timeout_and_connection_cap(daemon):
     slow.connect(str(sock))
     slow.sendall(b'{"jsonrpc"')
     slow.settimeout(10)
-    started = time.monotonic()
-    assert slow.recv(100) == b""  # closed by the idle timeout
-    assert time.monotonic() - started < 8
+    assert slow.recv(100) == b""  # closed by the idle timeout (1 s here) long before the 10 s recv timeout
     slow.close()
     idle = []
     for _ in range(daemon.config.max_connections):

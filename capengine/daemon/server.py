@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from functools import partial
+from pathlib import Path
 
 import attrs
 
@@ -35,8 +36,10 @@ from capengine.daemon.supervisor import Supervisor
 from capengine.host.envelope import CallRecord
 from capengine.host.extension_host import Host
 from capengine.host.manifests import Extension, load_extensions
+from capengine.policy.check import run_check
+from capengine.policy.engine import PolicySet
 
-__all__ = ["Daemon", "DaemonConfig", "DaemonError", "PolicyStatus", "RpcError", "call"]
+__all__ = ["Daemon", "DaemonConfig", "DaemonError", "PolicyStatus", "RpcError", "call", "check_policies"]
 
 log = logging.getLogger("capengine.daemon.server")
 
@@ -82,8 +85,8 @@ class Daemon:
     def status(self) -> PolicyStatus:
         return self.policies.status
 
-    def _swap(self, policy_set: object) -> None:
-        self.host.swap_policies(policy_set)  # type: ignore[arg-type]
+    def _swap(self, policy_set: PolicySet) -> None:
+        self.host.swap_policies(policy_set)
 
     def _on_call(self, call_record: CallRecord) -> None:
         self.metrics.observe(call_record)
@@ -274,3 +277,11 @@ class Daemon:
         with contextlib.suppress(OSError):
             self.config.socket.unlink(missing_ok=True)
         log.info("stopped")
+
+
+def check_policies(directory: Path, operations: list[str]) -> tuple[PolicySet | None, list[str], int]:
+    """The same findings `capengine check` reports; a set only when none is an error (start-up benchmark)."""
+    outcome = run_check([directory], operations=operations)
+    errors = [str(f) for f in outcome.findings if f.severity == "error"]
+    files = sum(1 for f in outcome.load.files if f.policies)
+    return (None if errors else outcome.policy_set), errors, files
