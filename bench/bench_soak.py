@@ -90,8 +90,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data, sock_path = Path(tmp) / "data", Path(tmp) / "ctl.sock"
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        subprocess.run([sys.executable, "-m", "capengine", "library", "add", str(ROOT / "extensions" / "sample-library"),
-                        "--data-dir", str(data)], check=True, env=env, stdout=subprocess.DEVNULL)
+        library = ROOT / "extensions" / "sample-library"
+        subprocess.run([sys.executable, "-m", "capengine", "library", "add", str(library), "--data-dir", str(data)],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
         err = (Path(tmp) / "daemon.err").open("w")
         daemon = subprocess.Popen([sys.executable, "-m", "capengine", "daemon", "--policies", str(ROOT / "policies"),
                                    "--extensions", str(ROOT / "extensions"), "--data-dir", str(data), "--socket",
