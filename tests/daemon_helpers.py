@@ -59,7 +59,7 @@ class DaemonProcess:
              *extra], stdout=subprocess.DEVNULL, stderr=self._err, text=True,
             env={**os.environ, **(env or {})})
 
-    def wait_ready(self, timeout: float = 60) -> DaemonProcess:
+    def wait_ready(self, timeout: float = 180) -> DaemonProcess:  # generous: CI machines can be very busy
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

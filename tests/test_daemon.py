@@ -355,3 +355,32 @@ def test_records_keep_only_args_some_condition_reads(tmp_path):
     finally:
         host.close()
     assert call_record.args == {}  # no condition reads args: the log keeps none
+
+
+def test_any_exception_in_a_reload_keeps_last_known_good_and_threads_are_restarted(daemon, monkeypatch):
+    import capengine.daemon.reload as reload_module
+
+    old = daemon.status.revision
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("walk failed")
+
+    monkeypatch.setattr(reload_module, "read_settled", explode)
+    result = call(daemon.config.socket, "policies.reload")["result"]
+    assert not result["reloaded"] and "RuntimeError: walk failed" in result["errors"][0]
+    assert daemon.status.revision == old
+    assert call(daemon.config.socket, "health")["result"]["policy"]["reloads_failed"] == 1
+    monkeypatch.undo()
+    calls = []
+
+    def crashing_body():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError(24, "Too many open files")
+
+    daemon.supervisor.run("crashy", crashing_body)
+    deadline = time.monotonic() + 20
+    while daemon.health()["threads"]["crashy"]["restarts"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "Too many open files" in daemon.health()["threads"]["crashy"]["last_error"]

@@ -186,3 +186,15 @@ def _call(**args) -> CallRecord:
     return CallRecord(extension="com.example.a", operation="test.ping", library="", path="", decided=True,
                       allowed=True, rules=("p/r",), errors=(), args=args, code="OK", message="", revision="r",
                       duration_us=1)
+
+
+def test_a_record_that_cannot_be_built_becomes_a_stub_and_the_writer_goes_on(tmp_path):
+    log = DecisionLog(tmp_path / "d.jsonl")
+    log.record(CallRecord(
+        extension="com.example.a", operation="test.ping", library="", path="", decided=True, allowed=True,
+        rules=(), errors=(), args={1: "int key", "b": 2}, code="OK", message="", revision="r", duration_us=1))
+    log.record(_call(n=2))
+    log.close()
+    stub, ok = [r for _, r in read_records(tmp_path / "d.jsonl")]
+    assert stub["call_id"] and "TypeError" in stub["record_error"] and stub["decision"] == "error"
+    assert ok["args"] == {"n": 2}
