@@ -150,15 +150,20 @@ def test_watcher_reloads_on_file_change(tmp_path):
 
 
 def test_job_queue_full_is_overload_with_retry_after(daemon):
-    admission = daemon.admission
-    admission._running["com.example.pinger"] = daemon.config.max_jobs_per_extension
-    admission._waiting["com.example.pinger"] = daemon.config.max_queued_per_extension
-    reply = call(daemon.config.socket, "jobs.run", {"extension": "com.example.pinger", "job": "go"})
+    from capengine.daemon.jobs import Admission
+
+    job = {"extension": "com.example.pinger", "job": "go"}
+    daemon.admission = Admission(1, 0, 30.0)  # one slot, no queue
+    with daemon.admission.slot("com.example.pinger"):
+        reply = call(daemon.config.socket, "jobs.run", job)
     assert reply["error"]["code"] == -32001 and "queued" in reply["error"]["message"]
     assert reply["error"]["data"]["retry_after_ms"] >= 10
-    admission._waiting["com.example.pinger"] = 0
-    reply = call(daemon.config.socket, "jobs.run", {"extension": "com.example.pinger", "job": "go", "wait_ms": 50})
+    daemon.admission = Admission(1, 4, 30.0)
+    with daemon.admission.slot("com.example.pinger"):
+        reply = call(daemon.config.socket, "jobs.run", {**job, "wait_ms": 50})
     assert reply["error"]["code"] == -32001 and "within 0.05 s" in reply["error"]["message"]
+    assert daemon.admission.counts() == {"running": 0, "queued": 0}
+    assert call(daemon.config.socket, "jobs.run", job)["result"]["status"] == "completed"
 
 
 def test_shutdown_interrupts_running_jobs_and_removes_socket(tmp_path):

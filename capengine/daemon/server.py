@@ -124,6 +124,8 @@ class Daemon:
                 return self._run(ext, job, job_input)
         except RpcError as exc:
             if exc.code == rpc.OVERLOADED:
+                if self._stopping:  # a waiter woken by the stop
+                    raise RpcError(rpc.SHUTTING_DOWN, "the daemon is shutting down") from None
                 self.metrics.jobs_rejected.labels("overload").inc()
             raise
 
