@@ -24,6 +24,18 @@ DENY_PRIVATE = ("- {id: private, effect: deny, operations: [vdfs.read_file],\n"
                 "   condition: 'path.under(\"/private\")'}\n")
 
 
+def install(ext_dir: Path, data: Path) -> None:
+    """Vouch for an extension where the daemon runs installed extensions only (`capengine ext install`); a
+    no-op on a tree without the installed-extension registry."""
+    try:
+        from capengine.host.installed import InstalledRegistry  # type: ignore[import-not-found]
+
+        from capengine.host.manifests import load_extension
+    except ImportError:
+        return
+    InstalledRegistry(data).install(load_extension(ext_dir))
+
+
 def make_setup(tmp: Path, data: Path | None = None) -> dict[str, Path]:
     """Policies (allow.yaml allows reads, deny.yaml denies /private), a library with a secret, and guests:
     `reader` reads /private/secret.txt, `pinger` pings with a lone surrogate in an arg a condition reads."""
@@ -43,6 +55,7 @@ def make_setup(tmp: Path, data: Path | None = None) -> dict[str, Path]:
         (ext / "guest.wat").write_text(call_job(method, payload, lib_ptr))
         (ext / "manifest.yaml").write_text(f"id: com.example.{name}\nname: {name}\nversion: 1.0.0\n"
                                            f"module: guest.wat\njobs: [go]\noperations: [{method}]\n")
+        install(ext, data)
     return {"policies": policies, "extensions": extensions, "data": data, "socket": tmp / "ctl.sock",
             "library": library}
 

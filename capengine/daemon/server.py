@@ -33,6 +33,7 @@ from capengine.daemon.reload import PolicyManager, PolicyStatus
 from capengine.daemon.rpc import RpcError, param
 from capengine.daemon.socket_server import ControlServer
 from capengine.daemon.supervisor import Supervisor
+from capengine.errors import CapengineError
 from capengine.host.envelope import CallRecord
 from capengine.host.extension_host import Host
 from capengine.host.manifests import Extension, load_extensions
@@ -62,8 +63,12 @@ class Daemon:
                                       lambda ok: self.metrics.reloads.labels("ok" if ok else "failed").inc())
         self.decisions = DecisionLog(config.data_dir / "decisions.jsonl", config.log_max_bytes, config.log_keep,
                                      config.log_mask, config.log_high_water, config.log_fsync_interval)
-        self.host = Host(self.policies.policy_set, config.data_dir, config.limits, on_call=self._on_call,
-                         admit=self.decisions.admit)
+        try:
+            self.host = Host(self.policies.policy_set, config.data_dir, config.limits, on_call=self._on_call,
+                             admit=self.decisions.admit)
+        except (CapengineError, OSError) as exc:
+            self.decisions.close()
+            raise DaemonError(f"refusing to start: {exc}") from None
         loaded, broken = load_extensions(config.extensions)
         self.extensions, validation = extension_check.validate(loaded, self.host.runtime, operations)
         self.broken_extensions = broken + validation
