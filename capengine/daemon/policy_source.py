@@ -121,7 +121,8 @@ def losses(old: Settled, new: Settled) -> list[str]:
         elif not new_policies.get(name):
             found.append(f"{where}: the file held policies {', '.join(policies)} and now holds none "
                          "(empty or cut short?)")
-        elif len(new_texts[name]) < len(old_texts[name]) and old_texts[name].startswith(new_texts[name]):
+        elif len(new_texts.get(name, "")) < len(old_texts[name]) and old_texts[name].startswith(
+                new_texts.get(name, "")):
             found.append(f"{where}: the file is a truncated copy of its previous content (a write in progress?)")
     new_rules = {p.name: {r.id for r in p.rules} for p in new.outcome.load.policies}
     for policy in old.outcome.load.policies:

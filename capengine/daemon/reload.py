@@ -41,6 +41,7 @@ class PolicyManager:
                  settle: float = 0.05, counted: Callable[[bool], None] | None = None) -> None:
         self.directory, self.operations, self._swap, self.settle = directory, operations, swap, settle
         self._counted = counted or (lambda ok: None)
+        self._seen = fingerprint(directory)  # before reading: a change made during start is not missed
         try:
             settled = read_settled(directory, operations, settle)
         except (OSError, UnsettledError) as exc:
@@ -97,11 +98,10 @@ class PolicyManager:
                 self._cond.notify_all()
 
     def run_watcher(self, stopped: threading.Event, interval: float) -> None:
-        seen = fingerprint(self.directory)
         while not stopped.wait(interval):
             current = fingerprint(self.directory)
-            if current != seen:
-                seen = current
+            if current != self._seen:
+                self._seen = current
                 self.request()
 
     # the reload itself ---------------------------------------------------------------------------------------
