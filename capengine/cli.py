@@ -7,11 +7,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from capengine import __version__
 from capengine.policy import report
 from capengine.policy.check import run_check
+
+if TYPE_CHECKING:
+    from capengine.host.libraries import LibraryCatalog
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -208,9 +211,23 @@ def _cmd_library(args: argparse.Namespace) -> int:
             return EXIT_OK
     except (LibraryError, ValueError) as exc:
         print(f"capengine library {args.library_command}: {exc}", file=sys.stderr)
+        if args.library_command == "add":
+            _print_move_hint(catalog, Path(args.directory), args.id)
         return EXIT_USAGE
     print(f"{lib.id}  {lib.name}  {lib.root}")
     return EXIT_OK
+
+
+def _print_move_hint(catalog: LibraryCatalog, directory: Path, library_id: str | None) -> None:
+    """A second clone or a moved checkout carries a known id: say how to point that id here."""
+    from capengine.host.libraries import LIBRARY_ID_FILE
+
+    id_file = directory / LIBRARY_ID_FILE
+    wanted = library_id or (id_file.read_text().strip() if id_file.is_file() else None)
+    known = catalog.get(wanted) if wanted else None
+    if known is not None and known.root != directory.resolve():
+        print(f"  library {known.id} is at {known.root}; to use {directory} instead: "
+              f"capengine library move {known.id} {directory}", file=sys.stderr)
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
