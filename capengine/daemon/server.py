@@ -230,6 +230,11 @@ class Daemon:
             finally:
                 probe.close()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.config.metrics_port is not None:  # before the socket: a busy port must not leave a socket behind
+            try:
+                self.metrics.serve_http(self.config.metrics_port)
+            except OSError as exc:
+                raise DaemonError(f"cannot serve metrics on 127.0.0.1:{self.config.metrics_port}: {exc}") from None
         server = ControlServer(path, self.answer, is_job=lambda line: b'"jobs.run"' in line,
                                max_connections=self.config.max_connections, max_line=self.config.max_line_bytes,
                                idle_timeout=self.config.idle_timeout, control_workers=self.config.control_workers,
@@ -245,11 +250,6 @@ class Daemon:
         if self.config.watch_interval > 0:
             sup.run("watcher", partial(self.policies.run_watcher, self._stopped, self.config.watch_interval))
         sup.watch("decision-log", self.decisions.writer_alive, self.decisions.start)
-        if self.config.metrics_port is not None:
-            try:
-                self.metrics.serve_http(self.config.metrics_port)
-            except OSError as exc:
-                raise DaemonError(f"cannot serve metrics on 127.0.0.1:{self.config.metrics_port}: {exc}") from None
         if self.config.metrics_textfile is not None:
             sup.run("metrics-textfile", partial(self.metrics.run_textfile, self.config.metrics_textfile,
                                                 self._stopped))
