@@ -7,12 +7,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from capengine import bundled
 from capengine.policy import report
 from capengine.policy.check import run_check
 from capengine.version import __version__
+
+if TYPE_CHECKING:
+    from capengine.host.libraries import LibraryCatalog
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -252,87 +255,141 @@ def _cmd_library(args: argparse.Namespace) -> int:
     from capengine.host.libraries import LibraryCatalog, LibraryError
 
     catalog = LibraryCatalog(_data_dir(args))
-    if args.library_command == "add":
-        try:
+    try:
+        if args.library_command == "add":
             lib = catalog.add(args.directory, args.name, args.id, allow_hardlinks=args.allow_hardlinks)
-        except (LibraryError, ValueError) as exc:
-            print(f"capengine library add: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        notes = [note for flag, note in ((lib.case_insensitive, "case-insensitive volume: policies judge on-disk "
-                                          "spellings"), (lib.allow_hardlinks, "hard links allowed")) if flag]
-        print(f"{lib.id}  {lib.name}  {lib.root}" + "".join(f"  ({note})" for note in notes))
-        return EXIT_OK
-    for lib in catalog.list():
-        print(f"{lib.id}  {lib.name}  {lib.root}")
+            notes = [note for flag, note in ((lib.case_insensitive, "case-insensitive volume: policies judge "
+                                              "on-disk spellings"), (lib.allow_hardlinks, "hard links allowed"))
+                     if flag]
+            print(f"{lib.id}  {lib.name}  {lib.root}" + "".join(f"  ({note})" for note in notes))
+            return EXIT_OK
+        if args.library_command == "remove":
+            lib = catalog.remove(args.id)
+            print(f"removed {lib.id}  {lib.name}  {lib.root} (its files are untouched)")
+            return EXIT_OK
+        if args.library_command == "move":
+            lib = catalog.move(args.id, args.directory)
+        else:
+            for lib in catalog.list():
+                print(f"{lib.id}  {lib.name}  {lib.root}")
+            return EXIT_OK
+    except (LibraryError, ValueError) as exc:
+        print(f"capengine library {args.library_command}: {exc}", file=sys.stderr)
+        if args.library_command == "add":
+            _print_move_hint(catalog, Path(args.directory), args.id)
+        return EXIT_USAGE
+    print(f"{lib.id}  {lib.name}  {lib.root}")
     return EXIT_OK
 
 
+def _print_move_hint(catalog: LibraryCatalog, directory: Path, library_id: str | None) -> None:
+    """A second clone or a moved checkout carries a known id: say how to point that id here."""
+    from capengine.host.libraries import LIBRARY_ID_FILE
+
+    id_file = directory / LIBRARY_ID_FILE
+    wanted = library_id or (id_file.read_text().strip() if id_file.is_file() else None)
+    known = catalog.get(wanted) if wanted else None
+    if known is not None and known.root != directory.resolve():
+        print(f"  library {known.id} is at {known.root}; to use {directory} instead: "
+              f"capengine library move {known.id} {directory}", file=sys.stderr)
+
+
 def _cmd_daemon(args: argparse.Namespace) -> int:
-    import logging
     import signal
 
+    from capengine.daemon.config import DaemonConfig, DaemonError
     from capengine.daemon.decision_log import DEFAULT_MASK
-    from capengine.daemon.server import Daemon, DaemonConfig, DaemonError
+    from capengine.daemon.logformat import configure_logging
+    from capengine.daemon.server import Daemon
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    data_dir = _data_dir(args)
-    config = DaemonConfig(Path(args.policies), Path(args.extensions), data_dir,
-                          Path(args.socket) if args.socket else data_dir / "capengine.sock",
-                          watch_interval=args.watch_interval, log_mask=DEFAULT_MASK + tuple(args.mask))
-    try:
-        daemon = Daemon(config)
-        daemon.start()
-    except DaemonError as exc:
-        print(f"capengine daemon: {exc}", file=sys.stderr)
-        return EXIT_FINDINGS
-    requests: list[str] = []
+    configure_logging(args.log_format)
+    requests: list[str] = []  # handlers first: a SIGTERM right after READY=1 must be a graceful stop
     signal.signal(signal.SIGHUP, lambda *_: requests.append("reload"))
+    signal.signal(signal.SIGUSR1, lambda *_: requests.append("reopen"))
     signal.signal(signal.SIGTERM, lambda *_: requests.append("stop"))
     signal.signal(signal.SIGINT, lambda *_: requests.append("stop"))
+    data_dir = _data_dir(args)
+    try:
+        config = DaemonConfig(Path(args.policies), Path(args.extensions), data_dir,
+                              Path(args.socket) if args.socket else data_dir / "capengine.sock",
+                              watch_interval=args.watch_interval, log_mask=DEFAULT_MASK + tuple(args.mask),
+                              max_jobs_per_extension=args.max_jobs, queue_timeout=args.queue_timeout,
+                              metrics_port=args.metrics_port,
+                              metrics_textfile=Path(args.metrics_textfile) if args.metrics_textfile else None)
+        daemon = Daemon(config)
+        daemon.start()
+    except (DaemonError, ValueError, OSError) as exc:
+        print(f"capengine daemon: {exc}", file=sys.stderr)
+        return EXIT_FINDINGS
     print(f"capengine daemon: serving on {config.socket} (policy revision {daemon.status.revision})", flush=True)
     while "stop" not in requests:
-        time.sleep(0.1)
-        if "reload" in requests:
-            requests.remove("reload")
-            daemon.reload()
+        time.sleep(0.05)
+        while requests and requests[0] != "stop":  # a storm of SIGHUPs is one request: reloads coalesce
+            what = requests.pop(0)
+            if what == "reload":
+                daemon.request_reload()
+            elif what == "reopen":
+                daemon.decisions.reopen()
     daemon.stop()
     return EXIT_OK
 
 
+EXIT_NO_DAEMON = 3  # ctl: nothing listening at the socket (or it went away mid-call)
+
+
 def _cmd_ctl(args: argparse.Namespace) -> int:
-    from capengine.daemon.server import call
+    """Exit 0 on success; 1 when the call failed (a JSON-RPC error, a job that did not complete, a rejected
+    reload); 2 for bad usage; 3 when no daemon answers. Results go to stdout, errors to stderr."""
+    from capengine.daemon.client import NoDaemon, call
 
     try:
         params = json.loads(args.params) if args.params else {}
-        socket_path = Path(args.socket) if args.socket else _data_dir(args) / "capengine.sock"
-        reply = call(socket_path, args.method, params)
-    except (OSError, ValueError) as exc:
-        print(f"capengine ctl: {exc}", file=sys.stderr)
+        if not isinstance(params, dict):
+            raise ValueError("PARAMS must be a JSON object")
+    except ValueError as exc:
+        print(f"capengine ctl: bad PARAMS: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(reply.get("result", reply.get("error")), indent=2))
-    return EXIT_OK if "result" in reply else EXIT_FINDINGS
+    socket_path = Path(args.socket) if args.socket else _data_dir(args) / "capengine.sock"
+    try:
+        reply = call(socket_path, args.method, params, timeout=args.timeout, wait=args.wait)
+    except NoDaemon as exc:
+        print(f"capengine ctl: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except (OSError, ValueError) as exc:
+        print(f"capengine ctl: {socket_path}: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    if "error" in reply:
+        print(json.dumps(reply["error"], indent=2), file=sys.stderr)
+        return EXIT_FINDINGS
+    result = reply.get("result")
+    print(json.dumps(result, indent=2))
+    failed = isinstance(result, dict) and (result.get("reloaded") is False or result.get("status") in (
+        "failed", "interrupted"))
+    return EXIT_FINDINGS if failed else EXIT_OK
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from capengine.daemon.replay import replay
+    """Exit 0: nothing flips; 1: some decisions flip; 2: bad input (not a decision log, unreadable, or a
+    candidate policy set with errors)."""
+    from capengine.daemon.replay import NotADecisionLog, replay
 
     policy_set = _load_policy_set(args.policies, "replay")
     if policy_set is None:
-        return EXIT_FINDINGS
+        return EXIT_USAGE
     try:
-        report = replay(policy_set, Path(args.log))
-    except OSError as exc:
+        report = replay(policy_set, args.logs)
+    except NotADecisionLog as exc:
         print(f"capengine replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for flip in report.flips:
         r = flip.record
-        print(f"{args.log}:{flip.line}: {flip.was} -> {flip.now}  {r['extension']} {r['operation']} "
+        print(f"{flip.file}:{flip.line}: {flip.was} -> {flip.now}  {r['extension']} {r['operation']} "
               f"{r.get('path') or '-'}  (now: {', '.join(flip.rules) or 'default deny'}; "
               f"was: {', '.join(r.get('rules', [])) or 'default deny'})")
-    for line in report.unreadable:
-        print(f"{args.log}:{line}: not a decision record; skipped", file=sys.stderr)
-    print(f"{report.decided} decision(s) replayed under revision {policy_set.revision}: {len(report.flips)} would "
-          f"flip; {report.skipped} call(s) never reached a decision")
+    for file, line in report.unreadable:
+        print(f"{file}:{line}: not a decision record; skipped", file=sys.stderr)
+    print(f"{report.decided} decision(s) from {len(report.files)} file(s) replayed under revision "
+          f"{policy_set.revision}: {len(report.flips)} would flip; {report.skipped} call(s) never reached a decision")
     return EXIT_FINDINGS if report.flips else EXIT_OK
 
 
@@ -409,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--allow-hardlinks", action="store_true",
                      help="open regular files with more than one hard link (refused by default; docs/operations.md)")
     lib_sub.add_parser("list", help="list the libraries", parents=[data_dir])
+    remove = lib_sub.add_parser("remove", help="forget a library (its files are untouched)", parents=[data_dir])
+    remove.add_argument("id", help="library UUID")
+    move = lib_sub.add_parser("move", help="re-root a known library id (a moved checkout or a second clone)",
+                              parents=[data_dir])
+    move.add_argument("id", help="library UUID")
+    move.add_argument("directory")
     library.set_defaults(func=_cmd_library)
 
     daemon = sub.add_parser("daemon", help="serve extensions under the policy set (fails closed on errors)")
@@ -420,19 +483,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="poll the policy directory for changes (0: only SIGHUP/policies.reload)")
     daemon.add_argument("--mask", action="append", default=[], metavar="FIELD",
                         help="also mask this arg name in the decision log (repeatable)")
+    daemon.add_argument("--max-jobs", type=int, default=2, metavar="N", help="jobs run at once per extension")
+    daemon.add_argument("--queue-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="how long jobs.run waits for a free slot before -32001")
+    daemon.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1")
+    daemon.add_argument("--metrics-textfile", metavar="PATH", help="write Prometheus metrics for node_exporter")
+    daemon.add_argument("--log-format", choices=["text", "json"], default="text", help="the daemon's own log")
     daemon.set_defaults(func=_cmd_daemon)
 
-    ctl = sub.add_parser("ctl", help="call the daemon's control interface")
+    ctl = sub.add_parser("ctl", help="call the daemon's control interface (exit 0 ok, 1 failed, 3 no daemon)")
     ctl.add_argument("method", help="jobs.run, jobs.list, extensions.list, policies.status, policies.reload, "
-                                    "decisions.tail")
+                                    "decisions.tail, health")
     ctl.add_argument("params", nargs="?", help="JSON object of parameters")
     ctl.add_argument("--socket", metavar="PATH")
     ctl.add_argument("--data-dir", metavar="DIR")
+    ctl.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                     help="wait up to SECONDS for the daemon to be listening (it may still be starting)")
+    ctl.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="for the reply")
     ctl.set_defaults(func=_cmd_ctl)
 
-    replay = sub.add_parser("replay", help="re-decide a decision log under candidate policies; list flips")
+    replay = sub.add_parser("replay", help="re-decide decision logs under candidate policies; list flips "
+                                           "(exit 1: flips, 2: bad input)")
     replay.add_argument("--policies", required=True, metavar="DIR")
-    replay.add_argument("log", metavar="DECISION_LOG")
+    replay.add_argument("logs", nargs="+", metavar="LOG",
+                        help="decision-log files, globs, or a data dir (all rotated files, oldest first)")
     replay.set_defaults(func=_cmd_replay)
     return parser
 

@@ -45,9 +45,10 @@ class Dispatcher:
     each call reads it once and is decided (and rate-limited) entirely under that set."""
 
     def __init__(self, active: Callable[[], ActivePolicies], registry: Registry, catalog: LibraryCatalog,
-                 data_dir: Path, on_call: Callable[[CallRecord], None] | None = None) -> None:
+                 data_dir: Path, on_call: Callable[[CallRecord], None] | None = None,
+                 admit: Callable[[], str | None] | None = None) -> None:
         self.active, self.registry, self.catalog = active, registry, catalog
-        self.data_dir, self.on_call = data_dir, on_call
+        self.data_dir, self.on_call, self.admit = data_dir, on_call, admit
 
     def dispatch(self, ext: Extension, method: str, library_id: str, payload: dict,
                  deadline: Deadline | None = None) -> dict:
@@ -112,6 +113,9 @@ class Dispatcher:
 
     def _dispatch(self, active: ActivePolicies, ext: Extension, method: str, library_id: str, payload: dict,
                   record: dict, deadline: Deadline | None, errors: HostErrors | None) -> dict:
+        refusal = self.admit() if self.admit is not None else None
+        if refusal is not None:  # e.g. the daemon's decision log cannot be written: no call without its record
+            return error_envelope(ErrorCode.RESOURCE_EXHAUSTED, refusal)
         op = self.registry.get(method)
         if op is None:
             return error_envelope(ErrorCode.UNKNOWN_OPERATION, f"no operation named {method!r}")

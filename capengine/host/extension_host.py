@@ -40,14 +40,15 @@ class Host:
 
     def __init__(self, policy_set: PolicySet, data_dir: Path, limits: Limits | None = None,
                  registry: Registry | None = None, on_call: Callable[[CallRecord], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, require_installed: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, require_installed: bool = False,
+                 admit: Callable[[], str | None] | None = None) -> None:
         self.data_dir = private.prepare(data_dir)
         self.installed = InstalledRegistry(self.data_dir)
         self.require_installed = require_installed
         self.catalog = LibraryCatalog(self.data_dir)
         self.registry = registry or default_registry()
         self.runtime = Runtime(limits or Limits(), cache_dir=self.data_dir / "module-cache")
-        self.on_call, self.clock = on_call, clock
+        self.on_call, self.clock, self.admit = on_call, clock, admit  # admit: None, or why calls are refused now
         self._active = self._activate(policy_set)
 
     def _activate(self, policy_set: PolicySet) -> ActivePolicies:
@@ -62,12 +63,16 @@ class Host:
 
     def swap_policies(self, policy_set: PolicySet) -> None:
         """Atomic (one reference assignment): a call reads the set once, so it runs wholly under the old set
-        or wholly under the new one. Rate-limit buckets start full under the new set."""
-        self._active = self._activate(policy_set)
+        or wholly under the new one. A limit the new set keeps unchanged keeps its buckets (a reload must not
+        refill them); new or changed limits start full."""
+        new = self._activate(policy_set)
+        if new.limiter is not None and self._active.limiter is not None:
+            new.limiter.inherit(self._active.limiter)
+        self._active = new
 
     def open_library(self, root: Path) -> Library:
-        """The catalogue entry for `root`, adding it if needed."""
-        return self.catalog.find_root(Path(root).resolve()) or self.catalog.add(root)
+        """The catalogue entry for `root`, adding (or re-rooting a known id) if needed."""
+        return self.catalog.claim(root)
 
     def bind(self, ext: Extension) -> Extension:
         """`ext` with the namespace its digests entitle it to (see InstalledRegistry.bind); IdentityError when
@@ -89,7 +94,7 @@ class Host:
             if self.on_call is not None:
                 self.on_call(call)
 
-        dispatcher = Dispatcher(self.active, self.registry, self.catalog, self.data_dir, record)
+        dispatcher = Dispatcher(self.active, self.registry, self.catalog, self.data_dir, record, self.admit)
         return self.runtime.run_job(ext, job, dispatcher, input_json), calls
 
     def close(self) -> None:

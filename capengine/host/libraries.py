@@ -7,6 +7,7 @@ root always comes from here, resolved once to an absolute real path when the lib
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import uuid
@@ -15,6 +16,8 @@ from pathlib import Path
 import attrs
 
 from capengine.errors import CapengineError
+
+log = logging.getLogger("capengine.host.libraries")
 
 DATA_DIR_ENV = "CAPENGINE_DATA_DIR"
 LIBRARY_ID_FILE = ".capengine/library-id"  # a library directory may carry its own id (the bundled sample does)
@@ -155,3 +158,50 @@ class LibraryCatalog:
 
     def list(self) -> list[Library]:
         return self._select("ORDER BY name, id", ())
+
+    def remove(self, library_id: str) -> Library:
+        """Forget a library (its files are untouched). Sidecars keyed by content stay in the data dir."""
+        library = self.get(library_id)
+        if library is None:
+            raise LibraryError(f"no library {library_id} in the catalogue (see capengine library list)")
+        with self._connect() as db:
+            db.execute("DELETE FROM libraries WHERE id = ?", (library.id,))
+        self._known.pop(library.id, None)
+        return library
+
+    def move(self, library_id: str, root: str | Path) -> Library:
+        """Re-root a known id (a moved checkout, a second clone): same id, so policies and data still apply."""
+        library = self.get(library_id)
+        if library is None:
+            raise LibraryError(f"no library {library_id} in the catalogue (see capengine library list)")
+        real = Path(root).resolve(strict=False)
+        if not real.is_dir():
+            raise LibraryError(f"{root} is not a directory")
+        other = self.find_root(real)
+        if other is not None and other.id != library.id:
+            raise LibraryError(f"{real} is already library {other.id}; remove that one first")
+        with self._connect() as db:
+            db.execute("UPDATE libraries SET root = ? WHERE id = ?", (str(real), library.id))
+        moved = Library(library.id, library.name, real)
+        self._known[library.id] = moved
+        return moved
+
+    def claim(self, root: str | Path) -> Library:
+        """The library at `root`, for a command given that directory explicitly (`capengine run --library`):
+        its entry if known; else, when the directory carries the id of a known library (a second clone, a moved
+        checkout), that id re-rooted here, said on stderr; else a new entry."""
+        real = Path(root).resolve(strict=False)
+        found = self.find_root(real)
+        if found is not None:
+            return found
+        id_file = real / LIBRARY_ID_FILE
+        if id_file.is_file():
+            try:
+                known = self.get(str(uuid.UUID(id_file.read_text().strip())))
+            except ValueError:
+                known = None
+            if known is not None:
+                log.warning("library %s moved from %s to %s (it carries that id in %s)", known.id, known.root,
+                            real, LIBRARY_ID_FILE)
+                return self.move(known.id, real)
+        return self.add(real)

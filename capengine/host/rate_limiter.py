@@ -51,6 +51,21 @@ class RateLimiter:
         self._applicable: dict[tuple[str, str], tuple[int, ...]] = {}
         self._lock = threading.Lock()
 
+    def inherit(self, old: RateLimiter) -> None:
+        """Share the buckets (and the lock guarding them) of every limit `old` has unchanged, so that a reload
+        which keeps a limit neither refills nor forgets its buckets, even for calls in flight across the swap."""
+        def same(s: ScopedLimit) -> tuple:  # where the limit is written (its location) does not matter
+            lim = s.limit
+            return s.policy, s.extensions, lim.operations, lim.count, lim.per_seconds, lim.burst, lim.cost
+
+        previous = {same(s): i for i, s in enumerate(old.limits)}
+        mapping = {previous[same(s)]: i for i, s in enumerate(self.limits) if same(s) in previous}
+        with old._lock:
+            self._lock = old._lock
+            for (extension, j), bucket in old._buckets.items():
+                if j in mapping:
+                    self._buckets[(extension, mapping[j])] = bucket
+
     def _which(self, extension: str, operation: str) -> tuple[int, ...]:
         key = (extension, operation)
         found = self._applicable.get(key)
