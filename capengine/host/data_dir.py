@@ -194,7 +194,11 @@ def load_or_create_key(path: Path, size: int, fix: str) -> bytes:
         except OSError as exc:
             raise KeyFileError(f"cannot read the key file {path}: {exc.strerror}; {fix}", corrupt=True) from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory or a device where the key should be
+                raise KeyFileError(f"the key file {path} is not a regular file; {fix}", corrupt=True)
             data = os.read(fd, size + 1)
+        except OSError as exc:
+            raise KeyFileError(f"cannot read the key file {path}: {exc.strerror}; {fix}", corrupt=True) from None
         finally:
             os.close(fd)
         if len(data) == size:
