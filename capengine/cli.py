@@ -107,7 +107,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     try:
         request = _read_request(args)
     except ValueError as exc:
-        print(f"capengine explain: {exc}", file=sys.stderr)
+        print(f"capengine explain: cannot read the request: {exc}", file=sys.stderr)
         return EXIT_USAGE
     policy_set = _load_policy_set(args.policies or _default_policies(), "explain")
     if policy_set is None:
