@@ -7,6 +7,7 @@ assertion is always the same shape: exit 2, one line, the file named, never a tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -274,6 +275,31 @@ def test_api_check_finds_what_the_cli_finds(tmp_path):
 
 # 5. first runs racing on a fresh data dir ----------------------------------------------------------------------
 
+BARRIER = ("import os, sys, time\nfrom pathlib import Path\nready, go = Path(sys.argv[1]), Path(sys.argv[2])\n"
+           "ready.touch()\nwhile not go.exists():\n    time.sleep(0.001)\n")
+
+
+def _race(tmp: Path, code: str, argv: list[str], env: dict[str, str], n: int, cwd: Path) -> list[tuple[int, str, str]]:
+    """Start `n` real processes, let each import what it needs, then release them at once (a start file), so
+    their first touches of the data dir overlap instead of being spread over interpreter start-up."""
+    gate = tmp / "gate"
+    gate.mkdir(exist_ok=True)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(gate / f"ready{i}"), str(gate / "go"), *argv],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+             for i in range(n)]
+    for _ in range(6000):
+        if len(list(gate.glob("ready*"))) == n or any(p.poll() is not None for p in procs):
+            break
+        subprocess.run(["sleep", "0.01"])
+    (gate / "go").touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        results.append((proc.returncode, out, err))
+    shutil.rmtree(gate)
+    return results
+
+
 def test_concurrent_first_runs_of_an_installed_package(tmp_path):
     """Six real processes run `capengine run` at once with one fresh HOME, as from a wheel: the sample library
     is copied into the data dir and the catalogue created by whichever gets there first."""
@@ -283,30 +309,52 @@ def test_concurrent_first_runs_of_an_installed_package(tmp_path):
     (fake / "extensions" / "photo-ocr").symlink_to(ROOT / "extensions" / "photo-ocr")
     shutil.copytree(ROOT / "extensions" / "sample-library", fake / "extensions" / "sample-library",
                     ignore=shutil.ignore_patterns("sidecars"))
-    code = ("import sys; from pathlib import Path; import capengine.bundled as b; "
-            f"b.root = lambda: Path({str(fake)!r}); from capengine.cli import main; sys.exit(main(['run']))")
+    for i in range(200):  # a library worth copying: the window between two first runs is the copy
+        (fake / "extensions" / "sample-library" / "photos" / f"extra-{i}.txt").write_text("x" * 1000)
+    code = ("import capengine.bundled as b, capengine.host.extension_host\n" + BARRIER
+            + f"b.root = lambda: Path({str(fake)!r})\nfrom capengine.cli import main\nsys.exit(main(['run']))\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path / "home"), "XDG_DATA_HOME": "",
            "CAPENGINE_DATA_DIR": ""}
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env, cwd=tmp_path) for _ in range(6)]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
-        assert proc.returncode == 0 and "Traceback" not in err, err
+    for code_, out, err in _race(tmp_path, code, [], env, 6, tmp_path):
+        assert code_ == 0 and "Traceback" not in err, err
         assert "job completed" in out
     data = tmp_path / "home" / ".local" / "share" / "capengine"
     assert sorted(p.name for p in data.glob("*sample-library*")) == ["sample-library"]  # no partial copies left
 
 
-def test_concurrent_catalogue_creation(tmp_path):
-    code = "import sys; from capengine.host.libraries import LibraryCatalog; LibraryCatalog(sys.argv[1]).list()"
+SLOW_SCHEMA_READS = (
+    "import functools, sqlite3\n"
+    "class Slow(sqlite3.Connection):  # a loaded machine: the schema read and the upgrade are far apart\n"
+    "    def execute(self, sql, *args):\n"
+    "        cursor = super().execute(sql, *args)\n"
+    "        if sql.startswith('PRAGMA table_info'):\n"
+    "            time.sleep(0.3)\n"
+    "        return cursor\n"
+    "sqlite3.connect = functools.partial(sqlite3.connect, factory=Slow)\n"
+    "from capengine.host.libraries import LibraryCatalog\n"
+    "LibraryCatalog(sys.argv[3]).list()\n")
+
+
+@pytest.mark.parametrize("old_schema", [False, True], ids=["fresh", "older-catalogue"])
+def test_concurrent_catalogue_upgrade(tmp_path, old_schema):
+    """Six processes open one catalogue at once, each slow between reading the schema and upgrading it: all
+    see the columns missing, and only the first may add them (the others once died of "duplicate column
+    name"). A catalogue from before the columns existed is upgraded the same way."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    if old_schema:
+        with contextlib.closing(sqlite3.connect(data / "libraries.sqlite3")) as db:
+            db.execute("CREATE TABLE libraries (id TEXT PRIMARY KEY, name TEXT NOT NULL, root TEXT NOT NULL UNIQUE)")
+            db.execute("INSERT INTO libraries VALUES (?, 'old', ?)", (LIB, str(tmp_path)))
+            db.commit()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for round_ in range(3):
-        data = tmp_path / f"data{round_}"
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(data)], stderr=subprocess.PIPE, text=True,
-                                  env=env) for _ in range(8)]
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
+    for code, _, err in _race(tmp_path, BARRIER + SLOW_SCHEMA_READS, [str(data)], env, 6, tmp_path):
+        assert code == 0, err
+    with contextlib.closing(sqlite3.connect(data / "libraries.sqlite3")) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(libraries)")}
+    assert {"case_insensitive", "allow_hardlinks"} <= columns
 
 
 # 6. closed pipes --------------------------------------------------------------------------------------------
