@@ -32,7 +32,7 @@ LIB = "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6"
 
 
 def cli(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "capengine", *argv], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                           cwd=cwd or ROOT)
@@ -77,6 +77,23 @@ def _catalogue_garbage(tmp: Path) -> Path:
     return tmp / "data" / "libraries.sqlite3"
 
 
+def _cache_key_fifo(tmp: Path) -> Path:
+    (tmp / "data" / "module-cache").mkdir(parents=True, mode=0o700)
+    os.mkfifo(tmp / "data" / "module-cache" / "cache.key", 0o600)  # opening it for reading would block
+    return tmp / "data" / "module-cache" / "cache.key"
+
+
+def _catalogue_fifo(tmp: Path) -> Path:
+    (tmp / "data").mkdir(mode=0o700)
+    os.mkfifo(tmp / "data" / "libraries.sqlite3", 0o600)  # opening it for writing would block
+    return tmp / "data" / "libraries.sqlite3"
+
+
+def _vault_dir(tmp: Path) -> Path:
+    (tmp / "data" / "vault.sqlite3").mkdir(parents=True, mode=0o700)
+    return tmp / "data" / "vault.sqlite3"
+
+
 @pytest.mark.parametrize("damage, data_dir", [
     (_plain_file, lambda bad: bad),
     (_plain_file, lambda bad: bad / "under" / "it"),
@@ -84,8 +101,11 @@ def _catalogue_garbage(tmp: Path) -> Path:
     (_cache_key_dir, lambda bad: bad.parent.parent),
     (_cache_key_garbage, lambda bad: bad.parent.parent),
     (_catalogue_garbage, lambda bad: bad.parent),
+    (_cache_key_fifo, lambda bad: bad.parent.parent),
+    (_catalogue_fifo, lambda bad: bad.parent),
+    (_vault_dir, lambda bad: bad.parent),
 ], ids=["file", "under-a-file", "module-cache-a-file", "cache-key-a-dir", "cache-key-garbage",
-        "catalogue-garbage"])
+        "catalogue-garbage", "cache-key-a-fifo", "catalogue-a-fifo", "vault-a-dir"])
 def test_run_on_a_damaged_data_dir_is_one_clear_line(tmp_path, damage, data_dir):
     bad = damage(tmp_path)
     assert_clear_error(cli("run", "--data-dir", str(data_dir(bad))), str(bad))
@@ -97,9 +117,12 @@ def test_xdg_data_home_a_file(tmp_path):
     assert_clear_error(result, str(bad))
 
 
-@pytest.mark.parametrize("command", [["library", "list"], ["library", "add", "."], ["ext", "list"]])
-def test_other_commands_on_a_damaged_data_dir(tmp_path, command):
-    bad = _catalogue_garbage(tmp_path) if command[0] == "library" else _plain_file(tmp_path)
+@pytest.mark.parametrize("command, damage", [
+    (["library", "list"], _catalogue_garbage), (["library", "add", "."], _catalogue_garbage),
+    (["library", "list"], _catalogue_fifo), (["ext", "list"], _plain_file),
+])
+def test_other_commands_on_a_damaged_data_dir(tmp_path, command, damage):
+    bad = damage(tmp_path)
     data_dir = bad.parent if command[0] == "library" else bad
     result = cli(*command, "--data-dir", str(data_dir))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

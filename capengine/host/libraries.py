@@ -101,6 +101,9 @@ class LibraryCatalog:
         except OSError as exc:
             raise LibraryError(f"cannot create the data directory {self.data_dir}: {exc.strerror}; check its "
                                "permissions or point --data-dir at a writable directory") from None
+        if self._db_path.exists() and not self._db_path.is_file():  # SQLite would block forever on a FIFO
+            raise LibraryError(f"the library catalogue {self._db_path} is not a regular file; move it aside (it is "
+                               "created again) and add the libraries again (capengine library add)")
         with self._connect() as db:
             if self._missing_columns(db):  # checked first without a lock: a read-only catalogue still opens
                 # One writer at a time from here to COMMIT: processes starting together on a fresh data dir
