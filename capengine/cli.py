@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -74,13 +75,19 @@ def _operations() -> list[str]:
 
 def _json_object(text: str, what: str) -> dict:
     """`text` parsed as one JSON object; ValueError naming `what` (the flag or file) otherwise. NaN and
-    Infinity are refused: Python's json accepts them, but no JSON or CEL value is NaN (`args.n > 5` is false
-    for NaN, so a deny written that way would not fire)."""
+    Infinity (also as 1e400) are refused: Python's json accepts them, but no JSON or CEL value is NaN
+    (`args.n > 5` is false for NaN, so a deny written that way would not fire)."""
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
 
+    def finite(number: str) -> float:
+        value = float(number)
+        if not math.isfinite(value):  # 1e400 parses to inf
+            raise ValueError(f"{number} is beyond the range of a number")
+        return value
+
     try:
-        data = json.loads(text, parse_constant=refuse)
+        data = json.loads(text, parse_constant=refuse, parse_float=finite)
     except ValueError as exc:
         raise ValueError(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:

@@ -486,7 +486,8 @@ def test_sane_limits_build():
 
 # 10. messages name what was wrong -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"library": NaN}', "{" * 100_000])
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"library": NaN}', '{"n": 1e400}', '{"n": -Infinity}',
+                                  "{" * 100_000])
 def test_run_input_errors_name_the_flag(tmp_path, text):
     assert_clear_error(cli("run", "--input", text, "--data-dir", str(tmp_path / "data")), "--input")
 
