@@ -1,0 +1,153 @@
+"""Running one question through Z3 and turning a model into a request the real engine confirms.
+
+"unsat" is a proof over the modelled request space (a superset of what the host accepts). "sat" is believed
+only once the witness is a request the host would accept (schema-valid, canonical) and the engine decides it
+as the question says; a model the engine disagrees with (possible where a rule was approximated) is blocked
+and the solver asked again, a few times, before the answer becomes "unknown". A timeout is "unknown" too,
+never "no".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any, Literal
+
+import attrs
+import fastjsonschema
+import z3
+
+from capengine.analysis.domain import SymRequest, operation_schema
+from capengine.analysis.fuse import fuse
+from capengine.analysis.zstrings import model_string, zstr
+from capengine.policy import paths
+from capengine.policy.model import Request, RequestError
+
+DEFAULT_TIMEOUT_MS = 10_000
+ATTEMPTS = 4
+
+
+@attrs.frozen
+class Witness:
+    """A concrete request: `payload` is what the guest sends (hidden fields included), `args` what policies see."""
+
+    extension: str
+    operation: str
+    path: str
+    library: str
+    args: dict[str, Any]
+    payload: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"extension": self.extension, "operation": self.operation}
+        if self.path:
+            out["path"] = self.path
+        if self.library:
+            out["library"] = self.library
+        if self.args:
+            out["args"] = self.args
+        return out
+
+    def request(self) -> Request | None:
+        """The engine's request, or None when the host would refuse the call before any policy runs."""
+        try:
+            _validator(self.operation)(self.payload)
+        except fastjsonschema.JsonSchemaException:
+            return None
+        try:
+            if self.path and paths.canonical_path(self.path) != self.path:
+                return None
+            request = Request.parse(self.extension, self.operation, self.path, self.library, self.args)
+        except (RequestError, paths.PathError):
+            return None
+        if request.library != self.library:
+            return None
+        return request
+
+
+@cache
+def _validator(operation: str) -> Callable[[Any], Any]:
+    return fastjsonschema.compile(operation_schema(operation))
+
+
+Status = Literal["sat", "unsat", "unknown"]
+
+
+@attrs.frozen
+class Outcome:
+    status: Status
+    witnesses: tuple[Witness, ...] = ()
+    reason: str = ""
+
+
+def extract(model: z3.ModelRef, request: SymRequest) -> Witness:
+    payload: dict[str, Any] = {}
+    for f in request.args.values():
+        if not z3.is_true(model.eval(f.present, model_completion=True)) or f.kind == "opaque":
+            continue
+        if f.kind == "string":
+            payload[f.name] = model_string(model, f.value)
+        elif f.kind == "int":
+            number = model.eval(f.value, model_completion=True).as_long()
+            double = z3.is_true(model.eval(f.is_double, model_completion=True))
+            payload[f.name] = float(number) if double else number
+        else:
+            payload[f.name] = z3.is_true(model.eval(f.value, model_completion=True))
+    args = {k: v for k, v in payload.items() if not request.args[k].hidden}
+    extension = request.extension_name
+    if extension is None:
+        extension = model_string(model, request.extension)
+    return Witness(extension, request.operation, model_string(model, request.path),
+                   model_string(model, request.library), args, payload)
+
+
+def _block(request: SymRequest, w: Witness) -> z3.BoolRef:
+    """Exclude exactly this request (every modelled field), so that a later "unsat" remains a proof."""
+    same = [request.path == zstr(w.path), request.library == zstr(w.library)]
+    if request.extension_name is None:
+        same.append(request.extension == zstr(w.extension))
+    for f in request.args.values():
+        if f.kind == "opaque":
+            continue
+        if f.name not in w.payload:
+            same.append(z3.Not(f.present))
+            continue
+        value = w.payload[f.name]
+        same.append(f.present)
+        if f.kind == "string":
+            same.append(f.value == zstr(value))
+        elif f.kind == "int":
+            same += [f.value == int(value), f.is_double == z3.BoolVal(type(value) is float)]
+        else:
+            same.append(f.value == z3.BoolVal(value))
+    return z3.Not(z3.And(same))
+
+
+def solve(requests: Sequence[SymRequest], goal: Sequence[z3.BoolRef],
+          confirm: Callable[[tuple[Witness, ...]], bool], timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Outcome:
+    """Find requests satisfying `goal` that `confirm` (the real engine) agrees with, or prove there are none."""
+    base = [c for r in requests for c in r.constraints] + list(goal)
+    friendly = [c for r in requests for c in r.friendly()]
+    blocks: list[z3.BoolRef] = []
+    rejected = 0
+    use_friendly = True
+    while rejected < ATTEMPTS:
+        solver = z3.Solver()
+        solver.set(timeout=timeout_ms)
+        solver.add(fuse(base + blocks + (friendly if use_friendly else [])))
+        result = solver.check()
+        if result == z3.unknown:
+            return Outcome("unknown", reason=f"the solver gave up: {solver.reason_unknown()}")
+        if result == z3.unsat:
+            if use_friendly:
+                use_friendly = False
+                continue
+            return Outcome("unsat")  # blocked candidates were exact requests the engine refuted: still a proof
+        model = solver.model()
+        witnesses = tuple(extract(model, r) for r in requests)
+        if confirm(witnesses):
+            return Outcome("sat", witnesses)
+        rejected += 1
+        blocks.append(z3.Or([_block(r, w) for r, w in zip(requests, witnesses)]))
+    return Outcome("unknown", reason=f"the solver's {rejected} candidate request(s) were decided otherwise by the "
+                                     "engine (an approximated rule); none confirmed")
