@@ -37,8 +37,8 @@ class OperationTraits:
 
 
 OPERATION_TRAITS: dict[str, OperationTraits] = {
-    "credentials.get": OperationTraits(None, False),
-    "credentials.delete": OperationTraits(None, False),
+    "credentials.get": OperationTraits(None, False, ("secret",)),
+    "credentials.delete": OperationTraits(None, False, ("secret",)),
     "credentials.store": OperationTraits(None, False, ("secret",)),
     "test.ping": OperationTraits(None, False),
 }

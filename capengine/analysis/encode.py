@@ -323,7 +323,7 @@ def _ordering(op: str):
             x, y = a.v, b.v
         elif a.kind == b.kind == "string":
             x, y = a.v, b.v
-            value = {"<": z3.StrLT(x, y), "<=": z3.StrLE(x, y), ">": z3.StrLT(y, x), ">=": z3.StrLE(y, x)}[op]
+            value = {"<": x < y, "<=": x <= y, ">": y < x, ">=": y <= x}[op]  # code-point order, as Python
             return Val("bool", value, err)
         elif a.kind == b.kind == "bool":
             x, y = z3.If(a.v, 1, 0), z3.If(b.v, 1, 0)
@@ -365,12 +365,12 @@ def _arith(op: str):
             r = q if op == "/" else x - y * q
             bad = z3.Or(y == 0, z3.Not(_in_range(r)) if op == "/" else FALSE)
         fresh_key = hashlib.sha1(repr((op, x.sexpr(), y.sexpr())).encode()).hexdigest()[:16]
+        # two doubles with integral values: exact while the result is within 2**53, approximated beyond
+        exact = z3.And(r >= -(2**53), r <= 2**53)
         havoc_err = z3.Bool(f"{e.req.prefix}dbl_err.{fresh_key}")
-        value = z3.If(both, z3.Int(f"{e.req.prefix}dbl_val.{fresh_key}"), r)
-        if not z3.is_false(both):
-            e.reasons.append(f"int arithmetic on an argument that may arrive as a JSON double is approximated "
-                             f"({op})")
-        return Val("int", value, _or(err, mixed, z3.If(both, havoc_err, bad)), both)
+        value = z3.If(z3.And(both, z3.Not(exact)), z3.Int(f"{e.req.prefix}dbl_val.{fresh_key}"), r)
+        double_err = z3.And(z3.Not(exact), havoc_err)
+        return Val("int", value, _or(err, mixed, z3.If(both, double_err, bad)), both)
 
     return build
 

@@ -1,0 +1,148 @@
+"""`capengine diff OLD NEW`: every kind of request one policy set allows and the other does not, proved.
+
+For each operation the two decisions are encoded over one symbolic request whose extension id is left open
+(so every extension glob of either set is covered at once). Widenings (NEW allows, OLD denies) are grouped
+by the NEW allow rule the engine would name; narrowings (OLD allows, NEW denies) by the NEW deny rule that
+fires, or by "no allow rule" (default deny). Each group gets one witness, confirmed by both engines. A group
+the solver cannot settle is reported as unknown, never as "no difference".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+import z3
+
+from capengine.analysis.decision import DecisionFormula, decision_formula, first_firing
+from capengine.analysis.domain import build_request, operation_names
+from capengine.analysis.solve import DEFAULT_TIMEOUT_MS, Witness, solve
+from capengine.policy.engine import PolicySet
+from capengine.policy.model import Decision, Location
+
+Direction = Literal["widened", "narrowed"]
+DEFAULT_DENY = "(no allow rule: default deny)"
+
+
+@attrs.frozen
+class Difference:
+    direction: Direction
+    operation: str
+    rule: str  # widened: the NEW allow rule; narrowed: the NEW deny rule or DEFAULT_DENY
+    location: Location | None
+    witness: Witness
+    old: Decision
+    new: Decision
+
+    def to_json(self) -> dict[str, Any]:
+        return {"direction": self.direction, "operation": self.operation, "rule": self.rule,
+                "location": str(self.location) if self.location else None, "witness": self.witness.to_json(),
+                "old": _decision(self.old), "new": _decision(self.new)}
+
+
+@attrs.frozen
+class Unsettled:
+    direction: Direction
+    operation: str
+    rule: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"direction": self.direction, "operation": self.operation, "rule": self.rule, "reason": self.reason}
+
+
+@attrs.frozen
+class DiffReport:
+    differences: tuple[Difference, ...]
+    unsettled: tuple[Unsettled, ...]
+    unanalysable: dict[str, tuple[str, ...]]  # "old:<rule>" / "new:<rule>" -> reasons
+    operations: tuple[str, ...]
+
+    @property
+    def widened(self) -> tuple[Difference, ...]:
+        return tuple(d for d in self.differences if d.direction == "widened")
+
+    @property
+    def narrowed(self) -> tuple[Difference, ...]:
+        return tuple(d for d in self.differences if d.direction == "narrowed")
+
+    @property
+    def may_widen(self) -> bool:
+        """True when NEW allows something OLD does not, or when that could not be ruled out."""
+        return bool(self.widened) or any(u.direction == "widened" for u in self.unsettled)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"differences": [d.to_json() for d in self.differences],
+                "unsettled": [u.to_json() for u in self.unsettled],
+                "unanalysable": {k: list(v) for k, v in self.unanalysable.items()},
+                "summary": {"widened": len(self.widened), "narrowed": len(self.narrowed),
+                            "unsettled": len(self.unsettled), "operations": len(self.operations)}}
+
+
+def _decision(d: Decision) -> dict[str, Any]:
+    return {"allowed": d.allowed, "rules": list(d.rules), "message": d.message}
+
+
+def _groups(old: DecisionFormula, new: DecisionFormula) -> list[tuple[Direction, str, Location | None,
+                                                                      z3.BoolRef]]:
+    """(direction, rule, location, goal) for each way a decision can change, attributed as the engine would."""
+    out: list[tuple[Direction, str, Location | None, z3.BoolRef]] = []
+    for i, allow in enumerate(new.allows):
+        goal = z3.And(first_firing(new.allows, i), z3.Not(new.denied_by_rule), z3.Not(old.allowed))
+        out.append(("widened", allow.id, allow.rule.rule.location, goal))
+    for i, deny in enumerate(new.denies):
+        out.append(("narrowed", deny.id, deny.rule.rule.location, z3.And(first_firing(new.denies, i), old.allowed)))
+    no_allow = z3.Not(z3.Or([a.fires for a in new.allows])) if new.allows else z3.BoolVal(True)
+    out.append(("narrowed", DEFAULT_DENY, None, z3.And(z3.Not(new.denied_by_rule), no_allow, old.allowed)))
+    return out
+
+
+def diff(old_set: PolicySet, new_set: PolicySet, operations: tuple[str, ...] | None = None,
+         timeout_ms: int = DEFAULT_TIMEOUT_MS) -> DiffReport:
+    ops = operations if operations is not None else operation_names()
+    differences: list[Difference] = []
+    unsettled: list[Unsettled] = []
+    unanalysable: dict[str, tuple[str, ...]] = {}
+    for op in ops:
+        request = build_request(op, None)
+        old, new = decision_formula(old_set, request), decision_formula(new_set, request)
+        for label, formula in (("old", old), ("new", new)):
+            unanalysable.update({f"{label}:{k}": v for k, v in formula.unanalysable.items()})
+        for direction, goal_any in (("widened", z3.And(new.allowed, z3.Not(old.allowed))),
+                                    ("narrowed", z3.And(old.allowed, z3.Not(new.allowed)))):
+            # one cheap question first: most operations do not change at all
+            quick = solve([request], [goal_any], lambda ws: True, timeout_ms)
+            if quick.status == "unsat":
+                continue
+            for group_direction, rule, location, goal in _groups(old, new):
+                if group_direction != direction:
+                    continue
+                found = _settle(old_set, new_set, request, goal, direction, rule, timeout_ms)
+                if isinstance(found, Unsettled):
+                    unsettled.append(attrs.evolve(found, operation=op))
+                elif found is not None:
+                    differences.append(Difference(direction, op, rule, location, *found))
+    return DiffReport(tuple(differences), tuple(unsettled), unanalysable, tuple(ops))
+
+
+def _settle(old_set: PolicySet, new_set: PolicySet, request: Any, goal: z3.BoolRef, direction: Direction,
+            rule: str, timeout_ms: int) -> tuple[Witness, Decision, Decision] | Unsettled | None:
+    decisions: dict[str, Decision] = {}
+
+    def confirm(ws: tuple[Witness, ...]) -> bool:
+        engine_request = ws[0].request()
+        if engine_request is None:
+            return False
+        before, after = old_set.decide(engine_request), new_set.decide(engine_request)
+        decisions.update(old=before, new=after)
+        if direction == "widened":
+            return after.allowed and not before.allowed and after.rules[:1] == (rule,)
+        expected = () if rule == DEFAULT_DENY else (rule,)
+        return before.allowed and not after.allowed and after.rules[:1] == expected
+
+    outcome = solve([request], [goal], confirm, timeout_ms)
+    if outcome.status == "unsat":
+        return None
+    if outcome.status == "unknown":
+        return Unsettled(direction, request.operation, rule, outcome.reason)
+    return outcome.witnesses[0], decisions["old"], decisions["new"]

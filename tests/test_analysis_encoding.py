@@ -1,0 +1,157 @@
+"""The Z3 encoding agrees with the real engine, request by request, and its languages with RE2 and the globs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import z3
+
+from capengine.analysis import regex
+from capengine.analysis.decision import decision_formula
+from capengine.analysis.domain import OPERATION_TRAITS, build_request, operation_names
+from capengine.analysis.fuse import fuse
+from capengine.analysis.zstrings import NotAnalysable, model_string, zstr
+from capengine.cel.standard import compile_regex
+from capengine.policy import globs
+from capengine.policy.model import Request
+from tests.helpers import LIB, load_set, policy_yaml, write
+
+PATTERNS = [
+    r"(?i)\.(png|jpe?g|tiff?|webp)$", r"^/photos/[^/]+$", r"a|^b", r"^(ab)*c?$", r"\d{2,3}", r"[^a-c\s]x",
+    r"^sync\.", r"\w+@\w+", r"x.y", r"(?s)x.y", r"^$", r"^a{2}b{0,1}$", r"[a-f0-9-]", r"(?i)[k-m]", r"\.\*",
+]
+SAMPLES = ["", "a", "b", "ab", "abab", "ababc", "c", "x.PNG", "x.jpeg", "y.Tif", ".webp\n", "/photos/a",
+           "/photos/a/b", "12", "x\ny", "xzy", "aab", "aa", "a@b", "sync.x", "K", "\u212a", "s", "\u017f", "d-",
+           "photo.JPG.bak", "\u00e9", "1234", "zx", " x", ".*"]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_regex_language_agrees_with_re2(pattern):
+    language = regex.search_language(pattern)
+    compiled = compile_regex(pattern)
+    for s in SAMPLES:
+        got = z3.is_true(z3.simplify(z3.InRe(zstr(s), language)))
+        assert got == (compiled.search(s) is not None), (pattern, s)
+
+
+def test_case_folding_includes_kelvin_and_long_s():
+    language = regex.search_language("(?i)^ks$")
+    for s in ("ks", "KS", "\u212a\u017f", "kS"):
+        assert z3.is_true(z3.simplify(z3.InRe(zstr(s), language)))
+        assert compile_regex("(?i)^ks$").search(s)
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"(?=a)", r"\bx", r"[[:alpha:]]", r"a{,3}", r"\pL", r"a^b",
+                                     r"(?m)^a"])
+def test_regex_outside_fragment_is_refused_not_approximated(pattern):
+    with pytest.raises(NotAnalysable):
+        regex.search_language(pattern)
+
+
+@pytest.mark.parametrize("pattern", ["/photos/**/private/**", "/photos/*.jpg", "**", "/a/?/b", "/**", "**/x",
+                                     "/a/**/b/**/c"])
+def test_glob_language_agrees_with_globs(pattern):
+    language = regex.glob_language(pattern, "/")
+    rng = random.Random(pattern)
+    names = ["/", "/a", "/photos/x.jpg", "/photos/a/private/b", "/photos/private/x", "/a/b/b/c", "/a/x/b",
+             "/a/b/c", "x", "/x", "a/x", "/photos/.jpg", "/photos/a/b.jpg"]
+    names += ["/" + "/".join(rng.choice(["a", "b", "c", "x", "private", "photos"]) for _ in range(rng.randint(1, 4)))
+              for _ in range(40)]
+    for name in names:
+        got = z3.is_true(z3.simplify(z3.InRe(zstr(name), language)))
+        assert got == globs.glob_match(pattern, name, "/"), (pattern, name)
+
+
+def test_strings_round_trip_through_the_solver_exactly():
+    for text in ["a\\u{41}b", "\\", "\u00e9\U0001f600", "\x00\x7f", '"', "\ud800"]:
+        s = z3.String("s")
+        solver = z3.Solver()
+        solver.add(s == zstr(text))
+        assert solver.check() == z3.sat
+        assert model_string(solver.model(), s) == text
+
+
+def test_operation_traits_match_the_host_registry():
+    from capengine.host.operations import default_registry  # tests may look at the host; the package may not
+    registry = default_registry()
+    assert set(operation_names()) == set(registry.names())
+    for op in registry:
+        expected = OPERATION_TRAITS.get(op.name)
+        path_field = expected.path_field if expected else "path"
+        needs_library = expected.needs_library if expected else True
+        hidden = expected.hidden_args if expected else ()
+        assert (op.path_field, op.needs_library, op.hidden_args) == (path_field, needs_library, hidden), op.name
+
+
+CONDITIONS = [
+    'path.under("/photos") && !path.glob("/photos/**/private/**")',
+    'has(args.length) && args.length > 100',
+    'args.length > 100',  # errors when length is absent
+    'args.offset + args.length <= 4096',
+    'args.offset / 2 == 3 || args.offset % 4 == 1',
+    'args.offset * 4611686018427387904 > 0',  # overflow -> error
+    'path.matches("(?i)\\\\.jpe?g$") ? args.offset == 0 : library == "' + LIB + '"',
+    'size(path) < 12 && path.startsWith("/ph") && path.endsWith("g") && path.contains("o")',
+    'args.path in ["/photos/a.jpg", "/x"] || "offset" in args',
+    'extension.startsWith("com.example.") && operation == "vdfs.read_file" && library != ""',
+    'path > "/photos/m" && path <= "/pz"',
+    '-args.offset < -3 && (args.length == 1 || args.length != 2)',
+]
+REQUESTS = [
+    dict(path="/photos/a.jpg"), dict(path="/photos/a.JPG", offset=0), dict(path="/photos/x/private/y.jpg"),
+    dict(path="/photos/a.jpg", length=101), dict(path="/x", offset=5, length=1), dict(path="/x", offset=6),
+    dict(path="/photos/b.png", offset=1, length=2), dict(path="/photos/n", offset=4.0, length=4096),
+    dict(path="/photos/zz", offset=2, length=3), dict(path="/pa", offset=9, length=2),
+    dict(path="/photos/a.jpg", offset=7.0, length=1.0), dict(path="/photos/a.jpeg", library=""),
+]
+
+
+def _formula_says(policy_set, raw: dict) -> bool:
+    """Evaluate the encoded decision on one concrete request by fixing every variable of the symbolic one."""
+    request = build_request(raw["operation"], raw["extension"])
+    formula = decision_formula(policy_set, request)
+    fixed = [request.path == zstr(raw["path"]), request.library == zstr(raw["library"])]
+    for name, f in request.args.items():
+        if name in raw["args"]:
+            v = raw["args"][name]
+            fixed.append(f.present)
+            if f.kind == "string":
+                fixed.append(f.value == zstr(v))
+            else:
+                fixed += [f.value == int(v), f.is_double == z3.BoolVal(type(v) is float)]
+        else:
+            fixed.append(z3.Not(f.present))
+    solver = z3.Solver()
+    solver.add(fuse(list(request.constraints) + fixed + [formula.allowed]))
+    result = solver.check()
+    assert result != z3.unknown
+    return result == z3.sat
+
+
+@pytest.mark.parametrize("effect", ["allow", "deny"])
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_encoded_decision_equals_engine_decision(tmp_path, effect, condition):
+    rules = f"""
+    - id: r
+      effect: {effect}
+      operations: ["vdfs.read_file"]
+      condition: '{condition.replace("'", "''")}'
+    """
+    if effect == "deny":
+        rules += """
+    - id: base
+      effect: allow
+      operations: ["vdfs.*"]
+    """
+    write(tmp_path, "p.yaml", policy_yaml("p", rules))
+    policy_set = load_set(tmp_path)
+    for spec in REQUESTS:
+        spec = dict(spec)
+        path, library = spec.pop("path"), spec.pop("library", LIB)
+        raw = {"extension": "com.example.app", "operation": "vdfs.read_file", "path": path, "library": library,
+               "args": {"path": path, **spec}}
+        if library == "":
+            continue  # the host refuses vdfs calls without a library before any policy runs
+        expected = policy_set.decide(Request.from_mapping(raw)).allowed
+        assert _formula_says(policy_set, raw) == expected, (condition, raw)
