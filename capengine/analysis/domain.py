@@ -70,6 +70,7 @@ class ArgField:
     value: Any  # z3 term of the kind; None for opaque
     is_double: z3.BoolRef  # an integer sent as a JSON double (1.0): fastjsonschema accepts it as "integer"
     hidden: bool
+    required: bool
 
 
 @attrs.frozen
@@ -191,7 +192,7 @@ def _field(p: str, name: str, spec: dict, required: bool, hidden: bool, is_path:
     if "enum" in spec and kind in ("string", "int", "bool"):
         options = [v for v in spec["enum"] if _fits(kind, v)]
         cons.append(z3.Or([value == _literal(kind, v) for v in options]) if options else z3.Not(present))
-    return ArgField(name, kind, present, value, is_double, hidden)
+    return ArgField(name, kind, present, value, is_double, hidden, required)
 
 
 def _fits(kind: str, v: object) -> bool:
