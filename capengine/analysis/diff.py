@@ -121,6 +121,8 @@ def diff(old_set: PolicySet, new_set: PolicySet, operations: tuple[str, ...] | N
                 if isinstance(found, Unsettled):
                     unsettled.append(attrs.evolve(found, operation=op))
                 elif found is not None:
+                    if location is None and found[1].rules:  # default deny: point at the OLD rule that allowed
+                        location = _location(old_set, found[1].rules[0])
                     differences.append(Difference(direction, op, rule, location, *found))
     return DiffReport(tuple(differences), tuple(unsettled), unanalysable, tuple(ops))
 
@@ -146,3 +148,7 @@ def _settle(old_set: PolicySet, new_set: PolicySet, request: Any, goal: z3.BoolR
     if outcome.status == "unknown":
         return Unsettled(direction, request.operation, rule, outcome.reason)
     return outcome.witnesses[0], decisions["old"], decisions["new"]
+
+
+def _location(policy_set: PolicySet, qualified_id: str) -> Location | None:
+    return next((r.rule.location for r in policy_set.rules if r.qualified_id == qualified_id), None)

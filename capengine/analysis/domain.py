@@ -19,9 +19,9 @@ import attrs
 import z3
 
 from capengine.analysis import regex
-from capengine.analysis.regex import complement, char_set
+from capengine.analysis.regex import char_set, complement
 from capengine.analysis.zstrings import NotAnalysable, zstr
-from capengine.policy import paths, schemas
+from capengine.policy import schemas
 
 _RE = z3.ReSort(z3.StringSort())
 

@@ -16,7 +16,7 @@ must be confirmed by the engine before it is believed.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import z3
@@ -60,7 +60,7 @@ def structural_key(node: object) -> str:
     if isinstance(node, tuple):
         return "(" + ",".join(structural_key(n) for n in node) + ")"
     if attrs.has(type(node)):
-        fields = [structural_key(getattr(node, f.name)) for f in attrs.fields(type(node)) if f.name != "pos"]
+        fields = [structural_key(getattr(node, f.name)) for f in attrs.fields(cast(Any, type(node))) if f.name != "pos"]
         return f"{type(node).__name__}[{';'.join(fields)}]"
     return f"{type(node).__name__}:{node!r}"
 

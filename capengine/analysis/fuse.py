@@ -10,6 +10,8 @@ The rewrite is an equivalence, so proofs and witnesses are unaffected.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import z3
 
 
@@ -21,7 +23,7 @@ def _var_membership(e: z3.ExprRef) -> tuple[z3.ExprRef, z3.ReRef] | None:
     return None
 
 
-_Part = tuple[z3.ExprRef, z3.ReRef] | z3.BoolRef
+_Part: TypeAlias = "tuple[z3.ExprRef, z3.ReRef] | z3.BoolRef"
 
 
 def _part(e: z3.ExprRef) -> _Part:
@@ -36,7 +38,7 @@ def _part(e: z3.ExprRef) -> _Part:
         return z3.Not(inner)
     if z3.is_and(e) or z3.is_or(e):
         return _combine([_part(c) for c in e.children()], z3.is_and(e))
-    return e  # type: ignore[return-value]
+    return e
 
 
 def _combine(parts: list[_Part], conjunction: bool) -> _Part:

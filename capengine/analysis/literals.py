@@ -3,6 +3,8 @@ that `analyze permissions` asks the solver about."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import attrs
 
 from capengine.analysis.decision import parse_condition
@@ -50,7 +52,7 @@ def collect(rules: list[CompiledRule]) -> Literals:
                 out.fields.add(node.field)
             if isinstance(node, ast.Call):
                 _record(out, node)
-            stack.extend(getattr(node, f.name) for f in attrs.fields(type(node)))
+            stack.extend(getattr(node, f.name) for f in attrs.fields(cast(Any, type(node))))
     return out
 
 

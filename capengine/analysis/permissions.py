@@ -9,18 +9,21 @@ no allowed request exceeds, a string field whose allowed values are all among th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import yaml
 import z3
 
-from capengine.analysis.can import CanAnswer, can
+from capengine.analysis.can import AnalysisError, CanAnswer, can
 from capengine.analysis.decision import DecisionFormula, decision_formula, extension_test, rules_for
-from capengine.analysis.domain import SymRequest, build_request
+from capengine.analysis.domain import SymRequest, build_request, operation_names
 from capengine.analysis.literals import collect
 from capengine.analysis.regex import glob_language
 from capengine.analysis.solve import DEFAULT_TIMEOUT_MS, Witness, solve
 from capengine.analysis.zstrings import NotAnalysable, zstr
+from capengine.policy import globs
 from capengine.policy.engine import PolicySet
 
 Verdict = Literal["always", "sometimes", "never", "unknown"]
@@ -62,7 +65,9 @@ class OperationSummary:
         for title, findings in (("paths", self.regions), ("libraries", self.libraries), ("arguments", self.args)):
             if findings:
                 lines.append(f"  {title}:")
-                lines += [f"    {f.subject}: {f.verdict}" for f in findings]
+                for f in findings:
+                    example = f" (e.g. {f.example.to_json()})" if f.example and f.verdict != "never" else ""
+                    lines.append(f"    {f.subject}: {f.verdict}{example}")
         for rule, reasons in self.overall.unanalysable.items():
             lines += [f"  note: {rule} approximated ({r})" for r in reasons]
         return "\n".join(lines)
@@ -159,7 +164,8 @@ def _arg_findings(asker: _Asker, lits: Any) -> list[Finding]:
                 out.append(Finding(f"args.{name}", "one of " + ", ".join(repr(v) for v in values) + " (proved)"))
             else:
                 for v in values:
-                    status, _ = asker.exists(z3.And(f.present, z3.Not(z3.InRe(f.value, z3.Concat(z3.Re(zstr(v)), _ANY)))), True)
+                    prefixed = z3.InRe(f.value, z3.Concat(z3.Re(zstr(v)), _ANY))
+                    status, _ = asker.exists(z3.And(f.present, z3.Not(prefixed)), True)
                     if status == "unsat":
                         out.append(Finding(f"args.{name}", f"starts with {v!r} (proved)"))
         if not f.required:
@@ -176,7 +182,6 @@ def permissions(policy_set: PolicySet, extension: str, operations: list[str],
 
 def policy_operations(policy_set: PolicySet, extension: str, known: tuple[str, ...]) -> list[str]:
     """Operations some rule applicable to `extension` names (when no manifest lists them)."""
-    from capengine.policy import globs
     out = []
     for op in known:
         for r in rules_for(policy_set, op):
@@ -184,3 +189,20 @@ def policy_operations(policy_set: PolicySet, extension: str, known: tuple[str, .
                 out.append(op)
                 break
     return out
+
+
+def declared_operations(extensions_dir: str, extension: str) -> list[str]:
+    """The registered operations the extension's manifest (DIR/*/manifest.yaml, `operations:` globs) declares.
+    Read here with yaml, not through capengine.host (the analysis layer sits beside the host, not above it)."""
+    for manifest in sorted(Path(extensions_dir).glob("*/manifest.yaml")):
+        try:
+            data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise AnalysisError(f"{manifest}: cannot read the manifest: {exc}") from None
+        if not isinstance(data, dict) or data.get("id") != extension:
+            continue
+        patterns = data.get("operations")
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise AnalysisError(f"{manifest}: 'operations' must be a list of operation globs")
+        return [op for op in operation_names() if any(globs.glob_match(p, op) for p in patterns)]
+    raise AnalysisError(f"no manifest under {extensions_dir} has id {extension!r}")

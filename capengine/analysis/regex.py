@@ -13,15 +13,18 @@ Character sets are kept as sorted interval lists so that negation and case foldi
 
 from __future__ import annotations
 
+import importlib
 import re
-import re._constants as sre_c
-import re._parser as sre_parse
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 import z3
 
 from capengine.analysis.zstrings import MAX_CHAR, NotAnalysable, zchar, zstr
+
+# the regex parser of the standard library; private modules without type stubs, hence imported by name
+sre_parse: Any = importlib.import_module("re._parser")
+sre_c: Any = importlib.import_module("re._constants")
 
 Flavour = Literal["re2", "python"]
 Intervals = list[tuple[int, int]]
