@@ -25,7 +25,7 @@ from capengine.analysis.decision import DecisionFormula, decision_formula, rules
 from capengine.analysis.domain import build_request, operation_names
 from capengine.analysis.solve import DEFAULT_TIMEOUT_MS, Witness, solve
 from capengine.policy.engine import CompiledRule, PolicySet
-from capengine.policy.model import Finding, Location
+from capengine.policy.model import Finding, Location, Severity
 
 CONTENT_OPERATIONS = ("vdfs.read_file", "ai.ocr", "vdfs.read_sidecar")
 
@@ -38,8 +38,8 @@ class ProvenFinding:
     message: str
     witnesses: tuple[Witness, ...] = ()
 
-    def to_finding(self, severity: str = "warning") -> Finding:
-        return Finding(self.location, severity, self.code, f"{self.rule}: {self.message}")  # type: ignore[arg-type]
+    def to_finding(self, severity: Severity = "warning") -> Finding:
+        return Finding(self.location, severity, self.code, f"{self.rule}: {self.message}")
 
     def to_json(self) -> dict[str, Any]:
         return {"code": self.code, "rule": self.rule, "location": str(self.location), "message": self.message,

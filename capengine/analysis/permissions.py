@@ -9,6 +9,7 @@ no allowed request exceeds, a string field whose allowed values are all among th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,7 +67,8 @@ class OperationSummary:
             if findings:
                 lines.append(f"  {title}:")
                 for f in findings:
-                    example = f" (e.g. {f.example.to_json()})" if f.example and f.verdict != "never" else ""
+                    shown = f.example is not None and f.verdict != "never"
+                    example = f" (e.g. {json.dumps(f.example.to_json(), ensure_ascii=False)})" if shown else ""
                     lines.append(f"    {f.subject}: {f.verdict}{example}")
         for rule, reasons in self.overall.unanalysable.items():
             lines += [f"  note: {rule} approximated ({r})" for r in reasons]
