@@ -67,8 +67,9 @@ class OperationSummary:
             if findings:
                 lines.append(f"  {title}:")
                 for f in findings:
-                    shown = f.example is not None and f.verdict != "never"
-                    example = f" (e.g. {json.dumps(f.example.to_json(), ensure_ascii=False)})" if shown else ""
+                    example = ""
+                    if f.example is not None and f.verdict != "never":
+                        example = f" (e.g. {json.dumps(f.example.to_json(), ensure_ascii=False)})"
                     lines.append(f"    {f.subject}: {f.verdict}{example}")
         for rule, reasons in self.overall.unanalysable.items():
             lines += [f"  note: {rule} approximated ({r})" for r in reasons]
