@@ -9,6 +9,7 @@ never "no".
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any, Literal
@@ -101,53 +102,74 @@ def extract(model: z3.ModelRef, request: SymRequest) -> Witness:
                    model_string(model, request.library), args, payload)
 
 
-def _block(request: SymRequest, w: Witness) -> z3.BoolRef:
-    """Exclude exactly this request (every modelled field), so that a later "unsat" remains a proof."""
-    same = [request.path == zstr(w.path), request.library == zstr(w.library)]
+def _differences(request: SymRequest, w: Witness) -> list[z3.BoolRef]:
+    """Ways to differ from this exact request, one per modelled field. Excluding the request is their
+    disjunction; it is asserted one disjunct at a time (see `solve`), because Z3's string solver handles a
+    disjunction of disequalities over several variables very slowly."""
+    def differs(term: z3.SeqRef, text: str) -> z3.BoolRef:
+        return z3.Not(z3.InRe(term, z3.Re(zstr(text))))  # a membership: fused with the variable's other tests
+
+    out = [differs(request.path, w.path), differs(request.library, w.library)]
     if request.extension_name is None:
-        same.append(request.extension == zstr(w.extension))
+        out.append(differs(request.extension, w.extension))
     for f in request.args.values():
         if f.kind == "opaque":
             continue
         if f.name not in w.payload:
-            same.append(z3.Not(f.present))
+            out.append(f.present)
             continue
         value = w.payload[f.name]
-        same.append(f.present)
+        out.append(z3.Not(f.present))
         if f.kind == "string":
-            same.append(f.value == zstr(value))
+            out.append(differs(f.value, value))
         elif f.kind == "int":
-            same += [f.value == int(value), f.is_double == z3.BoolVal(type(value) is float)]
+            out += [f.value != int(value), f.is_double != z3.BoolVal(type(value) is float)]
         else:
-            same.append(f.value == z3.BoolVal(value))
-    return z3.Not(z3.And(same))
+            out.append(f.value != z3.BoolVal(value))
+    return out
+
+
+MAX_BRANCHES = 48  # solver calls spent on excluding refuted candidates before answering "unknown"
 
 
 def solve(requests: Sequence[SymRequest], goal: Sequence[z3.BoolRef],
           confirm: Callable[[tuple[Witness, ...]], bool], timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Outcome:
-    """Find requests satisfying `goal` that `confirm` (the real engine) agrees with, or prove there are none."""
+    """Find requests satisfying `goal` that `confirm` (the real engine) agrees with, or prove there are none.
+
+    Each refuted candidate adds a block: a list of alternatives, one of which must hold. The search walks the
+    combinations of alternatives (first alternative first, so the common case costs one call); "unsat" is
+    returned only when every combination is unsat, so it stays a proof."""
     base = [c for r in requests for c in r.constraints] + list(goal)
     friendly = [c for r in requests for c in r.friendly()]
-    blocks: list[z3.BoolRef] = []
+    blocks: list[list[z3.BoolRef]] = []
     rejected = 0
-    use_friendly = True
     while rejected < ATTEMPTS:
-        solver = z3.Solver()
-        solver.set(timeout=timeout_ms)
-        solver.add(fuse(base + blocks + (friendly if use_friendly else [])))
-        result = solver.check()
-        if result == z3.unknown:
-            return Outcome("unknown", reason=f"the solver gave up: {solver.reason_unknown()}")
-        if result == z3.unsat:
-            if use_friendly:
-                use_friendly = False
-                continue
-            return Outcome("unsat")  # blocked candidates were exact requests the engine refuted: still a proof
-        model = solver.model()
-        witnesses = tuple(extract(model, r) for r in requests)
+        found = _search(base, friendly, blocks, timeout_ms)
+        if isinstance(found, Outcome):
+            return found
+        witnesses = tuple(extract(found, r) for r in requests)
         if confirm(witnesses):
             return Outcome("sat", witnesses)
         rejected += 1
-        blocks.append(z3.Or([_block(r, w) for r, w in zip(requests, witnesses)]))
+        blocks.append([d for r, w in zip(requests, witnesses) for d in _differences(r, w)])
     return Outcome("unknown", reason=f"the solver's {rejected} candidate request(s) were decided otherwise by the "
                                      "engine (an approximated rule); none confirmed")
+
+
+def _search(base: list[z3.BoolRef], friendly: list[z3.BoolRef], blocks: list[list[z3.BoolRef]],
+            timeout_ms: int) -> z3.ModelRef | Outcome:
+    calls = 0
+    for combo in itertools.product(*blocks):
+        for extra in (friendly, []):
+            calls += 1
+            if calls > MAX_BRANCHES:
+                return Outcome("unknown", reason="too many refuted candidates to exclude within the search budget")
+            solver = z3.Solver()
+            solver.set(timeout=timeout_ms)
+            solver.add(fuse(base + list(combo) + extra))
+            result = solver.check()
+            if result == z3.unknown:
+                return Outcome("unknown", reason=f"the solver gave up: {solver.reason_unknown()}")
+            if result == z3.sat:
+                return solver.model()
+    return Outcome("unsat")  # every way around the refuted candidates is impossible: still a proof
