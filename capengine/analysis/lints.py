@@ -24,6 +24,7 @@ import z3
 from capengine.analysis.decision import DecisionFormula, decision_formula, rules_for
 from capengine.analysis.domain import build_request, operation_names
 from capengine.analysis.solve import DEFAULT_TIMEOUT_MS, Witness, solve
+from capengine.cel.values import CelError
 from capengine.policy.engine import CompiledRule, PolicySet
 from capengine.policy.model import Finding, Location, Severity
 
@@ -143,12 +144,15 @@ def content_around_deny(policy_set: PolicySet, timeout_ms: int = DEFAULT_TIMEOUT
                 bare = [z3.Not(f.present) for f in a.args.values() if not f.required]
                 goal = [mine.true, fb.allowed] + shared + bare
 
-                def confirm(ws: tuple[Witness, ...], deny_id: str = deny.qualified_id) -> bool:
+                def confirm(ws: tuple[Witness, ...], rule: CompiledRule = deny) -> bool:
                     ra, rb = ws[0].request(), ws[1].request()
-                    if ra is None or rb is None:
+                    if ra is None or rb is None or rule.program is None:
                         return False
-                    da, db = policy_set.decide(ra), policy_set.decide(rb)
-                    return not da.allowed and deny_id in da.rules and db.allowed
+                    try:  # the engine names only the first firing deny; this one must be true here too
+                        fires = rule.program.evaluate(ra.activation()) is True
+                    except CelError:
+                        return False
+                    return fires and not policy_set.decide(ra).allowed and policy_set.decide(rb).allowed
 
                 outcome = solve([a, b], goal, confirm, timeout_ms)
                 if outcome.status == "sat":
