@@ -35,6 +35,8 @@ def _part(e: z3.ExprRef) -> _Part:
         inner = _part(e.children()[0])
         if isinstance(inner, tuple):
             return inner[0], z3.Complement(inner[1])
+        if z3.is_true(inner) or z3.is_false(inner):  # constants must fold, or they hide memberships
+            return z3.BoolVal(z3.is_false(inner))
         return z3.Not(inner)
     if z3.is_and(e) or z3.is_or(e):
         return _combine([_part(c) for c in e.children()], z3.is_and(e))
