@@ -100,6 +100,7 @@ def _outcome(val: Val) -> tuple[z3.BoolRef, z3.BoolRef]:
 
 def decision_formula(policy_set: PolicySet, request: SymRequest) -> DecisionFormula:
     formulas = [rule_formula(r, request) for r in rules_for(policy_set, request.operation)]
+    formulas = [f for f in formulas if not z3.is_false(f.applies)]  # rules of other extensions: left out
     denies = tuple(f for f in formulas if f.rule.deny)
     allows = tuple(f for f in formulas if not f.rule.deny)
     denied = z3.Or([f.fires for f in denies]) if denies else FALSE

@@ -1,10 +1,11 @@
 """`capengine diff OLD NEW`: every kind of request one policy set allows and the other does not, proved.
 
-For each operation the two decisions are encoded over one symbolic request whose extension id is left open
-(so every extension glob of either set is covered at once). Widenings (NEW allows, OLD denies) are grouped
-by the NEW allow rule the engine would name; narrowings (OLD allows, NEW denies) by the NEW deny rule that
-fires, or by "no allow rule" (default deny). Each group gets one witness, confirmed by both engines. A group
-the solver cannot settle is reported as unknown, never as "no difference".
+For each operation whose rules differ between the sets, and each class of extension ids the rules treat
+alike (extension_classes.py; the id stays symbolic when a condition reads it), the two decisions are encoded
+over one symbolic request. Widenings (NEW allows, OLD denies) are grouped by the NEW allow rule the engine
+would name; narrowings (OLD allows, NEW denies) by the NEW deny rule that fires, or by "no allow rule"
+(default deny). Each group gets one witness, confirmed by both engines. A group the solver cannot settle is
+reported as unknown, never as "no difference".
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any, Literal
 import attrs
 import z3
 
-from capengine.analysis.decision import DecisionFormula, decision_formula, first_firing
+from capengine.analysis.decision import DecisionFormula, decision_formula, first_firing, rules_for
 from capengine.analysis.domain import build_request, operation_names
+from capengine.analysis.extension_classes import representatives
 from capengine.analysis.solve import DEFAULT_TIMEOUT_MS, Witness, solve
-from capengine.policy.engine import PolicySet
+from capengine.policy.engine import CompiledRule, PolicySet
 from capengine.policy.model import Decision, Location
 
 Direction = Literal["widened", "narrowed"]
@@ -83,17 +85,37 @@ def _decision(d: Decision) -> dict[str, Any]:
     return {"allowed": d.allowed, "rules": list(d.rules), "message": d.message}
 
 
+def _key(rule: CompiledRule) -> tuple[str, str, tuple[str, ...], str, tuple[str, ...]]:
+    r = rule.rule
+    return (rule.qualified_id, r.effect, r.operations, r.condition or "", rule.extension_patterns)
+
+
 def _groups(old: DecisionFormula, new: DecisionFormula) -> list[tuple[Direction, str, Location | None,
                                                                       z3.BoolRef]]:
-    """(direction, rule, location, goal) for each way a decision can change, attributed as the engine would."""
+    """(direction, rule, location, goal) for each way a decision can change, attributed as the engine would.
+
+    Groups that cannot change by construction are left out (a proof by structure, no solver call): a rule
+    present unchanged in both sets fires on the same requests in both, so
+    - a widening through an unchanged allow needs an OLD deny that changed or went away;
+    - a narrowing by an unchanged deny is impossible (it denied under OLD as well);
+    - a narrowing to the default deny needs an OLD allow that changed or went away."""
+    old_keys = {_key(r.rule) for r in old.rules}
+    new_keys = {_key(r.rule) for r in new.rules}
+    old_denies_changed = any(_key(d.rule) not in new_keys for d in old.denies)
+    old_allows_changed = any(_key(a.rule) not in new_keys for a in old.allows)
     out: list[tuple[Direction, str, Location | None, z3.BoolRef]] = []
     for i, allow in enumerate(new.allows):
+        if _key(allow.rule) in old_keys and not old_denies_changed:
+            continue
         goal = z3.And(first_firing(new.allows, i), z3.Not(new.denied_by_rule), z3.Not(old.allowed))
         out.append(("widened", allow.id, allow.rule.rule.location, goal))
     for i, deny in enumerate(new.denies):
+        if _key(deny.rule) in old_keys:
+            continue
         out.append(("narrowed", deny.id, deny.rule.rule.location, z3.And(first_firing(new.denies, i), old.allowed)))
-    no_allow = z3.Not(z3.Or([a.fires for a in new.allows])) if new.allows else z3.BoolVal(True)
-    out.append(("narrowed", DEFAULT_DENY, None, z3.And(z3.Not(new.denied_by_rule), no_allow, old.allowed)))
+    if old_allows_changed:
+        no_allow = z3.Not(z3.Or([a.fires for a in new.allows])) if new.allows else z3.BoolVal(True)
+        out.append(("narrowed", DEFAULT_DENY, None, z3.And(z3.Not(new.denied_by_rule), no_allow, old.allowed)))
     return out
 
 
@@ -104,26 +126,30 @@ def diff(old_set: PolicySet, new_set: PolicySet, operations: tuple[str, ...] | N
     unsettled: list[Unsettled] = []
     unanalysable: dict[str, tuple[str, ...]] = {}
     for op in ops:
-        request = build_request(op, None)
-        old, new = decision_formula(old_set, request), decision_formula(new_set, request)
-        for label, formula in (("old", old), ("new", new)):
-            unanalysable.update({f"{label}:{k}": v for k, v in formula.unanalysable.items()})
-        for direction, goal_any in (("widened", z3.And(new.allowed, z3.Not(old.allowed))),
-                                    ("narrowed", z3.And(old.allowed, z3.Not(new.allowed)))):
-            # one cheap question first: most operations do not change at all
-            quick = solve([request], [goal_any], lambda ws: True, timeout_ms)
-            if quick.status == "unsat":
-                continue
-            for group_direction, rule, location, goal in _groups(old, new):
-                if group_direction != direction:
-                    continue
+        old_rules, new_rules = rules_for(old_set, op), rules_for(new_set, op)
+        if sorted(map(_key, old_rules)) == sorted(map(_key, new_rules)):
+            continue  # the same rules decide this operation in both sets: no difference, by structure
+        applicable = old_rules + new_rules
+        classes = representatives(applicable, timeout_ms)
+        seen: set[tuple[str, str]] = set()
+        for extension in (classes if classes is not None else [None]):
+            request = build_request(op, extension)
+            old, new = decision_formula(old_set, request), decision_formula(new_set, request)
+            for label, formula in (("old", old), ("new", new)):
+                unanalysable.update({f"{label}:{k}": v for k, v in formula.unanalysable.items()})
+            for direction, rule, location, goal in _groups(old, new):
+                if (direction, rule) in seen:
+                    continue  # already shown with a witness for another class of extensions
                 found = _settle(old_set, new_set, request, goal, direction, rule, timeout_ms)
                 if isinstance(found, Unsettled):
                     unsettled.append(attrs.evolve(found, operation=op))
                 elif found is not None:
+                    seen.add((direction, rule))
                     if location is None and found[1].rules:  # default deny: point at the OLD rule that allowed
                         location = _location(old_set, found[1].rules[0])
                     differences.append(Difference(direction, op, rule, location, *found))
+        # a group settled with a witness in one class is a difference whatever another class could not settle
+        unsettled = [u for u in unsettled if u.operation != op or (u.direction, u.rule) not in seen]
     return DiffReport(tuple(differences), tuple(unsettled), unanalysable, tuple(ops))
 
 

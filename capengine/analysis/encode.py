@@ -180,6 +180,9 @@ class Encoder:
                 return FALSE, FALSE  # (is true, is false): a non-bool is neither, like an error
             return z3.And(x.ok, x.v), z3.And(x.ok, z3.Not(x.v))
 
+        if a.kind == b.kind == "bool" and z3.is_false(a.err) and z3.is_false(b.err):
+            # neither side can fail: plain logic (keeps formulas, and the regexes fused from them, small)
+            return Val("bool", z3.Or(a.v, b.v) if is_or else z3.And(a.v, b.v), FALSE)
         at, af = parts(a)
         bt, bf = parts(b)
         if is_or:

@@ -26,27 +26,37 @@ def _var_membership(e: z3.ExprRef) -> tuple[z3.ExprRef, z3.ReRef] | None:
 _Part: TypeAlias = "tuple[z3.ExprRef, z3.ReRef] | z3.BoolRef"
 
 
-def _part(e: z3.ExprRef) -> _Part:
-    """A membership (var, regex) or a formula."""
+def _part(e: z3.ExprRef, negate: bool = False) -> _Part:
+    """A membership (var, regex) or a formula, with negations pushed down to the memberships (De Morgan),
+    so that nested `and`/`or` flatten and every test of a variable can meet the others."""
     member = _var_membership(e)
     if member is not None:
-        return member
+        return (member[0], z3.Complement(member[1])) if negate else member
     if z3.is_not(e):
-        inner = _part(e.children()[0])
-        if isinstance(inner, tuple):
-            return inner[0], z3.Complement(inner[1])
-        if z3.is_true(inner) or z3.is_false(inner):  # constants must fold, or they hide memberships
-            return z3.BoolVal(z3.is_false(inner))
-        return z3.Not(inner)
+        return _part(e.children()[0], not negate)
     if z3.is_and(e) or z3.is_or(e):
-        return _combine([_part(c) for c in e.children()], z3.is_and(e))
-    return e
+        return _combine([_part(c, negate) for c in e.children()], z3.is_and(e) != negate)
+    if z3.is_true(e) or z3.is_false(e):
+        return z3.BoolVal(z3.is_true(e) != negate)
+    return z3.Not(e) if negate else e
+
+
+def _flatten(parts: list[_Part], conjunction: bool) -> list[_Part]:
+    out: list[_Part] = []
+    for p in parts:
+        if not isinstance(p, tuple) and (z3.is_and(p) if conjunction else z3.is_or(p)):
+            for c in p.children():
+                member = _var_membership(c)
+                out.append(member if member is not None else c)
+        else:
+            out.append(p)
+    return out
 
 
 def _combine(parts: list[_Part], conjunction: bool) -> _Part:
     groups: dict[int, tuple[z3.ExprRef, list[z3.ReRef]]] = {}
     formulas: list[z3.BoolRef] = []
-    for p in parts:
+    for p in _flatten(parts, conjunction):
         if isinstance(p, tuple):
             groups.setdefault(p[0].get_id(), (p[0], []))[1].append(p[1])
             continue

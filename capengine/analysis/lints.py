@@ -15,14 +15,14 @@ Each finding names its evidence: "proved" for an unsat answer, or engine-confirm
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 import z3
 
-from capengine.analysis.decision import DecisionFormula, decision_formula, rules_for
+from capengine.analysis.decision import DecisionFormula, RuleFormula, decision_formula, rules_for
 from capengine.analysis.domain import build_request, operation_names
+from capengine.analysis.extension_classes import representatives
 from capengine.analysis.solve import DEFAULT_TIMEOUT_MS, Witness, solve
 from capengine.cel.values import CelError
 from capengine.policy.engine import CompiledRule, PolicySet
@@ -47,79 +47,75 @@ class ProvenFinding:
                 "witnesses": [w.to_json() for w in self.witnesses]}
 
 
-class _Sets:
-    """Decision formulas per operation, built once (with the extension left open)."""
+class _Cases:
+    """Decision formulas per operation, one per class of extension ids (extension_classes.py), built once."""
 
     def __init__(self, policy_set: PolicySet, timeout_ms: int) -> None:
         self.policy_set = policy_set
         self.timeout_ms = timeout_ms
-        self._formulas: dict[str, DecisionFormula] = {}
+        self._formulas: dict[str, list[DecisionFormula]] = {}
 
-    def formula(self, op: str) -> DecisionFormula:
+    def formulas(self, op: str) -> list[DecisionFormula]:
         if op not in self._formulas:
-            self._formulas[op] = decision_formula(self.policy_set, build_request(op, None))
+            reps = representatives(rules_for(self.policy_set, op), self.timeout_ms)
+            extensions: list[str | None] = list(reps) if reps is not None else [None]
+            self._formulas[op] = [decision_formula(self.policy_set, build_request(op, e)) for e in extensions]
         return self._formulas[op]
 
-    def ask(self, op: str, goal: list[z3.BoolRef], check: Callable[[Any], bool] | None = None) -> str:
-        """sat (with an engine-confirmed witness when `check` is given) / unsat / unknown."""
-        f = self.formula(op)
-
-        def confirm(ws: tuple[Witness, ...]) -> bool:
-            if check is None:
-                return True
-            r = ws[0].request()
-            return r is not None and check(self.policy_set.decide(r))
-
-        return solve([f.request], goal, confirm, self.timeout_ms).status
+    def ask(self, f: DecisionFormula, goal: list[z3.BoolRef]) -> str:
+        """sat / unsat (proved) / unknown. Witnesses are not needed for these universal claims: only "unsat"
+        answers become findings."""
+        return solve([f.request], goal, lambda ws: True, self.timeout_ms).status
 
 
 def lint(policy_set: PolicySet, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> list[ProvenFinding]:
-    sets = _Sets(policy_set, timeout_ms)
+    cases = _Cases(policy_set, timeout_ms)
     ops = operation_names()
     out: list[ProvenFinding] = []
     for rule in policy_set.rules:
-        applicable = [op for op in ops if rule in rules_for(policy_set, op)]
-        if not applicable:
-            continue  # the syntactic lint already reports operations that match no registered operation
-        out += _rule_findings(sets, rule, applicable)
+        pairs = [(f, mine) for op in ops if rule in rules_for(policy_set, op)
+                 for f in cases.formulas(op) for mine in f.rules if mine.rule is rule]
+        if pairs:  # else: no registered operation or extension id it applies to (the syntactic lint's job)
+            out += _rule_findings(cases, rule, pairs)
     out += content_around_deny(policy_set, timeout_ms)
     return out
 
 
-def _formula_of(f: DecisionFormula, rule: CompiledRule):
-    return next(r for r in f.rules if r.rule is rule)
+def _all(statuses: list[str]) -> str:
+    """unsat when every case is unsat, unknown when any is unknown, else sat."""
+    if "unknown" in statuses:
+        return "unknown"
+    return "unsat" if all(s == "unsat" for s in statuses) else "sat"
 
 
-def _rule_findings(sets: _Sets, rule: CompiledRule, ops: list[str]) -> list[ProvenFinding]:
+def _rule_findings(cases: _Cases, rule: CompiledRule, pairs: list[tuple[DecisionFormula, RuleFormula]]
+                   ) -> list[ProvenFinding]:
     loc, rid = rule.rule.location, rule.qualified_id
-    statuses = {op: sets.ask(op, [_formula_of(sets.formula(op), rule).fires]) for op in ops}
-    if all(s == "unsat" for s in statuses.values()):
-        if not rule.deny and any(sets.ask(op, [_formula_of(sets.formula(op), rule).error]) == "sat" for op in ops):
+    fires = [cases.ask(f, [mine.fires]) for f, mine in pairs]
+    verdict = _all(fires)
+    if verdict == "unknown":
+        return []  # undecided somewhere: claim nothing
+    if verdict == "unsat":
+        errors = _all([cases.ask(f, [mine.error]) for f, mine in pairs])
+        if not rule.deny and errors == "sat":
             why = "its condition errors or is false on every request (fail closed: an error never allows)"
         else:
             why = "its condition is false on every request"
         return [ProvenFinding("never-matches", rid, loc, f"can never match: {why} (proved)")]
-    if any(s != "sat" for s in statuses.values()):
-        return []  # undecided somewhere: claim nothing
+    live = [pair for pair, status in zip(pairs, fires) if status == "sat"]
     if rule.deny:
-        true_somewhere = [sets.ask(op, [_formula_of(sets.formula(op), rule).true]) for op in ops]
-        if all(s == "unsat" for s in true_somewhere):
+        if _all([cases.ask(f, [mine.true]) for f, mine in live]) == "unsat":
             return [ProvenFinding("deny-only-on-error", rid, loc,
                                   "the condition is never true; the deny fires only when the condition errors "
                                   "(fail closed) - add has() guards or fix the condition (proved)")]
         return []
-    unshadowed = {op: sets.ask(op, [_formula_of(sets.formula(op), rule).fires,
-                                    z3.Not(sets.formula(op).denied_by_rule)]) for op in ops}
-    if all(s == "unsat" for s in unshadowed.values()):
+    if _all([cases.ask(f, [mine.fires, z3.Not(f.denied_by_rule)]) for f, mine in live]) == "unsat":
         return [ProvenFinding("shadowed-allow", rid, loc, "whenever it matches, a deny rule fires too (proved)")]
     sole = []
-    for op in ops:
-        f = sets.formula(op)
-        mine = _formula_of(f, rule)
+    for f, mine in live:
         others = [a.fires for a in f.allows if a is not mine]
-        goal = [mine.fires, z3.Not(f.denied_by_rule)] + ([z3.Not(z3.Or(others))] if others else [])
-        sole.append(sets.ask(op, goal))
-    if all(s == "unsat" for s in sole):
+        sole.append(cases.ask(f, [mine.fires, z3.Not(f.denied_by_rule)] + ([z3.Not(z3.Or(others))] if others else [])))
+    if _all(sole) == "unsat":
         return [ProvenFinding("redundant-allow", rid, loc,
                               "every request it allows is also allowed by another allow rule (proved)")]
     return []
@@ -132,33 +128,46 @@ def content_around_deny(policy_set: PolicySet, timeout_ms: int = DEFAULT_TIMEOUT
     for denied_op in CONTENT_OPERATIONS:
         for deny in [r for r in rules_for(policy_set, denied_op) if r.deny and r.program is not None]:
             for other_op in CONTENT_OPERATIONS:
-                if other_op == denied_op:
-                    continue
-                a = build_request(denied_op, None, prefix="a.")
-                b = build_request(other_op, None, prefix="b.")
-                fa, fb = decision_formula(policy_set, a), decision_formula(policy_set, b)
-                mine = next(r for r in fa.denies if r.rule is deny)
-                shared = [a.extension == b.extension, a.path == b.path, a.library == b.library]
-                # the denied request carries only required fields: a deny about an optional argument (a size
-                # limit) is not a deny of the content itself
-                bare = [z3.Not(f.present) for f in a.args.values() if not f.required]
-                goal = [mine.true, fb.allowed] + shared + bare
-
-                def confirm(ws: tuple[Witness, ...], rule: CompiledRule = deny) -> bool:
-                    ra, rb = ws[0].request(), ws[1].request()
-                    if ra is None or rb is None or rule.program is None:
-                        return False
-                    try:  # the engine names only the first firing deny; this one must be true here too
-                        fires = rule.program.evaluate(ra.activation()) is True
-                    except CelError:
-                        return False
-                    return fires and not policy_set.decide(ra).allowed and policy_set.decide(rb).allowed
-
-                outcome = solve([a, b], goal, confirm, timeout_ms)
-                if outcome.status == "sat":
-                    w = outcome.witnesses
-                    out.append(ProvenFinding(
-                        "content-around-deny", deny.qualified_id, deny.rule.location,
-                        f"denies {denied_op} on {w[0].path!r} but {other_op} on the same path is allowed "
-                        f"(for {w[1].extension}); the content is reachable around the deny", w))
+                if other_op != denied_op:
+                    found = _around(policy_set, deny, denied_op, other_op, timeout_ms)
+                    if found is not None:
+                        out.append(found)
     return out
+
+
+def _around(policy_set: PolicySet, deny: CompiledRule, denied_op: str, other_op: str,
+            timeout_ms: int) -> ProvenFinding | None:
+    reps = representatives(rules_for(policy_set, denied_op) + rules_for(policy_set, other_op), timeout_ms)
+    for extension in (list(reps) if reps is not None else [None]):
+        a = build_request(denied_op, extension, prefix="a.")
+        b = build_request(other_op, extension, prefix="b.")
+        fa, fb = decision_formula(policy_set, a), decision_formula(policy_set, b)
+        mine = next((r for r in fa.denies if r.rule is deny), None)
+        if mine is None:
+            continue  # the deny does not apply to this class of extensions
+        shared = [a.path == b.path, a.library == b.library]
+        if extension is None:
+            shared.append(a.extension == b.extension)
+        # the denied request carries only required fields: a deny about an optional argument (a size
+        # limit) is not a deny of the content itself
+        bare = [z3.Not(f.present) for f in a.args.values() if not f.required]
+        goal = [mine.true, fb.allowed] + shared + bare
+
+        def confirm(ws: tuple[Witness, ...]) -> bool:
+            ra, rb = ws[0].request(), ws[1].request()
+            if ra is None or rb is None or deny.program is None:
+                return False
+            try:  # the engine names only the first firing deny; this one must be true here too
+                fires = deny.program.evaluate(ra.activation()) is True
+            except CelError:
+                return False
+            return fires and not policy_set.decide(ra).allowed and policy_set.decide(rb).allowed
+
+        outcome = solve([a, b], goal, confirm, timeout_ms)
+        if outcome.status == "sat":
+            w = outcome.witnesses
+            return ProvenFinding(
+                "content-around-deny", deny.qualified_id, deny.rule.location,
+                f"denies {denied_op} on {w[0].path!r} but {other_op} on the same path is allowed "
+                f"(for {w[1].extension}); the content is reachable around the deny", w)
+    return None
