@@ -325,3 +325,27 @@ def test_bundled_policies_have_real_content_gaps(bundled):
     assert ("content-around-deny", "photo-ocr/no-raw-originals") in found
     assert ("content-around-deny", "org-baseline/no-huge-reads") not in found  # a size limit, not a content deny
     assert not any(code in ("never-matches", "shadowed-allow", "redundant-allow") for code, _ in found)
+
+
+def test_cli_analyze_lint_and_permissions_errors(tmp_path, capsys):
+    policies = str(ROOT / "policies")
+    code, out, _ = run(capsys, "analyze", "lint", "--policies", policies, "--format", "sarif")
+    sarif = json.loads(out)
+    assert code == 0 and {r["ruleId"] for r in sarif["runs"][0]["results"]} == {"content-around-deny"}
+    code, _, _ = run(capsys, "analyze", "lint", "--policies", policies, "--strict")
+    assert code == 1
+    code, _, err = run(capsys, "analyze", "permissions", "com.example.nobody", "--policies", policies,
+                       "--extensions", str(ROOT / "extensions"))
+    assert code == 2 and "no manifest" in err
+    bad = tmp_path / "ext" / "broken"
+    bad.mkdir(parents=True)
+    (bad / "manifest.yaml").write_text("id: [unclosed\n")
+    code, _, err = run(capsys, "analyze", "permissions", "x", "--policies", policies, "--extensions",
+                       str(tmp_path / "ext"))
+    assert code == 2 and "manifest.yaml" in err
+    broken = tmp_path / "broken-policies"
+    broken.mkdir()
+    write(broken, "p.yaml", policy_yaml("p", "- {id: r, effect: allow, operations: [vdfs.stat], "
+                                             "condition: 'path == 1'}\n"))
+    code, _, err = run(capsys, "analyze", "can", "x", "vdfs.stat", "--policies", str(broken))
+    assert code == 2 and "has errors" in err
