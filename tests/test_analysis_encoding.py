@@ -52,7 +52,7 @@ def test_regex_outside_fragment_is_refused_not_approximated(pattern):
 @pytest.mark.parametrize("pattern", ["/photos/**/private/**", "/photos/*.jpg", "**", "/a/?/b", "/**", "**/x",
                                      "/a/**/b/**/c"])
 def test_glob_language_agrees_with_globs(pattern):
-    language = regex.glob_language(pattern, "/")
+    language = regex.path_glob_language(pattern)
     rng = random.Random(pattern)
     names = ["/", "/a", "/photos/x.jpg", "/photos/a/private/b", "/photos/private/x", "/a/b/b/c", "/a/x/b",
              "/a/b/c", "x", "/x", "a/x", "/photos/.jpg", "/photos/a/b.jpg"]
@@ -155,3 +155,12 @@ def test_encoded_decision_equals_engine_decision(tmp_path, effect, condition):
             continue  # the host refuses vdfs calls without a library before any policy runs
         expected = policy_set.decide(Request.from_mapping(raw)).allowed
         assert _formula_says(policy_set, raw) == expected, (condition, raw)
+
+
+@pytest.mark.parametrize("pattern", ["com.example.*", "**", "com.**", "a.?.c", "**.x"])
+def test_name_glob_language_agrees_with_globs(pattern):
+    language = regex.glob_language(pattern, ".")
+    for name in ["com.example.a", "com.example.", "com.example", "com.example.a.b", "a.b.c", "a.bb.c", "x", "a.x",
+                 "com", "com.x.y"]:
+        got = z3.is_true(z3.simplify(z3.InRe(zstr(name), language)))
+        assert got == globs.glob_match(pattern, name), (pattern, name)

@@ -10,7 +10,7 @@ import z3
 
 from capengine.analysis.decision import decision_formula
 from capengine.analysis.domain import build_request, operation_names
-from capengine.analysis.regex import glob_language
+from capengine.analysis.regex import path_glob_language
 from capengine.analysis.solve import DEFAULT_TIMEOUT_MS, Witness, solve
 from capengine.analysis.zstrings import NotAnalysable, zstr
 from capengine.errors import CapengineError
@@ -72,7 +72,7 @@ def region_constraints(request_path: z3.SeqRef, request_library: z3.SeqRef, path
     if path_glob is not None:
         try:
             globs.compile_glob(path_glob, "/")
-            out.append(z3.InRe(request_path, glob_language(path_glob, "/")))
+            out.append(z3.InRe(request_path, path_glob_language(path_glob)))
         except (globs.GlobError, NotAnalysable) as exc:
             raise AnalysisError(f"--path {path_glob!r}: {exc}") from None
     if library is not None:

@@ -265,7 +265,7 @@ def _glob(e: Encoder, operands: tuple) -> Val:
     s = e.expr(operands[0])
     if s.kind != "string":
         return _wrong_kind(s)
-    return Val("bool", z3.InRe(s.v, regex.glob_language(pattern, "/")), s.err)
+    return Val("bool", z3.InRe(s.v, regex.path_glob_language(pattern)), s.err)
 
 
 def _size(e: Encoder, operands: tuple) -> Val:

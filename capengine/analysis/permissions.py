@@ -21,7 +21,7 @@ from capengine.analysis.can import AnalysisError, CanAnswer, can
 from capengine.analysis.decision import DecisionFormula, decision_formula, extension_test, rules_for
 from capengine.analysis.domain import SymRequest, build_request, operation_names
 from capengine.analysis.literals import collect
-from capengine.analysis.regex import glob_language
+from capengine.analysis.regex import path_glob_language
 from capengine.analysis.solve import DEFAULT_TIMEOUT_MS, Witness, solve
 from capengine.analysis.zstrings import NotAnalysable, zstr
 from capengine.policy import globs
@@ -126,7 +126,7 @@ def summarise(policy_set: PolicySet, extension: str, operation: str,
             candidates.append((f"under {base}", lang))
         for g in sorted(lits.globs):
             try:
-                candidates.append((f"glob {g}", glob_language(g, "/")))
+                candidates.append((f"glob {g}", path_glob_language(g)))
             except NotAnalysable:
                 continue
         for p in sorted(lits.prefixes):

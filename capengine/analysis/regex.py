@@ -8,6 +8,9 @@ cannot express (backreferences, lookaround, word boundaries, anchors in the midd
 raise NotAnalysable instead of being approximated. Flavour "python" is the JSON-Schema `pattern` dialect that
 fastjsonschema runs with Python's `re` (Unicode `\\d`, `$` rewritten to `\\Z`).
 
+Globs are not re-implemented: the regex the policy layer compiles for a glob is itself translated (flavour
+"python"), so the encoding follows the engine's glob rules exactly.
+
 Character sets are kept as sorted interval lists so that negation and case folding are exact.
 """
 
@@ -21,6 +24,8 @@ from typing import Any, Literal
 import z3
 
 from capengine.analysis.zstrings import MAX_CHAR, NotAnalysable, zchar, zstr
+from capengine.cel.values import CelError
+from capengine.policy import functions, globs
 
 # the regex parser of the standard library; private modules without type stubs, hence imported by name
 sre_parse: Any = importlib.import_module("re._parser")
@@ -227,30 +232,32 @@ def search_language(pattern: str, flavour: Flavour = "re2") -> z3.ReRef:
     return union(out)
 
 
+def compiled_language(compiled: re.Pattern[str]) -> z3.ReRef:
+    """The strings a compiled Python regex matches in full (`fullmatch`), with its flags."""
+    flags = "".join(f for f, bit in (("s", re.S), ("i", re.I)) if compiled.flags & bit)
+    prefix = f"(?{flags})" if flags else ""
+    return search_language(f"{prefix}\\A(?:{compiled.pattern})\\Z", "python")
+
+
 @cache
 def glob_language(pattern: str, sep: str) -> z3.ReRef:
-    """The strings a segment-aware glob matches in full; mirrors capengine.policy.globs.compile_glob."""
-    sep_code = ord(sep)
-    not_sep = char_set(complement([(sep_code, sep_code)]))
-    s = z3.Re(zstr(sep))
-    segments = pattern.split(sep)
-    last = len(segments) - 1
-    out: list[z3.ReRef] = []
-    for i, seg in enumerate(segments):
-        if seg == "**":
-            if last == 0:
-                out.append(z3.Full(_RE))
-            elif i == 0:
-                out.append(z3.Star(z3.Concat(z3.Plus(not_sep), s)))
-            elif i == last:
-                out.append(z3.Plus(z3.Concat(s, z3.Plus(not_sep))))
-            else:
-                out.append(z3.Star(z3.Concat(s, z3.Plus(not_sep))))
-            continue
-        if "**" in seg:
-            raise NotAnalysable(f"glob {pattern!r}: '**' must be a whole segment")
-        if i > 0 and not (i == 1 and segments[0] == "**"):
-            out.append(s)
-        for ch in seg:
-            out.append(z3.Star(not_sep) if ch == "*" else not_sep if ch == "?" else z3.Re(zstr(ch)))
-    return concat(out)
+    """The names a segment-aware glob matches (extension ids, operation names): translated from the very
+    regex capengine.policy.globs compiles, so the encoding cannot drift from the engine."""
+    try:
+        return compiled_language(globs.compile_glob(pattern, sep))
+    except globs.GlobError as exc:
+        raise NotAnalysable(f"glob {pattern!r}: {exc}") from None
+
+
+@cache
+def path_glob_language(pattern: str) -> z3.ReRef:
+    """The paths `path.glob(pattern)` accepts, translated from the matcher the policy function itself compiles
+    (whatever normalisation or segment rules it applies)."""
+    try:
+        matcher = functions._compile_glob(pattern)
+    except CelError as exc:
+        raise NotAnalysable(f"glob {pattern!r}: {exc}") from None
+    compiled = getattr(matcher, "__self__", None)  # the bound `fullmatch` of a compiled regex
+    if not isinstance(compiled, re.Pattern):
+        raise NotAnalysable(f"glob {pattern!r}: the matcher is not a regular expression")
+    return compiled_language(compiled)
