@@ -349,3 +349,13 @@ def test_cli_analyze_lint_and_permissions_errors(tmp_path, capsys):
                                              "condition: 'path == 1'}\n"))
     code, _, err = run(capsys, "analyze", "can", "x", "vdfs.stat", "--policies", str(broken))
     assert code == 2 and "has errors" in err
+
+
+def test_diff_with_a_condition_reading_the_extension_keeps_it_symbolic(tmp_path):
+    old = "- {id: r, effect: allow, operations: [test.ping], condition: 'extension.endsWith(\".beta\")'}\n"
+    old_set, new_set = _pair(tmp_path, old, old.replace('".beta"', '"beta"'))
+    result = diff(old_set, new_set)
+    assert _summary(result) == {("widened", "test.ping", "p/r")}
+    _confirm(old_set, new_set, result)
+    extension = result.differences[0].witness.extension
+    assert extension.endswith("beta") and not extension.endswith(".beta") and extension.startswith("com.example.")
