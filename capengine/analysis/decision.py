@@ -59,8 +59,14 @@ def parse_condition(source: str) -> ast.Node:
     return ast.parse(source, POLICY_ENVIRONMENT.namespaced)
 
 
-def rules_for(policy_set: PolicySet, operation: str) -> list[CompiledRule]:
-    """Rules whose operation globs match, in policy order (the engine's candidate order)."""
+def rules_for(policy_set: PolicySet, operation: str, extension: str | None = None) -> list[CompiledRule]:
+    """The rules that can decide `operation`, in policy order (the engine's candidate order). For a concrete
+    extension this is the engine's own candidate list (whatever its selection rules); for an open one, the
+    rules whose operation globs match, each then guarded by its extension globs in the formula."""
+    if extension is not None:
+        denies, allows = policy_set.candidates(extension, operation)
+        order = {id(r): i for i, r in enumerate(policy_set.rules)}
+        return sorted(denies + allows, key=lambda r: order[id(r)])
     return [r for r in policy_set.rules if any(globs.glob_match(p, operation) for p in r.rule.operations)]
 
 
@@ -99,7 +105,8 @@ def _outcome(val: Val) -> tuple[z3.BoolRef, z3.BoolRef]:
 
 
 def decision_formula(policy_set: PolicySet, request: SymRequest) -> DecisionFormula:
-    formulas = [rule_formula(r, request) for r in rules_for(policy_set, request.operation)]
+    rules = rules_for(policy_set, request.operation, request.extension_name)
+    formulas = [rule_formula(r, request) for r in rules]
     formulas = [f for f in formulas if not z3.is_false(f.applies)]  # rules of other extensions: left out
     denies = tuple(f for f in formulas if f.rule.deny)
     allows = tuple(f for f in formulas if not f.rule.deny)

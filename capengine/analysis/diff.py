@@ -125,14 +125,14 @@ def diff(old_set: PolicySet, new_set: PolicySet, operations: tuple[str, ...] | N
     differences: list[Difference] = []
     unsettled: list[Unsettled] = []
     unanalysable: dict[str, tuple[str, ...]] = {}
+    # classes over every rule's extension globs, so that each class is decided alike by every rule
+    classes = representatives(list(old_set.rules) + list(new_set.rules), timeout_ms)
     for op in ops:
-        old_rules, new_rules = rules_for(old_set, op), rules_for(new_set, op)
-        if sorted(map(_key, old_rules)) == sorted(map(_key, new_rules)):
-            continue  # the same rules decide this operation in both sets: no difference, by structure
-        applicable = old_rules + new_rules
-        classes = representatives(applicable, timeout_ms)
         seen: set[tuple[str, str]] = set()
         for extension in (classes if classes is not None else [None]):
+            old_rules, new_rules = rules_for(old_set, op, extension), rules_for(new_set, op, extension)
+            if sorted(map(_key, old_rules)) == sorted(map(_key, new_rules)):
+                continue  # the same rules decide these requests in both sets: no difference, by structure
             request = build_request(op, extension)
             old, new = decision_formula(old_set, request), decision_formula(new_set, request)
             for label, formula in (("old", old), ("new", new)):

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import z3
 
-from capengine.analysis.decision import DecisionFormula, RuleFormula, decision_formula, rules_for
+from capengine.analysis.decision import DecisionFormula, RuleFormula, decision_formula
 from capengine.analysis.domain import build_request, operation_names
 from capengine.analysis.extension_classes import representatives
 from capengine.analysis.solve import DEFAULT_TIMEOUT_MS, Witness, solve
@@ -54,12 +54,12 @@ class _Cases:
         self.policy_set = policy_set
         self.timeout_ms = timeout_ms
         self._formulas: dict[str, list[DecisionFormula]] = {}
+        self.extensions = extension_cases(policy_set, timeout_ms)
 
     def formulas(self, op: str) -> list[DecisionFormula]:
         if op not in self._formulas:
-            reps = representatives(rules_for(self.policy_set, op), self.timeout_ms)
-            extensions: list[str | None] = list(reps) if reps is not None else [None]
-            self._formulas[op] = [decision_formula(self.policy_set, build_request(op, e)) for e in extensions]
+            built = [decision_formula(self.policy_set, build_request(op, e)) for e in self.extensions]
+            self._formulas[op] = [f for f in built if f.rules]
         return self._formulas[op]
 
     def ask(self, f: DecisionFormula, goal: list[z3.BoolRef]) -> str:
@@ -73,12 +73,17 @@ def lint(policy_set: PolicySet, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> list[Pr
     ops = operation_names()
     out: list[ProvenFinding] = []
     for rule in policy_set.rules:
-        pairs = [(f, mine) for op in ops if rule in rules_for(policy_set, op)
-                 for f in cases.formulas(op) for mine in f.rules if mine.rule is rule]
+        pairs = [(f, mine) for op in ops for f in cases.formulas(op) for mine in f.rules if mine.rule is rule]
         if pairs:  # else: no registered operation or extension id it applies to (the syntactic lint's job)
             out += _rule_findings(cases, rule, pairs)
     out += content_around_deny(policy_set, timeout_ms)
     return out
+
+
+def extension_cases(policy_set: PolicySet, timeout_ms: int) -> list[str | None]:
+    """A representative id per class of extension ids the rules treat alike, or [None]: the id left open."""
+    reps = representatives(policy_set.rules, timeout_ms)
+    return list(reps) if reps is not None else [None]
 
 
 def _all(statuses: list[str]) -> str:
@@ -125,49 +130,52 @@ def content_around_deny(policy_set: PolicySet, timeout_ms: int = DEFAULT_TIMEOUT
     """A deny on a content-revealing operation, sidestepped by another content-revealing operation on the same
     path (same extension and library): e.g. read_file denied under /private but ai.ocr allowed there."""
     out: list[ProvenFinding] = []
-    for denied_op in CONTENT_OPERATIONS:
-        for deny in [r for r in rules_for(policy_set, denied_op) if r.deny and r.program is not None]:
+    found: set[tuple[str, str]] = set()
+    for extension in extension_cases(policy_set, timeout_ms):
+        for denied_op in CONTENT_OPERATIONS:
             for other_op in CONTENT_OPERATIONS:
-                if other_op != denied_op:
-                    found = _around(policy_set, deny, denied_op, other_op, timeout_ms)
-                    if found is not None:
-                        out.append(found)
+                if other_op == denied_op:
+                    continue
+                a = build_request(denied_op, extension, prefix="a.")
+                b = build_request(other_op, extension, prefix="b.")
+                fa, fb = decision_formula(policy_set, a), decision_formula(policy_set, b)
+                for mine in fa.denies:
+                    if mine.rule.program is None or (mine.id, other_op) in found:
+                        continue
+                    finding = _around(policy_set, mine, fa, fb, timeout_ms)
+                    if finding is not None:
+                        found.add((mine.id, other_op))
+                        out.append(finding)
     return out
 
 
-def _around(policy_set: PolicySet, deny: CompiledRule, denied_op: str, other_op: str,
+def _around(policy_set: PolicySet, mine: RuleFormula, fa: DecisionFormula, fb: DecisionFormula,
             timeout_ms: int) -> ProvenFinding | None:
-    reps = representatives(rules_for(policy_set, denied_op) + rules_for(policy_set, other_op), timeout_ms)
-    for extension in (list(reps) if reps is not None else [None]):
-        a = build_request(denied_op, extension, prefix="a.")
-        b = build_request(other_op, extension, prefix="b.")
-        fa, fb = decision_formula(policy_set, a), decision_formula(policy_set, b)
-        mine = next((r for r in fa.denies if r.rule is deny), None)
-        if mine is None:
-            continue  # the deny does not apply to this class of extensions
-        shared = [a.path == b.path, a.library == b.library]
-        if extension is None:
-            shared.append(a.extension == b.extension)
-        # the denied request carries only required fields: a deny about an optional argument (a size
-        # limit) is not a deny of the content itself
-        bare = [z3.Not(f.present) for f in a.args.values() if not f.required]
-        goal = [mine.true, fb.allowed] + shared + bare
+    a, b = fa.request, fb.request
+    deny = mine.rule
+    shared = [a.path == b.path, a.library == b.library]
+    if a.extension_name is None:
+        shared.append(a.extension == b.extension)
+    # the denied request carries only required fields: a deny about an optional argument (a size limit) is
+    # not a deny of the content itself
+    bare = [z3.Not(f.present) for f in a.args.values() if not f.required]
+    goal = [mine.true, fb.allowed] + shared + bare
 
-        def confirm(ws: tuple[Witness, ...]) -> bool:
-            ra, rb = ws[0].request(), ws[1].request()
-            if ra is None or rb is None or deny.program is None:
-                return False
-            try:  # the engine names only the first firing deny; this one must be true here too
-                fires = deny.program.evaluate(ra.activation()) is True
-            except CelError:
-                return False
-            return fires and not policy_set.decide(ra).allowed and policy_set.decide(rb).allowed
+    def confirm(ws: tuple[Witness, ...]) -> bool:
+        ra, rb = ws[0].request(), ws[1].request()
+        if ra is None or rb is None or deny.program is None:
+            return False
+        try:  # the engine names only the first firing deny; this one must be true here too
+            fires = deny.program.evaluate(ra.activation()) is True
+        except CelError:
+            return False
+        return fires and not policy_set.decide(ra).allowed and policy_set.decide(rb).allowed
 
-        outcome = solve([a, b], goal, confirm, timeout_ms)
-        if outcome.status == "sat":
-            w = outcome.witnesses
-            return ProvenFinding(
-                "content-around-deny", deny.qualified_id, deny.rule.location,
-                f"denies {denied_op} on {w[0].path!r} but {other_op} on the same path is allowed "
-                f"(for {w[1].extension}); the content is reachable around the deny", w)
-    return None
+    outcome = solve([a, b], goal, confirm, timeout_ms)
+    if outcome.status != "sat":
+        return None
+    w = outcome.witnesses
+    return ProvenFinding(
+        "content-around-deny", deny.qualified_id, deny.rule.location,
+        f"denies {a.operation} on {w[0].path!r} but {b.operation} on the same path is allowed "
+        f"(for {w[1].extension}); the content is reachable around the deny", w)

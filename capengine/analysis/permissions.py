@@ -18,7 +18,7 @@ import yaml
 import z3
 
 from capengine.analysis.can import AnalysisError, CanAnswer, can
-from capengine.analysis.decision import DecisionFormula, decision_formula, extension_test, rules_for
+from capengine.analysis.decision import DecisionFormula, decision_formula, rules_for
 from capengine.analysis.domain import SymRequest, build_request, operation_names
 from capengine.analysis.literals import collect
 from capengine.analysis.regex import path_glob_language
@@ -114,8 +114,7 @@ def summarise(policy_set: PolicySet, extension: str, operation: str,
         return OperationSummary(operation, overall, (), (), ())
     asker = _Asker(policy_set, extension, operation, timeout_ms)
     req = asker.request
-    lits = collect([r for r in rules_for(policy_set, operation)
-                    if z3.is_true(extension_test(r.extension_patterns, req))])
+    lits = collect(rules_for(policy_set, operation, extension))
     regions: list[Finding] = []
     if req.args.get("path") is not None or lits.directories or lits.globs:
         candidates: list[tuple[str, z3.ReRef]] = []
@@ -187,10 +186,8 @@ def policy_operations(policy_set: PolicySet, extension: str, known: tuple[str, .
     """Operations some rule applicable to `extension` names (when no manifest lists them)."""
     out = []
     for op in known:
-        for r in rules_for(policy_set, op):
-            if any(globs.glob_match(p, extension) for p in r.extension_patterns) and not r.deny:
-                out.append(op)
-                break
+        if any(not r.deny for r in rules_for(policy_set, op, extension)):
+            out.append(op)
     return out
 
 
