@@ -289,6 +289,7 @@ def test_permissions_from_the_manifest(bundled, capsys):
     code, out, _ = run(capsys, "analyze", "permissions", "com.example.cloud-sync", "--policies",
                        str(ROOT / "policies"))
     assert code == 0 and "credentials.delete: never allowed (proved)" in out and "starts with 'sync.'" in out
+    assert "path under /documents: always except glob /**/.git/** (proved)" in out  # vdfs.list_dir / stat
 
 
 # ----------------------------------------------------------------------------------------------- lints

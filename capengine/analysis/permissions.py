@@ -132,6 +132,7 @@ def summarise(policy_set: PolicySet, extension: str, operation: str,
             candidates.append((f"starting with {p}", z3.Concat(z3.Re(zstr(p)), _ANY)))
         for subject, lang in candidates:
             regions.append(asker.classify(f"path {subject}", z3.InRe(req.path, lang)))
+        regions = _refine(asker, candidates, regions, sorted(lits.libraries))
         if candidates:
             outside = z3.Not(z3.Or([z3.InRe(req.path, lang) for _, lang in candidates]))
             regions.append(asker.classify("path anywhere else", outside))
@@ -143,6 +144,43 @@ def summarise(policy_set: PolicySet, extension: str, operation: str,
                                                        + [z3.Empty(_RE)])))
         libraries.append(asker.classify("any other library", others))
     return OperationSummary(operation, overall, tuple(regions), tuple(libraries), tuple(_arg_findings(asker, lits)))
+
+
+def _overlap(a: z3.ReRef, b: z3.ReRef) -> bool:
+    solver = z3.Solver()
+    solver.set(timeout=2000)
+    solver.add(z3.InRe(z3.String("p"), z3.Intersect(a, b)))
+    return solver.check() != z3.unsat  # unknown: keep it, the listing only narrows a claim that is re-proved
+
+
+def _refine(asker: _Asker, candidates: list[tuple[str, z3.ReRef]], regions: list[Finding],
+            libraries: list[str]) -> list[Finding]:
+    """Say more about a region that is only sometimes allowed: the never-allowed regions inside it that
+    explain why, and whether the rest is always allowed (possibly only in one library). Each claim is
+    re-proved by the solver; an unprovable refinement leaves the plain "sometimes"."""
+    path, out = asker.request.path, []
+    never = [(c, f) for c, f in zip(candidates, regions) if f.verdict == "never"]
+    for (subject, lang), finding in zip(candidates, regions):
+        if not finding.verdict.startswith("sometimes"):
+            out.append(finding)
+            continue
+        holes = [(s, lg) for (s, lg), _ in never if s != subject and _overlap(lang, lg)]
+        rest = z3.And(z3.InRe(path, lang), *[z3.Not(z3.InRe(path, lg)) for _, lg in holes])
+        but = f" except {', '.join(s for s, _ in holes)}" if holes else ""
+        verdict = finding.verdict
+        if asker.classify("", rest).verdict == "always":
+            verdict = f"always{but} (proved)"
+        else:
+            for lib in libraries:
+                in_lib = z3.And(rest, z3.InRe(asker.request.library, z3.Re(zstr(lib))))
+                if asker.classify("", in_lib).verdict == "always":
+                    verdict = f"always in library {lib}{but}, never elsewhere" if asker.classify(
+                        "", z3.And(rest, z3.Not(z3.InRe(asker.request.library, z3.Re(zstr(lib)))))).verdict == \
+                        "never" else f"always in library {lib}{but}"
+                    verdict += " (proved)"
+                    break
+        out.append(attrs.evolve(finding, verdict=verdict))
+    return out
 
 
 def _arg_findings(asker: _Asker, lits: Any) -> list[Finding]:
