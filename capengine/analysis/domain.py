@@ -2,12 +2,16 @@
 
 The constraints are those the host enforces before a policy runs: the operation's JSON Schema (types, bounds,
 required fields, patterns, no unknown fields), the canonical form of the path, a library UUID when the
-operation needs one, and a well-formed extension id. Where the host is stricter than what is modelled here
-(NFC normalisation, byte limits on path segments) the model is a superset, so a proof still holds; a witness
-from the superset that the host would refuse is caught when the witness is confirmed.
+operation needs one, and a well-formed extension id. An integer field holds a Python int, never a double:
+JSON Schema calls 4.0 an integer, but the registry's Operation.validate refuses a number written with a
+fraction or exponent in an integer field before the policy runs (so no JSON double reaches an int-typed `args`
+field and its int operators). Where the host is stricter than what is modelled here (NFC normalisation, byte
+limits on path segments) the model is a superset, so a proof still holds; a witness from the superset that
+the host would refuse is caught when the witness is confirmed.
 
-The analysis layer may not import capengine.host, so the three facts the registry knows beyond the schemas are
-restated in OPERATION_TRAITS; tests/test_analysis_domain.py checks them against the real registry.
+The analysis layer may not import capengine.host, so the facts the registry knows beyond the schemas are
+restated in OPERATION_TRAITS; tests/test_analysis_encoding.py checks them, and the refusal of doubles in
+integer fields, against the real registry.
 """
 
 from __future__ import annotations
@@ -68,7 +72,6 @@ class ArgField:
     kind: str
     present: z3.BoolRef
     value: Any  # z3 term of the kind; None for opaque
-    is_double: z3.BoolRef  # an integer sent as a JSON double (1.0): fastjsonschema accepts it as "integer"
     hidden: bool
     required: bool
 
@@ -87,11 +90,10 @@ class SymRequest:
     prefix: str
 
     def friendly(self) -> list[z3.BoolRef]:
-        """Preferences that make a witness readable and easy to confirm: printable ASCII paths, ints as ints."""
+        """Preferences that make a witness readable and easy to confirm: printable ASCII paths and strings."""
         printable = z3.Star(z3.Range(zstr(" "), zstr("~")))
         out = [z3.InRe(self.path, printable)]
         for f in self.args.values():
-            out.append(z3.Not(f.is_double))
             if f.kind == "string" and not f.hidden and f.name != traits(self.operation).path_field:
                 out.append(z3.InRe(f.value, printable))
         return out
@@ -168,7 +170,6 @@ def build_request(operation: str, extension: str | None = None, prefix: str = ""
 def _field(p: str, name: str, spec: dict, required: bool, hidden: bool, is_path: bool, cons: list[z3.BoolRef],
            notes: list[str]) -> ArgField:
     present = z3.Bool(f"{p}has.{name}")
-    is_double = z3.Bool(f"{p}dbl.{name}")
     if required:
         cons.append(present)
     kind = {"string": "string", "integer": "int", "boolean": "bool"}.get(spec.get("type", ""), "opaque")
@@ -195,12 +196,10 @@ def _field(p: str, name: str, spec: dict, required: bool, hidden: bool, is_path:
                              "lt": value < bound}[op])
     elif kind == "bool":
         value = z3.Bool(f"{p}arg.{name}")
-    if kind != "int":
-        cons.append(z3.Not(is_double))
     if "enum" in spec and kind in ("string", "int", "bool"):
         options = [v for v in spec["enum"] if _fits(kind, v)]
         cons.append(z3.Or([value == _literal(kind, v) for v in options]) if options else z3.Not(present))
-    return ArgField(name, kind, present, value, is_double, hidden, required)
+    return ArgField(name, kind, present, value, hidden, required)
 
 
 def _fits(kind: str, v: object) -> bool:

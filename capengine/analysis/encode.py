@@ -38,7 +38,6 @@ class Val:
     kind: str  # bool | int | double | string | list | args
     v: Any
     err: z3.BoolRef
-    dbl: z3.BoolRef = FALSE  # kind int only: the number is a JSON double with an integral value
     const: str | None = None  # kind string only: the literal text, when the value is a literal
 
     @property
@@ -145,7 +144,7 @@ class Encoder:
             return Val("bool", f.present, operand.err)
         if f.kind == "opaque":
             raise NotAnalysable(f"args.{name} has a schema type the encoding does not model")
-        return Val(f.kind, f.value, _or(operand.err, z3.Not(f.present)), f.is_double)
+        return Val(f.kind, f.value, _or(operand.err, z3.Not(f.present)))
 
     def conditional(self, node: ast.Conditional) -> Val:
         c = self.boolean(node.cond)
@@ -154,7 +153,7 @@ class Encoder:
             raise NotAnalysable("a conditional whose branches have different or compound types")
         cond_err = c.err if c.kind == "bool" else TRUE
         cv = c.v if c.kind == "bool" else FALSE
-        return Val(a.kind, z3.If(cv, a.v, b.v), _or(cond_err, z3.If(cv, a.err, b.err)), z3.If(cv, a.dbl, b.dbl))
+        return Val(a.kind, z3.If(cv, a.v, b.v), _or(cond_err, z3.If(cv, a.err, b.err)))
 
     # calls ----------------------------------------------------------------------------------------
     def call(self, node: ast.Call) -> Val:
@@ -353,13 +352,6 @@ def _arith(op: str):
                 raise NotAnalysable("double arithmetic is outside the analysable fragment")
             return Val("int", z3.IntVal(0), TRUE)
         x, y = a.v, b.v
-        # int op double has no overload; double op double is double arithmetic (not modelled: havoc)
-        mixed = z3.Xor(a.dbl, b.dbl)
-        both = z3.simplify(z3.And(a.dbl, b.dbl))
-        if op == "/" and not z3.is_false(both):
-            raise NotAnalysable("division of two arguments that may arrive as JSON doubles is outside the fragment")
-        if op == "%":
-            mixed, both = z3.Or(a.dbl, b.dbl), FALSE  # no % overload for doubles
         if op in ("+", "-", "*"):
             r = {"+": x + y, "-": x - y, "*": x * y}[op]
             bad = z3.Not(_in_range(r))
@@ -367,13 +359,7 @@ def _arith(op: str):
             q = z3.If(z3.Xor(x < 0, y < 0), -1, 1) * (z3.If(x < 0, -x, x) / z3.If(y < 0, -y, y))
             r = q if op == "/" else x - y * q
             bad = z3.Or(y == 0, z3.Not(_in_range(r)) if op == "/" else FALSE)
-        fresh_key = hashlib.sha1(repr((op, x.sexpr(), y.sexpr())).encode()).hexdigest()[:16]
-        # two doubles with integral values: exact while the result is within 2**53, approximated beyond
-        exact = z3.And(r >= -(2**53), r <= 2**53)
-        havoc_err = z3.Bool(f"{e.req.prefix}dbl_err.{fresh_key}")
-        value = z3.If(z3.And(both, z3.Not(exact)), z3.Int(f"{e.req.prefix}dbl_val.{fresh_key}"), r)
-        double_err = z3.And(z3.Not(exact), havoc_err)
-        return Val("int", value, _or(err, mixed, z3.If(both, double_err, bad)), both)
+        return Val("int", r, _or(err, bad))
 
     return build
 
@@ -384,7 +370,7 @@ def _negate(e: Encoder, operands: tuple) -> Val:
         if a.kind == "double":
             raise NotAnalysable("double arithmetic is outside the analysable fragment")
         return Val("int", z3.IntVal(0), TRUE)
-    return Val("int", -a.v, _or(a.err, z3.And(z3.Not(a.dbl), a.v == INT_MIN)), a.dbl)
+    return Val("int", -a.v, _or(a.err, a.v == INT_MIN))
 
 
 def _in(e: Encoder, operands: tuple) -> Val:

@@ -89,9 +89,7 @@ def extract(model: z3.ModelRef, request: SymRequest) -> Witness:
         if f.kind == "string":
             payload[f.name] = model_string(model, f.value)
         elif f.kind == "int":
-            number = model.eval(f.value, model_completion=True).as_long()
-            double = z3.is_true(model.eval(f.is_double, model_completion=True))
-            payload[f.name] = float(number) if double else number
+            payload[f.name] = model.eval(f.value, model_completion=True).as_long()
         else:
             payload[f.name] = z3.is_true(model.eval(f.value, model_completion=True))
     args = {k: v for k, v in payload.items() if not request.args[k].hidden}
@@ -123,7 +121,7 @@ def _differences(request: SymRequest, w: Witness) -> list[z3.BoolRef]:
         if f.kind == "string":
             out.append(differs(f.value, value))
         elif f.kind == "int":
-            out += [f.value != int(value), f.is_double != z3.BoolVal(type(value) is float)]
+            out.append(f.value != int(value))
         else:
             out.append(f.value != z3.BoolVal(value))
     return out
