@@ -14,7 +14,7 @@ from capengine.analysis.domain import operation_names
 from capengine.analysis.lints import lint
 from capengine.analysis.permissions import declared_operations, permissions, policy_operations
 from capengine.cli import main
-from capengine.policy import globs
+from capengine.policy import functions
 from capengine.policy.model import Request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,10 +50,13 @@ def test_can_known_answers_on_bundled_policies(bundled):
     assert can(bundled, ocr, "vdfs.read_file", "/secrets/**").answer == "never"
     assert can(bundled, "com.example.cloud-sync", "credentials.delete").answer == "never"
     assert can(bundled, ocr, "vdfs.read_file", library="00000000-0000-0000-0000-000000000000").answer == "never"
-    # org-baseline's deny covers vdfs.** only: ai.ocr reads private photos (a real gap the analysis finds)
-    around = can(bundled, ocr, "ai.ocr", "/photos/**/private/**")
-    assert around.answer == "yes"
-    assert globs.glob_match("/photos/**/private/**", around.witness.path, "/")
+    # no-raw-originals denies by operation class: whatever reveals a private photo's content or metadata
+    for op in ("ai.ocr", "vdfs.read_sidecar", "vdfs.list_dir", "vdfs.stat"):
+        assert can(bundled, ocr, op, "/photos/**/private/**").answer == "never", op
+    ocr_photos = can(bundled, ocr, "ai.ocr", "/photos/**")
+    assert ocr_photos.answer == "yes" and ocr_photos.rule == "photo-ocr/read-images"
+    assert functions._glob(ocr_photos.witness.path, "/photos/**")
+    assert not functions._glob(ocr_photos.witness.path, "/photos/**/private/**")
     big = can(bundled, ocr, "vdfs.read_file")
     assert big.answer == "yes" and big.witness.library == LIB
 
@@ -166,7 +169,7 @@ def test_widened_glob(tmp_path):
     assert _summary(result) == {("widened", "vdfs.read_file", "p/read")}
     _confirm(old_set, new_set, result)
     path = result.differences[0].witness.path
-    assert globs.glob_match("/photos/**/*.jpg", path, "/") and not globs.glob_match("/photos/*.jpg", path, "/")
+    assert functions._glob(path, "/photos/**/*.jpg") and not functions._glob(path, "/photos/*.jpg")
 
 
 def test_dropped_deny(tmp_path):
@@ -300,7 +303,7 @@ def test_proven_lints(tmp_path):
     - {id: shadowed, effect: allow, operations: [vdfs.stat], condition: 'path.under("/a")'}
     - {id: wide, effect: allow, operations: [vdfs.list_dir], condition: 'path.under("/docs")'}
     - {id: narrow, effect: allow, operations: [vdfs.list_dir], condition: 'path.under("/docs/x")'}
-    - {id: dead, effect: allow, operations: [vdfs.read_file], condition: 'args.missing == 1'}
+    - {id: dead, effect: allow, operations: [vdfs.read_file], condition: 'args.length / (args.offset-args.offset) > 0'}
     - {id: impossible, effect: allow, operations: [vdfs.stat], condition: 'path.startsWith("/a") && path.endsWith("/")'}
     - {id: only-errors, effect: deny, operations: [vdfs.read_file], condition: 'args.length > 5 && args.length < 3'}
     - {id: ok, effect: allow, operations: [vdfs.read_file, ai.ocr], condition: 'path.under("/photos")'}
@@ -313,28 +316,64 @@ def test_proven_lints(tmp_path):
         ("never-matches", "p/dead"),
         ("never-matches", "p/impossible"),
         ("deny-only-on-error", "p/only-errors"),
-        ("content-around-deny", "p/no-private"),
+        ("content-reachable-around-deny", "p/no-private"),
     }
-    around = next(f for f in lint(policy_set) if f.code == "content-around-deny")
+    found_all = lint(policy_set)
+    dead = next(f for f in found_all if f.rule == "p/dead")  # absent fields and division by zero: always an error
+    assert "errors or is false on every request" in dead.message
+    around = next(f for f in found_all if f.code == "content-reachable-around-deny")
     denied, allowed = (engine_request(w) for w in around.witnesses)
     assert not policy_set.decide(denied).allowed and policy_set.decide(allowed).allowed
     assert denied.path == allowed.path and denied.path.startswith("/photos/private")
 
 
-def test_bundled_policies_have_real_content_gaps(bundled):
-    found = {(f.code, f.rule) for f in lint(bundled)}
-    assert ("content-around-deny", "photo-ocr/no-raw-originals") in found
-    assert ("content-around-deny", "org-baseline/no-huge-reads") not in found  # a size limit, not a content deny
-    assert not any(code in ("never-matches", "shadowed-allow", "redundant-allow") for code, _ in found)
+def _bundled_with_name_deny(tmp_path: Path) -> Path:
+    """The bundled policies as they were before no-raw-originals denied by operation class: it named
+    vdfs.read_file only, so ai.ocr and vdfs.read_sidecar still revealed private photos."""
+    out = tmp_path / "gap-policies"
+    out.mkdir()
+    for f in (ROOT / "policies").glob("*.yaml"):
+        (out / f.name).write_text(f.read_text())
+    ocr = out / "photo-ocr.yaml"
+    text = ocr.read_text()
+    selector = 'operations: ["class:reveals-content", "class:reveals-metadata"]'
+    assert text.count(selector) == 1
+    ocr.write_text(text.replace(selector, 'operations: ["vdfs.read_file"]'))
+    return out
+
+
+def test_content_gaps_in_the_bundled_policies(bundled, tmp_path):
+    gap_dir = _bundled_with_name_deny(tmp_path)
+    gap_set = load_set(gap_dir)
+    found = lint(gap_set)
+    codes = {(f.code, f.rule) for f in found}
+    assert ("content-reachable-around-deny", "photo-ocr/no-raw-originals") in codes
+    # a size limit is not a content deny
+    assert ("content-reachable-around-deny", "org-baseline/no-huge-reads") not in codes
+    assert not any(code in ("never-matches", "shadowed-allow", "redundant-allow") for code, _ in codes)
+    for f in found:
+        if f.code == "content-reachable-around-deny":
+            denied, allowed = (engine_request(w) for w in f.witnesses)
+            # path.glob's own matcher: a trailing ** also matches the directory itself ("/photos/private")
+            assert functions._glob(denied.path, "/photos/**/private/**") and denied.path == allowed.path
+            assert not gap_set.decide(denied).allowed and gap_set.decide(allowed).allowed
+            assert allowed.operation in ("ai.ocr", "vdfs.read_sidecar")
+    # as shipped, the deny covers the reveals-content class: the gap is closed, and the lint says so
+    shipped = {(f.code, f.rule) for f in lint(bundled)}
+    assert not any(code == "content-reachable-around-deny" for code, _ in shipped), shipped
+    assert not any(code in ("never-matches", "shadowed-allow", "redundant-allow") for code, _ in shipped)
 
 
 def test_cli_analyze_lint_and_permissions_errors(tmp_path, capsys):
     policies = str(ROOT / "policies")
-    code, out, _ = run(capsys, "analyze", "lint", "--policies", policies, "--format", "sarif")
+    gaps = str(_bundled_with_name_deny(tmp_path))
+    code, out, _ = run(capsys, "analyze", "lint", "--policies", gaps, "--format", "sarif")
     sarif = json.loads(out)
-    assert code == 0 and {r["ruleId"] for r in sarif["runs"][0]["results"]} == {"content-around-deny"}
-    code, _, _ = run(capsys, "analyze", "lint", "--policies", policies, "--strict")
+    assert code == 0 and {r["ruleId"] for r in sarif["runs"][0]["results"]} == {"content-reachable-around-deny"}
+    code, _, _ = run(capsys, "analyze", "lint", "--policies", gaps, "--strict")
     assert code == 1
+    code, _, _ = run(capsys, "analyze", "lint", "--policies", policies, "--strict")
+    assert code == 0
     code, _, err = run(capsys, "analyze", "permissions", "com.example.nobody", "--policies", policies,
                        "--extensions", str(ROOT / "extensions"))
     assert code == 2 and "no manifest" in err

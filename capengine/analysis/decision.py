@@ -18,7 +18,7 @@ from capengine.analysis.domain import SymRequest
 from capengine.analysis.encode import FALSE, TRUE, Encoder, Val
 from capengine.analysis.zstrings import NotAnalysable
 from capengine.cel import ast
-from capengine.policy import globs
+from capengine.policy import globs, operations
 from capengine.policy.engine import CompiledRule, PolicySet
 from capengine.policy.functions import POLICY_ENVIRONMENT
 
@@ -62,12 +62,14 @@ def parse_condition(source: str) -> ast.Node:
 def rules_for(policy_set: PolicySet, operation: str, extension: str | None = None) -> list[CompiledRule]:
     """The rules that can decide `operation`, in policy order (the engine's candidate order). For a concrete
     extension this is the engine's own candidate list (whatever its selection rules); for an open one, the
-    rules whose operation globs match, each then guarded by its extension globs in the formula."""
+    rules one of whose operation selectors takes `operation` as the engine's plan resolves them (name globs,
+    and `class:` selectors through the set's catalog, where an undeclared operation is in every class for a
+    deny and in none for an allow), each then guarded by its extension globs in the formula."""
     if extension is not None:
         denies, allows = policy_set.candidates(extension, operation)
-        order = {id(r): i for i, r in enumerate(policy_set.rules)}
-        return sorted(denies + allows, key=lambda r: order[id(r)])
-    return [r for r in policy_set.rules if any(globs.glob_match(p, operation) for p in r.rule.operations)]
+        return sorted(denies + allows, key=lambda r: r.order)
+    return [r for r in policy_set.rules
+            if any(operations.selector_matches(p, operation, r.deny, policy_set.catalog) for p in r.rule.operations)]
 
 
 def extension_test(patterns: tuple[str, ...], request: SymRequest) -> z3.BoolRef:

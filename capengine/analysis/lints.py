@@ -6,9 +6,9 @@
 - `redundant-allow`: whenever the allow matches and no deny fires, another allow matches as well.
 - `deny-only-on-error`: the deny's condition is never true; it fires only when the condition errors, i.e. only
   through fail-closed evaluation (usually a missing `has()` guard).
-- `content-around-deny`: a request for a content-revealing operation carrying only its required fields is
-  denied by a deny rule, while the same path, library and extension is allowed for another content-revealing
-  operation.
+- `content-reachable-around-deny`: a request for a content-revealing operation (the catalog's
+  `reveals-content` class) carrying only its required fields is denied by a deny rule, while the same path,
+  library and extension is allowed for another content-revealing operation.
 
 Each finding names its evidence: "proved" for an unsat answer, or engine-confirmed witness requests.
 """
@@ -25,15 +25,23 @@ from capengine.analysis.domain import build_request, operation_names
 from capengine.analysis.extension_classes import representatives
 from capengine.analysis.solve import DEFAULT_TIMEOUT_MS, Witness, solve
 from capengine.cel.values import CelError
+from capengine.policy.codes import Code
 from capengine.policy.engine import CompiledRule, PolicySet
 from capengine.policy.model import Finding, Location, Severity
 
-CONTENT_OPERATIONS = ("vdfs.read_file", "ai.ocr", "vdfs.read_sidecar")
+CONTENT_CLASS = "reveals-content"
+
+
+def content_operations(policy_set: PolicySet) -> list[str]:
+    """The operations that declare they reveal file content, from the set's operation catalog (the schemas'
+    x-capengine), as `class:reveals-content` resolves them; those with a schema the analysis can model."""
+    known = set(operation_names())
+    return [op for op in policy_set.catalog.members(CONTENT_CLASS) if op in known]
 
 
 @attrs.frozen
 class ProvenFinding:
-    code: str
+    code: Code
     rule: str
     location: Location
     message: str
@@ -106,22 +114,22 @@ def _rule_findings(cases: _Cases, rule: CompiledRule, pairs: list[tuple[Decision
             why = "its condition errors or is false on every request (fail closed: an error never allows)"
         else:
             why = "its condition is false on every request"
-        return [ProvenFinding("never-matches", rid, loc, f"can never match: {why} (proved)")]
+        return [ProvenFinding(Code.NEVER_MATCHES, rid, loc, f"can never match: {why} (proved)")]
     live = [pair for pair, status in zip(pairs, fires) if status == "sat"]
     if rule.deny:
         if _all([cases.ask(f, [mine.true]) for f, mine in live]) == "unsat":
-            return [ProvenFinding("deny-only-on-error", rid, loc,
+            return [ProvenFinding(Code.DENY_ONLY_ON_ERROR, rid, loc,
                                   "the condition is never true; the deny fires only when the condition errors "
                                   "(fail closed) - add has() guards or fix the condition (proved)")]
         return []
     if _all([cases.ask(f, [mine.fires, z3.Not(f.denied_by_rule)]) for f, mine in live]) == "unsat":
-        return [ProvenFinding("shadowed-allow", rid, loc, "whenever it matches, a deny rule fires too (proved)")]
+        return [ProvenFinding(Code.SHADOWED_ALLOW, rid, loc, "whenever it matches, a deny rule fires too (proved)")]
     sole = []
     for f, mine in live:
         others = [a.fires for a in f.allows if a is not mine]
         sole.append(cases.ask(f, [mine.fires, z3.Not(f.denied_by_rule)] + ([z3.Not(z3.Or(others))] if others else [])))
     if _all(sole) == "unsat":
-        return [ProvenFinding("redundant-allow", rid, loc,
+        return [ProvenFinding(Code.REDUNDANT_ALLOW, rid, loc,
                               "every request it allows is also allowed by another allow rule (proved)")]
     return []
 
@@ -131,9 +139,10 @@ def content_around_deny(policy_set: PolicySet, timeout_ms: int = DEFAULT_TIMEOUT
     path (same extension and library): e.g. read_file denied under /private but ai.ocr allowed there."""
     out: list[ProvenFinding] = []
     found: set[tuple[str, str]] = set()
+    content = content_operations(policy_set)
     for extension in extension_cases(policy_set, timeout_ms):
-        for denied_op in CONTENT_OPERATIONS:
-            for other_op in CONTENT_OPERATIONS:
+        for denied_op in content:
+            for other_op in content:
                 if other_op == denied_op:
                     continue
                 a = build_request(denied_op, extension, prefix="a.")
@@ -176,6 +185,6 @@ def _around(policy_set: PolicySet, mine: RuleFormula, fa: DecisionFormula, fb: D
         return None
     w = outcome.witnesses
     return ProvenFinding(
-        "content-around-deny", deny.qualified_id, deny.rule.location,
+        Code.CONTENT_REACHABLE, deny.qualified_id, deny.rule.location,
         f"denies {a.operation} on {w[0].path!r} but {b.operation} on the same path is allowed "
         f"(for {w[1].extension}); the content is reachable around the deny", w)

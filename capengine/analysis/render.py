@@ -8,6 +8,7 @@ import json
 from capengine.analysis.diff import DiffReport
 from capengine.analysis.lints import ProvenFinding
 from capengine.policy import report
+from capengine.policy.codes import Code
 from capengine.policy.model import Finding, Location, Severity
 
 
@@ -21,16 +22,17 @@ def diff_findings(result: DiffReport, allow_widening: bool) -> list[Finding]:
         widened = d.direction == "widened"
         severity: Severity = "warning" if not widened or allow_widening else "error"
         what = "now allows" if widened else "now denies"
-        out.append(Finding(d.location or Location("(policies)"), severity, f"policy-{d.direction}",
+        out.append(Finding(d.location or Location("(policies)"), severity,
+                           Code.POLICY_WIDENED if widened else Code.POLICY_NARROWED,
                            f"{d.rule}: {what} {d.operation} requests such as {_compact(d.witness.to_json())} "
                            f"(before: {'allowed by ' + d.old.rules[0] if d.old.allowed else 'denied'})"))
     for u in result.unsettled:
         level: Severity = "error" if u.direction == "widened" and not allow_widening else "warning"
-        out.append(Finding(Location("(policies)"), level, "analysis-unknown",
+        out.append(Finding(Location("(policies)"), level, Code.ANALYSIS_UNKNOWN,
                            f"{u.rule}: could not decide whether {u.operation} is {u.direction}: {u.reason}"))
     for rule, reasons in result.unanalysable.items():
         for r in reasons:
-            out.append(Finding(Location("(policies)"), "note", "not-analysable",
+            out.append(Finding(Location("(policies)"), "note", Code.NOT_ANALYSABLE,
                                f"{rule}: approximated conservatively: {r}"))
     return out
 
