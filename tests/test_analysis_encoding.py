@@ -51,13 +51,14 @@ def test_regex_outside_fragment_is_refused_not_approximated(pattern):
 
 
 @pytest.mark.parametrize("pattern", ["/photos/**/private/**", "/photos/*.jpg", "/**", "/a/?/b", "/x/**",
-                                     "/a/**/b/**/c", "/caf\u00e9/*"])
+                                     "/a/**/b/**/c", "/caf\u00e9/*", "/cafe\u0301/**", "/x/cafe\u0301.txt"])
 def test_path_glob_language_agrees_with_the_glob_function(pattern):
     language = regex.path_glob_language(pattern)
     matcher = functions._compile_glob(pattern)  # the engine's own matcher for path.glob()
     rng = random.Random(pattern)
     names = ["/", "/a", "/photos/x.jpg", "/photos/a/private/b", "/photos/private/x", "/a/b/b/c", "/a/x/b",
-             "/a/b/c", "x", "/x", "a/x", "/photos/.jpg", "/photos/a/b.jpg", "/photos/a/private", "/caf\u00e9/x"]
+             "/a/b/c", "x", "/x", "a/x", "/photos/.jpg", "/photos/a/b.jpg", "/photos/a/private", "/caf\u00e9/x",
+             "/caf\u00e9", "/x/caf\u00e9.txt", "/cafe\u0301/x"]
     names += ["/" + "/".join(rng.choice(["a", "b", "c", "x", "private", "photos"]) for _ in range(rng.randint(1, 4)))
               for _ in range(40)]
     for name in names:
@@ -130,6 +131,10 @@ CONDITIONS = [
     'extension.startsWith("com.example.") && operation == "vdfs.read_file" && library != ""',
     'path > "/photos/m" && path <= "/pz"',
     '-args.offset < -3 && (args.length == 1 || args.length != 2)',
+    'path.glob("/photos/**")',  # a trailing ** also matches /photos itself
+    'path.glob("/photos/**/private/**") || path.glob("/x/**")',
+    'path.under("/cafe\u0301") || path.glob("/cafe\u0301/*.txt")',  # NFD literals (CEL escapes), NFC paths
+    'path.under("/café") && !path.glob("/café/**/n")',  # NFD literals typed as is
 ]
 REQUESTS = [
     dict(path="/photos/a.jpg"), dict(path="/photos/a.JPG", offset=0), dict(path="/photos/x/private/y.jpg"),
@@ -137,6 +142,8 @@ REQUESTS = [
     dict(path="/photos/b.png", offset=1, length=2), dict(path="/photos/n", offset=4, length=4096),
     dict(path="/photos/zz", offset=2, length=3), dict(path="/pa", offset=9, length=2),
     dict(path="/photos/a.jpg", offset=7, length=1), dict(path="/photos/a.jpeg", library=""),
+    dict(path="/photos"), dict(path="/x"), dict(path="/photos/private"), dict(path="/caf\u00e9"),
+    dict(path="/caf\u00e9/a.txt"), dict(path="/caf\u00e9/n"), dict(path="/cafe/a.txt"),
 ]
 
 
@@ -197,3 +204,34 @@ def test_name_glob_language_agrees_with_globs(pattern):
                  "com", "com.x.y"]:
         got = z3.is_true(z3.simplify(z3.InRe(zstr(name), language)))
         assert got == globs.glob_match(pattern, name), (pattern, name)
+
+
+def test_encoded_decision_equals_engine_decision_through_the_rule_index(tmp_path):
+    """Enough rules on one operation that the engine selects candidates by its RuleIndex (under/glob prefixes
+    keyed in NFC, library and args guards): the formula, which encodes every candidate, still agrees."""
+    rules = """
+    - {id: photos, effect: allow, operations: [vdfs.read_file], condition: 'path.glob("/photos/**")'}
+    - {id: nfd, effect: allow, operations: [vdfs.read_file], condition: 'path.under("/cafe\u0301") && has(args.length)'}
+    - {id: cafe-glob, effect: allow, operations: [vdfs.read_file], condition: 'path.glob("/cafe\u0301/**/ok")'}
+    - {id: lib, effect: allow, operations: [vdfs.read_file], condition: 'library == "LIB" && path.under("/lib")'}
+    - {id: exact, effect: allow, operations: [vdfs.read_file], condition: 'path == "/x/y" && args.offset == 3'}
+    - {id: offsets, effect: allow, operations: [vdfs.read_file], condition: 'args.offset in [5, 6] && path.under("/o")'}
+    - {id: priv, effect: deny, operations: ["class:reveals-content"], condition: 'path.glob("/photos/**/private/**")'}
+    - {id: nfd-deny, effect: deny, operations: [vdfs.read_file], condition: 'path.glob("/cafe\u0301/secret/**")'}
+    - {id: big, effect: deny, operations: [vdfs.read_file], condition: 'path.under("/photos") && args.length > 10'}
+    - {id: docs, effect: allow, operations: ["vdfs.*"], condition: 'path.under("/docs")'}
+    """.replace("LIB", LIB)
+    write(tmp_path, "p.yaml", policy_yaml("p", rules))
+    policy_set = load_set(tmp_path)
+    assert policy_set.plan("com.example.app", "vdfs.read_file").index is not None  # the index decides here
+    paths = ["/photos", "/photos/a", "/photos/private", "/photos/a/private/b", "/caf\u00e9", "/caf\u00e9/ok",
+             "/caf\u00e9/a/ok", "/caf\u00e9/secret", "/caf\u00e9/secret/ok", "/cafe/ok", "/lib", "/lib/z", "/x/y",
+             "/o/p", "/docs", "/docs/a", "/", "/photosx"]
+    arg_sets = [{}, {"offset": 3}, {"offset": 5, "length": 11}, {"length": 2}, {"offset": 6}]
+    for path in paths:
+        for library in (LIB, "00000000-0000-0000-0000-000000000000"):
+            for args in arg_sets:
+                raw = {"extension": "com.example.app", "operation": "vdfs.read_file", "path": path,
+                       "library": library, "args": {"path": path, **args}}
+                expected = policy_set.decide(Request.from_mapping(raw)).allowed
+                assert _formula_says(policy_set, raw) == expected, raw
