@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import random
 
+import attrs
 import pytest
 import z3
 
 from capengine.analysis import regex
-from capengine.analysis.decision import decision_formula
+from capengine.analysis.decision import decision_formula, rules_for
 from capengine.analysis.domain import OPERATION_TRAITS, build_request, operation_names
 from capengine.analysis.fuse import fuse
 from capengine.analysis.solve import extract
 from capengine.analysis.zstrings import NotAnalysable, model_string, zstr
 from capengine.cel.standard import compile_regex
-from capengine.policy import functions, globs
+from capengine.policy import functions, globs, operations
+from capengine.policy.engine import PolicySet
+from capengine.policy.loader import load_paths
 from capengine.policy.model import Request
+from capengine.policy.operations import Catalog
 from tests.helpers import LIB, load_set, policy_yaml, write
 
 PATTERNS = [
@@ -235,3 +239,35 @@ def test_encoded_decision_equals_engine_decision_through_the_rule_index(tmp_path
                        "library": library, "args": {"path": path, **args}}
                 expected = policy_set.decide(Request.from_mapping(raw)).allowed
                 assert _formula_says(policy_set, raw) == expected, raw
+
+
+def test_rule_selection_for_an_open_extension_is_the_engines(tmp_path):
+    """With the extension left open, rules are selected by operation only (then guarded by their extension
+    globs in the formula): name globs and class: selectors must resolve as the engine's plan resolves them,
+    including an operation that declares no class (in every class for a deny, in none for an allow)."""
+    rules = """
+    - {id: content, effect: deny, operations: ["class:reveals-content"], condition: 'path.under("/p")'}
+    - {id: secrets, effect: allow, operations: ["class:reveals-secrets", "class:affects-secrets"]}
+    - {id: meta, effect: allow, operations: ["class:reveals-metadata"]}
+    - {id: ping, effect: allow, operations: ["test.*"]}
+    - {id: all, effect: deny, operations: ["**"], condition: 'path.under("/s")'}
+    """
+    write(tmp_path, "p.yaml", policy_yaml("p", rules))
+    write(tmp_path, "q.yaml", policy_yaml("q", "- {id: q, effect: allow, operations: [ai.ocr, vdfs.stat]}\n",
+                                          '["com.other.*"]'))
+    loaded = load_paths([tmp_path])
+    assert not loaded.has_errors
+    catalog = operations.builtin()
+    undeclared = attrs.evolve(catalog.operations["test.ping"], declared=False, classes=frozenset())
+    other = Catalog({**catalog.operations, "test.ping": undeclared})
+    sets = [PolicySet.from_load(loaded), PolicySet(loaded.policies, loaded.programs, catalog=other)]
+    for policy_set in sets:
+        for op in operation_names():
+            selected = rules_for(policy_set, op)
+            for extension in ("com.example.app", "com.other.x", "org.none"):
+                denies, allows = policy_set.candidates(extension, op)
+                mine = [r for r in selected if any(globs.glob_match(p, extension) for p in r.extension_patterns)]
+                engine = sorted(denies + allows, key=lambda r: r.order)
+                assert [r.qualified_id for r in mine] == [r.qualified_id for r in engine], (op, extension)
+    assert "p/content" in [r.qualified_id for r in rules_for(sets[1], "test.ping")]  # fail closed for a deny
+    assert "p/content" not in [r.qualified_id for r in rules_for(sets[0], "test.ping")]
