@@ -93,21 +93,21 @@ class PolicySet:
         self.revision = revision
         self.catalog = catalog or operations.builtin()
         self.rules: list[CompiledRule] = []
-        self._exact: dict[str, list[CompiledRule]] = {}
-        self._patterns: list[tuple[str, CompiledRule]] = []
-        self._classes: list[tuple[str, CompiledRule]] = []  # class:<name> selectors, resolved per operation
+        # Rules by the extensions they apply to: policies naming literal ids are found by id (a set with one
+        # policy per extension stays cheap to plan for however many there are), the rest by glob.
+        self._by_extension: dict[str, list[CompiledRule]] = {}
+        self._any_extension: list[CompiledRule] = []
         for policy in self.policies:
+            literal = all(globs.is_literal(p) for p in policy.extensions)
             for rule in policy.rules:
                 compiled = CompiledRule(rule, programs.get(rule.qualified_id), policy.extensions,
                                         rule.qualified_id, rule.effect == "deny", len(self.rules))
                 self.rules.append(compiled)
-                for pattern in dict.fromkeys(rule.operations):
-                    if operations.is_class_selector(pattern):
-                        self._classes.append((pattern[len(operations.CLASS_PREFIX):], compiled))
-                    elif globs.is_literal(pattern):
-                        self._exact.setdefault(pattern, []).append(compiled)
-                    else:
-                        self._patterns.append((pattern, compiled))
+                if literal:
+                    for pattern in dict.fromkeys(policy.extensions):
+                        self._by_extension.setdefault(pattern, []).append(compiled)
+                else:
+                    self._any_extension.append(compiled)
         self._plans: dict[tuple[str, str], Plan] = {}
         fields: set[str] | None = set()
         for program in programs.values():
@@ -140,24 +140,25 @@ class PolicySet:
         found = self._plans.get(key)
         if found is not None:
             return found
-        seen: dict[int, CompiledRule] = {}
-        for rule in self._exact.get(operation, ()):
-            seen[id(rule)] = rule
-        for pattern, rule in self._patterns:
-            if id(rule) not in seen and globs.glob_match(pattern, operation):
-                seen[id(rule)] = rule
-        for class_name, rule in self._classes:
-            if id(rule) not in seen and self.catalog.in_class(class_name, operation, rule.deny):
-                seen[id(rule)] = rule
-        applicable = sorted((r for r in seen.values()
-                             if any(globs.glob_match(p, extension) for p in r.extension_patterns)),
-                            key=lambda r: r.order)
+        pool = self._by_extension.get(extension, []) + [
+            r for r in self._any_extension if any(globs.glob_match(p, extension) for p in r.extension_patterns)]
+        applicable = sorted((r for r in pool if self._names(r, operation)), key=lambda r: r.order)
         index = RuleIndex(applicable) if len(applicable) > self.index_threshold else None
         found = Plan(tuple(r for r in applicable if r.deny), tuple(r for r in applicable if not r.deny), index)
         if len(self._plans) >= _CACHE_LIMIT:
             self._plans.clear()  # bounded: a hostile stream of operation names cannot grow memory
         self._plans[key] = found
         return found
+
+    def _names(self, rule: CompiledRule, operation: str) -> bool:
+        """Does one of the rule's operation selectors (a glob or a `class:` selector) name `operation`?"""
+        for selector in rule.rule.operations:
+            if operations.is_class_selector(selector):
+                if self.catalog.in_class(selector[len(operations.CLASS_PREFIX):], operation, rule.deny):
+                    return True
+            elif globs.glob_match(selector, operation):
+                return True
+        return False
 
     def decide(self, request: Request) -> Decision:
         """RequestError for anything but a Request (build one with Request.from_mapping, or use decide_raw)."""

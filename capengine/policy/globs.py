@@ -46,6 +46,8 @@ def compile_glob(pattern: str, sep: str, trailing_zero: bool = False) -> re.Patt
 
 
 def glob_match(pattern: str, name: str, sep: str = ".") -> bool:
+    if "*" not in pattern and "?" not in pattern:  # a literal names itself: no regex (and no cache churn with
+        return pattern == name                    # 10,000 distinct extension ids)
     return compile_glob(pattern, sep).fullmatch(name) is not None
 
 
