@@ -14,6 +14,7 @@ from pathlib import Path
 import attrs
 
 from capengine.host.envelope import OK, CallRecord, ErrorCode, error_envelope
+from capengine.host.job_run import JobRun
 from capengine.host.libraries import LibraryCatalog
 from capengine.host.manifests import Extension
 from capengine.host.operations.registry import CallContext, OperationError, Registry
@@ -38,9 +39,10 @@ class Dispatcher:
     each call reads it once and is decided (and rate-limited) entirely under that set."""
 
     def __init__(self, active: Callable[[], ActivePolicies], registry: Registry, catalog: LibraryCatalog,
-                 data_dir: Path, on_call: Callable[[CallRecord], None] | None = None) -> None:
+                 data_dir: Path, on_call: Callable[[CallRecord], None] | None = None,
+                 job: JobRun | None = None) -> None:
         self.active, self.registry, self.catalog = active, registry, catalog
-        self.data_dir, self.on_call = data_dir, on_call
+        self.data_dir, self.on_call, self.job = data_dir, on_call, job
 
     def dispatch(self, ext: Extension, method: str, library_id: str, payload: dict) -> dict:
         start = time.perf_counter_ns()
@@ -51,9 +53,16 @@ class Dispatcher:
         err = envelope.get("error") or {}
         rec = CallRecord(**record, code=err.get("code", OK), message=err.get("message", ""),
                          duration_us=(time.perf_counter_ns() - start) // 1000)
-        if self.on_call is not None:
+        if self.on_call is not None and not self._absorbed(rec):
             self.on_call(rec)
         return envelope
+
+    def _absorbed(self, rec: CallRecord) -> bool:
+        """Cheap lifecycle calls (job.progress, ...) are counted by the job run, not logged one by one."""
+        if self.job is None:
+            return False
+        op = self.registry.get(rec.operation)
+        return op is not None and op.aggregate and self.job.absorb(rec)
 
     def _dispatch(self, active: ActivePolicies, ext: Extension, method: str, library_id: str, payload: dict,
                   record: dict) -> dict:
@@ -96,7 +105,7 @@ class Dispatcher:
                 return error_envelope(ErrorCode.RATE_LIMITED, f"rate limit {limit} reached; retry in {wait:.3f} s",
                                       limit, retry_after_ms=max(1, round(wait * 1000)))
         try:
-            result = op.handler(CallContext(ext.id, library, self.data_dir), args)
+            result = op.handler(CallContext(ext.id, library, self.data_dir, self.job), args)
         except OperationError as exc:
             return error_envelope(exc.code, exc.message)
         except Exception:  # a handler bug must not trap the guest or leak internals into its memory

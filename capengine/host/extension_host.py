@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from capengine.host.dispatcher import ActivePolicies, Dispatcher
+from capengine.host.checkpoints import CheckpointStore
 from capengine.host.envelope import CallRecord
+from capengine.host.job_run import JobRun
 from capengine.host.libraries import Library, LibraryCatalog
 from capengine.host.manifests import Extension
 from capengine.host.operations import Registry, default_registry
@@ -58,7 +60,16 @@ class Host:
         """The catalogue entry for `root`, adding it if needed."""
         return self.catalog.find_root(Path(root).resolve()) or self.catalog.add(root)
 
-    def run_job(self, ext: Extension, job: str, input_json: bytes) -> tuple[JobResult, CallRecords]:
+    def new_run(self, ext: Extension, job: str, run_id: str | None = None) -> JobRun:
+        """A job run whose checkpoints live in this host's data dir; pass the id of an earlier run to resume it."""
+        store = CheckpointStore(self.data_dir)
+        return JobRun(ext.id, job, store) if run_id is None else JobRun(ext.id, job, store, run_id)
+
+    def run_job(self, ext: Extension, job: str, input_json: bytes,
+                run: JobRun | None = None) -> tuple[JobResult, CallRecords]:
+        """Run one attempt of `run` (a fresh run when None). A completed run's checkpoint is deleted; an
+        interrupted or failed one keeps it, so the run can be resumed."""
+        run = run or self.new_run(ext, job)
         calls = CallRecords()
 
         def record(call: CallRecord) -> None:
@@ -69,8 +80,13 @@ class Host:
             if self.on_call is not None:
                 self.on_call(call)
 
-        dispatcher = Dispatcher(self.active, self.registry, self.catalog, self.data_dir, record)
-        return self.runtime.run_job(ext, job, dispatcher, input_json), calls
+        dispatcher = Dispatcher(self.active, self.registry, self.catalog, self.data_dir, record, run)
+        result = self.runtime.run_job(ext, job, dispatcher, input_json)
+        for summary in run.flush():
+            record(summary)
+        if result.status == "completed":
+            run.checkpoints.delete(run.extension, run.run_id)
+        return result, calls
 
     def close(self) -> None:
         self.runtime.close()

@@ -17,6 +17,7 @@ import jsonschema
 
 from capengine.errors import CapengineError
 from capengine.host.envelope import ErrorCode
+from capengine.host.job_run import JobRun
 from capengine.host.libraries import Library
 from capengine.policy import schemas
 
@@ -37,6 +38,7 @@ class CallContext:
     extension: str
     library: Library | None
     data_dir: Path
+    job: JobRun | None = None  # the running job (job.* operations); None for calls outside a job
 
 
 Handler = Callable[[CallContext, dict], object]
@@ -52,6 +54,7 @@ class Operation:
     path_field: str | None = "path"
     needs_library: bool = True
     hidden_args: tuple[str, ...] = ()
+    aggregate: bool = False  # cheap, frequent lifecycle calls: counted in the decision log, not logged one by one
     validator: Callable[[dict], object] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
