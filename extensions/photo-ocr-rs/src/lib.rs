@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use spacedrive_sdk::ops::EntryKind;
 use spacedrive_sdk::prelude::*;
+use spacedrive_sdk::Level;
 
 #[extension(id = "com.example.photo-ocr-rs", name = "Photo OCR (Rust)", version = "0.1.0", jobs = [scan],
             operations = ["vdfs.list_dir", "vdfs.read_file", "ai.ocr", "vdfs.write_sidecar"],
@@ -29,10 +30,11 @@ fn is_image(name: &str) -> bool {
     IMAGE_SUFFIXES.iter().any(|s| name.len() > s.len() && name.ends_with(s))
 }
 
-/// Log a failed step the way the C example does: "<what> <path>: <CODE>" (plus the deciding rule).
+/// Log a failed step the way the C example does (a log line, not job.warn: the C example makes no job.* calls,
+/// and the policy set must see the same calls from both): "<what> <path>: <CODE>" (plus the deciding rule).
 fn report(ctx: &JobContext, what: &str, path: &str, err: &Error) {
     let rule = err.rule().map(|r| format!(" (rule {})", r)).unwrap_or_default();
-    ctx.warn(&format!("{} {}: {}{}", what, path, err.code(), rule));
+    ctx.log(Level::Warn, &format!("{} {}: {}{}", what, path, err.code(), rule));
 }
 
 /// One image: read, OCR, store the text. The error says which step failed.

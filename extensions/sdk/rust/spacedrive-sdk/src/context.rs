@@ -169,7 +169,11 @@ impl JobContext {
         Credentials { ctx: self }
     }
 
-    // ---- logging ----
+    // ---- logging (spacedrive_log only: no host call, no decision) ----
+
+    pub fn log(&self, level: Level, message: &str) {
+        log(level, message);
+    }
 
     pub fn debug(&self, message: &str) {
         log(Level::Debug, message);
@@ -235,7 +239,8 @@ impl JobContext {
         }
     }
 
-    /// A warning the job's status shows (also logged). Not a failure.
+    /// A warning the job's status shows (a job.warn call; also logged). Not a failure. For a log line alone,
+    /// use `log(Level::Warn, ..)`.
     pub fn warn(&self, message: &str) {
         log(Level::Warn, message);
         if let Some(answer) = self.lifecycle(&ops::Warn { message: truncate(message, 1024) }) {
