@@ -8,10 +8,14 @@ progress/metrics/interrupted/checkpoint calls are aggregated in the decision log
 
 from __future__ import annotations
 
+import logging
+
 from capengine.host.checkpoints import CheckpointError
 from capengine.host.envelope import ErrorCode
 from capengine.host.job_run import JobRun
 from capengine.host.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
+
+log = logging.getLogger("capengine.host.operations.job")
 
 
 def _run(ctx: CallContext) -> JobRun:
@@ -56,8 +60,9 @@ def state(ctx: CallContext, args: dict) -> dict:
     run = _run(ctx)
     try:
         found, saved = run.checkpoints.load(run.extension, run.run_id)
-    except CheckpointError as exc:
-        raise OperationError(ErrorCode.INTERNAL, exc.message) from None
+    except CheckpointError as exc:  # details (a host path) go to the host log, not to the guest
+        log.error("%s/%s run %s: %s", run.extension, run.job, run.run_id, exc.message)
+        raise OperationError(ErrorCode.INTERNAL, "the checkpoint of this run is unreadable; see the host log") from None
     return {"resumed": found, "state": saved}
 
 

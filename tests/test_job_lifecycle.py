@@ -1,0 +1,239 @@
+"""The job lifecycle: job.* operations, checkpoints on disk, resume, decision-log aggregation, and the daemon's
+jobs.run/status/cancel/resume and --resume-interrupted, driven by the Rust counter (extensions/test-extension)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+from wasm_helpers import call_job, extension
+
+from capengine.daemon.server import Daemon, DaemonConfig, call
+from capengine.host.checkpoints import CheckpointError, CheckpointStore
+from capengine.host.dispatcher import ActivePolicies, Dispatcher
+from capengine.host.envelope import CallRecord
+from capengine.host.extension_host import Host
+from capengine.host.job_run import JobRun
+from capengine.host.libraries import LibraryCatalog
+from capengine.host.manifests import load_extension
+from capengine.host.operations import default_registry
+from capengine.policy.engine import PolicySet
+from capengine.policy.loader import load_paths
+
+ROOT = Path(__file__).resolve().parent.parent
+COUNTER_DIR = ROOT / "extensions" / "test-extension"
+JOB_POLICY = ("apiVersion: capengine/v1\nkind: Policy\nmetadata: {name: jobs}\nspec:\n"
+              "  extensions: ['com.example.*']\n  rules:\n    - {id: lifecycle, effect: allow, operations: ['job.*']}\n")
+
+
+@pytest.fixture(scope="module")
+def counter_ext():
+    proc = subprocess.run(["make", "-s", "-C", str(ROOT / "extensions")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return load_extension(COUNTER_DIR)
+
+
+def job_policies(tmp_path: Path) -> PolicySet:
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "jobs.yaml").write_text(JOB_POLICY)
+    load = load_paths([tmp_path / "policies"])
+    assert not load.has_errors
+    return PolicySet.from_load(load)
+
+
+def logs(result) -> list[str]:
+    return [text for _, text in result.logs]
+
+
+# ---- in-process: interrupt, checkpoint, resume ---------------------------------------------------------------
+
+def test_counter_interrupted_midway_resumes_from_its_checkpoint(counter_ext, tmp_path):
+    records: list[CallRecord] = []
+    host = Host(job_policies(tmp_path), tmp_path / "data", on_call=records.append)
+    interrupt_at = 37
+
+    def on_change(run: JobRun) -> None:  # called during the guest's own job.metrics call: deterministic
+        if run.items == interrupt_at:
+            run.interrupt()
+
+    try:
+        run = host.new_run(counter_ext, "counter")
+        run.on_change = on_change
+        first, _ = host.run_job(counter_ext, "counter", b'{"target": 100}', run)
+        assert first.status == "interrupted" and first.code == 1
+        assert run.items == interrupt_at and run.interrupted
+        assert CheckpointStore(tmp_path / "data").load(counter_ext.id, run.run_id) == (
+            True, {"current": interrupt_at, "target": 100})
+        resumed = host.new_run(counter_ext, "counter", run.run_id)
+        second, _ = host.run_job(counter_ext, "counter", b'{"target": 100}', resumed)
+    finally:
+        host.close()
+    assert second.status == "completed", second
+    assert resumed.items == 100 - interrupt_at  # counted only what was left: no step twice, none lost
+    assert "job counter resumes from its last checkpoint" in logs(second)
+    assert "counted to 100" in logs(second)
+    assert CheckpointStore(tmp_path / "data").load(counter_ext.id, run.run_id) == (False, None)  # done: removed
+
+
+def test_lifecycle_calls_are_aggregated_in_the_decision_log(counter_ext, tmp_path):
+    records: list[CallRecord] = []
+    host = Host(job_policies(tmp_path), tmp_path / "data", on_call=records.append)
+    try:
+        run = host.new_run(counter_ext, "counter")
+        result, calls = host.run_job(counter_ext, "counter", b'{"target": 500}', run)
+    finally:
+        host.close()
+    assert result.status == "completed" and run.progress == 1.0 and run.items == 500 and run.message == "counting"
+    by_op: dict[str, list[CallRecord]] = {}
+    for r in records:
+        by_op.setdefault(r.operation, []).append(r)
+    # 500 progress + 500 metrics + 501 interrupt checks + 50 checkpoints: two records each (first + summary).
+    assert {op: len(rs) for op, rs in by_op.items()} == {"job.state": 1, "job.interrupted": 2, "job.progress": 2,
+                                                         "job.metrics": 2, "job.checkpoint": 2}
+    assert by_op["job.progress"][1].message == "499 further allowed call(s) aggregated"
+    assert by_op["job.checkpoint"][1].message == "49 further allowed call(s) aggregated"
+    assert all(r.rules == ("jobs/lifecycle",) for r in records)
+    assert list(calls) == records
+
+
+def test_a_denied_lifecycle_call_is_never_aggregated(tmp_path):
+    run = JobRun("com.example.app", "go", CheckpointStore(tmp_path))
+    allowed = CallRecord("com.example.app", "job.progress", "", "", True, True, ("p/r",), (), {}, "OK", "", "r1", 5)
+    assert not run.absorb(allowed) and run.absorb(allowed) and run.absorb(allowed)
+    denied = attrs.evolve(allowed, allowed=False, rules=(), code="PERMISSION_DENIED")
+    assert not run.absorb(denied)
+    reloaded = attrs.evolve(allowed, revision="r2")  # a new policy revision is logged again
+    assert not run.absorb(reloaded)
+    summaries = run.flush()
+    assert [(s.revision, s.message) for s in summaries] == [("r1", "2 further allowed call(s) aggregated")]
+
+
+# ---- job.* through the ABI, attacked ---------------------------------------------------------------------------
+
+def run_wat(tmp_path: Path, method: str, payload: str, run: JobRun | None = None) -> tuple[list[str], JobRun]:
+    host = Host(job_policies(tmp_path), tmp_path / "data")
+    ext = extension(tmp_path, call_job(method, payload, 0), operations=("job.*",))
+    run = run or JobRun(ext.id, "go", CheckpointStore(tmp_path / "data"))
+    try:
+        result, _ = host.run_job(ext, "go", b"{}", run)
+    finally:
+        host.close()
+    return logs(result), run
+
+
+def envelope(lines: list[str]) -> dict:
+    return json.loads(lines[0])
+
+
+def test_checkpoint_over_the_cap_is_refused_and_the_old_one_kept(tmp_path):
+    store = CheckpointStore(tmp_path / "data", max_bytes=64)
+    run = JobRun("com.example.app", "go", store)
+    store.save(run.extension, run.run_id, {"cursor": 1})
+    dispatcher = Dispatcher(lambda: ActivePolicies(job_policies(tmp_path)), default_registry(),
+                            LibraryCatalog(tmp_path / "data"), tmp_path / "data", job=run)
+    ext = extension(tmp_path, "(module)", operations=("job.*",))
+    env = dispatcher.dispatch(ext, "job.checkpoint", "", {"state": {"blob": "x" * 100}})
+    assert env["error"]["code"] == "RESOURCE_EXHAUSTED" and "64-byte cap" in env["error"]["message"]
+    # through the ABI too (the run completes, so its checkpoint is removed afterwards)
+    lines, _ = run_wat(tmp_path, "job.checkpoint", json.dumps({"state": {"blob": "x" * 100}}),
+                       JobRun("com.example.app", "go", store))
+    assert envelope(lines)["error"]["code"] == "RESOURCE_EXHAUSTED"
+    assert store.load(run.extension, run.run_id) == (True, {"cursor": 1})
+
+
+def test_checkpoint_with_a_lone_surrogate_is_an_invalid_argument(tmp_path):
+    lines, run = run_wat(tmp_path, "job.checkpoint", '{"state": "\\ud800"}')
+    assert envelope(lines)["error"]["code"] == "INVALID_ARGUMENT"
+    assert run.checkpoints.load(run.extension, run.run_id) == (False, None)
+
+
+@pytest.mark.parametrize("payload", ['{"progress": 1.5}', '{"progress": -0.1}', '{"progress": "half"}',
+                                     '{"progress": 0.5, "extra": 1}', '{"progress": 0.5, "message": "' + "m" * 257 + '"}'])
+def test_bad_progress_is_refused_by_the_schema(tmp_path, payload):
+    lines, run = run_wat(tmp_path, "job.progress", payload)
+    assert envelope(lines)["error"]["code"] == "INVALID_ARGUMENT"
+    assert run.progress == 0.0
+
+
+@pytest.mark.parametrize("payload", ["{}", '{"items": -1}', '{"items": 9007199254740992}', '{"items": 1.5}'])
+def test_bad_metrics_are_refused(tmp_path, payload):
+    lines, run = run_wat(tmp_path, "job.metrics", payload)
+    assert envelope(lines)["error"]["code"] == "INVALID_ARGUMENT" and run.items == 0
+
+
+def test_warnings_are_capped(tmp_path):
+    run = JobRun("com.example.app", "go", CheckpointStore(tmp_path))
+    for i in range(150):
+        run.warn(f"w{i}")
+    assert len(run.warnings) == 100 and run.dropped_warnings == 50 and run.snapshot()["dropped_warnings"] == 50
+
+
+def test_job_operations_outside_a_job_are_refused(tmp_path):
+    ext = extension(tmp_path, "(module)", operations=("job.*",))
+    dispatcher = Dispatcher(lambda: ActivePolicies(job_policies(tmp_path)), default_registry(),
+                            LibraryCatalog(tmp_path / "data"), tmp_path / "data")
+    env = dispatcher.dispatch(ext, "job.interrupted", "", {})
+    assert env["error"]["code"] == "INVALID_ARGUMENT" and "running job" in env["error"]["message"]
+
+
+def test_job_operations_are_denied_without_a_policy(tmp_path):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "none.yaml").write_text(JOB_POLICY.replace("com.example.*", "com.other.*"))
+    dispatcher = Dispatcher(lambda: ActivePolicies(PolicySet.from_load(load_paths([tmp_path / "policies"]))),
+                            default_registry(), LibraryCatalog(tmp_path / "data"), tmp_path / "data",
+                            job=JobRun("com.example.app", "go", CheckpointStore(tmp_path)))
+    env = dispatcher.dispatch(extension(tmp_path, "(module)", operations=("job.*",)), "job.checkpoint", "",
+                              {"state": 1})
+    assert env["error"]["code"] == "PERMISSION_DENIED"
+
+
+# ---- the checkpoint store ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", [("../../etc", "00112233aabbccdd"), ("com.example.app", "../x"),
+                                 ("com.example.app", "00112233aabbccdd/../../x"), ("Com.Example", "00112233")])
+def test_checkpoint_keys_cannot_leave_the_store(tmp_path, key):
+    with pytest.raises(CheckpointError, match="bad checkpoint key"):
+        CheckpointStore(tmp_path).save(*key, {"a": 1})
+
+
+def test_corrupt_checkpoint_is_reported_not_silently_restarted(tmp_path):
+    store = CheckpointStore(tmp_path / "data")
+    run = JobRun("com.example.app", "go", store)
+    store.save(run.extension, run.run_id, {"a": 1})
+    (tmp_path / "data" / "checkpoints" / run.extension / f"{run.run_id}.json").write_bytes(b'{"a": ')
+    lines, _ = run_wat(tmp_path, "job.state", "{}", run)
+    env = envelope(lines)
+    assert env["error"]["code"] == "INTERNAL" and str(tmp_path) not in lines[0]
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    """A real write limit (RLIMIT_FSIZE, in a child process) makes the save fail: the error says the disk is
+    exhausted, the previous checkpoint is intact and no temp file is left."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from capengine.host.checkpoints import CheckpointError, CheckpointStore
+        store = CheckpointStore({str(tmp_path)!r})
+        store.save("com.example.app", "0011223344556677", {{"cursor": 1}})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+        try:
+            store.save("com.example.app", "0011223344556677", {{"blob": "x" * 1000}})
+        except CheckpointError as exc:
+            print("exhausted" if exc.exhausted else "other", exc.message)
+            sys.exit(0)
+        sys.exit(1)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("exhausted") and "previous checkpoint is kept" in proc.stdout
+    assert CheckpointStore(tmp_path).load("com.example.app", "0011223344556677") == (True, {"cursor": 1})
+    assert [p.name for p in (tmp_path / "checkpoints" / "com.example.app").iterdir()] == ["0011223344556677.json"]
