@@ -135,6 +135,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from capengine.host.extension_host import Host
     from capengine.host.libraries import LibraryError
     from capengine.host.manifests import ExtensionError, load_extension
+    from capengine.progress_display import ProgressDisplay
 
     try:
         ext = load_extension(args.extension)
@@ -153,7 +154,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if user_input is None:
             user_input = {"library": library.id}
         job = args.job or ext.jobs[0]
-        result, calls = host.run_job(ext, job, json.dumps(user_input).encode())
+        display = ProgressDisplay()
+        run = host.new_run(ext, job)
+        run.on_change = display.update
+        result, calls = host.run_job(ext, job, json.dumps(user_input).encode(), run)
+        display.finish(run)
     except (LibraryError, OSError, ValueError) as exc:
         print(f"capengine run: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -164,7 +169,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for c in calls:
         verdict = ("ALLOW" if c.allowed else "DENY ") if c.decided else "-----"
         rules = ",".join(c.rules) or ("default deny" if c.decided and not c.allowed else "-")
-        outcome = c.code if c.code == "OK" else f"{c.code}: {c.message}"
+        outcome = c.code if c.code == "OK" and not c.message else f"{c.code}: {c.message}"
         print(f"  {verdict} {c.operation:20} {c.path or '-':32} {rules:32} {outcome}  [{c.duration_us} us]")
     if calls.dropped:
         print(f"  ... and {calls.dropped} more call(s) (see the decision log)")
@@ -216,7 +221,8 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     config = DaemonConfig(Path(args.policies), Path(args.extensions), data_dir,
                           Path(args.socket) if args.socket else data_dir / "capengine.sock",
-                          watch_interval=args.watch_interval, log_mask=DEFAULT_MASK + tuple(args.mask))
+                          watch_interval=args.watch_interval, log_mask=DEFAULT_MASK + tuple(args.mask),
+                          resume_interrupted=args.resume_interrupted)
     try:
         daemon = Daemon(config)
         daemon.start()
@@ -327,11 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="poll the policy directory for changes (0: only SIGHUP/policies.reload)")
     daemon.add_argument("--mask", action="append", default=[], metavar="FIELD",
                         help="also mask this arg name in the decision log (repeatable)")
+    daemon.add_argument("--resume-interrupted", action="store_true",
+                        help="resume the jobs a shutdown or crash interrupted, from their last checkpoints")
     daemon.set_defaults(func=_cmd_daemon)
 
     ctl = sub.add_parser("ctl", help="call the daemon's control interface")
-    ctl.add_argument("method", help="jobs.run, jobs.list, extensions.list, policies.status, policies.reload, "
-                                    "decisions.tail")
+    ctl.add_argument("method", help="jobs.run, jobs.status, jobs.cancel, jobs.resume, jobs.list, extensions.list, "
+                                    "policies.status, policies.reload, decisions.tail")
     ctl.add_argument("params", nargs="?", help="JSON object of parameters")
     ctl.add_argument("--socket", metavar="PATH")
     ctl.add_argument("--data-dir", metavar="DIR")

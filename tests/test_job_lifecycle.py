@@ -31,7 +31,8 @@ from capengine.policy.loader import load_paths
 ROOT = Path(__file__).resolve().parent.parent
 COUNTER_DIR = ROOT / "extensions" / "test-extension"
 JOB_POLICY = ("apiVersion: capengine/v1\nkind: Policy\nmetadata: {name: jobs}\nspec:\n"
-              "  extensions: ['com.example.*']\n  rules:\n    - {id: lifecycle, effect: allow, operations: ['job.*']}\n")
+              "  extensions: ['com.example.*']\n  rules:\n"
+              "    - {id: lifecycle, effect: allow, operations: ['job.*']}\n")
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,8 @@ def test_checkpoint_with_a_lone_surrogate_is_an_invalid_argument(tmp_path):
 
 
 @pytest.mark.parametrize("payload", ['{"progress": 1.5}', '{"progress": -0.1}', '{"progress": "half"}',
-                                     '{"progress": 0.5, "extra": 1}', '{"progress": 0.5, "message": "' + "m" * 257 + '"}'])
+                                     '{"progress": 0.5, "extra": 1}',
+                                     '{"progress": 0.5, "message": "' + "m" * 257 + '"}'])
 def test_bad_progress_is_refused_by_the_schema(tmp_path, payload):
     lines, run = run_wat(tmp_path, "job.progress", payload)
     assert envelope(lines)["error"]["code"] == "INVALID_ARGUMENT"
@@ -237,3 +239,114 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
     assert proc.stdout.startswith("exhausted") and "previous checkpoint is kept" in proc.stdout
     assert CheckpointStore(tmp_path).load("com.example.app", "0011223344556677") == (True, {"cursor": 1})
     assert [p.name for p in (tmp_path / "checkpoints" / "com.example.app").iterdir()] == ["0011223344556677.json"]
+
+
+# ---- the daemon: jobs.run / status / cancel / resume, --resume-interrupted -----------------------------------
+
+def daemon_dirs(tmp_path: Path, counter_ext) -> DaemonConfig:
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "jobs.yaml").write_text(JOB_POLICY)
+    ext_dir = tmp_path / "extensions" / "counter"
+    ext_dir.mkdir(parents=True)
+    for name in ("manifest.yaml", counter_ext.module_path.name):
+        (ext_dir / name).write_bytes((COUNTER_DIR / name).read_bytes())
+    return DaemonConfig(tmp_path / "policies", tmp_path / "extensions", tmp_path / "data",
+                        tmp_path / "data" / "ctl.sock", watch_interval=0)
+
+
+def wait_for(socket: Path, job_id: str, predicate, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = call(socket, "jobs.status", {"id": job_id})
+        status = reply.get("result")
+        if status is not None and predicate(status):
+            return status
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.01)
+
+
+TARGET = 3000
+
+
+def test_daemon_cancel_then_resume_finishes_with_the_right_count(counter_ext, tmp_path):
+    config = daemon_dirs(tmp_path, counter_ext)
+    d = Daemon(config)
+    d.start()
+    try:
+        started = call(config.socket, "jobs.run", {"extension": counter_ext.id, "job": "counter",
+                                                   "input": {"target": TARGET}, "detach": True})["result"]
+        job_id = started["id"]
+        wait_for(config.socket, job_id, lambda s: s["items"] >= 20)
+        assert call(config.socket, "jobs.cancel", {"id": job_id})["result"] == {"id": job_id, "status": "cancelling"}
+        first = wait_for(config.socket, job_id, lambda s: s["status"] != "running")
+        assert first["status"] == "interrupted" and first["interrupted_by"] == "cancel"
+        assert 20 <= first["items"] < TARGET
+        saved = CheckpointStore(config.data_dir).load(counter_ext.id, job_id)
+        assert saved == (True, {"current": first["items"], "target": TARGET})  # checkpointed where it stopped
+        again = call(config.socket, "jobs.cancel", {"id": job_id})
+        assert "not running" in again["error"]["message"]
+        summary = call(config.socket, "jobs.resume", {"id": job_id})["result"]
+        assert summary["status"] == "completed" and summary["attempt"] == 2, summary
+        messages = [entry["message"] for entry in summary["logs"]]
+        assert "job counter resumes from its last checkpoint" in messages and f"counted to {TARGET}" in messages
+        assert summary["progress"]["items"] == TARGET - first["items"]
+        final = call(config.socket, "jobs.status", {"id": job_id})["result"]
+        assert final["status"] == "completed" and final["items"] == TARGET and final["attempts"] == 2
+        done = call(config.socket, "jobs.resume", {"id": job_id})
+        assert "only an interrupted or failed job" in done["error"]["message"]
+        assert "must be a job id" in call(config.socket, "jobs.status", {"id": "../../etc"})["error"]["message"]
+    finally:
+        d.stop()
+
+
+def start_daemon(config: DaemonConfig, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "capengine", "daemon", "--policies", str(config.policies),
+                             "--extensions", str(config.extensions), "--data-dir", str(config.data_dir),
+                             "--socket", str(config.socket), "--watch-interval", "0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "serving on" in (proc.stdout.readline() if proc.stdout else "")
+    return proc
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL])
+def test_restart_with_resume_interrupted_resumes_the_job(counter_ext, tmp_path, stop_signal):
+    """SIGTERM: the daemon asks the job to stop, it checkpoints and returns ("interrupted" by "shutdown").
+    SIGKILL: the record still says "running" and the last periodic checkpoint is all there is. Either way a
+    restart with --resume-interrupted finishes the count from the checkpoint; one without it does not."""
+    config = daemon_dirs(tmp_path, counter_ext)
+    proc = start_daemon(config)
+    try:
+        job_id = call(config.socket, "jobs.run", {"extension": counter_ext.id, "job": "counter",
+                                                  "input": {"target": TARGET}, "detach": True})["result"]["id"]
+        wait_for(config.socket, job_id, lambda s: s["items"] >= 20)
+        proc.send_signal(stop_signal)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    record = json.loads((config.data_dir / "jobs" / f"{job_id}.json").read_text())
+    if stop_signal == signal.SIGTERM:
+        assert record["status"] == "interrupted" and record["interrupted_by"] == "shutdown"
+    else:
+        assert record["status"] == "running"
+        config.socket.unlink(missing_ok=True)
+    found, state = CheckpointStore(config.data_dir).load(counter_ext.id, job_id)
+    assert found and 0 < state["current"] < TARGET
+
+    plain = start_daemon(config)  # without the flag nothing resumes
+    try:
+        assert call(config.socket, "jobs.status", {"id": job_id})["result"]["status"] == record["status"]
+    finally:
+        plain.terminate()
+        plain.wait(30)
+    proc = start_daemon(config, "--resume-interrupted")
+    try:
+        final = wait_for(config.socket, job_id, lambda s: s["status"] not in ("running", "interrupted"))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert final["status"] == "completed" and final["attempts"] == 2, final
+    assert CheckpointStore(config.data_dir).load(counter_ext.id, job_id) == (False, None)
+    if stop_signal == signal.SIGTERM:  # the job checkpointed exactly where it stopped: no step counted twice
+        assert final["items"] == TARGET

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from wasm_helpers import LIB
 
 from capengine.host.dispatcher import Dispatcher
 from capengine.host.extension_host import Host
@@ -186,7 +185,8 @@ class Recording:
 
 
 ALLOW_ALL = ("apiVersion: capengine/v1\nkind: Policy\nmetadata: {name: all}\nspec:\n"
-             "  extensions: [com.example.sdk-conformance]\n  rules:\n    - {id: all, effect: allow, operations: ['**']}\n")
+             "  extensions: [com.example.sdk-conformance]\n  rules:\n"
+             "    - {id: all, effect: allow, operations: ['**']}\n")
 
 
 @pytest.fixture(scope="module")

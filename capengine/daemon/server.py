@@ -1,8 +1,9 @@
 """The daemon: policies checked at startup (fail closed), extensions hosted, jobs served over a Unix socket.
 
 Control protocol: newline-delimited JSON-RPC 2.0 on a 0600 Unix socket. Methods: jobs.run, jobs.list,
-extensions.list, policies.status, policies.reload, decisions.tail. Policies reload on SIGHUP, on
-policies.reload and when files under the policy directory change (polled, debounced): the new set is
+jobs.status, jobs.cancel, jobs.resume, extensions.list, policies.status, policies.reload, decisions.tail.
+Policies reload on SIGHUP, on policies.reload and when files under the policy directory change (polled,
+debounced): the new set is
 checked and compiled off to the side and swapped in only if clean, else the last-known-good set stays.
 """
 
@@ -12,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import socketserver
 import threading
@@ -22,8 +24,10 @@ from pathlib import Path
 import attrs
 
 from capengine.daemon.decision_log import DEFAULT_MASK, DecisionLog
+from capengine.daemon.jobs import JobRecord, JobTable
 from capengine.errors import CapengineError
 from capengine.host.extension_host import Host
+from capengine.host.job_run import JobRun
 from capengine.host.manifests import Extension, load_extensions
 from capengine.host.runtime import Limits
 from capengine.policy.check import run_check
@@ -48,6 +52,8 @@ class DaemonConfig:
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 5
     log_mask: tuple[str, ...] = DEFAULT_MASK  # arg names whose values the decision log replaces with "***"
+    resume_interrupted: bool = False  # on start, resume the jobs a shutdown (or a crash) interrupted
+    shutdown_grace: float = 2.0  # seconds running jobs get to checkpoint and return before they are stopped
 
 
 @attrs.frozen
@@ -104,6 +110,9 @@ class Daemon:
         self._in_flight: dict[str, int] = {}
         self._running: dict[str, dict] = {}
         self._finished: deque[dict] = deque(maxlen=100)
+        self.jobs = JobTable(config.data_dir / "jobs")
+        self._runs: dict[str, tuple[JobRun, JobRecord]] = {}
+        self._cancelled: set[str] = set()
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._watcher: threading.Thread | None = None
 
@@ -142,7 +151,10 @@ class Daemon:
             self.reload()
 
     # jobs ----------------------------------------------------------------------------------------
-    def run_job(self, extension: str, job: str, job_input: object) -> dict:
+    def run_job(self, extension: str, job: str, job_input: object, detach: bool = False,
+                resume: JobRecord | None = None) -> dict:
+        """Run a job (or the next attempt of `resume`, from its checkpoint). `detach` returns its id at once;
+        otherwise the summary when it ends."""
         ext = self.extensions.get(extension)
         if ext is None:
             raise RpcError(-32602, f"no extension {extension!r}")
@@ -154,16 +166,45 @@ class Daemon:
             if self._in_flight.get(extension, 0) >= self.config.max_jobs_per_extension:
                 raise RpcError(-32001, f"{extension} already has {self.config.max_jobs_per_extension} jobs "
                                        "in flight (RESOURCE_EXHAUSTED); retry later")
+            if resume is not None and resume.id in self._runs:
+                raise RpcError(-32602, f"job {resume.id} is already running")
             self._in_flight[extension] = self._in_flight.get(extension, 0) + 1
-            job_id = os.urandom(8).hex()
+            run = self.host.new_run(ext, job, resume.id if resume else None)
+            job_id = run.run_id
+            if resume is None:
+                record = JobRecord(job_id, extension, job, job_input)
+            else:
+                record = attrs.evolve(resume, status="running", interrupted_by="", attempts=resume.attempts + 1,
+                                      finished=None, error="")
             self._running[job_id] = {"id": job_id, "extension": extension, "job": job, "started": time.time()}
+            self._runs[job_id] = (run, record)
+        self.jobs.save(record)
+        if detach:
+            threading.Thread(target=self._execute, args=(ext, run, record), name=f"capengine-job-{job_id}",
+                             daemon=True).start()
+            return {"id": job_id, "status": "running", "attempt": record.attempts}
+        return self._execute(ext, run, record)
+
+    def _execute(self, ext: Extension, run: JobRun, record: JobRecord) -> dict:
+        job_id, extension = run.run_id, ext.id
         try:
-            result, calls = self.host.run_job(ext, job, json.dumps(job_input).encode())
+            result, calls = self.host.run_job(ext, run.job, json.dumps(record.input).encode(), run)
         finally:
             with self._jobs_lock:
                 self._in_flight[extension] -= 1
                 info = self._running.pop(job_id)
+                self._runs.pop(job_id, None)
+                cancelled = job_id in self._cancelled
+                self._cancelled.discard(job_id)
+        record.status, record.finished, record.error = result.status, time.time(), result.error
+        if result.status == "interrupted":
+            record.interrupted_by = "cancel" if cancelled else "shutdown"
+        record.progress, record.message = run.progress, run.message
+        record.items, record.bytes = record.items + run.items, record.bytes + run.bytes
+        record.warnings = (record.warnings + run.warnings)[-100:]
+        self.jobs.save(record)
         summary = {**info, "status": result.status, "code": result.code, "error": result.error,
+                   "attempt": record.attempts, "progress": run.snapshot(),
                    "calls": [{"operation": c.operation, "path": c.path, "code": c.code, "rules": list(c.rules)}
                              for c in calls],
                    "calls_dropped": calls.dropped,
@@ -174,7 +215,20 @@ class Daemon:
     # control interface ------------------------------------------------------------------------------
     def handle(self, method: str, params: dict) -> object:
         if method == "jobs.run":
-            return self.run_job(params.get("extension"), params.get("job"), params.get("input", {}))
+            return self.run_job(params.get("extension"), params.get("job"), params.get("input", {}),
+                                bool(params.get("detach")))
+        if method == "jobs.status":
+            return self.job_status(self._job_id(params))
+        if method == "jobs.cancel":
+            return self.cancel_job(self._job_id(params))
+        if method == "jobs.resume":
+            record = self.jobs.get(self._job_id(params))
+            if record is None:
+                raise RpcError(-32602, f"no job {params.get('id')!r}")
+            if record.status not in ("interrupted", "failed"):
+                raise RpcError(-32602, f"job {record.id} is {record.status}; only an interrupted or failed job "
+                                       "can be resumed")
+            return self.run_job(record.extension, record.job, record.input, bool(params.get("detach")), record)
         if method == "jobs.list":
             with self._jobs_lock:
                 return {"running": list(self._running.values()), "finished": list(self._finished)}
@@ -192,6 +246,49 @@ class Daemon:
                 raise RpcError(-32602, "count must be a non-negative integer")
             return {"decisions": self.decisions.tail(count)}
         raise RpcError(-32601, f"no method {method!r}")
+
+    @staticmethod
+    def _job_id(params: dict) -> str:
+        job_id = params.get("id")
+        if not isinstance(job_id, str) or not re.fullmatch(r"[0-9a-f]{8,64}", job_id):
+            raise RpcError(-32602, "id must be a job id (hex), as jobs.run returned it")
+        return job_id
+
+    def job_status(self, job_id: str) -> dict:
+        """A running job's live progress (its record plus this attempt's counters), else its last record."""
+        with self._jobs_lock:
+            live = self._runs.get(job_id)
+        if live is not None:
+            run, record = live
+            snap = run.snapshot()
+            return {**record.public(), "progress": snap["progress"], "message": snap["message"],
+                    "items": record.items + snap["items"], "bytes": record.bytes + snap["bytes"],
+                    "warnings": (record.warnings + snap["warnings"])[-100:],
+                    "interrupt_requested": snap["interrupt_requested"]}
+        stored = self.jobs.get(job_id)
+        if stored is None:
+            raise RpcError(-32602, f"no job {job_id}")
+        return stored.public()
+
+    def cancel_job(self, job_id: str) -> dict:
+        """Ask a running job to stop: job.interrupted turns true; a well-behaved guest checkpoints and returns
+        (status "interrupted", resumable with jobs.resume). A guest that ignores it runs to its CPU limit."""
+        with self._jobs_lock:
+            live = self._runs.get(job_id)
+            if live is None:
+                raise RpcError(-32602, f"job {job_id} is not running")
+            self._cancelled.add(job_id)
+        live[0].interrupt()
+        return {"id": job_id, "status": "cancelling"}
+
+    def _resume_interrupted(self) -> None:
+        for record in self.jobs.to_resume_after_restart():
+            try:
+                self.run_job(record.extension, record.job, record.input, detach=True, resume=record)
+                log.info("resumed job %s (%s/%s), attempt %d", record.id, record.extension, record.job,
+                         record.attempts + 1)
+            except RpcError as exc:
+                log.error("cannot resume job %s: %s", record.id, exc.message)
 
     def answer(self, line: bytes) -> dict:
         request_id = None
@@ -250,6 +347,8 @@ class Daemon:
             self._watcher = threading.Thread(target=self._watch, name="capengine-watch", daemon=True)
             self._watcher.start()
         log.info("serving on %s (policy revision %s)", path, self.status.revision)
+        if self.config.resume_interrupted:
+            self._resume_interrupted()
 
     def stop(self) -> None:
         """Graceful: stop accepting, interrupt running jobs, flush the decision log, remove the socket."""
@@ -259,6 +358,13 @@ class Daemon:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        with self._jobs_lock:  # first ask: a guest that checks job.interrupted checkpoints and returns
+            runs = [run for run, _ in self._runs.values()]
+        for run in runs:
+            run.interrupt()
+        grace = time.monotonic() + self.config.shutdown_grace
+        while self._running and time.monotonic() < grace:
+            time.sleep(0.01)
         self.host.runtime.interrupt_all()
         deadline = time.monotonic() + 10
         while self._running and time.monotonic() < deadline:

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from capengine.host.dispatcher import ActivePolicies, Dispatcher
 from capengine.host.checkpoints import CheckpointStore
+from capengine.host.dispatcher import ActivePolicies, Dispatcher
 from capengine.host.envelope import CallRecord
 from capengine.host.job_run import JobRun
 from capengine.host.libraries import Library, LibraryCatalog

@@ -9,11 +9,19 @@ progress/metrics/interrupted/checkpoint calls are aggregated in the decision log
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from capengine.host.checkpoints import CheckpointError
 from capengine.host.envelope import ErrorCode
 from capengine.host.job_run import JobRun
-from capengine.host.operations.registry import CallContext, Operation, OperationError, Registry, load_schema
+from capengine.host.operations.registry import (
+    CallContext,
+    Handler,
+    Operation,
+    OperationError,
+    Registry,
+    load_schema,
+)
 
 log = logging.getLogger("capengine.host.operations.job")
 
@@ -66,16 +74,19 @@ def state(ctx: CallContext, args: dict) -> dict:
     return {"resumed": found, "state": saved}
 
 
+_OPERATIONS: tuple[tuple[str, Literal["query", "action"], Handler, str, bool, tuple[str, ...]], ...] = (
+    ("job.progress", "action", progress, "Report the fraction done (0..1) and what the job is doing.", True, ()),
+    ("job.metrics", "action", metrics, "Add to the job's item and byte counters.", True, ()),
+    ("job.interrupted", "query", interrupted, "Whether the host asks the job to stop (cancel, shutdown).",
+     True, ()),
+    ("job.warn", "action", warn, "Record a warning in the job's status.", False, ()),
+    ("job.checkpoint", "action", checkpoint, "Persist the job's state; a resumed run starts from it.", True,
+     ("state",)),
+    ("job.state", "query", state, "The run's last checkpoint, if it is being resumed.", False, ()),
+)
+
+
 def register(registry: Registry) -> None:
-    for name, kind, handler, description, aggregate, hidden in (
-        ("job.progress", "action", progress, "Report the fraction done (0..1) and what the job is doing.", True, ()),
-        ("job.metrics", "action", metrics, "Add to the job's item and byte counters.", True, ()),
-        ("job.interrupted", "query", interrupted, "Whether the host asks the job to stop (cancel, shutdown).",
-         True, ()),
-        ("job.warn", "action", warn, "Record a warning in the job's status.", False, ()),
-        ("job.checkpoint", "action", checkpoint, "Persist the job's state; a resumed run starts from it.", True,
-         ("state",)),
-        ("job.state", "query", state, "The run's last checkpoint, if it is being resumed.", False, ()),
-    ):
+    for name, kind, handler, description, aggregate, hidden in _OPERATIONS:
         registry.register(Operation(name, kind, description, load_schema(name), handler, path_field=None,
                                     needs_library=False, hidden_args=hidden, aggregate=aggregate))
