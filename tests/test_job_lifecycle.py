@@ -25,6 +25,7 @@ from capengine.host.job_run import JobRun
 from capengine.host.libraries import LibraryCatalog
 from capengine.host.manifests import load_extension
 from capengine.host.operations import default_registry
+from capengine.host.runtime import Limits
 from capengine.policy.engine import PolicySet
 from capengine.policy.loader import load_paths
 
@@ -250,8 +251,9 @@ def daemon_dirs(tmp_path: Path, counter_ext) -> DaemonConfig:
     ext_dir.mkdir(parents=True)
     for name in ("manifest.yaml", counter_ext.module_path.name):
         (ext_dir / name).write_bytes((COUNTER_DIR / name).read_bytes())
+    # The CPU limit is wall-clock: checkpoints fsync, and a busy disk must not fail the job.
     return DaemonConfig(tmp_path / "policies", tmp_path / "extensions", tmp_path / "data",
-                        tmp_path / "data" / "ctl.sock", watch_interval=0)
+                        tmp_path / "data" / "ctl.sock", watch_interval=0, limits=Limits(cpu_seconds=300))
 
 
 def wait_for(socket: Path, job_id: str, predicate, timeout: float = 60) -> dict:
@@ -265,7 +267,7 @@ def wait_for(socket: Path, job_id: str, predicate, timeout: float = 60) -> dict:
         time.sleep(0.01)
 
 
-TARGET = 3000
+TARGET = 3000  # long enough for a cancel to land mid-way, short enough for the default 10 s CPU limit
 
 
 def test_daemon_cancel_then_resume_finishes_with_the_right_count(counter_ext, tmp_path):
