@@ -189,22 +189,24 @@ class Daemon:
         job_id, extension = run.run_id, ext.id
         try:
             result, calls = self.host.run_job(ext, run.job, json.dumps(record.input).encode(), run)
+            # Saved before the job leaves _running: shutdown waits for _running, so the record is on disk
+            # before the process exits.
+            # A new record: the live one stays as it was while jobs.status may still add this attempt's counters.
+            interrupted_by = ("cancel" if job_id in self._cancelled else "shutdown") \
+                if result.status == "interrupted" else ""
+            final = attrs.evolve(record, status=result.status, finished=time.time(), error=result.error,
+                                 interrupted_by=interrupted_by, progress=run.progress, message=run.message,
+                                 items=record.items + run.items, bytes=record.bytes + run.bytes,
+                                 warnings=(record.warnings + run.warnings)[-100:])
+            self.jobs.save(final)
         finally:
             with self._jobs_lock:
                 self._in_flight[extension] -= 1
                 info = self._running.pop(job_id)
                 self._runs.pop(job_id, None)
-                cancelled = job_id in self._cancelled
                 self._cancelled.discard(job_id)
-        record.status, record.finished, record.error = result.status, time.time(), result.error
-        if result.status == "interrupted":
-            record.interrupted_by = "cancel" if cancelled else "shutdown"
-        record.progress, record.message = run.progress, run.message
-        record.items, record.bytes = record.items + run.items, record.bytes + run.bytes
-        record.warnings = (record.warnings + run.warnings)[-100:]
-        self.jobs.save(record)
         summary = {**info, "status": result.status, "code": result.code, "error": result.error,
-                   "attempt": record.attempts, "progress": run.snapshot(),
+                   "attempt": final.attempts, "progress": run.snapshot(),
                    "calls": [{"operation": c.operation, "path": c.path, "code": c.code, "rules": list(c.rules)}
                              for c in calls],
                    "calls_dropped": calls.dropped,
