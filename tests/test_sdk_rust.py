@@ -16,7 +16,7 @@ import wasmtime
 
 from capengine.host.dispatcher import Dispatcher
 from capengine.host.extension_host import Host
-from capengine.host.manifests import Extension, load_extension
+from capengine.host.manifests import Extension, ExtensionError, load_extension
 from capengine.host.module_manifest import (
     JOBS_SECTION,
     MANIFEST_SECTION,
@@ -98,6 +98,8 @@ def test_manifest_drift_is_reported_and_regenerated(built, tmp_path):
     problems = check_manifest(directory)
     assert any("id is 'com.example.other'" in p for p in problems), problems
     assert any("operations" in p and "credentials.get" in p for p in problems), problems
+    with pytest.raises(ExtensionError, match="disagrees with its module.*regenerate it"):
+        load_extension(directory)  # the host refuses a drifted manifest, whoever edited it
     write_manifest(directory)
     assert check_manifest(directory) == []
     assert load_extension(directory).id == "com.example.photo-ocr-rs"

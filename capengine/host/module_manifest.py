@@ -90,6 +90,22 @@ def manifest_text(facts: dict, module_name: str) -> str:
     return header + yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, width=120)
 
 
+def disagreements(module: Path, manifest: object) -> list[str]:
+    """How `manifest` (parsed manifest.yaml) differs from the facts embedded in `module`; [] when they agree
+    or when the module embeds none (C and WAT guests)."""
+    try:
+        sections = custom_sections(module.read_bytes(), str(module))
+    except (OSError, ModuleManifestError):
+        return []  # not a binary module (or unreadable): loading it reports the real problem
+    if MANIFEST_SECTION not in sections:
+        return []
+    if not isinstance(manifest, dict):
+        return ["the manifest is not a mapping"]
+    facts = embedded_facts(module)
+    return [f"{key} is {manifest.get(key)!r} but {module.name} says {facts.get(key)!r}"
+            for key in FACTS if manifest.get(key) != facts.get(key)]
+
+
 def _module_of(directory: Path) -> Path:
     modules = sorted(directory.glob("*.wasm"))
     if len(modules) != 1:
@@ -110,7 +126,7 @@ def write_manifest(directory: Path) -> Path:
 def check_manifest(directory: Path) -> list[str]:
     """Every difference between manifest.yaml and its module's embedded facts (empty when they agree)."""
     module = _module_of(directory)
-    facts = embedded_facts(module)
+    embedded_facts(module)  # a module without facts is an error here
     manifest = directory / "manifest.yaml"
     try:
         data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
@@ -118,8 +134,7 @@ def check_manifest(directory: Path) -> list[str]:
         return [f"{manifest}: cannot read: {exc}"]
     if not isinstance(data, dict):
         return [f"{manifest}: not a mapping"]
-    problems = [f"{manifest}: {key} is {data.get(key)!r} but {module.name} says {facts.get(key)!r}"
-                for key in FACTS if data.get(key) != facts.get(key)]
+    problems = [f"{manifest}: {problem}" for problem in disagreements(module, data)]
     if data.get("module") != module.name:
         problems.append(f"{manifest}: module is {data.get('module')!r}, not {module.name!r}")
     return problems
