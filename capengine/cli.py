@@ -7,22 +7,34 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-from capengine import __version__
+from capengine import bundled
 from capengine.policy import report
 from capengine.policy.check import run_check
+from capengine.version import __version__
+
+if TYPE_CHECKING:
+    from capengine.host.libraries import LibraryCatalog
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors exit 2 with a one-line hint, as documented
+    def error(self, message: str) -> NoReturn:  # usage errors exit 2 with a one-line hint, as documented
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
+def _default_policies() -> str:
+    """`./policies` where the user keeps them, else the examples that come with capengine."""
+    return "policies" if Path("policies").is_dir() else str(bundled.policies())
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
+    if not args.paths:
+        args.paths = [_default_policies()]
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"capengine check: no such file or directory: {', '.join(missing)}", file=sys.stderr)
@@ -54,12 +66,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if outcome.errors else EXIT_OK
 
 
-def _operations() -> list[str] | None:
+def _operations() -> list[str]:
     """Names of the registered operations, so lint can flag rules that match none."""
-    try:
-        from capengine.host.operations import default_registry
-    except ImportError:
-        return None
+    from capengine.host.operations import default_registry
+
     return default_registry().names()
 
 
@@ -79,7 +89,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"capengine explain: cannot read the request: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    policy_set = _load_policy_set(args.policies, "explain")
+    policy_set = _load_policy_set(args.policies or _default_policies(), "explain")
     if policy_set is None:
         return EXIT_FINDINGS
     explanation = policy_set.explain(request)
@@ -101,12 +111,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         detail = f"error: {t.error}" if t.error else f"condition = {t.value}"
         print(f"  {t.effect:5} {t.rule:40} {t.result:12} {detail}")
     return EXIT_OK
-
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_EXTENSION = ROOT / "extensions" / "photo-ocr"
-DEFAULT_LIBRARY = ROOT / "extensions" / "sample-library"
-DEFAULT_POLICIES = ROOT / "policies"
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -132,8 +136,8 @@ def _load_policy_set(policies: str, command: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from capengine.errors import CapengineError
     from capengine.host.extension_host import Host
-    from capengine.host.libraries import LibraryError
     from capengine.host.manifests import ExtensionError, load_extension
     from capengine.progress_display import ProgressDisplay
 
@@ -148,9 +152,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     policy_set = _load_policy_set(args.policies, "run")
     if policy_set is None:
         return EXIT_FINDINGS
-    host = Host(policy_set, _data_dir(args))
     try:
-        library = host.open_library(Path(args.library))
+        host = Host(policy_set, _data_dir(args))
+    except CapengineError as exc:  # an unusable data dir, a damaged key file
+        print(f"capengine run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        ext = host.bind(ext)
+        library = host.open_library(Path(args.library) if args.library else bundled.sample_library(host.data_dir))
         if user_input is None:
             user_input = {"library": library.id}
         job = args.job or ext.jobs[0]
@@ -159,24 +168,78 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run.on_change = display.update
         result, calls = host.run_job(ext, job, json.dumps(user_input).encode(), run)
         display.finish(run)
-    except (LibraryError, OSError, ValueError) as exc:
+    except (CapengineError, OSError, ValueError) as exc:
         print(f"capengine run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
         host.close()
+    if ext.namespace != ext.id:
+        print(f"development mode: {ext.id} is not installed in {host.data_dir}, so it runs in a namespace of its "
+              f"own, {ext.namespace} (its own vault, sidecars and rate limits; never an installed extension's). "
+              f"To run it as {ext.id}: capengine ext install {ext.directory}")
     print(f"extension {ext.id} {ext.version}, job {job}, library {library.id} ({library.root})")
     print(f"policy revision {policy_set.revision}; {len(calls) + calls.dropped} call(s):")
+    from capengine.host.safe_text import escape  # guest-chosen text never reaches the terminal raw
+
     for c in calls:
         verdict = ("ALLOW" if c.allowed else "DENY ") if c.decided else "-----"
         rules = ",".join(c.rules) or ("default deny" if c.decided and not c.allowed else "-")
         outcome = c.code if c.code == "OK" and not c.message else f"{c.code}: {c.message}"
-        print(f"  {verdict} {c.operation:20} {c.path or '-':32} {rules:32} {outcome}  [{c.duration_us} us]")
+        print(f"  {verdict} {c.operation:20} {escape(c.path) or '-':32} {rules:32} {outcome}  [{c.duration_us} us]")
     if calls.dropped:
         print(f"  ... and {calls.dropped} more call(s) (see the decision log)")
     for level, text in result.logs:
         print(f"  log {('debug', 'info', 'warn', 'error')[level]}: {text}")
-    print(f"job {result.status}" + (f": {result.error}" if result.error else ""))
+    print(f"job {result.status}" + (f": {escape(result.error)}" if result.error else ""))
     return EXIT_OK if result.status == "completed" else EXIT_FINDINGS
+
+
+def _cmd_ext(args: argparse.Namespace) -> int:
+    """The operator vouches for an extension: its id counts only for the module and manifest installed here."""
+    from capengine.errors import CapengineError
+    from capengine.host import signatures
+    from capengine.host.installed import InstalledRegistry
+    from capengine.host.manifests import load_extension
+
+    command = f"capengine ext {args.ext_command}"
+    try:
+        if args.ext_command == "keygen":
+            print(f"public key {signatures.generate_key(Path(args.path))}  (private key in {args.path}; trust the "
+                  f"public one with: capengine ext trust NAME KEY --ids GLOB)")
+            return EXIT_OK
+        if args.ext_command == "sign":
+            signed, pub = signatures.sign(Path(args.directory), Path(args.key))
+            print(f"signed {signed.id} {signed.version} with {pub}: {Path(args.directory) / signatures.SIGNATURE_FILE}")
+            return EXIT_OK
+        registry = InstalledRegistry(_data_dir(args))
+        if args.ext_command == "trust":
+            trusted = registry.trusted.trust(args.name, args.key, args.ids)
+            print(f"trusted {trusted.name} ({trusted.public_key}) to sign {', '.join(trusted.ids)}")
+        elif args.ext_command == "untrust":
+            if registry.trusted.untrust(args.name) is None:
+                print(f"{command}: no trusted key named {args.name}", file=sys.stderr)
+                return EXIT_FINDINGS
+            print(f"no longer trusted: {args.name}")
+        elif args.ext_command == "install":
+            entry, changed = registry.install(load_extension(args.directory), replace=args.replace)
+            print(f"{'installed' if changed else 'already installed'}: {entry.id} {entry.version}\n"
+                  f"  module sha256   {entry.module_sha256}\n  manifest sha256 {entry.manifest_sha256}")
+        elif args.ext_command == "remove":
+            if registry.remove(args.id) is None:
+                print(f"{command}: {args.id} is not installed in {registry.data_dir} (see capengine ext list)",
+                      file=sys.stderr)
+                return EXIT_FINDINGS
+            print(f"removed {args.id} (its vault entries stay; installing the same id again reaches them)")
+        else:
+            for entry in registry.entries().values():
+                print(f"{entry.id}  {entry.version}  module sha256 {entry.module_sha256}  manifest sha256 "
+                      f"{entry.manifest_sha256}  from {entry.directory}  installed {entry.installed_at}")
+            for key in registry.trusted.entries().values():
+                print(f"trusted key {key.name}  {key.public_key}  may sign {', '.join(key.ids)}")
+    except CapengineError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _cmd_ops(args: argparse.Namespace) -> int:
@@ -197,86 +260,142 @@ def _cmd_library(args: argparse.Namespace) -> int:
     from capengine.host.libraries import LibraryCatalog, LibraryError
 
     catalog = LibraryCatalog(_data_dir(args))
-    if args.library_command == "add":
-        try:
-            lib = catalog.add(args.directory, args.name, args.id)
-        except (LibraryError, ValueError) as exc:
-            print(f"capengine library add: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        print(f"{lib.id}  {lib.name}  {lib.root}")
-        return EXIT_OK
-    for lib in catalog.list():
-        print(f"{lib.id}  {lib.name}  {lib.root}")
+    try:
+        if args.library_command == "add":
+            lib = catalog.add(args.directory, args.name, args.id, allow_hardlinks=args.allow_hardlinks)
+            notes = [note for flag, note in ((lib.case_insensitive, "case-insensitive volume: policies judge "
+                                              "on-disk spellings"), (lib.allow_hardlinks, "hard links allowed"))
+                     if flag]
+            print(f"{lib.id}  {lib.name}  {lib.root}" + "".join(f"  ({note})" for note in notes))
+            return EXIT_OK
+        if args.library_command == "remove":
+            lib = catalog.remove(args.id)
+            print(f"removed {lib.id}  {lib.name}  {lib.root} (its files are untouched)")
+            return EXIT_OK
+        if args.library_command == "move":
+            lib = catalog.move(args.id, args.directory)
+        else:
+            for lib in catalog.list():
+                print(f"{lib.id}  {lib.name}  {lib.root}")
+            return EXIT_OK
+    except (LibraryError, ValueError) as exc:
+        print(f"capengine library {args.library_command}: {exc}", file=sys.stderr)
+        if args.library_command == "add":
+            _print_move_hint(catalog, Path(args.directory), args.id)
+        return EXIT_USAGE
+    print(f"{lib.id}  {lib.name}  {lib.root}")
     return EXIT_OK
 
 
+def _print_move_hint(catalog: LibraryCatalog, directory: Path, library_id: str | None) -> None:
+    """A second clone or a moved checkout carries a known id: say how to point that id here."""
+    from capengine.host.libraries import LIBRARY_ID_FILE
+
+    id_file = directory / LIBRARY_ID_FILE
+    wanted = library_id or (id_file.read_text().strip() if id_file.is_file() else None)
+    known = catalog.get(wanted) if wanted else None
+    if known is not None and known.root != directory.resolve():
+        print(f"  library {known.id} is at {known.root}; to use {directory} instead: "
+              f"capengine library move {known.id} {directory}", file=sys.stderr)
+
+
 def _cmd_daemon(args: argparse.Namespace) -> int:
-    import logging
     import signal
 
+    from capengine.daemon.config import DaemonConfig, DaemonError
     from capengine.daemon.decision_log import DEFAULT_MASK
-    from capengine.daemon.server import Daemon, DaemonConfig, DaemonError
+    from capengine.daemon.logformat import configure_logging
+    from capengine.daemon.server import Daemon
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    data_dir = _data_dir(args)
-    config = DaemonConfig(Path(args.policies), Path(args.extensions), data_dir,
-                          Path(args.socket) if args.socket else data_dir / "capengine.sock",
-                          watch_interval=args.watch_interval, log_mask=DEFAULT_MASK + tuple(args.mask),
-                          resume_interrupted=args.resume_interrupted)
-    try:
-        daemon = Daemon(config)
-        daemon.start()
-    except DaemonError as exc:
-        print(f"capengine daemon: {exc}", file=sys.stderr)
-        return EXIT_FINDINGS
-    requests: list[str] = []
+    configure_logging(args.log_format)
+    requests: list[str] = []  # handlers first: a SIGTERM right after READY=1 must be a graceful stop
     signal.signal(signal.SIGHUP, lambda *_: requests.append("reload"))
+    signal.signal(signal.SIGUSR1, lambda *_: requests.append("reopen"))
     signal.signal(signal.SIGTERM, lambda *_: requests.append("stop"))
     signal.signal(signal.SIGINT, lambda *_: requests.append("stop"))
+    data_dir = _data_dir(args)
+    try:
+        config = DaemonConfig(Path(args.policies), Path(args.extensions), data_dir,
+                              Path(args.socket) if args.socket else data_dir / "capengine.sock",
+                              watch_interval=args.watch_interval, log_mask=DEFAULT_MASK + tuple(args.mask),
+                              max_jobs_per_extension=args.max_jobs, queue_timeout=args.queue_timeout,
+                              metrics_port=args.metrics_port,
+                              metrics_textfile=Path(args.metrics_textfile) if args.metrics_textfile else None,
+                              resume_interrupted=args.resume_interrupted, shutdown_grace=args.shutdown_grace)
+        daemon = Daemon(config)
+        daemon.start()
+    except (DaemonError, ValueError, OSError) as exc:
+        print(f"capengine daemon: {exc}", file=sys.stderr)
+        return EXIT_FINDINGS
     print(f"capengine daemon: serving on {config.socket} (policy revision {daemon.status.revision})", flush=True)
     while "stop" not in requests:
-        time.sleep(0.1)
-        if "reload" in requests:
-            requests.remove("reload")
-            daemon.reload()
+        time.sleep(0.05)
+        while requests and requests[0] != "stop":  # a storm of SIGHUPs is one request: reloads coalesce
+            what = requests.pop(0)
+            if what == "reload":
+                daemon.request_reload()
+            elif what == "reopen":
+                daemon.decisions.reopen()
     daemon.stop()
     return EXIT_OK
 
 
+EXIT_NO_DAEMON = 3  # ctl: nothing listening at the socket (or it went away mid-call)
+
+
 def _cmd_ctl(args: argparse.Namespace) -> int:
-    from capengine.daemon.server import call
+    """Exit 0 on success; 1 when the call failed (a JSON-RPC error, a job that did not complete, a rejected
+    reload); 2 for bad usage; 3 when no daemon answers. Results go to stdout, errors to stderr."""
+    from capengine.daemon.client import NoDaemon, call
 
     try:
         params = json.loads(args.params) if args.params else {}
-        socket_path = Path(args.socket) if args.socket else _data_dir(args) / "capengine.sock"
-        reply = call(socket_path, args.method, params)
-    except (OSError, ValueError) as exc:
-        print(f"capengine ctl: {exc}", file=sys.stderr)
+        if not isinstance(params, dict):
+            raise ValueError("PARAMS must be a JSON object")
+    except ValueError as exc:
+        print(f"capengine ctl: bad PARAMS: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(reply.get("result", reply.get("error")), indent=2))
-    return EXIT_OK if "result" in reply else EXIT_FINDINGS
+    socket_path = Path(args.socket) if args.socket else _data_dir(args) / "capengine.sock"
+    try:
+        reply = call(socket_path, args.method, params, timeout=args.timeout, wait=args.wait)
+    except NoDaemon as exc:
+        print(f"capengine ctl: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except (OSError, ValueError) as exc:
+        print(f"capengine ctl: {socket_path}: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    if "error" in reply:
+        print(json.dumps(reply["error"], indent=2), file=sys.stderr)
+        return EXIT_FINDINGS
+    result = reply.get("result")
+    print(json.dumps(result, indent=2))
+    failed = isinstance(result, dict) and (result.get("reloaded") is False or result.get("status") in (
+        "failed", "interrupted"))
+    return EXIT_FINDINGS if failed else EXIT_OK
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from capengine.daemon.replay import replay
+    """Exit 0: nothing flips; 1: some decisions flip; 2: bad input (not a decision log, unreadable, or a
+    candidate policy set with errors)."""
+    from capengine.daemon.replay import NotADecisionLog, replay
 
     policy_set = _load_policy_set(args.policies, "replay")
     if policy_set is None:
-        return EXIT_FINDINGS
+        return EXIT_USAGE
     try:
-        report = replay(policy_set, Path(args.log))
-    except OSError as exc:
+        report = replay(policy_set, args.logs)
+    except NotADecisionLog as exc:
         print(f"capengine replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for flip in report.flips:
         r = flip.record
-        print(f"{args.log}:{flip.line}: {flip.was} -> {flip.now}  {r['extension']} {r['operation']} "
+        print(f"{flip.file}:{flip.line}: {flip.was} -> {flip.now}  {r['extension']} {r['operation']} "
               f"{r.get('path') or '-'}  (now: {', '.join(flip.rules) or 'default deny'}; "
               f"was: {', '.join(r.get('rules', [])) or 'default deny'})")
-    for line in report.unreadable:
-        print(f"{args.log}:{line}: not a decision record; skipped", file=sys.stderr)
-    print(f"{report.decided} decision(s) replayed under revision {policy_set.revision}: {len(report.flips)} would "
-          f"flip; {report.skipped} call(s) never reached a decision")
+    for file, line in report.unreadable:
+        print(f"{file}:{line}: not a decision record; skipped", file=sys.stderr)
+    print(f"{report.decided} decision(s) from {len(report.files)} file(s) replayed under revision "
+          f"{policy_set.revision}: {len(report.flips)} would flip; {report.skipped} call(s) never reached a decision")
     return EXIT_FINDINGS if report.flips else EXIT_OK
 
 
@@ -286,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = sub.add_parser("check", help="validate, type-check, lint and test policy files")
-    check.add_argument("paths", nargs="*", default=["policies"], help="files or directories (default: policies)")
+    check.add_argument("paths", nargs="*", help="files or directories (default: ./policies, else the bundled ones)")
     check.add_argument("--format", choices=["text", "json", "sarif"], default="text")
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
     check.add_argument("--extensions", metavar="DIR", help="flag policies whose extension globs match nothing here")
@@ -295,19 +414,48 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     explain = sub.add_parser("explain", help="show how the policy set decides one request")
-    explain.add_argument("--policies", required=True, metavar="DIR")
+    explain.add_argument("--policies", metavar="DIR",
+                         help="policy directory (default: ./policies, else the bundled ones)")
     explain.add_argument("--request", required=True, help="JSON object, or a file containing one (@file)")
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(func=_cmd_explain)
 
     run = sub.add_parser("run", help="run one job of an extension and print the calls it made")
-    run.add_argument("extension", nargs="?", default=str(DEFAULT_EXTENSION), help="extension directory")
-    run.add_argument("--policies", default=str(DEFAULT_POLICIES), metavar="DIR")
-    run.add_argument("--library", default=str(DEFAULT_LIBRARY), metavar="DIR")
+    run.add_argument("extension", nargs="?", default=str(bundled.extension()),
+                     help="extension directory (default: the bundled photo-ocr)")
+    run.add_argument("--policies", default=str(bundled.policies()), metavar="DIR",
+                     help="policy directory (default: the bundled policies)")
+    run.add_argument("--library", metavar="DIR", help="library root (default: the bundled sample library)")
     run.add_argument("--job", help="job name (default: the manifest's first job)")
     run.add_argument("--input", help='job input as a JSON object (default: {"library": "<the library\'s id>"})')
     run.add_argument("--data-dir", metavar="DIR", help="catalogue, vault and module cache (default: XDG data)")
     run.set_defaults(func=_cmd_run)
+
+    ext = sub.add_parser("ext", help="install, list and remove the extensions the daemon may run")
+    ext_data_dir = _Parser(add_help=False)
+    ext_data_dir.add_argument("--data-dir", metavar="DIR", help="where the registry lives (default: XDG data)")
+    ext_sub = ext.add_subparsers(dest="ext_command", required=True, parser_class=_Parser)
+    install = ext_sub.add_parser("install", help="vouch for the module and manifest in DIR under their id",
+                                 parents=[ext_data_dir])
+    install.add_argument("directory", metavar="DIR")
+    install.add_argument("--replace", action="store_true",
+                         help="replace an installed extension of the same id that has other digests")
+    ext_sub.add_parser("list", help="list the installed extensions and their digests", parents=[ext_data_dir])
+    remove = ext_sub.add_parser("remove", help="withdraw an installed extension", parents=[ext_data_dir])
+    remove.add_argument("id", metavar="ID")
+    keygen = ext_sub.add_parser("keygen", help="make an Ed25519 signing key (PEM, 0600) and print its public key")
+    keygen.add_argument("path", metavar="PRIVATE_KEY_FILE")
+    sign = ext_sub.add_parser("sign", help="sign DIR's id, manifest and module (writes DIR/signature.ed25519)")
+    sign.add_argument("directory", metavar="DIR")
+    sign.add_argument("--key", required=True, metavar="PRIVATE_KEY_FILE")
+    trust = ext_sub.add_parser("trust", help="accept extensions signed by KEY for ids matching GLOB without install",
+                               parents=[ext_data_dir])
+    trust.add_argument("name", metavar="NAME")
+    trust.add_argument("key", metavar="PUBLIC_KEY", help="base64, as ext keygen prints it")
+    trust.add_argument("--ids", nargs="+", required=True, metavar="GLOB", help="ids the key may sign for")
+    untrust = ext_sub.add_parser("untrust", help="withdraw a trusted key", parents=[ext_data_dir])
+    untrust.add_argument("name", metavar="NAME")
+    ext.set_defaults(func=_cmd_ext)
 
     ops = sub.add_parser("ops", help="list the registered operations and their input schemas")
     ops.add_argument("--format", choices=["text", "json"], default="text")
@@ -321,7 +469,15 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("directory")
     add.add_argument("--name")
     add.add_argument("--id", help="library UUID (default: DIR/.capengine/library-id, else a new one)")
+    add.add_argument("--allow-hardlinks", action="store_true",
+                     help="open regular files with more than one hard link (refused by default; docs/operations.md)")
     lib_sub.add_parser("list", help="list the libraries", parents=[data_dir])
+    remove = lib_sub.add_parser("remove", help="forget a library (its files are untouched)", parents=[data_dir])
+    remove.add_argument("id", help="library UUID")
+    move = lib_sub.add_parser("move", help="re-root a known library id (a moved checkout or a second clone)",
+                              parents=[data_dir])
+    move.add_argument("id", help="library UUID")
+    move.add_argument("directory")
     library.set_defaults(func=_cmd_library)
 
     daemon = sub.add_parser("daemon", help="serve extensions under the policy set (fails closed on errors)")
@@ -333,21 +489,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="poll the policy directory for changes (0: only SIGHUP/policies.reload)")
     daemon.add_argument("--mask", action="append", default=[], metavar="FIELD",
                         help="also mask this arg name in the decision log (repeatable)")
+    daemon.add_argument("--max-jobs", type=int, default=2, metavar="N", help="jobs run at once per extension")
+    daemon.add_argument("--queue-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="how long jobs.run waits for a free slot before -32001")
+    daemon.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1")
+    daemon.add_argument("--metrics-textfile", metavar="PATH", help="write Prometheus metrics for node_exporter")
+    daemon.add_argument("--log-format", choices=["text", "json"], default="text", help="the daemon's own log")
     daemon.add_argument("--resume-interrupted", action="store_true",
                         help="resume the jobs a shutdown or crash interrupted, from their last checkpoints")
+    daemon.add_argument("--shutdown-grace", type=float, default=2.0, metavar="SECONDS",
+                        help="how long running jobs get at shutdown to checkpoint and return before they are stopped")
     daemon.set_defaults(func=_cmd_daemon)
 
-    ctl = sub.add_parser("ctl", help="call the daemon's control interface")
+    ctl = sub.add_parser("ctl", help="call the daemon's control interface (exit 0 ok, 1 failed, 3 no daemon)")
     ctl.add_argument("method", help="jobs.run, jobs.status, jobs.cancel, jobs.resume, jobs.list, extensions.list, "
-                                    "policies.status, policies.reload, decisions.tail")
+                                    "policies.status, policies.reload, decisions.tail, health")
     ctl.add_argument("params", nargs="?", help="JSON object of parameters")
     ctl.add_argument("--socket", metavar="PATH")
     ctl.add_argument("--data-dir", metavar="DIR")
+    ctl.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                     help="wait up to SECONDS for the daemon to be listening (it may still be starting)")
+    ctl.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="for the reply")
     ctl.set_defaults(func=_cmd_ctl)
 
-    replay = sub.add_parser("replay", help="re-decide a decision log under candidate policies; list flips")
+    replay = sub.add_parser("replay", help="re-decide decision logs under candidate policies; list flips "
+                                           "(exit 1: flips, 2: bad input)")
     replay.add_argument("--policies", required=True, metavar="DIR")
-    replay.add_argument("log", metavar="DECISION_LOG")
+    replay.add_argument("logs", nargs="+", metavar="LOG",
+                        help="decision-log files, globs, or a data dir (all rotated files, oldest first)")
     replay.set_defaults(func=_cmd_replay)
     return parser
 

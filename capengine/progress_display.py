@@ -3,7 +3,8 @@ a CI console), both on stderr so that the call listing on stdout stays machine-r
 
 Fed by the job run's `on_change` (each job.progress / job.metrics call): the bar redraws at most ten times a
 second and a plain line is printed only when the progress crosses the next tenth, so a guest that reports
-progress on every item cannot flood the terminal.
+progress on every item cannot flood the terminal. The message is the guest's: escaped (safe_text), so it cannot
+move the cursor, recolour the terminal or forge a line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from typing import TextIO
 
 from capengine.host.job_run import JobRun
+from capengine.host.safe_text import escape
 
 BAR_WIDTH = 30
 REDRAW_SECONDS = 0.1
@@ -36,12 +38,13 @@ class ProgressDisplay:
         tenth = int(run.progress * 10)
         if tenth > self._last_tenth:
             self._last_tenth = tenth
-            print(f"progress {run.progress:4.0%} {run.message}  items {run.items}", file=self.stream, flush=True)
+            print(f"progress {run.progress:4.0%} {escape(run.message)}  items {run.items}", file=self.stream,
+                  flush=True)
 
     def _draw(self, run: JobRun) -> None:
         filled = round(run.progress * BAR_WIDTH)
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
-        line = f"\r[{bar}] {run.progress:4.0%} {run.message[:40]:40} items {run.items}"
+        line = f"\r[{bar}] {run.progress:4.0%} {escape(run.message)[:40]:40} items {run.items}"
         self.stream.write(line)
         self.stream.flush()
         self._drawn = True

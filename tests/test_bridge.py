@@ -6,7 +6,7 @@ import base64
 import json
 
 import pytest
-from wasm_helpers import LIB, call_job, expect_job, extension, make_host, wat_module
+from wasm_helpers import LIB, call_job, expect_job, extension, make_host, wat_bytes, wat_module
 
 from capengine.host.manifests import ExtensionError, load_extension
 
@@ -105,7 +105,8 @@ def test_abi_faults_return_negative_codes(host, tmp_path, args, expected):
     data = '  (data (i32.const 1024) "test.ping")\n  (data (i32.const 4096) "{}")'
     result, calls, _ = run(host, tmp_path, expect_job(expected, CALL.format(*args), data))
     assert result.status == "completed", result.error
-    assert calls == []
+    [call] = calls  # refused at the boundary, and still recorded with what the guest got
+    assert call.code == {-1: "FAULT_RANGE", -2: "FAULT_TOO_LARGE"}[expected] and call.decided is False
 
 
 def test_result_buffer_too_small_copies_nothing(host, tmp_path):
@@ -303,3 +304,203 @@ def test_call_records_are_capped_for_chatty_guests(tmp_path, monkeypatch):
         h.close()
     assert result.status == "completed" and len(calls) == 5 and calls.dropped == 7
     assert all(c.code == "OK" for c in calls)
+
+
+# --- hardening: every call recorded with what the guest got; bounded host errors; escaped guest text -----------
+
+@pytest.mark.parametrize("payload,fragment", [
+    ('{"message": "x"', "not valid JSON"),
+    ('{"message": ' + "9" * 4301 + "}", "unacceptable number"),
+    ('{"message": 1e400}', "out of range"),
+    ('{"message": "\\ud800"}', "lone surrogate"),
+    ('{"message": "x", "message": "y"}', "duplicate"),
+])
+def test_payloads_refused_before_dispatch_are_recorded(host, tmp_path, payload, fragment):
+    result, calls, [env] = run(host, tmp_path, call_job("test.ping", payload))
+    assert env["error"]["code"] == "INVALID_ARGUMENT" and fragment in env["error"]["message"]
+    [call] = calls
+    assert (call.code, call.operation, call.decided) == ("INVALID_ARGUMENT", "test.ping", False)
+    assert fragment in call.message
+
+
+def test_a_non_utf8_payload_reaches_on_call_too(tmp_path):
+    records = []
+    h = make_host(tmp_path)
+    h.on_call = records.append  # what the daemon's decision log is fed by
+    try:
+        run(h, tmp_path, call_job("test.ping", '{"message": "\xff"}'.encode("latin-1").decode("utf-8", "replace")))
+        data = '  (data (i32.const 1024) "test.ping")\n  (data (i32.const 4096) "{\\"message\\": \\"\\ff\\"}")'
+        call = "(call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 4096) (i32.const 15))"
+        run(h, tmp_path, wat_module(f'(func (export "execute_go") (result i32) (drop {call}) (i32.const 0))', data))
+    finally:
+        h.close()
+    assert records[-1].code == "INVALID_ARGUMENT" and "UTF-8" in records[-1].message
+
+
+@pytest.mark.parametrize("extra", ['"offset": 1.0', '"offset": 1e300', '"length": 2.5',
+                                   '"offset": 100000000000000000000', '"length": 18446744073709551616',
+                                   '"offset": -1'])
+def test_odd_offsets_and_lengths_are_invalid_argument_never_internal(host, tmp_path, extra):
+    _, calls, [env] = run(host, tmp_path, call_job("vdfs.read_file", f'{{"path": "/docs/hello.txt", {extra}}}'))
+    assert env["error"]["code"] == "INVALID_ARGUMENT" and calls[0].code == "INVALID_ARGUMENT"
+
+
+def test_a_huge_but_valid_offset_reads_nothing(host, tmp_path):
+    payload = '{"path": "/docs/hello.txt", "offset": 9007199254740991}'
+    _, _, [env] = run(host, tmp_path, call_job("vdfs.read_file", payload))
+    assert env["ok"] and env["result"]["data"] == ""
+
+
+def looping_ping(times: int, payload: str = '{"message": "x"}') -> str:
+    data = f'  (data (i32.const 1024) "test.ping")\n  (data (i32.const 4096) "{wat_bytes(payload)}")'
+    return wat_module(f"""(func (export "execute_go") (result i32)
+        (local $i i32)
+        (loop $l
+          (drop (call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 4096)
+                                       (i32.const {len(payload.encode())})))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const {times}))))
+        (i32.const 0))""", data)
+
+
+def test_unencodable_replies_are_internal_in_the_record_and_counted_once(host, tmp_path, caplog):
+    op = host.registry.get("test.ping")
+    object.__setattr__(op, "handler", lambda ctx, args: {"bad": "\udc80" + args["message"]})
+    caplog.set_level("ERROR")
+    result, calls, _ = run(host, tmp_path, looping_ping(3000))
+    assert len(calls) == 3000 and {c.code for c in calls} == {"INTERNAL"}  # what the guest really got
+    assert "(x3000)" in result.error and len(result.error) < 1000
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) <= 1  # one per kind of failure per process, then counts
+
+
+def test_host_errors_of_many_kinds_are_bounded(host, tmp_path):
+    from capengine.host.host_errors import MAX_KINDS, HostErrors
+
+    errors = HostErrors()
+    for i in range(200):
+        try:
+            exec(compile("\n" * i + f"raise ValueError('guest data {i}')", f"f{i}", "exec"))
+        except ValueError as exc:
+            errors.add("op", exc)
+    lines = list(errors)
+    assert len(lines) == MAX_KINDS + 1 and lines[-1].startswith(f"{200 - MAX_KINDS} further")
+
+
+def test_guest_log_text_is_escaped(host, tmp_path):
+    forged = "ok\\0a2026-01-01 ERROR root: forged\\1b[2J\\1b]0;title\\07\\0d\\e2\\80\\ae"
+    wat = wat_module('(func (export "execute_go") (result i32) (call $spacedrive_log (i32.const 1) (i32.const 1024)'
+                     f' (i32.const {len(forged) - 2 * forged.count(chr(92))})) (i32.const 0))',
+                     f'  (data (i32.const 1024) "{forged}")')
+    result, _, _ = run(host, tmp_path, wat)
+    [(_, text)] = result.logs
+    assert text == "ok\\n2026-01-01 ERROR root: forged\\x1b[2J\\x1b]0;title\\x07\\r\\u202e"
+    assert not any(ord(c) < 0x20 or c == "\x7f" or c == "\u202e" for c in text)
+
+
+def test_method_names_and_messages_in_records_are_escaped(host, tmp_path):
+    _, calls, [env] = run(host, tmp_path, call_job("evil\x1b[31m\nop", "{}"))
+    assert env["error"]["code"] == "UNKNOWN_OPERATION"
+    assert calls[0].operation == "evil\\x1b[31m\\nop" and "\x1b" not in calls[0].message
+
+
+def test_credentials_store_never_overwrites_silently(tmp_path):
+    policy = """
+apiVersion: capengine/v1
+kind: Policy
+metadata: {name: v}
+spec:
+  extensions: ["com.example.*"]
+  rules:
+    - {id: store, effect: allow, operations: [credentials.store, credentials.get]}
+    - {id: no-overwrite, effect: deny, operations: [credentials.store], condition: 'has(args.replace) && args.replace'}
+"""
+    h = make_host(tmp_path, policy)
+
+    def call(method: str, payload: str):
+        """Each call is a new module installed under the same id (an upgrade): one vault for all of them
+        (a development-mode module would get a vault of its own)."""
+        directory = tmp_path / "ext"
+        directory.mkdir(exist_ok=True)
+        (directory / "m.wat").write_text(call_job(method, payload, 0))
+        (directory / "manifest.yaml").write_text("id: com.example.app\nname: X\nversion: 1.0.0\nmodule: m.wat\n"
+                                                 "jobs: [go]\noperations: [credentials.*]\n")
+        ext = load_extension(directory)
+        h.installed.install(ext, replace=True)
+        return h.run_job(ext, "go", b"{}")
+
+    try:
+        store = '{"name": "tok", "secret": "%s"%s}'
+        assert call("credentials.store", store % ("first", ""))[1][0].code == "OK"
+        _, calls = call("credentials.store", store % ("second", ""))
+        assert calls[0].code == "ALREADY_EXISTS"
+        _, calls = call("credentials.store", store % ("second", ', "replace": true'))
+        assert calls[0].code == "PERMISSION_DENIED" and calls[0].args["replace"] is True
+        result, calls = call("credentials.get", '{"name": "tok"}')
+        assert '"secret":"first"' in result.logs[0][1]
+    finally:
+        h.close()
+
+
+def test_capengine_run_prints_no_raw_control_characters(tmp_path, capsys):
+    """The operator's terminal: forged log lines, ANSI escapes and a hostile method name arrive escaped."""
+    from capengine.cli import main
+
+    ext_dir = tmp_path / "ext"
+    ext_dir.mkdir()
+    forged = "ok\\0a[capengine] job completed\\1b[2J\\1b[31m"
+    method = "evil\\1b[5m\\0d"
+    body = f"""(func (export "execute_go") (result i32)
+        (call $spacedrive_log (i32.const 2) (i32.const 1024) (i32.const {len(forged) - 2 * forged.count(chr(92))}))
+        (drop (call $spacedrive_call (i32.const 2048) (i32.const {len(method) - 2 * method.count(chr(92))})
+                                     (i32.const 0) (i32.const 4096) (i32.const 2)))
+        (i32.const 0))"""
+    data = (f'  (data (i32.const 1024) "{forged}")\n  (data (i32.const 2048) "{method}")\n'
+            '  (data (i32.const 4096) "{}")')
+    (ext_dir / "go.wat").write_text(wat_module(body, data))
+    (ext_dir / "manifest.yaml").write_text("id: com.example.evil\nname: Evil\nversion: 0.1.0\nmodule: go.wat\n"
+                                           "jobs: [go]\noperations: ['**']\n")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text("apiVersion: capengine/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n"
+                                     "  extensions: ['com.example.*']\n  rules:\n"
+                                     "    - {id: ping, effect: allow, operations: [test.ping]}\n")
+    (tmp_path / "lib").mkdir()
+    main(["run", str(ext_dir), "--policies", str(policies), "--library", str(tmp_path / "lib"),
+          "--data-dir", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    assert not any(line.startswith("[capengine] job completed") for line in out.splitlines())
+    assert "ok\\n[capengine] job completed\\x1b[2J\\x1b[31m" in out and "evil\\x1b[5m\\r" in out
+
+
+def test_a_host_bug_outside_the_handler_is_internal_and_recorded(host, tmp_path):
+    def broken_decide(request):
+        raise RuntimeError("policy engine bug")
+
+    object.__setattr__(host.policy_set, "decide", broken_decide)
+    result, calls, [env] = run(host, tmp_path, call_job("test.ping", '{"message": "x"}'))
+    assert env["error"]["code"] == "INTERNAL" and "engine bug" not in env["error"]["message"]
+    assert calls[0].code == "INTERNAL" and "policy engine bug" in result.error
+
+
+def test_a_directory_over_the_entry_cap_is_refused_without_reading_it_all(tmp_path, monkeypatch):
+    from capengine.host.operations import vdfs
+
+    monkeypatch.setattr(vdfs, "MAX_ENTRIES", 10)
+    h = make_host(tmp_path)
+    try:
+        for i in range(50):
+            (tmp_path / "lib" / "docs" / f"f{i}").touch()
+        result, calls, [env] = run(h, tmp_path, call_job("vdfs.list_dir", '{"path": "/docs"}'))
+    finally:
+        h.close()
+    assert env["error"]["code"] == "RESOURCE_EXHAUSTED" and "more than 10 entries" in env["error"]["message"]
+
+
+def test_import_names_in_job_errors_are_escaped(host, tmp_path, caplog):
+    wat = ('(module (import "env" "evil\\1b[2J\\0aforged line" (func)) (memory (export "memory") 1)'
+           ' (func (export "execute_go") (result i32) (i32.const 0)))')
+    result, _, _ = run(host, tmp_path, wat)
+    assert result.status == "failed" and "evil\\x1b[2J" in result.error and "\x1b" not in result.error
+    assert not any("\x1b" in r.getMessage() for r in caplog.records)

@@ -15,7 +15,7 @@ from capengine.cel.compiler import compile_expression
 from capengine.cel.values import CelError
 from capengine.policy import paths
 from capengine.policy.functions import POLICY_ENVIRONMENT
-from capengine.policy.loader import POLICY_DECLS
+from capengine.policy.loader import POLICY_COSTS, POLICY_DECLS
 
 STRINGS = st.sampled_from(["", "/", "/photos", "/photos/a.jpg", "/photos2/b", "com.example.app", "vdfs.read_file",
                            "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6", "ph", "jpg", ".jpg", "é", "a\"b"])
@@ -41,6 +41,12 @@ def atoms() -> st.SearchStrategy[str]:
                   st.sampled_from(["1", "-3", "0"]), st.sampled_from(["==", "!=", "<", ">"])),
         st.builds(lambda v, op: f"args.s {op} {v}", STRINGS.map(quote), st.sampled_from(["==", "!=", "<"])),
         st.builds(lambda f: f"has(args.{f})", st.sampled_from(["n", "s", "missing"])),
+        st.builds(lambda f, op, v: f"has(args.{f}) && args.{f} {op} {v}", st.sampled_from(["n", "missing"]),
+                  st.sampled_from(["==", "!=", "<", ">=", ">"]), st.sampled_from(["1", "-3", "0"])),
+        st.builds(lambda v, op: f"{v} {op} args.n", st.sampled_from(["1", "-3", "0"]),
+                  st.sampled_from(["==", "!=", "<", ">="])),
+        st.builds(lambda f: f'args.{f} in ["", "/photos", "jpg"]', st.sampled_from(["s", "missing"])),
+        st.builds(lambda f: f'has(args.{f}) || args.n > 0', st.sampled_from(["s", "missing"])),
         st.builds(lambda n: f"args.n + {n} > 3", st.integers(-(2**63), 2**63 - 1)),
         st.builds(lambda v: f'{v} in ["", "/photos", "vdfs.read_file"]', VARS),
         st.sampled_from(["true", "false", "1 / 0 == 1", "args.n / 0 == 1", '"a" == 1']),
@@ -80,13 +86,20 @@ def reference(expr: str, activation: dict) -> tuple[str, object]:
 
 
 def ours(expr: str, activation: dict) -> tuple[str, object]:
-    program, errors = compile_expression(expr, POLICY_DECLS, POLICY_ENVIRONMENT, total=True)
-    if errors:
-        return "rejected", [getattr(e, "message", str(e)) for e in errors]
-    try:
-        return "value", program.evaluate(activation)
-    except CelError:
-        return "error", None
+    """The expression compiled as policies are (cost-estimated: proven-cheap shapes take the unmetered fast
+    paths) and, as a second opinion, metered at run time (the general closures); both must agree."""
+    results = []
+    for costs in (POLICY_COSTS, None):
+        program, errors = compile_expression(expr, POLICY_DECLS, POLICY_ENVIRONMENT, total=True, costs=costs)
+        if errors:
+            results.append(("rejected", [getattr(e, "message", str(e)) for e in errors]))
+            continue
+        try:
+            results.append(("value", program.evaluate(activation)))
+        except CelError:
+            results.append(("error", None))
+    assert results[0] == results[1] or results[0][0] == "rejected", (expr, results)
+    return results[0]
 
 
 def act(**kw) -> dict:

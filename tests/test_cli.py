@@ -45,7 +45,7 @@ def test_text_findings_and_exit_1(tmp_path, capsys):
 
 
 def test_warnings_alone_exit_0_but_strict_exits_1(tmp_path, capsys):
-    write(tmp_path, "w.yaml", policy_yaml("w", "- {id: wide, effect: allow, operations: ['*']}\n"))
+    write(tmp_path, "w.yaml", policy_yaml("w", "- {id: wide, effect: allow, operations: ['**']}\n"))
     assert run(capsys, "check", str(tmp_path))[0] == 0
     code, out, _ = run(capsys, "check", "--strict", str(tmp_path))
     assert code == 1 and " error broad-allow " in out
@@ -110,7 +110,7 @@ def test_coverage_threshold(tmp_path, capsys):
 def test_unused_extension_glob_lint(tmp_path, capsys):
     (tmp_path / "exts" / "a").mkdir(parents=True)
     (tmp_path / "exts" / "a" / "manifest.yaml").write_text("id: com.other.app\n")
-    write(tmp_path, "p.yaml", policy_yaml("p", "- {id: r, effect: allow, operations: [a.b], condition: 'true'}\n"))
+    write(tmp_path, "p.yaml", policy_yaml("p", "- {id: r, effect: allow, operations: [ai.ocr], condition: 'true'}\n"))
     code, out, _ = run(capsys, "check", str(tmp_path / "p.yaml"), "--extensions", str(tmp_path / "exts"))
     assert code == 0 and "unused-extension-glob" in out
 

@@ -20,6 +20,8 @@ from capengine.daemon.decision_log import DecisionLog, read_records
 from capengine.daemon.replay import replay
 from capengine.daemon.server import Daemon, DaemonConfig, DaemonError, call
 from capengine.host.envelope import CallRecord
+from capengine.host.installed import InstalledRegistry
+from capengine.host.manifests import load_extension
 from capengine.host.rate_limiter import RateLimiter
 
 PING = "- {id: ping, effect: allow, operations: [test.ping]}\n"
@@ -35,6 +37,7 @@ def setup_dirs(tmp_path: Path, rules: str = PING) -> DaemonConfig:
                                        "jobs: [go]\noperations: [test.ping]\n")
     (tmp_path / "extensions" / "broken").mkdir()
     (tmp_path / "extensions" / "broken" / "manifest.yaml").write_text("id: [\n")
+    InstalledRegistry(tmp_path / "data").install(load_extension(ext))  # the daemon runs installed ones only
     return DaemonConfig(tmp_path / "policies", tmp_path / "extensions", tmp_path / "data",
                         tmp_path / "data" / "ctl.sock", watch_interval=0)
 
@@ -85,7 +88,8 @@ def test_malformed_control_requests_get_errors(daemon):
         s.sendall(b"{nope\n[1]\n")
         reader = s.makefile()
         replies = [json.loads(reader.readline()) for _ in range(2)]
-    assert [r["error"]["code"] for r in replies] == [-32700, -32600]
+    assert replies[0]["error"]["code"] == -32700
+    assert [r["error"]["code"] for r in replies[1]] == [-32600]  # a batch of one invalid request
 
 
 def test_reload_with_broken_file_keeps_last_known_good(daemon):
@@ -120,7 +124,7 @@ def test_reload_switches_atomically_under_concurrent_load(daemon):
         t.start()
     time.sleep(0.05)
     write(daemon.config.policies, "p.yaml", policy_yaml("p", "- {id: stop, effect: deny, operations: [test.ping]}\n"))
-    v2 = daemon.reload()["revision"]
+    v2 = daemon.reload(accept_removals=True)["revision"]  # the rule "ping" is removed on purpose
     time.sleep(0.05)
     stop.set()
     for t in threads:
@@ -148,10 +152,21 @@ def test_watcher_reloads_on_file_change(tmp_path):
         d.stop()
 
 
-def test_job_concurrency_limit(daemon):
-    daemon._in_flight["com.example.pinger"] = daemon.config.max_jobs_per_extension
-    reply = call(daemon.config.socket, "jobs.run", {"extension": "com.example.pinger", "job": "go"})
-    assert reply["error"]["code"] == -32001 and "in flight" in reply["error"]["message"]
+def test_job_queue_full_is_overload_with_retry_after(daemon):
+    from capengine.daemon.jobs import Admission
+
+    job = {"extension": "com.example.pinger", "job": "go"}
+    daemon.admission = Admission(1, 0, 30.0)  # one slot, no queue
+    with daemon.admission.slot("com.example.pinger"):
+        reply = call(daemon.config.socket, "jobs.run", job)
+    assert reply["error"]["code"] == -32001 and "queued" in reply["error"]["message"]
+    assert reply["error"]["data"]["retry_after_ms"] >= 10
+    daemon.admission = Admission(1, 4, 30.0)
+    with daemon.admission.slot("com.example.pinger"):
+        reply = call(daemon.config.socket, "jobs.run", {**job, "wait_ms": 50})
+    assert reply["error"]["code"] == -32001 and "within 0.05 s" in reply["error"]["message"]
+    assert daemon.admission.counts() == {"running": 0, "queued": 0}
+    assert call(daemon.config.socket, "jobs.run", job)["result"]["status"] == "completed"
 
 
 def test_shutdown_interrupts_running_jobs_and_removes_socket(tmp_path):
@@ -162,6 +177,7 @@ def test_shutdown_interrupts_running_jobs_and_removes_socket(tmp_path):
                                    '(func (export "execute_go") (result i32) (loop $l (br $l)) (i32.const 0)))')
     (loop / "manifest.yaml").write_text("id: com.example.looper\nname: L\nversion: 1.0.0\nmodule: loop.wat\n"
                                         "jobs: [go]\noperations: []\n")
+    InstalledRegistry(config.data_dir).install(load_extension(loop))
     d = Daemon(config)
     d.start()
     result = {}
@@ -304,7 +320,7 @@ def test_replay_flips_exactly_the_changed_calls(tmp_path):
     """))
     report = replay(candidate, tmp_path / "d.jsonl")
     assert [(f.line, f.was, f.now, f.rules) for f in report.flips] == [(2, "allow", "deny", ("p/private",))]
-    assert (report.decided, report.skipped, report.unreadable) == (3, 1, (5,))
+    assert (report.decided, report.skipped, report.unreadable) == (3, 1, ((str(tmp_path / "d.jsonl"), 5),))
 
 
 def test_replay_cli(tmp_path, capsys):
@@ -348,3 +364,32 @@ def test_records_keep_only_args_some_condition_reads(tmp_path):
     finally:
         host.close()
     assert call_record.args == {}  # no condition reads args: the log keeps none
+
+
+def test_any_exception_in_a_reload_keeps_last_known_good_and_threads_are_restarted(daemon, monkeypatch):
+    import capengine.daemon.reload as reload_module
+
+    old = daemon.status.revision
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("walk failed")
+
+    monkeypatch.setattr(reload_module, "read_settled", explode)
+    result = call(daemon.config.socket, "policies.reload")["result"]
+    assert not result["reloaded"] and "RuntimeError: walk failed" in result["errors"][0]
+    assert daemon.status.revision == old
+    assert call(daemon.config.socket, "health")["result"]["policy"]["reloads_failed"] == 1
+    monkeypatch.undo()
+    calls = []
+
+    def crashing_body():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError(24, "Too many open files")
+
+    daemon.supervisor.run("crashy", crashing_body)
+    deadline = time.monotonic() + 20
+    while daemon.health()["threads"]["crashy"]["restarts"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "Too many open files" in daemon.health()["threads"]["crashy"]["last_error"]

@@ -7,6 +7,8 @@ import threading
 import pytest
 from helpers import LIB, load_set, policy_yaml, request, write
 
+from capengine.policy.loader import load_paths
+
 
 @pytest.fixture
 def photos(tmp_path):
@@ -58,37 +60,37 @@ def test_erroring_condition_fails_closed_for_allow_and_deny(tmp_path):
     write(tmp_path, "p.yaml", policy_yaml("p", """
         - id: allow-if-flag
           effect: allow
-          operations: ["test.ping"]
+          operations: ["app.ping"]
           condition: 'args.flag == true'
         - id: deny-if-big
           effect: deny
-          operations: ["vdfs.read_file"]
+          operations: ["app.read"]
           condition: 'args.size > 10'
         - id: allow-read
           effect: allow
-          operations: ["vdfs.read_file"]
+          operations: ["app.read"]
     """))
     ps = load_set(tmp_path)
-    d = ps.decide_raw(request("test.ping"))  # args.flag missing -> error -> allow not matched
+    d = ps.decide_raw(request("app.ping"))  # args.flag missing -> error -> allow not matched
     assert not d.allowed and d.errors and d.errors[0].rule == "p/allow-if-flag"
-    d = ps.decide_raw(request())  # args.size missing -> error -> deny matched
+    d = ps.decide_raw(request("app.read"))  # args.size missing -> error -> deny matched
     assert not d.allowed and d.rules == ("p/deny-if-big",) and "treated as matched" in d.errors[0].message
-    d = ps.decide_raw(request(size="12"))  # string > int: no overload -> error -> deny
+    d = ps.decide_raw(request("app.read", size="12"))  # string > int: no overload -> error -> deny
     assert not d.allowed
-    assert ps.decide_raw(request(size=3)).allowed
+    assert ps.decide_raw(request("app.read", size=3)).allowed
 
 
 def test_non_bool_condition_from_dyn_fails_closed(tmp_path):
     write(tmp_path, "p.yaml", policy_yaml("p", """
         - id: allow-by-arg
           effect: allow
-          operations: ["test.ping"]
+          operations: ["app.ping"]
           condition: 'args.flag'
     """))
     ps = load_set(tmp_path)
-    d = ps.decide_raw(request("test.ping", flag="yes"))
+    d = ps.decide_raw(request("app.ping", flag="yes"))
     assert not d.allowed and "not bool" in d.errors[0].message
-    assert ps.decide_raw(request("test.ping", flag=True)).allowed
+    assert ps.decide_raw(request("app.ping", flag=True)).allowed
 
 
 @pytest.mark.parametrize("operation,allowed", [
@@ -192,7 +194,7 @@ def test_decide_is_thread_safe(tmp_path):
     write(tmp_path, "p.yaml", policy_yaml("p", """
         - id: mine
           effect: allow
-          operations: ["vdfs.read_file"]
+          operations: ["app.read"]
           condition: 'path.under("/home/" + extension) && args.n % 2 == 0 && [1,2,3].exists(x, x == args.n % 4)'
     """, extensions='["**"]'))
     ps = load_set(tmp_path)
@@ -201,8 +203,8 @@ def test_decide_is_thread_safe(tmp_path):
     def worker(k: int) -> None:
         ext = f"ext.n{k}"
         for n in range(400):
-            own = ps.decide_raw(request(path=f"/home/{ext}/f", extension=ext, n=n)).allowed
-            other = ps.decide_raw(request(path=f"/home/ext.n{k + 1}/f", extension=ext, n=n)).allowed
+            own = ps.decide_raw(request("app.read", path=f"/home/{ext}/f", extension=ext, n=n)).allowed
+            other = ps.decide_raw(request("app.read", path=f"/home/ext.n{k + 1}/f", extension=ext, n=n)).allowed
             if own != (n % 4 == 2) or other:
                 failures.append((k, n, own, other))
 
@@ -215,13 +217,32 @@ def test_decide_is_thread_safe(tmp_path):
 
 
 def test_guest_sized_lists_cannot_make_a_policy_burn_cpu(tmp_path):
-    """A quadratic condition over a list the guest controls hits the iteration budget and fails closed."""
+    """A quadratic condition over a list the guest controls is refused at load time (its worst case is
+    estimated from the request cap); see test_cel_cost.py for the run-time budget."""
     write(tmp_path, "p.yaml", policy_yaml("p", """
         - {id: uniq, effect: allow, operations: [a.b],
            condition: "args.tags.all(x, args.tags.exists_one(y, y == x))"}
     """))
+    result = load_paths([tmp_path])
+    (finding,) = result.findings
+    assert finding.code == "cel-cost" and finding.location.line == 8 and "exceeds the budget" in finding.message
+
+
+def test_explain_says_why_rules_did_not_apply_and_when_a_deny_failed_closed(tmp_path):
+    write(tmp_path, "p.yaml", policy_yaml("p", """
+        - {id: read, effect: allow, operations: [vdfs.read_file], condition: 'path.under("/photos")'}
+        - {id: big, effect: deny, operations: [vdfs.read_file], condition: 'args.length > 10'}
+        - {id: ocr, effect: allow, operations: [ai.ocr]}
+    """))
+    write(tmp_path, "q.yaml", policy_yaml("q", "- {id: other, effect: allow, operations: [vdfs.stat]}\n",
+                                          extensions='["org.other.*"]'))
     ps = load_set(tmp_path)
-    small = ps.decide_raw(request("a.b", tags=["a", "b", "c"]))
-    assert small.allowed
-    big = ps.decide_raw(request("a.b", tags=[str(i) for i in range(5000)]))  # 25 million steps unbounded
-    assert not big.allowed and "budget of 20000 loop iterations exceeded" in big.errors[0].message
+    ex = ps.explain(request(path="/photos/a.jpg"))  # no args.length: the deny errors, which matches
+    assert not ex.decision.allowed and ex.decision.rules == ("p/big",)
+    assert "errored" in ex.reason and "fail closed" in ex.reason
+    assert [(t.rule, t.result, t.condition) for t in ex.trace] == [
+        ("p/big", "error", "args.length > 10"), ("p/read", "matched", 'path.under("/photos")')]
+    assert dict(ex.skipped) == {"p/ocr": "operation vdfs.read_file is not in ai.ocr",
+                                "q/other": "extension com.example.app is not in org.other.*"}
+    typo = ps.explain(request("vdfs.readfile"))
+    assert "unknown operation 'vdfs.readfile'; did you mean 'vdfs.read_file'?" in typo.reason

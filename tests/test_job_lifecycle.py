@@ -14,6 +14,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from daemon_helpers import install
 from wasm_helpers import call_job, extension
 
 from capengine.daemon.server import Daemon, DaemonConfig, call
@@ -72,7 +73,9 @@ def test_counter_interrupted_midway_resumes_from_its_checkpoint(counter_ext, tmp
         first, _ = host.run_job(counter_ext, "counter", b'{"target": 100}', run)
         assert first.status == "interrupted" and first.code == 1
         assert run.items == interrupt_at and run.interrupted
-        assert CheckpointStore(tmp_path / "data").load(counter_ext.id, run.run_id) == (
+        # not installed here: the checkpoint is keyed by the module's development namespace, like its vault
+        assert run.extension == host.bind(counter_ext).namespace == f"dev:{counter_ext.module_sha256}"
+        assert CheckpointStore(tmp_path / "data").load(run.extension, run.run_id) == (
             True, {"current": interrupt_at, "target": 100})
         resumed = host.new_run(counter_ext, "counter", run.run_id)
         second, _ = host.run_job(counter_ext, "counter", b'{"target": 100}', resumed)
@@ -82,7 +85,7 @@ def test_counter_interrupted_midway_resumes_from_its_checkpoint(counter_ext, tmp
     assert resumed.items == 100 - interrupt_at  # counted only what was left: no step twice, none lost
     assert "job counter resumes from its last checkpoint" in logs(second)
     assert "counted to 100" in logs(second)
-    assert CheckpointStore(tmp_path / "data").load(counter_ext.id, run.run_id) == (False, None)  # done: removed
+    assert CheckpointStore(tmp_path / "data").load(run.extension, run.run_id) == (False, None)  # done: removed
 
 
 def test_lifecycle_calls_are_aggregated_in_the_decision_log(counter_ext, tmp_path):
@@ -120,10 +123,14 @@ def test_a_denied_lifecycle_call_is_never_aggregated(tmp_path):
 
 # ---- job.* through the ABI, attacked ---------------------------------------------------------------------------
 
-def run_wat(tmp_path: Path, method: str, payload: str, run: JobRun | None = None) -> tuple[list[str], JobRun]:
+def run_wat(tmp_path: Path, method: str, payload: str, store: CheckpointStore | None = None,
+            run_id: str | None = None) -> tuple[list[str], JobRun]:
+    """One call from a WAT guest in a run keyed by the guest's namespace (`run_id`: an earlier run's)."""
     host = Host(job_policies(tmp_path), tmp_path / "data")
     ext = extension(tmp_path, call_job(method, payload, 0), operations=("job.*",))
-    run = run or JobRun(ext.id, "go", CheckpointStore(tmp_path / "data"))
+    run = host.new_run(ext, "go", run_id)
+    if store is not None:
+        run = JobRun(run.extension, "go", store, run.run_id)
     try:
         result, _ = host.run_job(ext, "go", b"{}", run)
     finally:
@@ -145,8 +152,7 @@ def test_checkpoint_over_the_cap_is_refused_and_the_old_one_kept(tmp_path):
     env = dispatcher.dispatch(ext, "job.checkpoint", "", {"state": {"blob": "x" * 100}})
     assert env["error"]["code"] == "RESOURCE_EXHAUSTED" and "64-byte cap" in env["error"]["message"]
     # through the ABI too (the run completes, so its checkpoint is removed afterwards)
-    lines, _ = run_wat(tmp_path, "job.checkpoint", json.dumps({"state": {"blob": "x" * 100}}),
-                       JobRun("com.example.app", "go", store))
+    lines, _ = run_wat(tmp_path, "job.checkpoint", json.dumps({"state": {"blob": "x" * 100}}), store)
     assert envelope(lines)["error"]["code"] == "RESOURCE_EXHAUSTED"
     assert store.load(run.extension, run.run_id) == (True, {"cursor": 1})
 
@@ -201,18 +207,44 @@ def test_job_operations_are_denied_without_a_policy(tmp_path):
 # ---- the checkpoint store ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key", [("../../etc", "00112233aabbccdd"), ("com.example.app", "../x"),
-                                 ("com.example.app", "00112233aabbccdd/../../x"), ("Com.Example", "00112233")])
+                                 ("com.example.app", "00112233aabbccdd/../../x"), ("Com.Example", "00112233"),
+                                 ("dev:" + "a" * 63, "00112233"), ("dev:../" + "a" * 61, "00112233"),
+                                 ("dev:" + "A" * 64, "00112233"), ("dev:" + "a" * 64 + "/x", "00112233"),
+                                 ("com.example.app\n", "00112233"), ("com.example.app", "00112233\n")])
 def test_checkpoint_keys_cannot_leave_the_store(tmp_path, key):
     with pytest.raises(CheckpointError, match="bad checkpoint key"):
         CheckpointStore(tmp_path).save(*key, {"a": 1})
 
 
-def test_corrupt_checkpoint_is_reported_not_silently_restarted(tmp_path):
+def test_development_namespaces_are_checkpoint_keys(tmp_path):
+    store = CheckpointStore(tmp_path)
+    namespace = "dev:" + "0123456789abcdef" * 4
+    store.save(namespace, "00112233", {"a": 1})
+    assert (tmp_path / "checkpoints" / namespace / "00112233.json").is_file()
+    assert store.load(namespace, "00112233") == (True, {"a": 1})
+    assert store.load("com.example.app", "00112233") == (False, None)  # another namespace sees nothing
+
+
+def test_a_run_of_another_namespace_is_refused(tmp_path):
+    """A run created for one namespace cannot carry its checkpoints into another extension's job."""
     store = CheckpointStore(tmp_path / "data")
-    run = JobRun("com.example.app", "go", store)
-    store.save(run.extension, run.run_id, {"a": 1})
-    (tmp_path / "data" / "checkpoints" / run.extension / f"{run.run_id}.json").write_bytes(b'{"a": ')
-    lines, _ = run_wat(tmp_path, "job.state", "{}", run)
+    store.save("com.example.app", "00112233aabbccdd", {"secret": "of com.example.app"})
+    host = Host(job_policies(tmp_path), tmp_path / "data")
+    ext = extension(tmp_path, call_job("job.state", "{}", 0), operations=("job.*",))
+    try:
+        result, calls = host.run_job(ext, "go", b"{}", JobRun("com.example.app", "go", store, "00112233aabbccdd"))
+    finally:
+        host.close()
+    assert result.status == "failed" and "belongs to com.example.app/go" in result.error and not calls
+    assert store.load("com.example.app", "00112233aabbccdd") == (True, {"secret": "of com.example.app"})
+
+
+def test_corrupt_checkpoint_is_reported_not_silently_restarted(tmp_path):
+    namespace = f"dev:{extension(tmp_path, call_job('job.state', '{}', 0)).module_sha256}"  # what run_wat runs
+    store = CheckpointStore(tmp_path / "data")
+    store.save(namespace, "00112233aabbccdd", {"a": 1})
+    (tmp_path / "data" / "checkpoints" / namespace / "00112233aabbccdd.json").write_bytes(b'{"a": ')
+    lines, _ = run_wat(tmp_path, "job.state", "{}", run_id="00112233aabbccdd")
     env = envelope(lines)
     assert env["error"]["code"] == "INTERNAL" and str(tmp_path) not in lines[0]
 
@@ -251,6 +283,7 @@ def daemon_dirs(tmp_path: Path, counter_ext) -> DaemonConfig:
     ext_dir.mkdir(parents=True)
     for name in ("manifest.yaml", counter_ext.module_path.name):
         (ext_dir / name).write_bytes((COUNTER_DIR / name).read_bytes())
+    install(ext_dir, tmp_path / "data")  # the daemon serves installed extensions only
     # The CPU limit is wall-clock: checkpoints fsync, and a busy disk must not fail the job.
     return DaemonConfig(tmp_path / "policies", tmp_path / "extensions", tmp_path / "data",
                         tmp_path / "data" / "ctl.sock", watch_interval=0, limits=Limits(cpu_seconds=300))
@@ -297,6 +330,42 @@ def test_daemon_cancel_then_resume_finishes_with_the_right_count(counter_ext, tm
         done = call(config.socket, "jobs.resume", {"id": job_id})
         assert "only an interrupted or failed job" in done["error"]["message"]
         assert "must be a job id" in call(config.socket, "jobs.status", {"id": "../../etc"})["error"]["message"]
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize(("method", "params", "names"), [
+    ("jobs.status", {}, "missing parameter 'id'"), ("jobs.status", {"id": 12345678}, "'id' must be str"),
+    ("jobs.cancel", {"id": None}, "'id' must be str"), ("jobs.cancel", {"id": "00112233\n"}, "must be a job id"),
+    ("jobs.resume", {"id": ["00112233"]}, "'id' must be str"),
+    ("jobs.resume", {"id": "00112233", "detach": 1}, "'detach' must be bool"),
+    ("jobs.resume", {"id": "00112233", "wait_ms": True}, "'wait_ms' must be int"),
+    ("jobs.run", {"extension": "com.example.counter", "job": "counter", "detach": "yes"}, "'detach' must be bool"),
+])
+def test_job_methods_refuse_wrong_param_types(counter_ext, tmp_path, method, params, names):
+    """Strict JSON-RPC (rpc.py): a wrong or missing field is -32602 naming it, never a coerced value."""
+    config = daemon_dirs(tmp_path, counter_ext)
+    d = Daemon(config)
+    try:
+        reply = json.loads(d.answer(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                                                "params": params}).encode()) or b"null")
+    finally:
+        d.stop()
+    assert reply["error"]["code"] == -32602 and names in reply["error"]["message"], reply
+
+
+def test_unknown_and_finished_jobs_are_refused_by_cancel_and_resume(counter_ext, tmp_path):
+    config = daemon_dirs(tmp_path, counter_ext)
+    d = Daemon(config)
+    try:
+        assert "no job 0011223344556677" in d.answer(
+            b'{"jsonrpc": "2.0", "id": 1, "method": "jobs.resume", "params": {"id": "0011223344556677"}}').decode()
+        done = d.run_job(counter_ext.id, "counter", {"target": 5})
+        assert done["status"] == "completed" and done["attempt"] == 1
+        again = json.loads(d.answer(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "jobs.cancel",
+                                                "params": {"id": done["id"]}}).encode()))
+        assert again["error"]["code"] == -32602 and "not running" in again["error"]["message"]
+        assert d.job_status(done["id"])["items"] == 5
     finally:
         d.stop()
 
@@ -352,3 +421,28 @@ def test_restart_with_resume_interrupted_resumes_the_job(counter_ext, tmp_path, 
     assert CheckpointStore(config.data_dir).load(counter_ext.id, job_id) == (False, None)
     if stop_signal == signal.SIGTERM:  # the job checkpointed exactly where it stopped: no step counted twice
         assert final["items"] == TARGET
+
+
+# ---- capengine run's progress display ------------------------------------------------------------------------
+
+def test_progress_lines_are_one_per_tenth_and_escape_the_guest_message(tmp_path):
+    from io import StringIO
+
+    from capengine.progress_display import ProgressDisplay
+
+    out = StringIO()
+    display = ProgressDisplay(out, tty=False)
+    run = JobRun("com.example.app", "go", CheckpointStore(tmp_path))
+    run.on_change = display.update
+    for step in range(1, 101):
+        run.set_progress(step / 100, "\x1b[2J\x1b]0;owned\x07counting\nforged line")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 11 and lines[-1].startswith("progress 100%")  # the first report, then each tenth
+    assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue()
+    assert all("\\x1b[2J" in line and "forged line" in line for line in lines)  # escaped, one line each
+    bar = StringIO()
+    tty = ProgressDisplay(bar, tty=True)
+    run.on_change = tty.update
+    run.set_progress(1.0, "\x1b[31mred")
+    tty.finish(run)
+    assert "\x1b" not in bar.getvalue() and bar.getvalue().endswith("\n")

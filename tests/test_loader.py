@@ -146,3 +146,25 @@ def test_empty_and_non_utf8_files_are_reported(tmp_path):
     found = {(f.location.file.rsplit("/", 1)[-1], f.location.line, f.severity, f.code)
              for f in load_paths([tmp_path]).findings}
     assert found == {("empty.yaml", 1, "warning", "empty-file"), ("latin1.yaml", 3, "error", "io")}
+
+
+def test_duplicate_policy_points_at_the_second_name(tmp_path):
+    write(tmp_path, "a.yaml", policy_yaml("same", "- {id: r, effect: allow, operations: [a.b]}\n"))
+    write(tmp_path, "b.yaml", "# a comment\n" + policy_yaml("same", "- {id: r, effect: allow, operations: [a.b]}\n"))
+    (finding,) = load_paths([tmp_path]).findings
+    assert finding.location.file.endswith("b.yaml") and (finding.location.line, finding.location.column) == (4, 18)
+    assert "a.yaml:3:18" in finding.message
+
+
+@pytest.mark.parametrize("condition, needle", [
+    ('"path == \\"/x\\" && nope"', "nope"),
+    ('"path == \\u0022/x\\u0022 && nope"', "nope"),
+    ("'path == ''/x'' && nope'", "nope"),
+    ('"nope"', "nope"),
+])
+def test_error_columns_are_exact_in_quoted_yaml_with_escapes(tmp_path, condition, needle):
+    text = policy_yaml("p", f"- {{id: r, effect: allow, operations: [a.b], condition: {condition}}}\n")
+    write(tmp_path, "p.yaml", text)
+    (finding,) = load_paths([tmp_path]).findings
+    line = text.splitlines()[6]
+    assert (finding.location.line, finding.location.column) == (7, line.index(needle) + 1), finding

@@ -106,7 +106,7 @@ def test_write_sidecar_is_keyed_by_content_and_atomic(lib):
     call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="first")
     call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="second")
     assert call(lib, "vdfs.read_sidecar", path="/docs/a.txt", kind="ocr-text")["data"] == "second"
-    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/ocr-text")
+    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/*/ocr-text")
     assert stored.read_text() == "second" and stored.stat().st_mode & 0o777 == 0o600
     assert not list(stored.parent.glob("*.tmp"))
 
@@ -121,13 +121,13 @@ def test_sidecar_crash_before_rename_leaves_old_file(lib, monkeypatch):
     with pytest.raises(OSError):
         call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="new")
     monkeypatch.undo()
-    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/ocr-text")
+    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/*/ocr-text")
     assert stored.read_text() == "old" and not list(stored.parent.glob("*.tmp"))
 
 
 def test_abandoned_temp_files_are_swept(lib):
     call(lib, "vdfs.write_sidecar", path="/docs/a.txt", kind="ocr-text", data="v1")
-    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/ocr-text")
+    [stored] = (lib.root / ".capengine" / "sidecars").glob("*/*/ocr-text")
     old, fresh = stored.parent / ".ocr-text.1.dead.tmp", stored.parent / ".ocr-text.2.live.tmp"
     old.write_text("torn")
     fresh.write_text("in progress")
@@ -194,7 +194,7 @@ def test_c_photo_ocr_extension_end_to_end(tmp_path):
     assert ("vdfs.write_sidecar", "/photos/note.png", "OK") in summary
     assert ("vdfs.read_file", "/photos/private-id.png", "PERMISSION_DENIED") in summary
     assert result.status == "failed"  # one image was refused, and the job says so
-    [sidecar] = (tmp_path / "lib" / ".capengine" / "sidecars").glob("*/ocr-text")
+    [sidecar] = (tmp_path / "lib" / ".capengine" / "sidecars").glob("*/*/ocr-text")
     assert "HELLO WASM" in sidecar.read_text()
 
 
@@ -281,6 +281,6 @@ def test_sidecar_survives_a_killed_writer(lib):
         proc.stdout.readline()  # at least one full write has happened
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        [stored] = (lib.root / ".capengine" / "sidecars").glob("*/ocr-text")
+        [stored] = (lib.root / ".capengine" / "sidecars").glob("*/*/ocr-text")
         text = stored.read_text()
         assert text == "old" or (len(text) == 2_000_000 and len(set(text)) == 1), len(text)

@@ -181,9 +181,12 @@ class Recording:
     def __init__(self, inner: Dispatcher) -> None:
         self.inner, self.sent = inner, {}
 
-    def dispatch(self, ext, method, library_id, payload):
+    def reply(self, ext, method, library_id, payload, deadline, errors):
         self.sent.setdefault(method, []).append(payload)
-        return self.inner.dispatch(ext, method, library_id, payload)
+        return self.inner.reply(ext, method, library_id, payload, deadline, errors)
+
+    def reject(self, ext, method, library_id, code, message, duration_us=0):
+        self.inner.reject(ext, method, library_id, code, message, duration_us)
 
 
 ALLOW_ALL = ("apiVersion: capengine/v1\nkind: Policy\nmetadata: {name: all}\nspec:\n"
@@ -199,10 +202,15 @@ def conformance_run(built, tmp_path_factory):
     load = load_paths([tmp_path / "policies"])
     host = Host(PolicySet.from_load(load), tmp_path / "data")
     library = host.open_library(library_copy(tmp_path))
-    ext = Extension("com.example.sdk-conformance", "c", "0.1.0", SDK / "conformance" / "conformance.wasm",
-                    ("conformance",), ("**",), SDK / "conformance")
+    directory = tmp_path / "conformance"  # installed, so that its namespace is its id (read_sidecar's writer)
+    directory.mkdir()
+    shutil.copy(SDK / "conformance" / "conformance.wasm", directory)
+    write_manifest(directory)
+    host.installed.install(load_extension(directory))
+    ext = host.bind(load_extension(directory))
+    assert ext.namespace == ext.id == "com.example.sdk-conformance"
     run = host.new_run(ext, "conformance")
-    recording = Recording(Dispatcher(host.active, host.registry, host.catalog, host.data_dir, None, run))
+    recording = Recording(Dispatcher(host.active, host.registry, host.catalog, host.data_dir, job=run))
     job_input = json.dumps({"library": library.id, "dir": "/photos", "file": "/photos/receipt.png"}).encode()
     with Runtime() as runtime:
         result = runtime.run_job(ext, "conformance", recording, job_input)
@@ -244,6 +252,8 @@ def test_the_agreement_check_fails_on_a_disagreement(conformance_run):
     assert any("'follow' is never sent" in p for p in schema_disagreements(sent, grown))
     shrunk = mutated("ai.ocr", lambda s: s["properties"].pop("language"))
     assert any("ai.ocr: SDK payload" in p for p in schema_disagreements(sent, shrunk))
+    no_replace = mutated("credentials.store", lambda s: s["properties"].pop("replace"))
+    assert any("credentials.store: SDK payload" in p for p in schema_disagreements(sent, no_replace))
     retyped = mutated("job.metrics", lambda s: s["properties"]["items"].update(type="string"))
     assert any("job.metrics: SDK payload" in p for p in schema_disagreements(sent, retyped))
     extra = {k: v for k, v in sent.items() if k != "vdfs.stat"}
@@ -284,8 +294,9 @@ def test_a_denied_call_reaches_rust_as_permission_denied_with_its_rule(built, tm
     finally:
         host.close()
     logs = [text for _, text in result.logs]
-    # report() prints Error::code() and Error::rule(): only the PermissionDenied variant has both of these.
-    assert "read /photos/private/passport.png: PERMISSION_DENIED (rule photo-ocr/no-raw-originals)" in logs, logs
+    # report() prints Error::code() and Error::rule(): only the PermissionDenied variant has both of these. The
+    # private folder itself is denied (a trailing ** matches the directory too), so the listing is refused.
+    assert "list /photos/private: PERMISSION_DENIED (rule photo-ocr/no-raw-originals)" in logs, logs
     assert result.status == "failed"
 
 

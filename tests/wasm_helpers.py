@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -24,8 +25,8 @@ def wat_module(body: str, data: str = "", pages: int = 2, max_pages: str = "") -
 def call_job(method: str | bytes, payload: str, library_ptr: int = 64) -> str:
     """A module whose job `go` makes one call with literal method/payload and returns the call's result."""
     method_len = len(method.encode() if isinstance(method, str) else method)
-    data = (f'  (data (i32.const 1024) "{_wat_escape(method)}")\n'
-            f'  (data (i32.const 4096) "{_wat_escape(payload)}")')
+    data = (f'  (data (i32.const 1024) "{wat_bytes(method)}")\n'
+            f'  (data (i32.const 4096) "{wat_bytes(payload)}")')
     body = f"""
   (func (export "execute_go") (result i32)
     (local $n i32)
@@ -39,7 +40,8 @@ def call_job(method: str | bytes, payload: str, library_ptr: int = 64) -> str:
     return wat_module(body, data)
 
 
-def _wat_escape(text: str | bytes) -> str:
+def wat_bytes(text: str | bytes) -> str:
+    """Text or bytes as the body of a WAT data string (every byte escaped)."""
     raw = text.encode() if isinstance(text, str) else text
     return "".join(f"\\{b:02x}" for b in raw)
 
@@ -58,6 +60,25 @@ def extension(tmp_path: Path, wat: str, ext_id: str = "com.example.app", operati
     path = tmp_path / f"{ext_id}.wat"
     path.write_text(wat)
     return Extension(ext_id, ext_id, "0.1.0", path, tuple(jobs), tuple(operations), tmp_path)
+
+
+def installed_extension(host: Host, tmp_path: Path, wat: str, ext_id: str = "com.example.app",
+                        operations=("**",), jobs=("go",)) -> Extension:
+    """Like `extension`, but installed in the host's data dir (replacing the id's previous module), so that
+    successive guests of one test act as one extension and share its vault and sidecars. A plain `extension`
+    runs in development mode: its namespace is keyed by its module digest, so two different guests never share."""
+    from capengine.host.installed import InstalledRegistry
+    from capengine.host.manifests import load_extension
+
+    directory = tmp_path / "installed" / ext_id
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "module.wat").write_text(wat)
+    (directory / "manifest.yaml").write_text(
+        f"id: {ext_id}\nname: {ext_id}\nversion: 0.1.0\nmodule: module.wat\njobs: [{', '.join(jobs)}]\n"
+        f"operations: [{', '.join(json.dumps(o) for o in operations)}]\n")
+    ext = load_extension(directory)
+    InstalledRegistry(host.data_dir).install(ext, replace=True)
+    return ext
 
 
 def policy_set(text: str) -> PolicySet:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any, cast
 
 import attrs
 import lark
 from celpy import celparser
 
-from capengine.cel.values import INT_MAX, INT_MIN, UINT_MAX, UInt
+from capengine.cel.values import INT_MAX, INT_MIN, UINT_MAX, UInt, Value
 from capengine.errors import CapengineError
 
 
@@ -37,7 +38,7 @@ class Pos:
 
 @attrs.frozen
 class Literal:
-    value: object
+    value: Value
     pos: Pos
 
 
@@ -161,11 +162,14 @@ def _operator_pos(op_tree: lark.Tree, fn: str) -> Pos:
     return Pos(end_line, end_column - width)
 
 
+@lru_cache(maxsize=8192)
 def parse(source: str, namespaced: frozenset[str] = frozenset()) -> Node:
     """Parse a CEL expression; raises CelSyntaxError with a position inside `source`.
 
     `namespaced`: the environment's dotted function names (`strings.quote`); `a.b(x)` is a call of the
     function `a.b` when it is one of them, else the method `b` on `a` (CEL resolves names this way).
+    The AST is immutable, so a parse is cached and shared: loading, lint and checks of one condition (and of
+    the same condition in many files) parse it once.
     """
     try:
         tree = _parser().parse(source)
@@ -190,7 +194,8 @@ def _describe(cause: BaseException | None, source: str) -> str:
         hint = f"; expected {', '.join(expected)}" if expected and len(expected) <= 4 else ""
         return f"unexpected {str(cause.token)!r}{hint}"
     if isinstance(cause, lark.exceptions.UnexpectedCharacters):
-        ch = source[cause.pos_in_stream] if cause.pos_in_stream < len(source) else ""
+        at = cause.pos_in_stream
+        ch = source[at] if at is not None and at < len(source) else ""
         if ch in "\"'":
             return "unterminated or malformed string literal"
         return f"unexpected character {ch!r}"
@@ -217,29 +222,29 @@ class _Builder:
         method = getattr(self, "_" + t.data)
         return method(t, depth + 1)
 
-    def _kids(self, t: lark.Tree) -> list:
+    def _kids(self, t: lark.Tree) -> list[Any]:
         return [c for c in t.children if c is not None]
 
     # precedence chains ---------------------------------------------------------------------------
-    def _expr(self, t, d):
+    def _expr(self, t: lark.Tree, d: int) -> Node:
         kids = self._kids(t)
         if len(kids) == 1:
             return self.build(kids[0], d)
         return Conditional(self.build(kids[0], d), self.build(kids[1], d), self.build(kids[2], d), _pos(t))
 
-    def _logical(self, t, d, fn):
+    def _logical(self, t: lark.Tree, d: int, fn: str) -> Node:
         kids = self._kids(t)
         if len(kids) == 1:
             return self.build(kids[0], d)
         return Call(fn, None, (self.build(kids[0], d), self.build(kids[1], d)), _pos(t))
 
-    def _conditionalor(self, t, d):
+    def _conditionalor(self, t: lark.Tree, d: int) -> Node:
         return self._logical(t, d, "_||_")
 
-    def _conditionaland(self, t, d):
+    def _conditionaland(self, t: lark.Tree, d: int) -> Node:
         return self._logical(t, d, "_&&_")
 
-    def _binary(self, t, d):
+    def _binary(self, t: lark.Tree, d: int) -> Node:
         kids = self._kids(t)
         if len(kids) == 1:
             return self.build(kids[0], d)
@@ -251,7 +256,7 @@ class _Builder:
 
     _relation = _addition = _multiplication = _binary
 
-    def _unary(self, t, d):
+    def _unary(self, t: lark.Tree, d: int) -> Node:
         kids = self._kids(t)
         if len(kids) == 1:
             return self.build(kids[0], d)
@@ -260,11 +265,11 @@ class _Builder:
         return Call(fn, None, (self.build(operand, d),), _pos(t))
 
     # members ---------------------------------------------------------------------------------------
-    def _member_dot(self, t, d):
+    def _member_dot(self, t: lark.Tree, d: int) -> Node:
         operand, name = self._kids(t)
         return Select(self.build(operand, d), str(name), _pos(name))
 
-    def _member_dot_arg(self, t, d):
+    def _member_dot_arg(self, t: lark.Tree, d: int) -> Node:
         kids = self._kids(t)
         operand, name = kids[0], str(kids[1])
         args = self._exprs(kids[2], d) if len(kids) > 2 else ()
@@ -282,14 +287,14 @@ class _Builder:
             return self._macro2(name, target, args, pos)
         return Call(name, target, args, pos)
 
-    def _macro1(self, name, target, args, pos):
+    def _macro1(self, name: str, target: Node, args: tuple[Node, ...], pos: Pos) -> Node:
         var = _ident_name(args[0], name)
         kind = "exists_one" if name == "existsOne" else name
         if len(args) == 3:  # map(x, guard, transform)
             return Comprehension(kind, target, var, None, args[1], args[2], pos)
         return Comprehension(kind, target, var, None, None, args[1], pos)
 
-    def _macro2(self, name, target, args, pos):
+    def _macro2(self, name: str, target: Node, args: tuple[Node, ...], pos: Pos) -> Node:
         var, var2 = _ident_name(args[0], name), _ident_name(args[1], name)
         if var == var2:
             raise CelSyntaxError(f"{name}(): the two variables must differ", pos.line, pos.column)
@@ -297,23 +302,23 @@ class _Builder:
         guard, body = (args[2], args[3]) if len(args) == 4 else (None, args[2])
         return Comprehension(kind, target, var, var2, guard, body, pos)
 
-    def _member_index(self, t, d):
+    def _member_index(self, t: lark.Tree, d: int) -> Node:
         operand, index = self._kids(t)
         return Index(self.build(operand, d), self.build(index, d), _pos(t))
 
-    def _member_object(self, t, d):
+    def _member_object(self, t: lark.Tree, d: int) -> Node:
         raise CelSyntaxError("message construction is not supported (no protobuf types)", *attrs.astuple(_pos(t)))
 
-    def _dot_ident_arg(self, t, d):
+    def _dot_ident_arg(self, t: lark.Tree, d: int) -> Node:
         kids = self._kids(t)
         args = self._exprs(kids[1], d) if len(kids) > 1 else ()
         return Call(str(kids[0]), None, args, _pos(kids[0]))
 
-    def _dot_ident(self, t, d):
+    def _dot_ident(self, t: lark.Tree, d: int) -> Node:
         name = self._kids(t)[0]
         return Ident(str(name), _pos(name))
 
-    def _ident_arg(self, t, d):
+    def _ident_arg(self, t: lark.Tree, d: int) -> Node:
         kids = self._kids(t)
         name = str(kids[0])
         args = self._exprs(kids[1], d) if len(kids) > 1 else ()
@@ -325,28 +330,28 @@ class _Builder:
             return Select(sel.operand, sel.field, sel.pos, test_only=True)
         return Call(name, None, args, _pos(kids[0]))
 
-    def _ident(self, t, d):
+    def _ident(self, t: lark.Tree, d: int) -> Node:
         name = self._kids(t)[0]
         if str(name) in RESERVED:
             raise CelSyntaxError(f"reserved identifier '{name}'", *attrs.astuple(_pos(name)))
         return Ident(str(name), _pos(name))
 
-    def _list_lit(self, t, d):
+    def _list_lit(self, t: lark.Tree, d: int) -> Node:
         kids = self._kids(t)
         return CreateList(self._exprs(kids[0], d) if kids else (), _pos(t))
 
-    def _map_lit(self, t, d):
+    def _map_lit(self, t: lark.Tree, d: int) -> Node:
         kids = self._kids(t)
         if not kids:
             return CreateMap((), _pos(t))
         items = [self.build(c, d) for c in kids[0].children]
         return CreateMap(tuple(zip(items[0::2], items[1::2])), _pos(t))
 
-    def _exprs(self, t, d) -> tuple:
+    def _exprs(self, t: lark.Tree, d: int) -> tuple[Node, ...]:
         return tuple(self.build(c, d) for c in t.children)
 
-    def _literal(self, t, d):
-        tok = t.children[0]
+    def _literal(self, t: lark.Tree, d: int) -> Node:
+        tok = cast(lark.Token, t.children[0])
         try:
             return Literal(literal_value(tok.type, str(tok)), _pos(tok))
         except ValueError as exc:
@@ -401,7 +406,7 @@ def _ident_name(node: Node, macro: str) -> str:
 
 # literals -------------------------------------------------------------------------------------------
 
-def literal_value(kind: str, text: str) -> object:
+def literal_value(kind: str, text: str) -> Value:
     if kind == "INT_LIT":
         value = _parse_int(text)
         if not INT_MIN <= value <= INT_MAX:

@@ -7,6 +7,9 @@ types are kept per node so the compiler can pick a specialised implementation wh
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 import attrs
 
 from capengine.cel import ast
@@ -76,7 +79,8 @@ class Checker:
             return self.decls[node.name]
         if node.name in TYPE_IDENTS and node.name != "dyn":
             return TYPE
-        return self.error(f"undeclared reference to '{node.name}'", node.pos)
+        return self.error(f"undeclared reference to '{node.name}'"
+                          f"{did_you_mean(node.name, [*self.decls, *scope])}", node.pos)
 
     def _Select(self, node: ast.Select, scope) -> Type:
         qualified = qualified_name(node)
@@ -93,6 +97,11 @@ class Checker:
                 return self.error(f"cannot select field '{node.field}' from {operand}: keys are not strings",
                                   node.pos)
             field_type = operand.params[1]
+            if operand.fields is not None:
+                known = self._known_field(operand, node.field, node.pos)
+                if known is None:
+                    return DYN
+                field_type = known
         else:
             return self.error(f"type '{operand}' has no fields (selecting '{node.field}')", node.pos)
         return BOOL if node.test_only else field_type
@@ -109,8 +118,25 @@ class Checker:
         if operand.name == "map":
             if not unify(operand.params[0], index, {}):
                 return self.error(f"map key must be {operand.params[0]}, not {index}", node.index.pos)
+            if operand.fields is not None and isinstance(node.index, ast.Literal) \
+                    and isinstance(node.index.value, str):
+                known = self._known_field(operand, node.index.value, node.index.pos)
+                return DYN if known is None else known
             return operand.params[1]
         return self.error(f"type '{operand}' cannot be indexed", node.pos)
+
+    def _known_field(self, record: Type, name: str, pos: ast.Pos) -> Type | None:
+        """The type of a key of a map with a schema; None (after reporting) for a key a closed one lacks."""
+        found = record.field(name)
+        if found is not None:
+            return found.type
+        if not record.closed:
+            return record.params[1]
+        names = [f.name for f in record.fields or ()]
+        where = f" {record.describe}" if record.describe else ""
+        self.error(f"no field '{name}'{where} (fields: {', '.join(names) or 'none'}){did_you_mean(name, names)}",
+                   pos)
+        return None
 
     def _CreateList(self, node: ast.CreateList, scope) -> Type:
         return list_of(join([self.visit(item, scope) for item in node.items]))
@@ -131,6 +157,7 @@ class Checker:
 
     def _Comprehension(self, node: ast.Comprehension, scope) -> Type:
         rng = self.visit(node.range, scope)
+        second: Type | None
         if rng == DYN:
             first, second = DYN, DYN
         elif rng.name == "list":
@@ -172,12 +199,14 @@ class Checker:
                     self.error(f"operand of '{_OPERATOR_TEXT[node.function]}' must be bool, not {t}", arg.pos)
             return BOOL
         receiver = node.target is not None
-        args = ((node.target,) if receiver else ()) + node.args
+        args: tuple[ast.Node, ...] = ((node.target,) if node.target is not None else ()) + node.args
         arg_types = [self.visit(a, scope) for a in args]
         candidates = self.env.overloads(node.function, receiver)
         if not candidates:
             style = "method" if receiver else "function"
-            return self.error(f"undeclared reference to {style} '{node.function}'", node.pos)
+            names = [n for n in self.env.functions if not n.startswith(("_", "!", "-", "@"))]
+            return self.error(f"undeclared reference to {style} '{node.function}'"
+                              f"{did_you_mean(node.function, names)}", node.pos)
         results: list[Type] = []
         matched = []
         for overload in candidates:
@@ -199,6 +228,16 @@ _OPERATOR_TEXT = {"_&&_": "&&", "_||_": "||", "!_": "!", "-_": "-", "_+_": "+", 
                   "_/_": "/", "_%_": "%", "_==_": "==", "_!=_": "!=", "_<_": "<", "_<=_": "<=", "_>_": ">",
                   "_>=_": ">=", "@in": "in"}
 
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the closest candidate (case-insensitive first: `startswith`), or ""."""
+    pool = sorted(set(candidates))
+    lowered = {c.lower(): c for c in pool}
+    if name.lower() in lowered and lowered[name.lower()] != name:
+        return f"; did you mean '{lowered[name.lower()]}'?"
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.75)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def check(node: ast.Node, decls: dict[str, Type], env: Environment) -> CheckResult:

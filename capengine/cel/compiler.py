@@ -10,21 +10,24 @@ type, statically where the checker proved the types and at run time otherwise; l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, cast
 
 import attrs
 
-from capengine.cel import ast
+from capengine.cel import ast, cost
 from capengine.cel.ast import qualified_name
-from capengine.cel.checker import CheckResult, check
-from capengine.cel.environment import DispatchTable, Environment, resolve_runtime
+from capengine.cel.checker import CheckError, CheckResult, check
+from capengine.cel.environment import DispatchTable, Environment, Impl, resolve_runtime
 from capengine.cel.types import BOOL, DYN, STRING, TYPE_IDENTS, Type
-from capengine.cel.values import CelError, CelType, UInt, make_map, map_lookup, type_name
+from capengine.cel.values import MAP_TYPES, Activation, CelError, CelType, UInt, Value, make_map, map_lookup, type_name
 from capengine.errors import CapengineError
 
-Fn = Callable[[dict], object]
+Fn = Callable[[Activation], Value]
+Scope = frozenset[str]
 BUDGET_KEY = "\0budget"  # not a CEL identifier: no expression can read or shadow it
-MAX_ITERATIONS = 20_000  # comprehension steps per evaluation, nested loops included (about 50 ms)
 
 
 class CompileError(CapengineError):
@@ -42,11 +45,15 @@ class Program:
     type: Type
     fn: Fn
     arg_fields: frozenset[str] | None = frozenset()  # what it reads of `args`; None: possibly everything
-    loops: bool = False  # has comprehensions: evaluation gets an iteration budget
+    # Work is counted at run time (cost.BUDGET units) unless the static estimate proved the worst case
+    # within budget from bounded inputs: guest-sized values must not let a policy burn the host's CPU.
+    metered: bool = False
+    cost: int | None = None  # static worst-case estimate in cost units; None when not estimated
+    node: ast.Node | None = attrs.field(default=None, eq=False, repr=False)  # the AST, for analyses and indexes
 
-    def evaluate(self, activation: dict) -> object:
-        if self.loops:  # guest-sized lists must not let a policy burn the host's CPU (x.all(a, x.all(b, ...)))
-            activation = {**activation, BUDGET_KEY: [MAX_ITERATIONS]}
+    def evaluate(self, activation: Activation) -> Value:
+        if self.metered:
+            activation = {**activation, BUDGET_KEY: [cost.BUDGET]}
         try:
             return self.fn(activation)
         except CelError:
@@ -57,14 +64,38 @@ class Program:
             raise CelError(f"{type(exc).__name__}: {exc}") from None
 
 
+class CostLimitError(CompileError):
+    """The expression's estimated worst-case cost exceeds the limit (see cost.py)."""
+
+    def __init__(self, message: str, pos: ast.Pos, estimate: int) -> None:
+        super().__init__(message, pos)
+        self.estimate = estimate
+
+
+CompileProblem = ast.CelSyntaxError | CheckError | CompileError
+
+
+@attrs.frozen
+class CostModel:
+    """Size bounds of the declared variables for the static cost estimate (see cost.py), and the limit."""
+
+    variables: Mapping[str, cost.Bound] = attrs.field(converter=lambda v: MappingProxyType(dict(v)))
+    unknown: cost.Bound  # any value whose size nothing bounds (a guest-sized field of a dyn map)
+    limit: int | None = cost.BUDGET  # None: estimate, but never refuse (run-time metering still applies)
+
+
 def compile_expression(source: str, decls: dict[str, Type] | None, env: Environment,
-                       total: bool = False) -> tuple[Program | None, list]:
+                       total: bool = False, costs: CostModel | None = None
+                       ) -> tuple[Program | None, list[CompileProblem]]:
     """Parse, check (unless decls is None) and compile against the functions of `env`. Returns (program,
     errors); errors carry positions.
 
     `total`: every activation will hold every declared variable (policy requests always do). That lets
     comparisons of string variables with literals, and `&&`/`||`/`!` over them, compile to plain Python
     operators: they cannot fail, so CEL's error-absorbing logic has nothing to do.
+
+    `costs`: estimate the worst-case cost (needs `decls`); an expression over the limit is a CompileError.
+    Without an estimate, or when it is unbounded, the program is metered at run time.
 
     Errors are CelSyntaxError, cel_checker.CheckError or CompileError, all with a position in `source`.
     """
@@ -75,59 +106,80 @@ def compile_expression(source: str, decls: dict[str, Type] | None, env: Environm
     checked = check(node, decls, env) if decls is not None else None
     if checked is not None and checked.errors:
         return None, list(checked.errors)
-    compiler = _Compiler(env, checked, total and checked is not None)
+    estimate = None
+    if checked is not None and costs is not None:
+        estimate = cost.estimate(node, checked.node_types, costs.variables, costs.unknown)
+        if costs.limit is not None and estimate.cost > costs.limit:
+            return None, [CostLimitError(
+                f"worst-case cost {estimate.cost:,} units exceeds the budget of {costs.limit:,} (sizes the "
+                "guest controls make this condition too expensive: avoid scanning large values inside "
+                "loops, or bound what it reads)", node.pos, estimate.cost)]
+    metered = estimate is None or not estimate.bounded or estimate.cost > cost.BUDGET
+    compiler = _Compiler(env, checked, total and checked is not None, metered)
     try:
         fn = compiler.compile(node, frozenset())
     except CompileError as exc:
         return None, [exc]
     return Program(source, checked.type if checked else DYN, fn, ast.referenced_fields(node, "args"),
-                   compiler.loops), []
+                   metered, estimate.cost if estimate else None, node), []
 
 
-def _const(value: object) -> Fn:
+def _const(value: Value) -> Fn:
     return lambda a: value
 
 
 def _raise(message: str) -> Fn:
-    def fail(a):
+    def fail(a: Activation) -> Value:
         raise CelError(message)
 
     return fail
 
 
-_STRING_TESTS = {"startsWith": str.startswith, "endsWith": str.endswith, "contains": str.__contains__}
+# no typing.cast in these closures: it is a real call on the hot path
+_STRING_TESTS: dict[str, Callable[[Any, str], bool]] = {
+    "startsWith": str.startswith, "endsWith": str.endswith, "contains": str.__contains__}
 
 
 class _Compiler:
-    def __init__(self, env: Environment, checked: CheckResult | None, total: bool = False) -> None:
+    def __init__(self, env: Environment, checked: CheckResult | None, total: bool = False,
+                 metered: bool = True) -> None:
         self.env = env
         self.checked = checked
         self.total = total
-        self.loops = False
+        self.metered = metered
 
     def static_type(self, node: ast.Node) -> Type:
         if self.checked is None:
             return DYN
         return self.checked.node_types.get(id(node), DYN)
 
-    def compile(self, node: ast.Node, scope: frozenset[str]) -> Fn:
+    def compile(self, node: ast.Node, scope: Scope) -> Fn:
         if self.total:
             fast = self._infallible(node, scope)
             if fast is not None:
                 return fast
-        return getattr(self, "_" + type(node).__name__)(node, scope)
+        compiled: Fn = getattr(self, "_" + type(node).__name__)(node, scope)
+        return compiled
 
-    def _string_var(self, node: ast.Node, scope) -> str | None:
+    def _declared_map(self, node: ast.Node, scope: Scope) -> bool:
+        """A declared map variable (`args`), present in every activation when `total`."""
+        return self.total and isinstance(node, ast.Ident) and node.name not in scope \
+            and self.static_type(node).name == "map"
+
+    def _string_var(self, node: ast.Node, scope: Scope) -> str | None:
         """The name of a declared string variable (always present when `total`), else None."""
         if isinstance(node, ast.Ident) and node.name not in scope and self.static_type(node) == Type("string"):
             return node.name
         return None
 
-    def _infallible(self, node: ast.Node, scope) -> Fn | None:
+    def _infallible(self, node: ast.Node, scope: Scope) -> Fn | None:
         """A closure for boolean expressions that cannot raise: string variable vs string literal tests, and
         `&&`, `||`, `!` over them. None when the node is anything else (then the general path compiles it)."""
         if isinstance(node, ast.Literal) and type(node.value) is bool:
             return _const(node.value)
+        if isinstance(node, ast.Select) and node.test_only and self._declared_map(node.operand, scope):
+            variable, field = cast(ast.Ident, node.operand).name, node.field
+            return lambda a: field in cast(Mapping[str, Value], a[variable])
         if not isinstance(node, ast.Call):
             return None
         fn, args = node.function, node.args
@@ -141,37 +193,36 @@ class _Compiler:
             return None if inner is None else (lambda a: not inner(a))
         if fn in ("_==_", "_!=_") and len(args) == 2:
             var, lit = args if isinstance(args[1], ast.Literal) else args[::-1]
-            name = self._string_var(var, scope)
-            if name is None or not isinstance(lit, ast.Literal) or type(lit.value) is not str:
+            var_name = self._string_var(var, scope)
+            if var_name is None or not isinstance(lit, ast.Literal) or type(lit.value) is not str:
                 return None
             value = lit.value
-            return (lambda a: a[name] == value) if fn == "_==_" else (lambda a: a[name] != value)
+            return (lambda a: a[var_name] == value) if fn == "_==_" else (lambda a: a[var_name] != value)
         if node.target is None or len(args) != 1 or not isinstance(args[0], ast.Literal) \
-                or type(args[0].value) is not str:
+                or not isinstance(args[0].value, str):
             return None
-        name, value = self._string_var(node.target, scope), args[0].value
+        name, text = self._string_var(node.target, scope), args[0].value
         if name is None:
             return None
         self._validate_literal_arguments(fn, (node.target, *args))  # same load-time errors as the general path
         if fn in _STRING_TESTS:
             test = _STRING_TESTS[fn]
-            return lambda a: test(a[name], value)
+            return lambda a: test(a[name], text)
         for overload in self.env.overloads(fn, True):
             if overload.specialize is not None and overload.params == (STRING, STRING) and overload.result == BOOL:
-                specialized = overload.specialize(value)
-                return lambda a: specialized(a[name])
+                return overload.specialize(text, name)
         return None
 
-    def _Literal(self, node: ast.Literal, scope) -> Fn:
+    def _Literal(self, node: ast.Literal, scope: Scope) -> Fn:
         return _const(node.value)
 
-    def _Ident(self, node: ast.Ident, scope) -> Fn:
+    def _Ident(self, node: ast.Ident, scope: Scope) -> Fn:
         name = node.name
         if name not in scope and name in TYPE_IDENTS and name != "dyn":
             type_value = CelType(TYPE_IDENTS[name].name)
             return lambda a: a.get(name, type_value)
 
-        def ident(a):
+        def ident(a: Activation) -> Value:
             try:
                 return a[name]
             except KeyError:
@@ -179,25 +230,28 @@ class _Compiler:
 
         return ident
 
-    def _Select(self, node: ast.Select, scope) -> Fn:
+    def _Select(self, node: ast.Select, scope: Scope) -> Fn:
         qualified = qualified_name(node)
-        if qualified in TYPE_IDENTS and qualified.split(".")[0] not in scope and not node.test_only:
+        if qualified is not None and qualified in TYPE_IDENTS and qualified.split(".")[0] not in scope \
+                and not node.test_only:
             type_value = CelType(TYPE_IDENTS[qualified].name)
             return lambda a: a.get(qualified, type_value)
-        operand = self.compile(node.operand, scope)
         field = node.field
+        if not node.test_only and self._declared_map(node.operand, scope):
+            return _declared_map_field(cast(ast.Ident, node.operand).name, field)
+        operand = self.compile(node.operand, scope)
         if node.test_only:
-            def has(a):
+            def has(a: Activation) -> Value:
                 m = operand(a)
-                if type(m) is dict:
+                if isinstance(m, MAP_TYPES):
                     return field in m
                 raise CelError(f"has() on a value of type {type_name(m)}")
 
             return has
 
-        def select(a):
+        def select(a: Activation) -> Value:
             m = operand(a)
-            if type(m) is dict:
+            if isinstance(m, MAP_TYPES):
                 try:
                     return m[field]
                 except KeyError:
@@ -207,29 +261,29 @@ class _Compiler:
         if qualified is None or qualified.split(".")[0] in scope:
             return select
 
-        def select_qualified(a):
+        def select_qualified(a: Activation) -> Value:
             if qualified in a:
                 return a[qualified]
             return select(a)
 
         return select_qualified
 
-    def _Index(self, node: ast.Index, scope) -> Fn:
+    def _Index(self, node: ast.Index, scope: Scope) -> Fn:
         operand, index = self.compile(node.operand, scope), self.compile(node.index, scope)
 
-        def get(a):
+        def get(a: Activation) -> Value:
             container, key = operand(a), index(a)
-            tc = type(container)
-            if tc is list or tc is tuple:
+            if isinstance(container, (list, tuple)):
                 tk = type(key)
-                if tk is float and key.is_integer():
+                if isinstance(key, float) and key.is_integer():
                     key = int(key)
                 elif tk is not int and tk is not UInt:
                     raise CelError(f"list index must be int, not {type_name(key)}")
+                assert isinstance(key, int)
                 if 0 <= key < len(container):
                     return container[key]
                 raise CelError(f"index out of range: {key}")
-            if tc is dict:
+            if isinstance(container, MAP_TYPES):
                 found, value = map_lookup(container, key)
                 if found:
                     return value
@@ -238,20 +292,21 @@ class _Compiler:
 
         return get
 
-    def _CreateList(self, node: ast.CreateList, scope) -> Fn:
+    def _CreateList(self, node: ast.CreateList, scope: Scope) -> Fn:
         items = [self.compile(i, scope) for i in node.items]
-        if all(isinstance(i, ast.Literal) for i in node.items):
-            return _const(tuple(i.value for i in node.items))
+        literals = [i.value for i in node.items if isinstance(i, ast.Literal)]
+        if len(literals) == len(node.items):
+            return _const(tuple(literals))
         return lambda a: [f(a) for f in items]
 
-    def _CreateMap(self, node: ast.CreateMap, scope) -> Fn:
+    def _CreateMap(self, node: ast.CreateMap, scope: Scope) -> Fn:
         entries = [(self.compile(k, scope), self.compile(v, scope)) for k, v in node.entries]
         return lambda a: make_map([(k(a), v(a)) for k, v in entries])
 
-    def _Conditional(self, node: ast.Conditional, scope) -> Fn:
+    def _Conditional(self, node: ast.Conditional, scope: Scope) -> Fn:
         cond, then, otherwise = (self.compile(n, scope) for n in (node.cond, node.then, node.otherwise))
 
-        def conditional(a):
+        def conditional(a: Activation) -> Value:
             c = cond(a)
             if c is True:
                 return then(a)
@@ -261,27 +316,33 @@ class _Compiler:
 
         return conditional
 
-    def _Comprehension(self, node: ast.Comprehension, scope) -> Fn:
-        self.loops = True
+    def _Comprehension(self, node: ast.Comprehension, scope: Scope) -> Fn:
         inner = scope | {node.var} | ({node.var2} if node.var2 else set())
         rng = self.compile(node.range, scope)
         body = self.compile(node.body, inner)
         guard = self.compile(node.guard, inner) if node.guard is not None else None
         return _COMPREHENSIONS[node.kind](rng, node.var, node.var2, guard, body)
 
-    def _Bind(self, node: ast.Bind, scope) -> Fn:
+    def _Bind(self, node: ast.Bind, scope: Scope) -> Fn:
         init, body, var = self.compile(node.init, scope), self.compile(node.body, scope | {node.var}), node.var
         return lambda a: body({**a, var: init(a)})
 
-    def _Call(self, node: ast.Call, scope) -> Fn:
+    def _Call(self, node: ast.Call, scope: Scope) -> Fn:
         fn = node.function
         if fn in ("_&&_", "_||_"):
+            sure = self._infallible(node.args[0], scope) if self.total else None
+            if sure is not None:  # a left side that cannot fail: CEL's error absorption reduces to and/or
+                return _short_circuit(sure, self.compile(node.args[1], scope), fn == "_||_")
             left, right = (self.compile(x, scope) for x in node.args)
             return _logical(left, right, fn == "_||_")
+        if not self.metered:
+            fast = self._literal_comparison(node, scope)
+            if fast is not None:
+                return fast
         if fn == "!_":
             operand = self.compile(node.args[0], scope)
 
-            def negate(a):
+            def negate(a: Activation) -> Value:
                 v = operand(a)
                 if v is True or v is False:
                     return not v
@@ -289,7 +350,7 @@ class _Compiler:
 
             return negate
         receiver = node.target is not None
-        arg_nodes = ((node.target,) if receiver else ()) + node.args
+        arg_nodes: tuple[ast.Node, ...] = ((node.target,) if node.target is not None else ()) + node.args
         args = [self.compile(x, scope) for x in arg_nodes]
         self._validate_literal_arguments(fn, arg_nodes)
         impl = self._static_impl(node, arg_nodes)
@@ -297,7 +358,9 @@ class _Compiler:
             table = self.env.dispatch_table(fn, receiver)
             if not table:
                 return _raise(f"unknown function '{fn}'")
-            return _dynamic_call(table, args)
+            return _dynamic_call(table, args, fn if self.metered else None)
+        if self.metered and fn not in cost.FREE_FUNCTIONS:
+            return _metered_call(impl, args, fn)
         if len(args) == 1:
             (x,) = args
             return lambda a: impl(x(a))
@@ -306,7 +369,43 @@ class _Compiler:
             return lambda a: impl(x(a), y(a))
         return lambda a: impl(*[f(a) for f in args])
 
-    def _static_impl(self, node: ast.Call, arg_nodes: tuple) -> Callable | None:
+    def _literal_comparison(self, node: ast.Call, scope: Scope) -> Fn | None:
+        """`args.f <op> literal` (either side), and `args.f in ["a", "b"]`: the shapes policies read optional
+        arguments with. A value of the literal's own type is compared with Python's operator; any other
+        value goes through CEL's dispatch (cross-type numbers, errors), so semantics are unchanged."""
+        fn, args = node.function, node.args
+        if node.target is not None or len(args) != 2:
+            return None
+        if fn == "@in":
+            field, items = args
+            if not (isinstance(field, ast.Select) and not field.test_only and self._declared_map(field.operand, scope)
+                    and isinstance(items, ast.CreateList) and items.items
+                    and all(isinstance(i, ast.Literal) and type(i.value) is str for i in items.items)):
+                return None
+            read = _declared_map_field(cast(ast.Ident, field.operand).name, field.field)
+            choices = frozenset(cast(ast.Literal, i).value for i in items.items)
+            return lambda a: type(v := read(a)) is str and v in choices  # CEL: no other type equals a string
+        if fn not in _COMPARISONS:
+            return None
+        flipped = isinstance(args[0], ast.Literal)
+        field, literal = (args[1], args[0]) if flipped else (args[0], args[1])
+        if not (isinstance(field, ast.Select) and not field.test_only and self._declared_map(field.operand, scope)
+                and isinstance(literal, ast.Literal) and type(literal.value) in (int, str)):
+            return None
+        read = _declared_map_field(cast(ast.Ident, field.operand).name, field.field)
+        value, kind, op = literal.value, type(literal.value), _COMPARISONS[fn]
+        table = self.env.dispatch_table(fn, False)
+
+        def general(v: Value) -> Value:
+            pair = (value, v) if flipped else (v, value)
+            result: Value = resolve_runtime(table, pair)(*pair)
+            return result
+
+        if flipped:
+            return lambda a: op(value, v) if type(v := read(a)) is kind else general(v)
+        return lambda a: op(v, value) if type(v := read(a)) is kind else general(v)
+
+    def _static_impl(self, node: ast.Call, arg_nodes: tuple[ast.Node, ...]) -> Impl | None:
         """The single overload the checker proved applies, when every argument type is concrete."""
         if self.checked is None:
             return None
@@ -323,6 +422,8 @@ class _Compiler:
         if len(arg_nodes) != 2 or not isinstance(arg_nodes[1], ast.Literal) or type(arg_nodes[1].value) is not str:
             return
         literal = arg_nodes[1]
+        if not isinstance(literal, ast.Literal) or not isinstance(literal.value, str):
+            return
         for overload in self.env.functions.get(fn, ()):
             if overload.check_literal is None or len(overload.params) != 2:
                 continue
@@ -333,14 +434,87 @@ class _Compiler:
             return
 
 
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "_==_": operator.eq, "_!=_": operator.ne, "_<_": operator.lt, "_<=_": operator.le, "_>_": operator.gt,
+    "_>=_": operator.ge}
+
+
+def _short_circuit(left: Fn, right: Fn, is_or: bool) -> Fn:
+    """`&&`/`||` whose left side cannot fail: it decides alone when it can, else the right side's bool (or
+    its error) is the result, exactly as CEL's commutative rules give."""
+    def check(v: Value) -> Value:
+        if v is True or v is False:
+            return v
+        raise CelError(f"no such overload for '{'||' if is_or else '&&'}' on non-bool operands")
+
+    if is_or:
+        return lambda a: True if left(a) else check(right(a))
+    return lambda a: check(right(a)) if left(a) else False
+
+
+def _declared_map_field(variable: str, field: str) -> Fn:
+    """`args.size` when `args` is a declared map that every activation holds (`total`): one closure instead
+    of three (no qualified-name probe: a total activation holds only the declared variables)."""
+    def select(a: Activation) -> Value:
+        try:
+            return cast(Mapping[str, Value], a[variable])[field]
+        except KeyError:
+            raise CelError(f"no such key: '{field}'") from None
+
+    return select
+
+
 def _has_dyn(t: Type) -> bool:
     return t == DYN or t.is_param or any(_has_dyn(p) for p in t.params)
 
 
-def _dynamic_call(table: DispatchTable, args: list[Fn]) -> Fn:
-    def call(a):
+def _dynamic_call(table: DispatchTable, args: list[Fn], metered_as: str | None) -> Fn:
+    """A call whose overload depends on run-time types (a `dyn` argument such as `args.size`).
+
+    Overload resolution depends only on the Python types of the values, so the implementation found for a
+    combination of types is remembered (an inline cache: a handful of JSON types at most; a failed
+    resolution is never remembered and raises every time)."""
+    resolved: dict[tuple[type, ...], Impl] = {}
+    charge = metered_as is not None and metered_as not in cost.FREE_FUNCTIONS
+
+    def resolve(values: tuple[Value, ...]) -> Impl:
+        impl = resolve_runtime(table, values)
+        resolved[tuple(map(type, values))] = impl
+        return impl
+
+    if len(args) == 2 and not charge:
+        x, y = args
+
+        def call2(a: Activation) -> Value:
+            u, v = x(a), y(a)
+            impl = resolved.get((type(u), type(v))) or resolve((u, v))
+            result: Value = impl(u, v)
+            return result
+
+        return call2
+
+    def call(a: Activation) -> Value:
         values = tuple(f(a) for f in args)
-        return resolve_runtime(table, values)(*values)
+        if charge:
+            meter = a.get(BUDGET_KEY)
+            if meter is not None:
+                cost.charge_call(cast(list[int], meter), cast(str, metered_as), values)
+        impl = resolved.get(tuple(map(type, values))) or resolve(values)
+        result: Value = impl(*values)
+        return result
+
+    return call
+
+
+def _metered_call(impl: Impl, args: list[Fn], function: str) -> Fn:
+    """A call that first pays for the work its arguments' sizes imply (cost.call_cost)."""
+    def call(a: Activation) -> Value:
+        values = [f(a) for f in args]
+        meter = a.get(BUDGET_KEY)
+        if meter is not None:
+            cost.charge_call(cast(list[int], meter), function, values)
+        result: Value = impl(*values)
+        return result
 
     return call
 
@@ -349,15 +523,21 @@ def _logical(left: Fn, right: Fn, is_or: bool) -> Fn:
     """CEL `&&`/`||`: the deciding value wins from either side; otherwise an error (or non-bool) propagates."""
     decisive = is_or
 
-    def logical(a):
+    def logical(a: Activation) -> Value:
+        lv: Value | Exception
+        rv: Value | Exception
         try:
             lv = left(a)
+        except cost.BudgetExceeded:  # the one error no operand may absorb: the evaluation is over
+            raise
         except Exception as exc:  # absorbed if the other side decides
             lv = exc
         if lv is decisive:
             return decisive
         try:
             rv = right(a)
+        except cost.BudgetExceeded:
+            raise
         except Exception as exc:
             rv = exc
         if rv is decisive:
@@ -372,26 +552,27 @@ def _logical(left: Fn, right: Fn, is_or: bool) -> Fn:
     return logical
 
 
-def _iterate(value, two_vars: bool):
-    t = type(value)
-    if t is list or t is tuple:
+def _iterate(value: Value, two_vars: bool) -> Iterator[tuple[Value, Value]]:
+    if isinstance(value, (list, tuple)):
         return enumerate(value) if two_vars else ((v, None) for v in value)
-    if t is dict:
-        return value.items() if two_vars else ((k, None) for k in value)
+    if isinstance(value, MAP_TYPES):
+        return iter(value.items()) if two_vars else ((k, None) for k in value)
     raise CelError(f"cannot iterate over a value of type {type_name(value)}")
 
 
-def _loop(rng: Fn, var: str, var2: str | None):
-    """Yield a child activation per element; one dict per comprehension, rebound each step."""
+Loop = Callable[..., Iterator[tuple[Activation, Value, Value]]]
 
-    def run(a, source=None):
+
+def _loop(rng: Fn, var: str, var2: str | None) -> Loop:
+    """Yield a child activation per element; one dict per comprehension, rebound each step. Each step
+    costs one unit of a metered evaluation's budget."""
+
+    def run(a: Activation, source: Value = None) -> Iterator[tuple[Activation, Value, Value]]:
         child = dict(a)
-        budget = a.get(BUDGET_KEY)
+        meter = cast("list[int] | None", a.get(BUDGET_KEY))
         for first, second in _iterate(rng(a) if source is None else source, var2 is not None):
-            if budget is not None:
-                budget[0] -= 1
-                if budget[0] < 0:
-                    raise CelError(f"evaluation budget of {MAX_ITERATIONS} loop iterations exceeded")
+            if meter is not None:
+                cost.charge(meter, 1)
             child[var] = first
             if var2 is not None:
                 child[var2] = second
@@ -400,15 +581,20 @@ def _loop(rng: Fn, var: str, var2: str | None):
     return run
 
 
-def _quantifier(want: bool):
-    def build(rng, var, var2, guard, body):
+Builder = Callable[[Fn, str, "str | None", "Fn | None", Fn], Fn]
+
+
+def _quantifier(want: bool) -> Builder:
+    def build(rng: Fn, var: str, var2: str | None, guard: Fn | None, body: Fn) -> Fn:
         loop = _loop(rng, var, var2)
 
-        def quantify(a):
-            error = None
+        def quantify(a: Activation) -> Value:
+            error: Exception | None = None
             for child, _, _ in loop(a):
                 try:
                     v = body(child)
+                except cost.BudgetExceeded:
+                    raise
                 except Exception as exc:
                     error = exc
                     continue
@@ -425,10 +611,10 @@ def _quantifier(want: bool):
     return build
 
 
-def _exists_one(rng, var, var2, guard, body):
+def _exists_one(rng: Fn, var: str, var2: str | None, guard: Fn | None, body: Fn) -> Fn:
     loop = _loop(rng, var, var2)
 
-    def exists_one(a):
+    def exists_one(a: Activation) -> Value:
         count = 0
         for child, _, _ in loop(a):
             v = body(child)
@@ -441,7 +627,7 @@ def _exists_one(rng, var, var2, guard, body):
     return exists_one
 
 
-def _selected(guard: Fn | None, child: dict) -> bool:
+def _selected(guard: Fn | None, child: Activation) -> bool:
     if guard is None:
         return True
     v = guard(child)
@@ -450,29 +636,29 @@ def _selected(guard: Fn | None, child: dict) -> bool:
     raise CelError(f"filter returned {type_name(v)}, not bool")
 
 
-def _map(rng, var, var2, guard, body):
+def _map(rng: Fn, var: str, var2: str | None, guard: Fn | None, body: Fn) -> Fn:
     loop = _loop(rng, var, var2)
     return lambda a: [body(child) for child, _, _ in loop(a) if _selected(guard, child)]
 
 
-def _filter(rng, var, var2, guard, body):
+def _filter(rng: Fn, var: str, var2: str | None, guard: Fn | None, body: Fn) -> Fn:
     loop = _loop(rng, var, var2)
     return lambda a: [first for child, first, _ in loop(a) if _selected(body, child)]
 
 
-def _transform_map(rng, var, var2, guard, body):
+def _transform_map(rng: Fn, var: str, var2: str | None, guard: Fn | None, body: Fn) -> Fn:
     loop = _loop(rng, var, var2)
 
-    def transform(a):
+    def transform(a: Activation) -> Value:
         source = rng(a)
-        if type(source) is not dict:
+        if not isinstance(source, MAP_TYPES):
             raise CelError("transformMap() needs a map")
         return {first: body(child) for child, first, _ in loop(a, source) if _selected(guard, child)}
 
     return transform
 
 
-_COMPREHENSIONS = {
+_COMPREHENSIONS: dict[str, Builder] = {
     "all": _quantifier(False), "exists": _quantifier(True), "exists_one": _exists_one,
     "map": _map, "filter": _filter, "transformList": _map, "transformMap": _transform_map,
 }

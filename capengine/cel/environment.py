@@ -9,6 +9,7 @@ environment, never by writing into a process-wide table.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import attrs
@@ -17,6 +18,7 @@ from capengine.cel.types import DYN, Type
 from capengine.cel.values import CelError, type_name
 
 Impl = Callable[..., Any]
+Specialize = Callable[[str, str], Callable[[dict[str, Any]], bool]]
 
 
 @attrs.frozen
@@ -27,10 +29,11 @@ class Overload:
     receiver: bool = False
     # Optional compile-time hooks for a string literal as the second argument (`path.under("/photos")`):
     # `check_literal` raises CelError for a literal that can never work, so a typo fails the load instead of
-    # failing (closed) on every call; `specialize` returns a one-argument function with the literal bound
-    # and precomputed (a compiled regex, a canonical prefix), for the compiler's fast path.
+    # failing (closed) on every call; `specialize(literal, variable)` returns the whole test as a function of
+    # the activation, with the literal precomputed (a compiled regex, a canonical prefix), for the
+    # compiler's fast path when the receiver is a string variable that is always present.
     check_literal: Callable[[str], None] | None = None
-    specialize: Callable[[str], Callable[[Any], Any]] | None = None
+    specialize: Specialize | None = None
 
     @property
     def runtime_key(self) -> tuple[str | None, ...]:
@@ -41,15 +44,19 @@ class Overload:
 class Define(Protocol):
     def __call__(self, name: str, params: tuple[Type, ...], result: Type, impl: Impl, receiver: bool = False,
                  *, check_literal: Callable[[str], None] | None = None,
-                 specialize: Callable[[str], Callable[[Any], Any]] | None = None) -> None: ...
+                 specialize: Specialize | None = None) -> None: ...
 
 
 DispatchTable = list[tuple[tuple[str | None, ...], Impl]]
 
 
+def _read_only(functions: Mapping[str, tuple[Overload, ...]]) -> Mapping[str, tuple[Overload, ...]]:
+    return MappingProxyType(dict(functions))
+
+
 @attrs.frozen
 class Environment:
-    functions: Mapping[str, tuple[Overload, ...]] = attrs.field(factory=dict)
+    functions: Mapping[str, tuple[Overload, ...]] = attrs.field(factory=dict, converter=_read_only)
     # Dotted function names (`strings.quote`), which the parser must tell from method calls.
     namespaced: frozenset[str] = attrs.field(
         init=False, default=attrs.Factory(lambda self: frozenset(n for n in self.functions if "." in n),
@@ -65,7 +72,7 @@ class Environment:
 
         def define(name: str, params: tuple[Type, ...], result: Type, impl: Impl, receiver: bool = False, *,
                    check_literal: Callable[[str], None] | None = None,
-                   specialize: Callable[[str], Callable[[Any], Any]] | None = None) -> None:
+                   specialize: Specialize | None = None) -> None:
             table.setdefault(name, []).append(Overload(params, result, impl, receiver, check_literal, specialize))
 
         for library in libraries:

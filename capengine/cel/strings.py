@@ -11,7 +11,7 @@ import re
 from capengine.cel import timestamps
 from capengine.cel.environment import Define
 from capengine.cel.types import DYN, INT, STRING, list_of
-from capengine.cel.values import CelError, CelType, UInt, format_double, type_name
+from capengine.cel.values import MAP_TYPES, CelError, CelType, Value, format_double, type_name
 
 # Go's unicode.IsSpace, which cel-go's trim uses (Python's str.strip also strips \x1c-\x1f).
 _SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
@@ -111,30 +111,29 @@ def register(define: Define) -> None:
 _FORMAT = re.compile(r"%(?:(%)|(?:\.(\d+))?([a-zA-Z]))")
 
 
-def _plain(value: object) -> str:
+def _plain(value: Value) -> str:
     """%s: how cel-go prints a value: strings raw, lists and maps (keys sorted) recursively."""
-    t = type(value)
-    if t is str:
+    if isinstance(value, str):
         return value
-    if t is bytes:
+    if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if value is None:
         return "null"
-    if t is bool:
+    if isinstance(value, bool):
         return "true" if value else "false"
-    if t is float:
+    if isinstance(value, float):
         return _special(value) or format_double(value)
-    if t in (list, tuple):
+    if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_plain(v) for v in value) + "]"
-    if t is dict:
+    if isinstance(value, MAP_TYPES):
         items = sorted(((_plain(k), _plain(v)) for k, v in value.items()), key=lambda kv: kv[0])
         return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
-    if t is timestamps.Timestamp:
+    if isinstance(value, timestamps.Timestamp):
         return timestamps.format_timestamp(value)
-    if t is timestamps.Duration:
+    if isinstance(value, timestamps.Duration):
         return timestamps.format_duration(value)
-    if t is CelType or t is int or t is UInt:
-        return str(value if t is CelType else int(value))
+    if isinstance(value, (CelType, int)):
+        return str(value if isinstance(value, CelType) else int(value))
     raise CelError(f"format: %s cannot print a value of type {type_name(value)}")
 
 
@@ -146,16 +145,17 @@ def _special(x: float) -> str | None:
     return None
 
 
-def _number(value: object, verb: str) -> float:
-    if type(value) in (int, UInt, float):
+def _number(value: Value, verb: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise CelError(f"format: %{verb} needs a number, not {type_name(value)}")
 
 
-def _integer(value: object, verb: str) -> int:
-    if type(value) is bool and verb == "b":
-        return int(value)
-    if type(value) in (int, UInt):
+def _integer(value: Value, verb: str) -> int:
+    if isinstance(value, bool):
+        if verb == "b":
+            return int(value)
+    elif isinstance(value, int):
         return int(value)
     raise CelError(f"format: %{verb} needs an integer, not {type_name(value)}")
 
@@ -165,13 +165,14 @@ def _fixed(x: float, precision: int) -> str:
     return _special(x) or f"{x:.{precision}f}"
 
 
-def _verb(verb: str, precision: str | None, value: object) -> str:
+def _verb(verb: str, precision: str | None, value: Value) -> str:
     p = 6 if precision is None else int(precision)
     if verb == "s":
         return _plain(value)
     if verb == "d":
-        if type(value) is float and _special(value):
-            return _special(value)
+        special = _special(value) if isinstance(value, float) else None
+        if special:
+            return special
         return str(_integer(value, verb))
     if verb == "f":
         return _fixed(_number(value, verb), p)
@@ -194,9 +195,10 @@ def _verb(verb: str, precision: str | None, value: object) -> str:
     raise CelError(f"format: unknown verb %{verb}")
 
 
-def format_string(template: str, args) -> str:
+def format_string(template: str, args: list[Value] | tuple[Value, ...]) -> str:
     """`"%s is %d".format([a, b])`: the verbs of cel-go's strings extension (%s %d %f %e %x %X %o %b, %%)."""
-    out, pos, used = [], 0, 0
+    out: list[str] = []
+    pos, used = 0, 0
     for m in _FORMAT.finditer(template):
         out.append(template[pos:m.start()])
         pos = m.end()

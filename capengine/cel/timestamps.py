@@ -186,5 +186,5 @@ def register(define: Define) -> None:
     for name, get in _GETTERS.items():
         define(name, (TS,), INT, lambda t, g=get: g(_local(t), t.nanos), receiver=True)
         define(name, (TS, STRING), INT, lambda t, z, g=get: g(_local(t, z), t.nanos), receiver=True)
-    for name, get in _DURATION_GETTERS.items():
-        define(name, (DUR,), INT, lambda d, g=get: g(d.nanos), receiver=True)
+    for name, get_part in _DURATION_GETTERS.items():
+        define(name, (DUR,), INT, lambda d, g=get_part: g(d.nanos), receiver=True)

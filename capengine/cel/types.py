@@ -6,10 +6,30 @@ import attrs
 
 
 @attrs.frozen
+class Field:
+    """A known key of a map with a schema (a policy's `args` typed from the operation schemas)."""
+
+    name: str
+    type: Type
+    required: bool
+
+
+@attrs.frozen
 class Type:
     name: str
     params: tuple[Type, ...] = ()
     is_param: bool = False  # a type variable (A, B) inside an overload signature
+    # For map(string, V) only: the keys it can hold, each with its own type. `closed`: no other key exists,
+    # so selecting one is a type error (a misspelt `args.lenght`). Unifies like the plain map type.
+    fields: tuple[Field, ...] | None = attrs.field(default=None, eq=False)
+    closed: bool = attrs.field(default=False, eq=False)
+    describe: str = attrs.field(default="", eq=False)  # what the fields come from, for messages
+
+    def field(self, name: str) -> Field | None:
+        for f in self.fields or ():
+            if f.name == name:
+                return f
+        return None
 
     def __str__(self) -> str:
         if self.params:
@@ -29,6 +49,11 @@ def list_of(elem: Type) -> Type:
 
 def map_of(key: Type, value: Type) -> Type:
     return Type("map", (key, value))
+
+
+def record_of(fields: tuple[Field, ...], closed: bool, describe: str = "") -> Type:
+    """map(string, dyn) whose keys are known: a JSON object described by a schema."""
+    return Type("map", (Type("string"), Type("dyn")), fields=fields, closed=closed, describe=describe)
 
 
 # Names usable as type values in expressions (`type(x) == string`) and in declarations.

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import decimal
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import attrs
 
 from capengine.errors import CapengineError
+
+if TYPE_CHECKING:  # timestamps registers its classes with this module at import time
+    from capengine.cel.timestamps import Duration, Timestamp
 
 INT_MIN, INT_MAX, UINT_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
@@ -41,10 +47,19 @@ class CelType:
         return self.name
 
 
+Value: TypeAlias = """(bool | int | float | str | bytes | None | list[Value] | tuple[Value, ...]
+                      | dict[Value, Value] | MappingProxyType[Value, Value] | CelType | Timestamp | Duration)"""
+"""A CEL runtime value (UInt is an int; a list may be a tuple when it is a literal)."""
+Activation: TypeAlias = "dict[str, Value]"
+"""Variable name -> value, what a compiled expression is evaluated against."""
+Number: TypeAlias = int | float
+
 _TYPE_NAMES: dict[type, str] = {
     bool: "bool", int: "int", UInt: "uint", float: "double", str: "string", bytes: "bytes",
-    type(None): "null_type", list: "list", tuple: "list", dict: "map", CelType: "type",
+    type(None): "null_type", list: "list", tuple: "list", dict: "map", MappingProxyType: "map", CelType: "type",
 }
+MAP_TYPES = (dict, MappingProxyType)
+"""A CEL map is a dict, or a read-only view of one (a request's `args`)."""
 
 
 def register_type(py_type: type, name: str) -> None:
@@ -52,7 +67,7 @@ def register_type(py_type: type, name: str) -> None:
     _TYPE_NAMES[py_type] = name
 
 
-def type_name(value: object) -> str:
+def type_name(value: Value) -> str:
     try:
         return _TYPE_NAMES[type(value)]
     except KeyError:
@@ -74,27 +89,29 @@ def check_uint(value: int) -> UInt:
 _NUMERIC = {int, UInt, float}
 
 
-def equals(x: object, y: object) -> bool:
+def equals(x: Value, y: Value) -> bool:
     """CEL equality: numbers compare by value across int/uint/double, everything else only within its type."""
-    tx, ty = type(x), type(y)
-    if tx is ty or (tx in (list, tuple) and ty in (list, tuple)):
-        if tx in (list, tuple):
-            return len(x) == len(y) and all(equals(a, b) for a, b in zip(x, y))
-        if tx is dict:
-            if len(x) != len(y):
+    if isinstance(x, (list, tuple)):
+        if not isinstance(y, (list, tuple)):
+            return False
+        return len(x) == len(y) and all(equals(a, b) for a, b in zip(x, y))
+    if isinstance(x, MAP_TYPES):
+        if not isinstance(y, MAP_TYPES) or len(x) != len(y):
+            return False
+        for key, value in x.items():
+            found, other = map_lookup(y, key)
+            if not found or not equals(value, other):
                 return False
-            for key, value in x.items():
-                found, other = map_lookup(y, key)
-                if not found or not equals(value, other):
-                    return False
-            return True
+        return True
+    tx, ty = type(x), type(y)
+    if tx is ty:
         return x == y
     if tx in _NUMERIC and ty in _NUMERIC:
-        return numeric_compare(x, y) == 0
+        return numeric_compare(cast(Number, x), cast(Number, y)) == 0
     return False
 
 
-def numeric_compare(x: int | float, y: int | float) -> int | None:
+def numeric_compare(x: Number, y: Number) -> int | None:
     """Compare numbers across int/uint/double as CEL does: an integer meeting a double is compared as a
     double (so 2**63-1 < 2.0**63 is false). None when either side is NaN."""
     if type(x) is float or type(y) is float:
@@ -104,7 +121,7 @@ def numeric_compare(x: int | float, y: int | float) -> int | None:
     return (x > y) - (x < y)
 
 
-def map_lookup(mapping: dict, key: object) -> tuple[bool, object]:
+def map_lookup(mapping: Mapping[Value, Value], key: Value) -> tuple[bool, Value]:
     """Find `key` in a CEL map. Python would match True with 1 and 1.0 with 1; CEL keys are typed, but
     numeric keys compare by value across int/uint/double (an integral double finds an int key)."""
     tk = type(key)
@@ -117,8 +134,8 @@ def map_lookup(mapping: dict, key: object) -> tuple[bool, object]:
             if type(k) is bool and k == key:
                 return True, v
         return False, None
-    if tk in _NUMERIC:
-        if tk is float and (math.isnan(key) or not key.is_integer()):
+    if isinstance(key, (int, float)):
+        if isinstance(key, float) and (math.isnan(key) or not key.is_integer()):
             return False, None
         for k, v in mapping.items():
             if type(k) in _NUMERIC and k == key:
@@ -129,15 +146,15 @@ def map_lookup(mapping: dict, key: object) -> tuple[bool, object]:
     raise CelError(f"unsupported key type: {type_name(key)}")
 
 
-def valid_key(key: object) -> object:
+def valid_key(key: Value) -> Value:
     if type(key) not in (str, int, UInt, bool):
         raise CelError(f"unsupported map key type: {type_name(key)}")
     return key
 
 
-def make_map(pairs: list[tuple[object, object]]) -> dict:
+def make_map(pairs: list[tuple[Value, Value]]) -> dict[Value, Value]:
     """A map literal: keys must be int, uint, bool or string and may not repeat (1 and 1u repeat)."""
-    result: dict = {}
+    result: dict[Value, Value] = {}
     for key, value in pairs:
         valid_key(key)
         if map_lookup(result, key)[0]:
@@ -157,6 +174,7 @@ def format_double(x: float) -> str:
     if x == 0:
         return "-0" if math.copysign(1.0, x) < 0 else "0"
     sign, digits, exponent = decimal.Decimal(repr(x)).normalize().as_tuple()
+    assert isinstance(exponent, int)  # a finite number (NaN and infinities were handled above)
     text = "".join(map(str, digits))
     exp10 = len(text) + exponent - 1
     if exp10 < -4 or exp10 >= 21:

@@ -1,10 +1,11 @@
 """The daemon: policies checked at startup (fail closed), extensions hosted, jobs served over a Unix socket.
 
-Control protocol: newline-delimited JSON-RPC 2.0 on a 0600 Unix socket. Methods: jobs.run, jobs.list,
-jobs.status, jobs.cancel, jobs.resume, extensions.list, policies.status, policies.reload, decisions.tail.
-Policies reload on SIGHUP, on policies.reload and when files under the policy directory change (polled,
-debounced): the new set is
-checked and compiled off to the side and swapped in only if clean, else the last-known-good set stays.
+This module wires the parts together; each idea lives in its own module: config (what it is told),
+policy_source + reload (settled, coalesced hot reload), socket_server + rpc (the control socket and its
+protocol), jobs (admission), job_table (jobs persisted, so they can be resumed), decision_log, metrics,
+supervisor (threads that cannot die silently), notify (systemd readiness). Control methods: jobs.run,
+jobs.status, jobs.cancel, jobs.resume, jobs.list, extensions.list, policies.status, policies.reload,
+decisions.tail, health.
 """
 
 from __future__ import annotations
@@ -15,183 +16,193 @@ import logging
 import os
 import re
 import socket
-import socketserver
 import threading
 import time
 from collections import deque
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import attrs
 
-from capengine.daemon.decision_log import DEFAULT_MASK, DecisionLog
-from capengine.daemon.jobs import JobRecord, JobTable
+from capengine.daemon import extension_check, rpc
+from capengine.daemon.client import call
+from capengine.daemon.config import DaemonConfig, DaemonError, check_directories
+from capengine.daemon.decision_log import DecisionLog, rfc3339
+from capengine.daemon.job_table import JobRecord, JobTable
+from capengine.daemon.jobs import Admission
+from capengine.daemon.metrics import Metrics
+from capengine.daemon.notify import sd_notify
+from capengine.daemon.reload import PolicyManager, PolicyStatus
+from capengine.daemon.rpc import RpcError, param
+from capengine.daemon.socket_server import ControlServer
+from capengine.daemon.supervisor import Supervisor
 from capengine.errors import CapengineError
+from capengine.host.envelope import CallRecord
 from capengine.host.extension_host import Host
+from capengine.host.installed import load_installed
 from capengine.host.job_run import JobRun
-from capengine.host.manifests import Extension, load_extensions
-from capengine.host.runtime import Limits
+from capengine.host.manifests import Extension
 from capengine.policy.check import run_check
 from capengine.policy.engine import PolicySet
 
+__all__ = ["Daemon", "DaemonConfig", "DaemonError", "PolicyStatus", "RpcError", "call", "check_policies"]
+
 log = logging.getLogger("capengine.daemon.server")
+_JOB_ID = re.compile(r"[0-9a-f]{8,64}")
+JOB_METHODS = (b'"jobs.run"', b'"jobs.resume"')  # may wait for a job slot and run a job: the job worker pool
 
 
-class DaemonError(CapengineError):
-    """The daemon cannot start (policy errors, socket in use); the message lists every reason."""
+def _operation_names() -> list[str]:
+    from capengine.host.operations import default_registry
 
-
-@attrs.frozen
-class DaemonConfig:
-    policies: Path
-    extensions: Path
-    data_dir: Path
-    socket: Path
-    limits: Limits = Limits()
-    max_jobs_per_extension: int = 2
-    watch_interval: float = 1.0  # seconds between polls of the policy directory; 0 disables watching
-    log_max_bytes: int = 10 * 1024 * 1024
-    log_keep: int = 5
-    log_mask: tuple[str, ...] = DEFAULT_MASK  # arg names whose values the decision log replaces with "***"
-    resume_interrupted: bool = False  # on start, resume the jobs a shutdown (or a crash) interrupted
-    shutdown_grace: float = 2.0  # seconds running jobs get to checkpoint and return before they are stopped
-
-
-@attrs.frozen
-class PolicyStatus:
-    revision: str
-    files: int
-    loaded_at: float
-    last_error: tuple[str, ...] = ()  # findings of the last failed reload, () when the last one succeeded
-
-
-class RpcError(CapengineError):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def check_policies(directory: Path, operations: list[str]) -> tuple[PolicySet | None, list[str], int]:
-    """The same findings `capengine check` reports; a set only when none is an error."""
-    outcome = run_check([directory], operations=operations)
-    errors = [str(f) for f in outcome.findings if f.severity == "error"]
-    files = sum(1 for f in outcome.load.files if f.policies)
-    return (None if errors else outcome.policy_set), errors, files
-
-
-def _snapshot(directory: Path) -> tuple:
-    entries = []
-    for path in sorted(directory.rglob("*")):
-        if path.suffix in (".yaml", ".yml"):
-            with contextlib.suppress(OSError):
-                st = path.stat()
-                entries.append((str(path), st.st_mtime_ns, st.st_size))
-    return tuple(entries)
+    return default_registry().names()
 
 
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
+        check_directories(config)
         self.config = config
-        self._reload_lock = threading.Lock()
         self._stopped = threading.Event()
-        self._seen = _snapshot(config.policies)  # before loading: a change made during start is not missed
-        policy_set, errors, files = check_policies(config.policies, self._operation_names())
-        if policy_set is None:
-            raise DaemonError("refusing to start: the policy set has errors\n" + "\n".join(errors))
-        self.status = PolicyStatus(policy_set.revision, files, time.time())
-        extensions, broken = load_extensions(config.extensions)
-        for problem in broken:
-            log.error("extension skipped: %s", problem)
-        self.extensions: dict[str, Extension] = {e.id: e for e in extensions}
-        self.broken_extensions = broken
+        self._stopping = False
+        operations = _operation_names()
+        self.metrics = Metrics(set(operations), set())
+        self.policies = PolicyManager(config.policies, operations, self._swap, config.settle_interval,
+                                      lambda ok: self.metrics.reloads.labels("ok" if ok else "failed").inc())
+        try:  # also makes the data dir private (0700) before anything below writes to it
+            installed, broken = load_installed(config.extensions, config.data_dir)
+        except CapengineError as exc:
+            raise DaemonError(f"refusing to start: {exc}") from None
         self.decisions = DecisionLog(config.data_dir / "decisions.jsonl", config.log_max_bytes, config.log_keep,
-                                     config.log_mask)
-        self.host = Host(policy_set, config.data_dir, config.limits, on_call=self.decisions.record)
+                                     config.log_mask, config.log_high_water, config.log_fsync_interval)
+        try:
+            self.host = Host(self.policies.policy_set, config.data_dir, config.limits, on_call=self._on_call,
+                             require_installed=True, admit=self.decisions.admit)
+        except (CapengineError, OSError) as exc:
+            self.decisions.close()
+            raise DaemonError(f"refusing to start: {exc}") from None
+        self.extensions, validation = extension_check.validate(list(installed.values()), self.host.runtime,
+                                                               operations)
+        self.broken_extensions = broken + validation
+        for problem in self.broken_extensions:
+            log.error("extension not loaded: %s", problem)
+        self.metrics.extensions.update(self.extensions)
+        self.admission = Admission(config.max_jobs_per_extension, config.max_queued_per_extension,
+                                   config.queue_timeout)
         self._jobs_lock = threading.Lock()
-        self._in_flight: dict[str, int] = {}
         self._running: dict[str, dict] = {}
         self._finished: deque[dict] = deque(maxlen=100)
         self.jobs = JobTable(config.data_dir / "jobs")
-        self._runs: dict[str, tuple[JobRun, JobRecord]] = {}
+        self._runs: dict[str, tuple[JobRun, JobRecord]] = {}  # running jobs: the live run and its record
         self._cancelled: set[str] = set()
-        self._server: socketserver.ThreadingUnixStreamServer | None = None
-        self._watcher: threading.Thread | None = None
+        self.supervisor = Supervisor(self._stopped)
+        self._server: ControlServer | None = None
+        self.metrics.gauges(lambda: self.admission.counts()["running"], lambda: self.admission.counts()["queued"],
+                            lambda: self.decisions.state().backlog, lambda: self.decisions.admit() is None,
+                            lambda: self.policies.status.loaded_at)
 
-    @staticmethod
-    def _operation_names() -> list[str]:
-        from capengine.host.operations import default_registry
+    @property
+    def status(self) -> PolicyStatus:
+        return self.policies.status
 
-        return default_registry().names()
+    def _swap(self, policy_set: PolicySet) -> None:
+        self.host.swap_policies(policy_set)
+
+    def _on_call(self, call_record: CallRecord) -> None:
+        self.metrics.observe(call_record)
+        self.decisions.record(call_record)
 
     # policies ----------------------------------------------------------------------------------
-    def reload(self) -> dict:
-        """Check and compile off to the side; swap only a clean set. Returns what happened."""
-        with self._reload_lock:
-            policy_set, errors, files = check_policies(self.config.policies, self._operation_names())
-            if policy_set is None:
-                self.status = attrs.evolve(self.status, last_error=tuple(errors))
-                log.error("policy reload rejected; keeping revision %s:\n%s", self.status.revision, "\n".join(errors))
-                return {"reloaded": False, "revision": self.status.revision, "errors": errors}
-            self.host.swap_policies(policy_set)
-            self.status = PolicyStatus(policy_set.revision, files, time.time())
-            log.info("policies reloaded: revision %s", policy_set.revision)
-            return {"reloaded": True, "revision": policy_set.revision, "errors": []}
+    def reload(self, accept_removals: bool = False) -> dict:
+        """Coalesced with every other pending request; returns the outcome of a reload that read the files
+        after this call was made."""
+        if self._server is None:  # not started: no reloader thread yet
+            return self.policies.reload_now(accept_removals)
+        return self.policies.reload(accept_removals)
 
-    def _watch(self) -> None:
-        interval = self.config.watch_interval
-        while not self._stopped.wait(interval):
-            current = _snapshot(self.config.policies)
-            if current == self._seen:
-                continue
-            while not self._stopped.wait(interval):  # debounce: wait until the files stop changing
-                settled = _snapshot(self.config.policies)
-                if settled == current:
-                    break
-                current = settled
-            self._seen = current
-            self.reload()
+    def request_reload(self) -> None:
+        """Non-blocking (SIGHUP): storms coalesce into one reload after the current one."""
+        self.policies.request()
 
     # jobs ----------------------------------------------------------------------------------------
-    def run_job(self, extension: str, job: str, job_input: object, detach: bool = False,
+    def run_job(self, extension: str, job: str, job_input: object, wait: float | None = None, detach: bool = False,
                 resume: JobRecord | None = None) -> dict:
-        """Run a job (or the next attempt of `resume`, from its checkpoint). `detach` returns its id at once;
-        otherwise the summary when it ends."""
+        """Run a job (or the next attempt of `resume`, from its checkpoint) once a job slot is free. `detach`
+        returns `{id, status: "running"}` as soon as it has its slot; otherwise the summary when it ends."""
         ext = self.extensions.get(extension)
         if ext is None:
-            raise RpcError(-32602, f"no extension {extension!r}")
+            raise RpcError(rpc.INVALID_PARAMS, f"no extension {extension!r} (see extensions.list)")
         if not isinstance(job_input, dict):
-            raise RpcError(-32602, "input must be a JSON object")
-        if self._stopped.is_set():
-            raise RpcError(-32000, "the daemon is shutting down")
+            raise RpcError(rpc.INVALID_PARAMS, "input must be a JSON object")
+        if self._stopped.is_set() or self._stopping:
+            raise RpcError(rpc.SHUTTING_DOWN, "the daemon is shutting down")
+        refusal = self.decisions.admit()
+        if refusal is not None:
+            self.metrics.jobs_rejected.labels("decision_log").inc()
+            raise RpcError(rpc.LOG_UNAVAILABLE, f"{refusal} (RESOURCE_EXHAUSTED)", {"retry_after_ms": 1000})
+        slot = ExitStack()
+        try:
+            slot.enter_context(self.admission.slot(extension, wait))
+            with slot:
+                if self._stopping:
+                    raise RpcError(rpc.SHUTTING_DOWN, "the daemon is shutting down")
+                run, record = self._start(ext, job, job_input, resume)
+                if not detach:
+                    return self._run(ext, run, record)
+                held = slot.pop_all()  # the slot passes to the job's thread, which releases it when the job ends
+            self._detach(held, ext, run, record)
+            return {"id": run.run_id, "status": "running", "attempt": record.attempts}
+        except RpcError as exc:
+            if exc.code == rpc.OVERLOADED:
+                if self._stopping:  # a waiter woken by the stop
+                    raise RpcError(rpc.SHUTTING_DOWN, "the daemon is shutting down") from None
+                self.metrics.jobs_rejected.labels("overload").inc()
+            raise
+
+    def _start(self, ext: Extension, job: str, job_input: dict, resume: JobRecord | None) -> tuple[JobRun, JobRecord]:
+        """The run (its id is the job's id; its checkpoints are keyed by the extension's namespace) and the
+        record of this attempt, saved as "running" so that a crash leaves it resumable."""
+        run = self.host.new_run(ext, job, resume.id if resume is not None else None)
         with self._jobs_lock:
-            if self._in_flight.get(extension, 0) >= self.config.max_jobs_per_extension:
-                raise RpcError(-32001, f"{extension} already has {self.config.max_jobs_per_extension} jobs "
-                                       "in flight (RESOURCE_EXHAUSTED); retry later")
-            if resume is not None and resume.id in self._runs:
-                raise RpcError(-32602, f"job {resume.id} is already running")
-            self._in_flight[extension] = self._in_flight.get(extension, 0) + 1
-            run = self.host.new_run(ext, job, resume.id if resume else None)
-            job_id = run.run_id
+            if run.run_id in self._runs:
+                raise RpcError(rpc.INVALID_PARAMS, f"job {run.run_id} is already running")
             if resume is None:
-                record = JobRecord(job_id, extension, job, job_input)
+                record = JobRecord(run.run_id, ext.id, job, job_input)
             else:
                 record = attrs.evolve(resume, status="running", interrupted_by="", attempts=resume.attempts + 1,
                                       finished=None, error="")
-            self._running[job_id] = {"id": job_id, "extension": extension, "job": job, "started": time.time()}
-            self._runs[job_id] = (run, record)
+            self._runs[run.run_id] = (run, record)
+            self._running[run.run_id] = {"id": run.run_id, "extension": ext.id, "job": job,
+                                         "started": rfc3339(time.time()), "attempt": record.attempts}
         self.jobs.save(record)
-        if detach:
-            threading.Thread(target=self._execute, args=(ext, run, record), name=f"capengine-job-{job_id}",
-                             daemon=True).start()
-            return {"id": job_id, "status": "running", "attempt": record.attempts}
-        return self._execute(ext, run, record)
+        return run, record
 
-    def _execute(self, ext: Extension, run: JobRun, record: JobRecord) -> dict:
-        job_id, extension = run.run_id, ext.id
+    def _detach(self, slot: ExitStack, ext: Extension, run: JobRun, record: JobRecord) -> None:
+        try:
+            threading.Thread(target=self._run_detached, args=(slot, ext, run, record),
+                             name=f"capengine-job-{run.run_id}", daemon=True).start()
+        except RuntimeError:  # no thread to be had: give everything back; the record stays resumable
+            with self._jobs_lock:
+                self._running.pop(run.run_id, None)
+                self._runs.pop(run.run_id, None)
+            slot.close()
+            self.jobs.save(attrs.evolve(record, status="failed", error="the daemon could not start a thread for it"))
+            raise RpcError(rpc.OVERLOADED, "the daemon cannot start another job thread; retry later",
+                           {"retry_after_ms": 1000}) from None
+
+    def _run_detached(self, slot: ExitStack, ext: Extension, run: JobRun, record: JobRecord) -> None:
+        with slot:
+            try:
+                self._run(ext, run, record)
+            except Exception:  # noqa: BLE001 - a detached job has no caller to report to: the log is it
+                log.exception("job %s (%s/%s) failed inside the daemon", run.run_id, ext.id, run.job)
+
+    def _run(self, ext: Extension, run: JobRun, record: JobRecord) -> dict:
+        job_id = run.run_id
         try:
             result, calls = self.host.run_job(ext, run.job, json.dumps(record.input).encode(), run)
-            # Saved before the job leaves _running: shutdown waits for _running, so the record is on disk
-            # before the process exits.
-            # A new record: the live one stays as it was while jobs.status may still add this attempt's counters.
+            # Saved before the job leaves _running (a stop waits for _running to empty, so the record is on disk
+            # before the process exits), as a new record: jobs.status may still be adding up the live one.
             interrupted_by = ("cancel" if job_id in self._cancelled else "shutdown") \
                 if result.status == "interrupted" else ""
             final = attrs.evolve(record, status=result.status, finished=time.time(), error=result.error,
@@ -201,59 +212,25 @@ class Daemon:
             self.jobs.save(final)
         finally:
             with self._jobs_lock:
-                self._in_flight[extension] -= 1
                 info = self._running.pop(job_id)
                 self._runs.pop(job_id, None)
                 self._cancelled.discard(job_id)
+        self.metrics.jobs.labels(result.status).inc()
         summary = {**info, "status": result.status, "code": result.code, "error": result.error,
-                   "attempt": final.attempts, "progress": run.snapshot(),
+                   "progress": run.snapshot(),
                    "calls": [{"operation": c.operation, "path": c.path, "code": c.code, "rules": list(c.rules)}
                              for c in calls],
                    "calls_dropped": calls.dropped,
                    "logs": [{"level": level, "message": text} for level, text in result.logs]}
-        self._finished.append({k: summary[k] for k in ("id", "extension", "job", "status", "started")})
+        with self._jobs_lock:
+            self._finished.append({k: summary[k] for k in ("id", "extension", "job", "status", "started", "attempt")})
         return summary
-
-    # control interface ------------------------------------------------------------------------------
-    def handle(self, method: str, params: dict) -> object:
-        if method == "jobs.run":
-            return self.run_job(params.get("extension"), params.get("job"), params.get("input", {}),
-                                bool(params.get("detach")))
-        if method == "jobs.status":
-            return self.job_status(self._job_id(params))
-        if method == "jobs.cancel":
-            return self.cancel_job(self._job_id(params))
-        if method == "jobs.resume":
-            record = self.jobs.get(self._job_id(params))
-            if record is None:
-                raise RpcError(-32602, f"no job {params.get('id')!r}")
-            if record.status not in ("interrupted", "failed"):
-                raise RpcError(-32602, f"job {record.id} is {record.status}; only an interrupted or failed job "
-                                       "can be resumed")
-            return self.run_job(record.extension, record.job, record.input, bool(params.get("detach")), record)
-        if method == "jobs.list":
-            with self._jobs_lock:
-                return {"running": list(self._running.values()), "finished": list(self._finished)}
-        if method == "extensions.list":
-            return {"extensions": [{"id": e.id, "name": e.name, "version": e.version, "jobs": list(e.jobs),
-                                    "operations": list(e.operations)} for e in self.extensions.values()],
-                    "broken": self.broken_extensions}
-        if method == "policies.status":
-            return attrs.asdict(self.status)
-        if method == "policies.reload":
-            return self.reload()
-        if method == "decisions.tail":
-            count = params.get("count", 20)
-            if not isinstance(count, int) or count < 0:
-                raise RpcError(-32602, "count must be a non-negative integer")
-            return {"decisions": self.decisions.tail(count)}
-        raise RpcError(-32601, f"no method {method!r}")
 
     @staticmethod
     def _job_id(params: dict) -> str:
-        job_id = params.get("id")
-        if not isinstance(job_id, str) or not re.fullmatch(r"[0-9a-f]{8,64}", job_id):
-            raise RpcError(-32602, "id must be a job id (hex), as jobs.run returned it")
+        job_id = param(params, "id", str, what="the job id jobs.run returned")
+        if not _JOB_ID.fullmatch(job_id):
+            raise RpcError(rpc.INVALID_PARAMS, "parameter 'id' must be a job id (hex), as jobs.run returned it")
         return job_id
 
     def job_status(self, job_id: str) -> dict:
@@ -269,7 +246,7 @@ class Daemon:
                     "interrupt_requested": snap["interrupt_requested"]}
         stored = self.jobs.get(job_id)
         if stored is None:
-            raise RpcError(-32602, f"no job {job_id}")
+            raise RpcError(rpc.INVALID_PARAMS, f"no job {job_id}")
         return stored.public()
 
     def cancel_job(self, job_id: str) -> dict:
@@ -278,88 +255,168 @@ class Daemon:
         with self._jobs_lock:
             live = self._runs.get(job_id)
             if live is None:
-                raise RpcError(-32602, f"job {job_id} is not running")
+                raise RpcError(rpc.INVALID_PARAMS, f"job {job_id} is not running")
             self._cancelled.add(job_id)
         live[0].interrupt()
         return {"id": job_id, "status": "cancelling"}
 
-    def _resume_interrupted(self) -> None:
-        for record in self.jobs.to_resume_after_restart():
-            try:
-                self.run_job(record.extension, record.job, record.input, detach=True, resume=record)
-                log.info("resumed job %s (%s/%s), attempt %d", record.id, record.extension, record.job,
-                         record.attempts + 1)
-            except RpcError as exc:
-                log.error("cannot resume job %s: %s", record.id, exc.message)
+    def resume_job(self, job_id: str, wait: float | None = None, detach: bool = False) -> dict:
+        """The next attempt of an interrupted or failed job (or one a crashed daemon left "running"), from its last
+        checkpoint."""
+        record = self.jobs.get(job_id)
+        if record is None:
+            raise RpcError(rpc.INVALID_PARAMS, f"no job {job_id}")
+        with self._jobs_lock:
+            live = job_id in self._runs
+        if live:
+            raise RpcError(rpc.INVALID_PARAMS, f"job {job_id} is already running")
+        # "running" on disk but not here: the daemon that ran it died (a crash), which interrupted it too
+        if record.status not in ("interrupted", "failed", "running"):
+            raise RpcError(rpc.INVALID_PARAMS, f"job {record.id} is {record.status}; only an interrupted or failed "
+                                               "job can be resumed")
+        return self.run_job(record.extension, record.job, record.input, wait, detach, record)
 
-    def answer(self, line: bytes) -> dict:
-        request_id = None
-        try:
-            request = json.loads(line)
-            if not isinstance(request, dict) or not isinstance(request.get("method"), str):
-                raise RpcError(-32600, "a request is a JSON object with a string 'method'")
-            request_id = request.get("id")
-            params = request.get("params", {})
-            if not isinstance(params, dict):
-                raise RpcError(-32602, "params must be an object")
-            return {"jsonrpc": "2.0", "id": request_id, "result": self.handle(request["method"], params)}
-        except json.JSONDecodeError as exc:
-            return {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": f"parse error: {exc}"}}
-        except RpcError as exc:
-            return {"jsonrpc": "2.0", "id": request_id, "error": {"code": exc.code, "message": exc.message}}
-        except Exception as exc:  # noqa: BLE001 - one bad request never takes the daemon down
-            log.exception("control request failed")
-            return {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": f"internal: {exc}"}}
+    def _resume_interrupted(self) -> None:
+        """--resume-interrupted: each job a shutdown interrupted (or a crash left "running") waits for a slot in
+        its own thread, so start-up never blocks on them; one that cannot resume stays resumable by hand."""
+        def resume(record: JobRecord) -> None:
+            try:
+                self.run_job(record.extension, record.job, record.input, resume=record)
+            except RpcError as exc:
+                log.error("cannot resume job %s (%s/%s): %s", record.id, record.extension, record.job, exc.message)
+
+        for record in self.jobs.to_resume_after_restart():
+            log.info("resuming job %s (%s/%s), attempt %d", record.id, record.extension, record.job,
+                     record.attempts + 1)
+            threading.Thread(target=resume, args=(record,), name=f"capengine-resume-{record.id}", daemon=True).start()
+
+    # control interface ------------------------------------------------------------------------------
+    def handle(self, method: str, params: dict) -> object:
+        if method == "jobs.run":
+            return self.run_job(param(params, "extension", str), param(params, "job", str, what="the job's name"),
+                                param(params, "input", dict, {}), self._wait(params),
+                                param(params, "detach", bool, False, "return the job id at once"))
+        if method == "jobs.status":
+            return self.job_status(self._job_id(params))
+        if method == "jobs.cancel":
+            return self.cancel_job(self._job_id(params))
+        if method == "jobs.resume":
+            return self.resume_job(self._job_id(params), self._wait(params),
+                                   param(params, "detach", bool, False, "return the job id at once"))
+        if method == "jobs.list":
+            with self._jobs_lock:
+                return {"running": list(self._running.values()), "finished": list(self._finished)}
+        if method == "extensions.list":
+            return {"extensions": [{"id": e.id, "name": e.name, "version": e.version, "jobs": list(e.jobs),
+                                    "operations": list(e.operations)} for e in self.extensions.values()],
+                    "broken": self.broken_extensions}
+        if method == "policies.status":
+            return self._policy_status()
+        if method == "policies.reload":
+            return self.reload(param(params, "accept_removals", bool, False))
+        if method == "decisions.tail":
+            count = param(params, "count", int, 20)
+            if not 0 <= count <= 10_000:
+                raise RpcError(rpc.INVALID_PARAMS, "count must be between 0 and 10000")
+            return {"decisions": self.decisions.tail(count)}
+        if method == "health":
+            return self.health()
+        raise RpcError(rpc.METHOD_NOT_FOUND, f"no method {method!r}")
+
+    @staticmethod
+    def _wait(params: dict) -> float | None:
+        wait_ms = param(params, "wait_ms", int, None, "how long to wait for a job slot")
+        return None if wait_ms is None else max(0, wait_ms) / 1000
+
+    def _policy_status(self) -> dict:
+        status = attrs.asdict(self.policies.status)
+        status["loaded_at"] = rfc3339(status["loaded_at"])
+        status["last_error"] = list(status["last_error"])
+        status["decision_log"] = attrs.asdict(self.decisions.state())
+        return status
+
+    def health(self) -> dict:
+        """Everything an operator needs to tell a healthy daemon from a degraded one."""
+        status = self.policies.status
+        log_state = self.decisions.state()
+        threads = self.supervisor.states()
+        degraded = [] if log_state.state == "ok" else [f"decision log {log_state.state}: {log_state.last_error}"]
+        degraded += [f"thread {name} is not running" for name, t in threads.items() if not t["alive"]]
+        if status.last_error:
+            degraded.append("the last policy reload was rejected")
+        server = self._server
+        return {
+            "status": "stopping" if self._stopping else ("degraded" if degraded else "ok"),
+            "problems": degraded,
+            "policy": {"revision": status.revision, "files": status.files, "root": status.root,
+                       "loaded_at": rfc3339(status.loaded_at), "age_seconds": round(time.time() - status.loaded_at, 3),
+                       "last_reload_error": list(status.last_error), "reloads_ok": self.policies.reloads_ok,
+                       "reloads_failed": self.policies.reloads_failed},
+            "decision_log": attrs.asdict(log_state),
+            "threads": threads,
+            "jobs": self.admission.counts(),
+            "connections": server.connections if server else 0,
+            "extensions": {"loaded": len(self.extensions), "broken": len(self.broken_extensions)},
+        }
+
+    def answer(self, line: bytes) -> bytes | None:
+        return rpc.answer(line, self.handle)
 
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Bind the 0600 socket and start serving and watching (in background threads)."""
+        """Bind the 0600 socket, start the supervised threads, and tell systemd we are ready."""
         path = self.config.socket
-        if path.exists():
+        if path.exists() or path.is_symlink():
             probe = socket.socket(socket.AF_UNIX)
             try:
                 probe.connect(str(path))
                 raise DaemonError(f"another daemon is listening on {path}")
             except (ConnectionRefusedError, FileNotFoundError):
                 path.unlink(missing_ok=True)  # stale socket from a crashed daemon
+            except OSError as exc:
+                raise DaemonError(f"cannot use {path}: {exc}") from None
             finally:
                 probe.close()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        daemon = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                for line in self.rfile:
-                    if line.strip():
-                        self.wfile.write(json.dumps(daemon.answer(line)).encode() + b"\n")
-                        self.wfile.flush()
-
-        server = socketserver.ThreadingUnixStreamServer(str(path), Handler, bind_and_activate=False)
-        server.daemon_threads = True
-        old_umask = os.umask(0o177)  # the socket file is created 0600: only the owner can control the daemon
+        if self.config.metrics_port is not None:  # before the socket: a busy port must not leave a socket behind
+            try:
+                self.metrics.serve_http(self.config.metrics_port)
+            except OSError as exc:
+                raise DaemonError(f"cannot serve metrics on 127.0.0.1:{self.config.metrics_port}: {exc}") from None
+        server = ControlServer(path, self.answer, is_job=lambda line: any(m in line for m in JOB_METHODS),
+                               max_connections=self.config.max_connections, max_line=self.config.max_line_bytes,
+                               idle_timeout=self.config.idle_timeout, control_workers=self.config.control_workers,
+                               job_workers=self.config.job_workers)
         try:
-            server.server_bind()
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
-        server.server_activate()
+            server.bind()
+        except OSError as exc:
+            raise DaemonError(f"cannot listen on {path}: {exc}") from None
         self._server = server
-        threading.Thread(target=server.serve_forever, name="capengine-control", daemon=True).start()
+        sup = self.supervisor
+        sup.run("control", server.serve)
+        sup.run("reloader", partial(self.policies.run_reloader, self._stopped))
         if self.config.watch_interval > 0:
-            self._watcher = threading.Thread(target=self._watch, name="capengine-watch", daemon=True)
-            self._watcher.start()
+            sup.run("watcher", partial(self.policies.run_watcher, self._stopped, self.config.watch_interval))
+        sup.watch("decision-log", self.decisions.writer_alive, self.decisions.start)
+        if self.config.metrics_textfile is not None:
+            sup.run("metrics-textfile", partial(self.metrics.run_textfile, self.config.metrics_textfile,
+                                                self._stopped))
+        sd_notify(f"READY=1\nSTATUS=serving on {path} (policy revision {self.status.revision})\nMAINPID={os.getpid()}")
         log.info("serving on %s (policy revision %s)", path, self.status.revision)
         if self.config.resume_interrupted:
             self._resume_interrupted()
 
     def stop(self) -> None:
-        """Graceful: stop accepting, interrupt running jobs, flush the decision log, remove the socket."""
-        if self._stopped.is_set():
+        """Graceful: stop accepting, interrupt running jobs, deliver every reply in flight, flush the decision
+        log, remove the socket. Bounded by drain_timeout (plus the log's own bound on a failing disk)."""
+        if self._stopping:
             return
-        self._stopped.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        self._stopping = True
+        sd_notify("STOPPING=1")
+        server = self._server
+        if server is not None:
+            server.stop_accepting()
+        self.admission.wake_all()
         with self._jobs_lock:  # first ask: a guest that checks job.interrupted checkpoints and returns
             runs = [run for run, _ in self._runs.values()]
         for run in runs:
@@ -368,26 +425,27 @@ class Daemon:
         while self._running and time.monotonic() < grace:
             time.sleep(0.01)
         self.host.runtime.interrupt_all()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + self.config.drain_timeout
         while self._running and time.monotonic() < deadline:
+            self.host.runtime.interrupt_all()
             time.sleep(0.01)
+        if server is not None:
+            server.shutdown(max(0.1, deadline - time.monotonic()))
+        self._stopped.set()
+        self.supervisor.join()
+        if server is not None:
+            server.close()
         self.decisions.close()
+        self.metrics.close()
         self.host.close()
-        self.config.socket.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.config.socket.unlink(missing_ok=True)
         log.info("stopped")
 
 
-def call(socket_path: Path, method: str, params: dict | None = None, timeout: float = 60) -> dict:
-    """One JSON-RPC call over the control socket (the `capengine ctl` client)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(socket_path))
-        sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}).encode()
-                     + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
+def check_policies(directory: Path, operations: list[str]) -> tuple[PolicySet | None, list[str], int]:
+    """The same findings `capengine check` reports; a set only when none is an error (start-up benchmark)."""
+    outcome = run_check([directory], operations=operations)
+    errors = [str(f) for f in outcome.findings if f.severity == "error"]
+    files = sum(1 for f in outcome.load.files if f.policies)
+    return (None if errors else outcome.policy_set), errors, files

@@ -1,4 +1,4 @@
-"""Job checkpoints on disk: one JSON file per (extension, job run) under `<data dir>/checkpoints/`.
+"""Job checkpoints on disk: one JSON file per (extension namespace, job run) under `<data dir>/checkpoints/`.
 
 A checkpoint is what a resumed run starts from, so losing or tearing one loses work: each save writes a temp
 file, fsyncs it, renames it over the old one and fsyncs the directory. A crash (or a full disk) leaves the old
@@ -20,7 +20,9 @@ import attrs
 from capengine.errors import CapengineError
 
 DEFAULT_MAX_BYTES = 512 * 1024
-_EXTENSION_ID = re.compile(r"^[a-z0-9][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*)+$")  # schemas/manifest.schema.json
+# The extension's namespace (manifests.Extension.namespace): its id (schemas/manifest.schema.json) when installed,
+# else "dev:" + its module's sha256 (development mode). Neither can hold "/" or be ".." (a path component).
+_NAMESPACE = re.compile(r"^(?:[a-z0-9][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*)+|dev:[0-9a-f]{64})$")
 _RUN_ID = re.compile(r"^[0-9a-f]{8,64}$")
 # Compact; UTF-8 text; a lone surrogate (which CPython's json accepts) fails the encode below instead of
 # writing a file that cannot be read back as UTF-8.
@@ -46,7 +48,7 @@ class CheckpointStore:
 
     def _path(self, extension: str, run_id: str) -> Path:
         # Both parts become path components: refuse anything that is not an id (no "..", no "/").
-        if not _EXTENSION_ID.match(extension) or not _RUN_ID.match(run_id):
+        if not _NAMESPACE.fullmatch(extension) or not _RUN_ID.fullmatch(run_id):
             raise CheckpointError(f"bad checkpoint key {extension!r}/{run_id!r}")
         return self.data_dir / "checkpoints" / extension / f"{run_id}.json"
 

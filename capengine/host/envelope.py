@@ -7,6 +7,7 @@ prints it and the decision log stores it.
 from __future__ import annotations
 
 import enum
+import json
 from typing import Any
 
 import attrs
@@ -18,12 +19,16 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_OPERATION = "UNKNOWN_OPERATION"
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
     LIBRARY_REQUIRED = "LIBRARY_REQUIRED"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     INTERNAL = "INTERNAL"
 
 
 OK = "OK"  # the code recorded for a call that succeeded
+# Recorded (never sent: the guest gets the negative return value) for a call refused at the ABI boundary.
+FAULT_RANGE = "FAULT_RANGE"  # -1: a pointer/length outside linear memory
+FAULT_TOO_LARGE = "FAULT_TOO_LARGE"  # -2: a request over the size cap
 
 
 @attrs.frozen
@@ -39,12 +44,22 @@ class CallRecord:
     rules: tuple[str, ...]
     errors: tuple[str, ...]  # condition evaluation errors, "<rule>: <message>"
     args: dict[str, Any]  # the args the policy set's conditions can read (secrets are hidden from policies altogether)
-    code: str  # OK or an ErrorCode
+    code: str  # what the guest received: OK, an ErrorCode, or FAULT_RANGE/FAULT_TOO_LARGE
     message: str
     revision: str
     duration_us: int
 
 
-
 def error_envelope(code: ErrorCode, message: str, rule: str | None = None, **extra: object) -> dict[str, Any]:
     return {"ok": False, "error": {"code": str(code), "message": message, "rule": rule, **extra}}
+
+
+# Compact, "ok" first (the C bindings test the prefix), never NaN/Infinity. Built once: json.dumps with options
+# builds an encoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode_envelope(envelope: dict[str, Any]) -> bytes:
+    """The envelope as the guest receives it: UTF-8 JSON. Raises (ValueError, TypeError, UnicodeEncodeError)
+    for a value that has no such form, e.g. a lone surrogate or a non-finite float."""
+    return _ENCODER.encode(envelope).encode("utf-8")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import re
 
 import wasmtime
@@ -45,7 +46,7 @@ class View:
 
     __slots__ = ("base", "size")
 
-    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Store) -> None:
+    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Storelike) -> None:
         self.size = memory.data_len(store)
         self.base = ctypes.addressof(memory.data_ptr(store).contents) if self.size else 0
 
@@ -88,12 +89,25 @@ def _reject_constant(name: str) -> None:
     raise PayloadError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf, which no JSON reply can carry back
+        raise PayloadError(f"number {text[:40]} is out of range")
+    return value
+
+
 # Built once: json.loads with hooks builds a new decoder per call, which costs more than the parse.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
+                            parse_float=_finite_float)
+# A lone surrogate can only come from a \uD800-\uDFFF escape (the text is strict UTF-8); checked only then.
+_SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_payload(raw: bytes, max_depth: int) -> dict:
-    """A JSON object from guest bytes: strict UTF-8, no duplicate keys, no NaN/Infinity, bounded depth."""
+    """A JSON object from guest bytes: strict UTF-8, no duplicate keys, no NaN/Infinity or out-of-range
+    numbers, integers of at most 4,300 digits, no lone surrogates (text that has no UTF-8 form would break
+    every log and reply it reaches), bounded depth."""
     text = decode_text(raw, "payload")
     if text.count("{") + text.count("[") > max_depth:  # cannot nest deeper than it has brackets
         _check_depth(text, max_depth)
@@ -103,9 +117,28 @@ def parse_payload(raw: bytes, max_depth: int) -> dict:
         raise PayloadError(f"payload is not valid JSON: {exc.msg} at character {exc.pos}") from None
     except RecursionError:
         raise PayloadError("payload nests too deeply") from None
+    except ValueError as exc:  # int() past sys.get_int_max_str_digits, and the hooks above
+        raise PayloadError(f"payload has an unacceptable number: {str(exc)[:120]}") from None
     if not isinstance(value, dict):
         raise PayloadError("payload must be a JSON object")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise PayloadError("payload has a string with a lone surrogate (\\ud800-\\udfff), which is not Unicode text")
     return value
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 _STRUCTURAL = re.compile(r'[\[\]{}"\\]')

@@ -6,6 +6,8 @@ root always comes from here, resolved once to an absolute real path when the lib
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sqlite3
 import uuid
@@ -14,6 +16,8 @@ from pathlib import Path
 import attrs
 
 from capengine.errors import CapengineError
+
+log = logging.getLogger("capengine.host.libraries")
 
 DATA_DIR_ENV = "CAPENGINE_DATA_DIR"
 LIBRARY_ID_FILE = ".capengine/library-id"  # a library directory may carry its own id (the bundled sample does)
@@ -36,6 +40,51 @@ class Library:
     id: str  # lowercase canonical UUID
     name: str
     root: Path
+    # Found by probing the volume at `library add` (probe_case_insensitive): policies then judge the on-disk
+    # spelling of every path (safe_fs.spelled_path), so a deny on /photos/private/** holds for "Private".
+    case_insensitive: bool = False
+    # Regular files with more than one hard link are refused unless this is set (safe_fs): a link is the
+    # same file under another path, which no path rule can see.
+    allow_hardlinks: bool = False
+
+
+def probe_case_insensitive(root: Path) -> bool:
+    """Whether the volume holding `root` treats names differing in case (or normalisation) as one.
+
+    Creates a mixed-case probe file under ROOT/.capengine and looks it up by other spellings (case, NFD, an
+    ignorable U+200C). When the root
+    is not writable, an existing entry is looked up with its case swapped. When nothing can be learned, the
+    answer is True: treating a case-sensitive volume as insensitive only costs directory scans, the other
+    mistake lets "/Private" past a deny on "/private"."""
+    probe_dir = root / ".capengine"
+    token = uuid.uuid4().hex[:12]
+    probe = probe_dir / f"Case-Probe-{token}-\u00c9"
+    try:
+        probe_dir.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+    except OSError:
+        return _probe_existing(root)
+    try:
+        variants = (f"case-probe-{token}-\u00e9",  # case
+                    f"Case-Probe-{token}-E\u0301",  # normalisation (APFS, even when case-sensitive)
+                    f"Case-\u200cProbe-{token}-\u00c9")  # an ignorable code point (HFS+)
+        return any(os.path.lexists(probe_dir / variant) for variant in variants)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+def _probe_existing(root: Path) -> bool:
+    try:
+        names = set(os.listdir(root))
+    except OSError:
+        return True
+    for name in names - {".capengine"}:  # capengine's own directory may be fresh from the failed probe
+        swapped = name.swapcase()
+        if swapped != name and swapped not in names:
+            return os.path.lexists(root / swapped)
+    return True
 
 
 class LibraryCatalog:
@@ -47,11 +96,17 @@ class LibraryCatalog:
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS libraries (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
                        "root TEXT NOT NULL UNIQUE)")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(libraries)")}
+            # Catalogues written before these settings existed: NULL means "probe on first use".
+            for column in ("case_insensitive", "allow_hardlinks"):
+                if column not in columns:
+                    db.execute(f"ALTER TABLE libraries ADD COLUMN {column} INTEGER")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self._db_path, timeout=5)
 
-    def add(self, root: str | Path, name: str | None = None, library_id: str | None = None) -> Library:
+    def add(self, root: str | Path, name: str | None = None, library_id: str | None = None,
+            allow_hardlinks: bool = False) -> Library:
         real = Path(root).resolve(strict=False)
         if not real.is_dir():
             raise LibraryError(f"{root} is not a directory")
@@ -62,21 +117,29 @@ class LibraryCatalog:
             lid = str(uuid.UUID(library_id)) if library_id else str(uuid.uuid4())
         except ValueError:
             raise LibraryError(f"{library_id!r} is not a UUID (from --id or {id_file})") from None
+        folds = probe_case_insensitive(real)
         try:
             with self._connect() as db:
-                db.execute("INSERT INTO libraries (id, name, root) VALUES (?, ?, ?)", (lid, name or real.name,
-                                                                                        str(real)))
+                db.execute("INSERT INTO libraries (id, name, root, case_insensitive, allow_hardlinks) "
+                           "VALUES (?, ?, ?, ?, ?)", (lid, name or real.name, str(real), folds, allow_hardlinks))
         except sqlite3.IntegrityError:
             existing = self.find_root(real)
             if existing is not None and library_id in (None, existing.id):
                 return existing
             raise LibraryError(f"library {lid} or root {real} is already in the catalogue") from None
-        return Library(lid, name or real.name, real)
+        return Library(lid, name or real.name, real, folds, allow_hardlinks)
 
     def _select(self, where: str, params: tuple) -> list[Library]:
         with self._connect() as db:
-            rows = db.execute(f"SELECT id, name, root FROM libraries {where}", params).fetchall()
-        return [Library(row[0], row[1], Path(row[2])) for row in rows]
+            rows = db.execute(f"SELECT id, name, root, case_insensitive, allow_hardlinks FROM libraries {where}",
+                              params).fetchall()
+            libraries = []
+            for lid, name, root, folds, hardlinks in rows:
+                if folds is None:  # an entry from before the probe existed
+                    folds = probe_case_insensitive(Path(root))
+                    db.execute("UPDATE libraries SET case_insensitive = ? WHERE id = ?", (folds, lid))
+                libraries.append(Library(lid, name, Path(root), bool(folds), bool(hardlinks)))
+        return libraries
 
     def get(self, library_id: str) -> Library | None:
         """Cached: entries are never changed in place, and an id unknown here is looked up again (another
@@ -95,3 +158,50 @@ class LibraryCatalog:
 
     def list(self) -> list[Library]:
         return self._select("ORDER BY name, id", ())
+
+    def remove(self, library_id: str) -> Library:
+        """Forget a library (its files are untouched). Sidecars keyed by content stay in the data dir."""
+        library = self.get(library_id)
+        if library is None:
+            raise LibraryError(f"no library {library_id} in the catalogue (see capengine library list)")
+        with self._connect() as db:
+            db.execute("DELETE FROM libraries WHERE id = ?", (library.id,))
+        self._known.pop(library.id, None)
+        return library
+
+    def move(self, library_id: str, root: str | Path) -> Library:
+        """Re-root a known id (a moved checkout, a second clone): same id, so policies and data still apply."""
+        library = self.get(library_id)
+        if library is None:
+            raise LibraryError(f"no library {library_id} in the catalogue (see capengine library list)")
+        real = Path(root).resolve(strict=False)
+        if not real.is_dir():
+            raise LibraryError(f"{root} is not a directory")
+        other = self.find_root(real)
+        if other is not None and other.id != library.id:
+            raise LibraryError(f"{real} is already library {other.id}; remove that one first")
+        with self._connect() as db:
+            db.execute("UPDATE libraries SET root = ? WHERE id = ?", (str(real), library.id))
+        moved = Library(library.id, library.name, real)
+        self._known[library.id] = moved
+        return moved
+
+    def claim(self, root: str | Path) -> Library:
+        """The library at `root`, for a command given that directory explicitly (`capengine run --library`):
+        its entry if known; else, when the directory carries the id of a known library (a second clone, a moved
+        checkout), that id re-rooted here, said on stderr; else a new entry."""
+        real = Path(root).resolve(strict=False)
+        found = self.find_root(real)
+        if found is not None:
+            return found
+        id_file = real / LIBRARY_ID_FILE
+        if id_file.is_file():
+            try:
+                known = self.get(str(uuid.UUID(id_file.read_text().strip())))
+            except ValueError:
+                known = None
+            if known is not None:
+                log.warning("library %s moved from %s to %s (it carries that id in %s)", known.id, known.root,
+                            real, LIBRARY_ID_FILE)
+                return self.move(known.id, real)
+        return self.add(real)

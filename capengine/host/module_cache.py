@@ -6,12 +6,15 @@ import hashlib
 import hmac
 import importlib.metadata
 import logging
-import os
 from pathlib import Path
 
 import wasmtime
 
+from capengine.host import data_dir as private
+
 log = logging.getLogger("capengine.host.module_cache")
+KEY_FIX = "delete it (the module cache is rebuilt; nothing else depends on that key)"
+TAG_DOMAIN = b"capengine module cache v2"
 
 
 def compile_module(engine: wasmtime.Engine, source: bytes, is_wat: bool) -> wasmtime.Module:
@@ -19,47 +22,66 @@ def compile_module(engine: wasmtime.Engine, source: bytes, is_wat: bool) -> wasm
 
 
 class ModuleCache:
-    """Compiled modules on disk, keyed by the source's sha256 and the wasmtime version.
+    """Compiled modules on disk, keyed by the source's sha256, the wasmtime version and the engine config.
 
-    `Module.deserialize` runs native code from the file and is unsafe on untrusted bytes, so each entry
-    carries an HMAC-SHA256 tag under a key that only this data directory holds (0600); an entry whose tag does
-    not verify is recompiled and overwritten, never deserialized.
+    `Module.deserialize` runs native code from the file and is unsafe on untrusted bytes, so each entry carries
+    an HMAC-SHA256 tag under a key only this data directory holds (0600). The tag covers the source digest, the
+    wasmtime version and the engine configuration as well as the compiled bytes: an entry copied under another
+    module's name, or made by another wasmtime or config, does not verify and is recompiled, never deserialized.
+    A cache that cannot be written (full or read-only disk) costs a compilation, never a job.
     """
 
-    def __init__(self, engine: wasmtime.Engine, directory: Path) -> None:
+    def __init__(self, engine: wasmtime.Engine, directory: Path, engine_config: str) -> None:
         self.engine = engine
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.version = importlib.metadata.version("wasmtime")
+        self.engine_config = engine_config
+        self._config_id = hashlib.sha256(f"{self.version}\0{engine_config}".encode()).hexdigest()[:16]
         self._key = self._load_key()
         self.hits = self.misses = 0
 
-    def _load_key(self) -> bytes:
-        path = self.directory / "cache.key"
+    def _load_key(self) -> bytes | None:
+        """The HMAC key; None (no caching, with a warning) when it cannot be created: a full or read-only disk
+        must not stop jobs. A damaged key is an error the operator must see (KeyFileError)."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            key = path.read_bytes()
-            if len(key) != 32:
-                raise OSError(f"{path} is corrupt; delete the cache directory") from None
-            return key
-        key = os.urandom(32)
-        with os.fdopen(fd, "wb") as out:
-            out.write(key)
-        return key
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            log.warning("module cache disabled: cannot create %s: %s", self.directory, exc.strerror)
+            return None
+        try:
+            return private.load_or_create_key(self.directory / "cache.key", 32, KEY_FIX)
+        except private.KeyFileError as exc:
+            if exc.corrupt:
+                raise
+            log.warning("module cache disabled: %s", exc)
+            return None
 
-    def _tag(self, data: bytes) -> bytes:
-        return hmac.new(self._key, self.version.encode() + b"\0" + data, hashlib.sha256).digest()
+    @property
+    def enabled(self) -> bool:
+        return self._key is not None
 
-    def load(self, source: bytes, is_wat: bool) -> wasmtime.Module:
-        digest = hashlib.sha256(source).hexdigest()
-        path = self.directory / f"{digest}-wasmtime{self.version}.cwasm"
+    def _tag(self, digest: str, data: bytes) -> bytes:
+        mac = hmac.new(self._key or b"", digestmod=hashlib.sha256)
+        for part in (TAG_DOMAIN, digest.encode(), self.version.encode(), self.engine_config.encode()):
+            mac.update(len(part).to_bytes(8, "big") + part)  # length-prefixed: no two field lists collide
+        mac.update(data)
+        return mac.digest()
+
+    def path_for(self, digest: str) -> Path:
+        return self.directory / f"{digest}-wasmtime{self.version}-{self._config_id}.cwasm"
+
+    def load(self, source: bytes, is_wat: bool, digest: str | None = None) -> wasmtime.Module:
+        digest = digest or hashlib.sha256(source).hexdigest()
+        if self._key is None:
+            self.misses += 1
+            return compile_module(self.engine, source, is_wat)
+        path = self.path_for(digest)
         try:
             blob = path.read_bytes()
         except OSError:
             blob = b""
         tag, data = blob[:32], blob[32:]
-        if data and hmac.compare_digest(tag, self._tag(data)):
+        if data and hmac.compare_digest(tag, self._tag(digest, data)):
             try:
                 module = wasmtime.Module.deserialize(self.engine, data)
                 self.hits += 1
@@ -70,8 +92,10 @@ class ModuleCache:
             log.warning("cache entry %s failed verification; recompiling", path.name)
         self.misses += 1
         module = compile_module(self.engine, source, is_wat)
-        data = module.serialize()
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(self._tag(data) + data)
-        os.replace(tmp, path)
+        try:
+            compiled = bytes(module.serialize())
+            # No fsync: a torn entry fails its tag and is recompiled, so the cache needs atomicity, not durability.
+            private.write_atomic(path, self._tag(digest, compiled) + compiled, fsync=False)
+        except (OSError, wasmtime.WasmtimeError) as exc:
+            log.warning("cannot write cache entry %s (%s); the job runs from the fresh compilation", path.name, exc)
         return module

@@ -59,9 +59,10 @@ def custom_sections(data: bytes, where: str = "module") -> dict[str, bytes]:
     return found
 
 
-def embedded_facts(module: Path) -> dict:
-    """The manifest facts of an SDK-built module; an error when they are missing or inconsistent."""
-    sections = custom_sections(module.read_bytes(), str(module))
+def embedded_facts(module: Path, source: bytes | None = None) -> dict:
+    """The manifest facts of an SDK-built module (`source`: its bytes when already read); an error when they are
+    missing or inconsistent."""
+    sections = custom_sections(module.read_bytes() if source is None else source, str(module))
     if MANIFEST_SECTION not in sections:
         raise ModuleManifestError(f"{module}: no {MANIFEST_SECTION} section (not built with the Rust SDK's "
                                   "#[extension]?)")
@@ -90,18 +91,20 @@ def manifest_text(facts: dict, module_name: str) -> str:
     return header + yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, width=120)
 
 
-def disagreements(module: Path, manifest: object) -> list[str]:
-    """How `manifest` (parsed manifest.yaml) differs from the facts embedded in `module`; [] when they agree
-    or when the module embeds none (C and WAT guests)."""
+def disagreements(module: Path, manifest: object, source: bytes | None = None) -> list[str]:
+    """How `manifest` (parsed manifest.yaml) differs from the facts embedded in `module` (`source`: its bytes,
+    the very ones the host digests and runs); [] when they agree or when the module embeds none (C and WAT
+    guests)."""
     try:
-        sections = custom_sections(module.read_bytes(), str(module))
+        source = module.read_bytes() if source is None else source
+        sections = custom_sections(source, str(module))
     except (OSError, ModuleManifestError):
         return []  # not a binary module (or unreadable): loading it reports the real problem
     if MANIFEST_SECTION not in sections:
         return []
     if not isinstance(manifest, dict):
         return ["the manifest is not a mapping"]
-    facts = embedded_facts(module)
+    facts = embedded_facts(module, source)
     return [f"{key} is {manifest.get(key)!r} but {module.name} says {facts.get(key)!r}"
             for key in FACTS if manifest.get(key) != facts.get(key)]
 

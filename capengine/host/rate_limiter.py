@@ -1,7 +1,9 @@
 """Token buckets from the policies' `spec.limits`, per (extension, limit).
 
 A limit in a policy applies to every extension its `extensions` globs match and every operation its own
-`operations` globs match; each extension gets its own bucket per limit. A call takes `cost` tokens from every
+`operations` globs match; each extension gets its own bucket per limit, keyed by its namespace (its id once
+installed, a digest-derived name in development mode) so that a module merely claiming an id never drains or
+shares the installed extension's buckets. A call takes `cost` tokens from every
 bucket that applies, all or nothing, so two limits never half-charge a refused call. The clock is injected
 so tests are exact without sleeping; one lock keeps the buckets exact under concurrent callers.
 """
@@ -49,6 +51,21 @@ class RateLimiter:
         self._applicable: dict[tuple[str, str], tuple[int, ...]] = {}
         self._lock = threading.Lock()
 
+    def inherit(self, old: RateLimiter) -> None:
+        """Share the buckets (and the lock guarding them) of every limit `old` has unchanged, so that a reload
+        which keeps a limit neither refills nor forgets its buckets, even for calls in flight across the swap."""
+        def same(s: ScopedLimit) -> tuple:  # where the limit is written (its location) does not matter
+            lim = s.limit
+            return s.policy, s.extensions, lim.operations, lim.count, lim.per_seconds, lim.burst, lim.cost
+
+        previous = {same(s): i for i, s in enumerate(old.limits)}
+        mapping = {previous[same(s)]: i for i, s in enumerate(self.limits) if same(s) in previous}
+        with old._lock:
+            self._lock = old._lock
+            for (extension, j), bucket in old._buckets.items():
+                if j in mapping:
+                    self._buckets[(extension, mapping[j])] = bucket
+
     def _which(self, extension: str, operation: str) -> tuple[int, ...]:
         key = (extension, operation)
         found = self._applicable.get(key)
@@ -59,10 +76,12 @@ class RateLimiter:
             self._applicable[key] = found
         return found
 
-    def acquire(self, extension: str, operation: str) -> tuple[float, str | None]:
+    def acquire(self, extension: str, operation: str, namespace: str | None = None) -> tuple[float, str | None]:
         """Take the call's tokens and return (0.0, None), or take nothing and return the seconds until the call
-        may pass and the limit that refused it ("<policy>/limits/<index>")."""
+        may pass and the limit that refused it ("<policy>/limits/<index>"). `extension` (the id) selects the
+        limits; `namespace` (default: the id) selects the buckets."""
         which = self._which(extension, operation)
+        owner = extension if namespace is None else namespace
         if not which:
             return 0.0, None
         with self._lock:
@@ -71,9 +90,9 @@ class RateLimiter:
             wait, refused = 0.0, None
             for i in which:
                 scoped = self.limits[i]
-                bucket = self._buckets.get((extension, i))
+                bucket = self._buckets.get((owner, i))
                 if bucket is None:
-                    bucket = self._buckets[(extension, i)] = _Bucket(float(scoped.limit.burst), now)
+                    bucket = self._buckets[(owner, i)] = _Bucket(float(scoped.limit.burst), now)
                 bucket.tokens = min(float(scoped.limit.burst), bucket.tokens + (now - bucket.updated) * scoped.rate)
                 bucket.updated = now
                 cost = scoped.limit.cost

@@ -7,23 +7,29 @@ next job or another extension, and a trap, a host bug or an exhausted limit ends
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import platform
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
 import attrs
 import wasmtime
 
-from capengine.host.manifests import Extension
+from capengine.host import raw_functions, safe_text
+from capengine.host.deadline import Deadline
+from capengine.host.manifests import Extension, IdentityError
 from capengine.host.module_cache import ModuleCache, compile_module
 from capengine.host.session import BridgeLimits, CallHandler, GuestSession
 
 log = logging.getLogger("capengine.host.runtime")
 TICK_SECONDS = 0.01
 WASM_PAGE = 65536
+MAX_PREPARED = 64  # linked modules kept in memory (one per extension version in use)
 JobStatus = Literal["completed", "interrupted", "failed"]
-_STATUS = {0: "completed", 1: "interrupted", 2: "failed"}
+_STATUS: dict[int, JobStatus] = {0: "completed", 1: "interrupted", 2: "failed"}
 
 
 @attrs.frozen
@@ -57,6 +63,9 @@ class Runtime:
         config.consume_fuel = limits.fuel is not None
         config.max_wasm_stack = limits.max_wasm_stack
         self.engine = wasmtime.Engine(config)
+        # Everything above that changes the compiled code, for the module cache's tag (Config has no getters).
+        self.engine_config = (f"machine={platform.machine()};epoch_interruption=1;consume_fuel="
+                              f"{int(limits.fuel is not None)};max_wasm_stack={limits.max_wasm_stack}")
         i32 = wasmtime.ValType.i32()
         # FuncTypes belong to this Engine (sharing one across engines aborts the process).
         self._types = {
@@ -65,11 +74,65 @@ class Runtime:
             "spacedrive_input": wasmtime.FuncType([i32] * 2, [i32]),
             "spacedrive_log": wasmtime.FuncType([i32] * 3, []),
         }
-        self.cache = ModuleCache(self.engine, cache_dir) if cache_dir is not None else None
+        self.cache = ModuleCache(self.engine, cache_dir, self.engine_config) if cache_dir is not None else None
+        self._linker = self._abi_linker()
+        self._prepared: OrderedDict[str, wasmtime.InstancePre] = OrderedDict()  # module sha256 -> linked module
+        self._prepared_lock = threading.Lock()
         self._stop = threading.Event()
         self._interrupting = False
         self._ticker = threading.Thread(target=self._tick, name="capengine-epoch", daemon=True)
         self._ticker.start()
+
+    def _abi_linker(self) -> wasmtime.Linker:
+        """One Linker for every job: the ABI's host functions find the running job's session through a
+        thread-local (a job runs on one thread, and the guest calls the host on that thread), so nothing is
+        rebuilt per job and a module is linked once (InstancePre)."""
+        current = self._current = threading.local()
+
+        def call(caller: wasmtime.Caller, method_ptr: int, method_len: int, library_ptr: int, payload_ptr: int,
+                 payload_len: int) -> int:
+            session: GuestSession = current.session
+            return session.call(caller, method_ptr, method_len, library_ptr, payload_ptr, payload_len)
+
+        def result(caller: wasmtime.Caller, out_ptr: int, out_cap: int) -> int:
+            session: GuestSession = current.session
+            return session.result(caller, out_ptr, out_cap)
+
+        def input_(caller: wasmtime.Caller, out_ptr: int, out_cap: int) -> int:
+            session: GuestSession = current.session
+            return session.input_(caller, out_ptr, out_cap)
+
+        def log_(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+            session: GuestSession = current.session
+            session.log(caller, level, ptr, length)
+
+        linker = wasmtime.Linker(self.engine)
+        self._callbacks: list[object] = []  # the raw callbacks must outlive every instance of the linker
+        abi: tuple[tuple[str, raw_functions.HostFunction, int, bool], ...] = (
+            ("spacedrive_call", call, 5, True), ("spacedrive_result", result, 2, True),
+            ("spacedrive_input", input_, 2, True), ("spacedrive_log", log_, 3, False))
+        for name, handler, params, returns in abi:
+            raw_functions.define(linker, "spacedrive", name, self._types[name], params, returns, handler,
+                                 self._callbacks)
+        return linker
+
+    def prepare(self, ext: Extension) -> wasmtime.InstancePre:
+        """The extension's module compiled and linked, kept in memory by the digest it was vouched for (at
+        most MAX_PREPARED modules): a job pays neither a file read, a hash, a cache check nor a link. The
+        first use reads and verifies the file (load_module), so a module swapped on disk before it is never
+        run; after it, the bytes that run are the ones verified, whatever happens to the file."""
+        digest = ext.module_sha256
+        with self._prepared_lock:
+            pre = self._prepared.get(digest)
+            if pre is not None:
+                self._prepared.move_to_end(digest)
+                return pre
+        pre = self._linker.instantiate_pre(self.load_module(ext))
+        with self._prepared_lock:
+            self._prepared[digest] = pre
+            while len(self._prepared) > MAX_PREPARED:
+                self._prepared.popitem(last=False)
+        return pre
 
     def _tick(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
@@ -96,15 +159,27 @@ class Runtime:
         self.close()
 
     def load_module(self, ext: Extension) -> wasmtime.Module:
+        """Compile (or fetch from the cache) exactly the module whose digest `ext` was loaded and vouched for
+        with: a file swapped on disk since is refused, not run under the old identity."""
         source = ext.module_path.read_bytes()
+        digest = hashlib.sha256(source).hexdigest()
+        if digest != ext.module_sha256:
+            raise IdentityError(f"{ext.module_path} changed since {ext.id} was loaded (sha256 {digest}, loaded "
+                                f"{ext.module_sha256}); if that build is meant to run, vouch for it (capengine "
+                                f"ext install --replace {ext.directory}) and load it again (restart the daemon)")
         if self.cache is not None:
-            return self.cache.load(source, ext.module_path.suffix == ".wat")
+            return self.cache.load(source, ext.module_path.suffix == ".wat", digest)
         return compile_module(self.engine, source, ext.module_path.suffix == ".wat")
 
-    def run_job(self, ext: Extension, job: str, dispatcher: CallHandler, input_json: bytes = b"{}",
-                module: wasmtime.Module | None = None) -> JobResult:
-        session = GuestSession(ext, dispatcher, self.limits.bridge, input=input_json)
-        status, code, error = self._run(ext, job, session, module)
+    def run_job(self, ext: Extension, job: str, dispatcher: CallHandler, input_json: bytes = b"{}") -> JobResult:
+        session = GuestSession(ext, dispatcher, self.limits.bridge, input=input_json,
+                               deadline=Deadline.after(self.limits.cpu_seconds, lambda: self._interrupting))
+        self._current.session = session
+        try:
+            status, code, error = self._run(ext, job, session)
+        finally:
+            self._current.session = None
+        error = safe_text.escape(error)  # may quote the module's own import and export names
         if session.host_errors:
             error = (error + "; " if error else "") + "host errors: " + "; ".join(session.host_errors)
         if session.dropped_logs:
@@ -114,8 +189,7 @@ class Runtime:
             log.warning("job %s/%s %s: %s", ext.id, job, status, error)
         return JobResult(ext.id, job, status, code, error, tuple(session.logs))
 
-    def _run(self, ext: Extension, job: str, session: GuestSession,
-             module: wasmtime.Module | None) -> tuple[JobStatus, int | None, str]:
+    def _run(self, ext: Extension, job: str, session: GuestSession) -> tuple[JobStatus, int | None, str]:
         if job not in ext.jobs:
             return "failed", None, f"job {job!r} is not declared in the manifest (jobs: {', '.join(ext.jobs)})"
         lim = self.limits
@@ -127,14 +201,9 @@ class Runtime:
         if self._interrupting:
             return "interrupted", None, "the host is shutting down"
         store.set_epoch_deadline(self._deadline_ticks())
-        linker = wasmtime.Linker(self.engine)
-        for name, handler in (("spacedrive_call", session.call), ("spacedrive_result", session.result),
-                              ("spacedrive_input", session.input_), ("spacedrive_log", session.log)):
-            linker.define_func("spacedrive", name, self._types[name], handler, access_caller=True)
         memory = None
         try:
-            module = module or self.load_module(ext)
-            instance = linker.instantiate(store, module)
+            instance = self.prepare(ext).instantiate(store)
             exports = instance.exports(store)
             memory = exports.get("memory")
             if not isinstance(memory, wasmtime.Memory):
@@ -157,6 +226,8 @@ class Runtime:
             return "failed", None, _limit_reason(str(exc), lim)
         except OSError as exc:
             return "failed", None, f"cannot read the module: {exc}"
+        except IdentityError as exc:
+            return "failed", None, str(exc)
         if not isinstance(rc, int) or rc not in _STATUS:
             return "failed", rc if isinstance(rc, int) else None, f"execute_{job} returned {rc!r}, not 0, 1 or 2"
         status = _STATUS[rc]

@@ -7,26 +7,31 @@ The session knows nothing of policies: it hands each decoded call to a `CallHand
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 import uuid
 from typing import Any, Protocol
 
 import attrs
 import wasmtime
 
-from capengine.host import guest_memory
-from capengine.host.envelope import ErrorCode, error_envelope
+from capengine.host import guest_memory, safe_text
+from capengine.host.deadline import DEFAULT_SECONDS, Deadline
+from capengine.host.envelope import FAULT_RANGE, FAULT_TOO_LARGE, ErrorCode, encode_envelope, error_envelope
+from capengine.host.host_errors import HostErrors
 from capengine.host.manifests import Extension
 
 log = logging.getLogger("capengine.guest")
-# Compact, "ok" first (the C bindings test the prefix). Built once: json.dumps with options builds an encoder
-# per call.
-_ENVELOPE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_FAULT_NAMES = {guest_memory.FAULT_RANGE: FAULT_RANGE, guest_memory.FAULT_TOO_LARGE: FAULT_TOO_LARGE}
+_INTERNAL = encode_envelope(error_envelope(ErrorCode.INTERNAL, "host error; see the host log"))
 
 
 class CallHandler(Protocol):
-    def dispatch(self, ext: Extension, method: str, library_id: str, payload: dict[str, Any]) -> dict[str, Any]: ...
+    def reply(self, ext: Extension, method: str, library_id: str, payload: dict[str, Any],
+              deadline: Deadline | None, errors: HostErrors | None) -> bytes: ...
+
+    def reject(self, ext: Extension, method: str, library_id: str, code: str, message: str,
+               duration_us: int = 0) -> None: ...
 
 
 @attrs.frozen
@@ -39,7 +44,10 @@ class BridgeLimits:
 
 @attrs.define
 class GuestSession:
-    """The ABI's host functions for one instance. Holds the last envelope and the job's input."""
+    """The ABI's host functions for one instance. Holds the last envelope and the job's input.
+
+    `deadline` is the job's: every host call gets it, so a long host call ends when the job's CPU time (or
+    the host, shutting down) says so."""
 
     extension: Extension
     dispatcher: CallHandler
@@ -49,7 +57,8 @@ class GuestSession:
     held: bytes = b""
     logs: list[tuple[int, str]] = attrs.field(factory=list)
     dropped_logs: int = 0
-    host_errors: list[str] = attrs.field(factory=list)
+    host_errors: HostErrors = attrs.field(factory=HostErrors)
+    deadline: Deadline = attrs.field(factory=lambda: Deadline.after(DEFAULT_SECONDS))
 
     def _memory(self, caller: wasmtime.Caller) -> wasmtime.Memory:
         if self.memory is not None:
@@ -59,70 +68,81 @@ class GuestSession:
             raise guest_memory.AbiFault(guest_memory.FAULT_RANGE, "the module exports no memory")
         return memory
 
-    def call(self, caller, method_ptr: int, method_len: int, library_ptr: int, payload_ptr: int,
+    def call(self, caller: wasmtime.Caller, method_ptr: int, method_len: int, library_ptr: int, payload_ptr: int,
              payload_len: int) -> int:
         self.held = b""
+        start = time.perf_counter_ns()
+        raw_method = b""
         try:
             view = guest_memory.View(self._memory(caller), caller)
             raw_method = view.read(method_ptr, method_len, 256)
             raw_library = b"" if guest_memory.u32(library_ptr) == 0 else view.read(library_ptr, 16, 16)
             raw_payload = view.read(payload_ptr, payload_len, self.limits.max_request)
         except guest_memory.AbiFault as fault:
+            self._reject(raw_method, "", _FAULT_NAMES[fault.code], str(fault), start)
             return fault.code
         except Exception as exc:  # noqa: BLE001 - never let a host bug become an uncontrolled trap
-            return self._internal(exc)
+            self._reject(raw_method, "", FAULT_RANGE, "host error; see the host log", start)
+            return self._internal("spacedrive_call", exc)
         try:
-            envelope = self._envelope(raw_method, raw_library, raw_payload)
-            self.held = _ENVELOPE.encode(envelope).encode()
-        except Exception as exc:  # noqa: BLE001
-            self.held = _ENVELOPE.encode(error_envelope(ErrorCode.INTERNAL, "host error; see the host log")).encode()
-            self._internal(exc)
+            self.held = self._reply(raw_method, raw_library, raw_payload, start)
+        except Exception as exc:  # noqa: BLE001 - the dispatcher records what it can; this is the last net
+            self.held = _INTERNAL
+            self._internal("spacedrive_call", exc)
         return len(self.held)
 
-    def _envelope(self, raw_method: bytes, raw_library: bytes, raw_payload: bytes) -> dict:
+    def _reply(self, raw_method: bytes, raw_library: bytes, raw_payload: bytes, start: int) -> bytes:
+        library = str(uuid.UUID(bytes=raw_library)) if raw_library else ""
         try:
             method = guest_memory.decode_text(raw_method, "method")
             payload = guest_memory.parse_payload(raw_payload, self.limits.max_json_depth)
         except guest_memory.PayloadError as exc:
-            return error_envelope(ErrorCode.INVALID_ARGUMENT, str(exc))
-        library = str(uuid.UUID(bytes=raw_library)) if raw_library else ""
-        return self.dispatcher.dispatch(self.extension, method, library, payload)
+            self._reject(raw_method, library, ErrorCode.INVALID_ARGUMENT, str(exc), start)
+            return encode_envelope(error_envelope(ErrorCode.INVALID_ARGUMENT, str(exc)))
+        return self.dispatcher.reply(self.extension, method, library, payload, self.deadline, self.host_errors)
 
-    def _copy_out(self, caller, data: bytes, out_ptr: int, out_cap: int) -> int:
+    def _reject(self, raw_method: bytes, library: str, code: str, message: str, start: int) -> None:
+        try:
+            self.dispatcher.reject(self.extension, raw_method.decode("utf-8", "backslashreplace"), library, code,
+                                   message, (time.perf_counter_ns() - start) // 1000)
+        except Exception as exc:  # noqa: BLE001 - recording must not change what the guest gets
+            self._internal("recording a refused call", exc)
+
+    def _copy_out(self, caller: wasmtime.Caller, data: bytes, out_ptr: int, out_cap: int) -> int:
         try:
             if guest_memory.u32(out_cap) >= len(data):
                 guest_memory.View(self._memory(caller), caller).write(out_ptr, data)
         except guest_memory.AbiFault as fault:
             return fault.code
         except Exception as exc:  # noqa: BLE001
-            return self._internal(exc)
+            return self._internal("copying out", exc)
         return len(data)
 
-    def result(self, caller, out_ptr: int, out_cap: int) -> int:
+    def result(self, caller: wasmtime.Caller, out_ptr: int, out_cap: int) -> int:
         return self._copy_out(caller, self.held, out_ptr, out_cap)
 
-    def input_(self, caller, out_ptr: int, out_cap: int) -> int:
+    def input_(self, caller: wasmtime.Caller, out_ptr: int, out_cap: int) -> int:
         return self._copy_out(caller, self.input, out_ptr, out_cap)
 
-    def log(self, caller, level: int, ptr: int, length: int) -> None:
+    def log(self, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+        """Guest text is escaped (safe_text) before it is stored or logged: no forged lines, no ANSI codes."""
         try:
             cap = self.limits.max_log_line
             raw = guest_memory.View(self._memory(caller), caller).read(ptr, min(guest_memory.u32(length), cap), cap)
         except guest_memory.AbiFault:
             raw = b"<log message outside linear memory>"
         except Exception as exc:  # noqa: BLE001
-            self._internal(exc)
+            self._internal("spacedrive_log", exc)
             return
         if len(self.logs) >= self.limits.max_log_lines:
             self.dropped_logs += 1
             return
         level = min(max(level, 0), 3)
-        text = raw.decode("utf-8", "replace")
+        text = safe_text.escape(raw.decode("utf-8", "replace"))[:self.limits.max_log_line]
         self.logs.append((level, text))
         log.log((logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)[level], "[%s] %s",
                 self.extension.id, text)
 
-    def _internal(self, exc: BaseException) -> int:
-        self.host_errors.append(f"{type(exc).__name__}: {exc}")
-        log.error("host function failed for %s", self.extension.id, exc_info=exc)
+    def _internal(self, where: str, exc: BaseException) -> int:
+        self.host_errors.add(where, exc)
         return guest_memory.FAULT_RANGE

@@ -1,7 +1,7 @@
 """`capengine check` as a library call: load, lint, run policy tests, judge coverage.
 
-The daemon uses the same function at startup so that "the daemon refuses to start" and "check fails in CI"
-can never disagree about what an error is.
+The daemon and `load_policies` use the same function, so that "the daemon refuses to start", "the embedder's
+load raises" and "check fails in CI" can never disagree about what an error is.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import attrs
 
+from capengine.errors import CapengineError
 from capengine.policy import lint
 from capengine.policy import suites as policy_tests
+from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
 from capengine.policy.loader import LoadResult, load_paths
 from capengine.policy.model import Finding, Location
@@ -34,30 +36,59 @@ class CheckOutcome:
         return sum(f.severity == "warning" for f in self.findings)
 
 
-def run_check(paths: Iterable[str | Path], *, strict: bool = False, operations: Iterable[str] | None = None,
-              extensions_dir: str | Path | None = None, coverage: bool = False,
-              min_coverage: float | None = None, run_tests: bool = True) -> CheckOutcome:
-    paths = list(paths)
-    load = load_paths(paths)
+def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
+              operations: Iterable[str] | None = None, extensions_dir: str | Path | None = None,
+              coverage: bool = False, min_coverage: float | None = None, run_tests: bool = True,
+              schema_dirs: Iterable[str | Path] = ()) -> CheckOutcome:
+    """`schema_dirs`: operation schemas an embedding registers besides the built-in ones (see loader)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    load = load_paths(paths, schema_dirs)
+    # operations declared by extra schema directories count as registered
+    operations = sorted(set(operations) | set(load.catalog.names())) if operations is not None else None
     findings = list(load.findings)
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
-    findings.extend(lint.lint(load.policies, operations, exts))
+    findings.extend(lint.lint(load.policies, operations, exts, load.catalog, load.programs))
     policy_set = PolicySet.from_load(load)
     report = None
+    findings.extend(lint.test_findings(load.suites, load.policies,
+                                       operations if operations is not None else load.catalog.names()))
     if run_tests and load.suites:
         report = policy_tests.run_suites(policy_set, load.suites)
         findings.extend(policy_tests.findings(report))
         if coverage or min_coverage is not None:
             by_id = {r.qualified_id: r for p in load.policies for r in p.rules}
-            findings.extend(Finding(by_id[rid].location, "note", "uncovered-rule",
+            findings.extend(Finding(by_id[rid].location, "note", Code.UNCOVERED_RULE,
                                     f"rule {rid} decided no test case") for rid in report.uncovered)
         if min_coverage is not None and report.coverage < min_coverage:
-            findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", "coverage",
+            findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", Code.COVERAGE,
                                     f"rule coverage {report.coverage:.1f}% is below --min-coverage {min_coverage:g}%"))
     elif min_coverage is not None:
-        findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", "coverage",
+        findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", Code.COVERAGE,
                                 "--min-coverage given but no PolicyTest files were found"))
     if strict:
         findings = [attrs.evolve(f, severity="error") if f.severity == "warning" else f for f in findings]
     findings.sort(key=lambda f: (f.location.file, f.location.line, f.location.column, f.code))
     return CheckOutcome(load, tuple(findings), report, policy_set)
+
+
+class PolicyLoadError(CapengineError):
+    """A policy set with errors: nothing of it may be used (fail closed). `findings` holds every error and
+    warning, each with file:line:column, exactly as `capengine check` reports them."""
+
+    def __init__(self, findings: Iterable[Finding]) -> None:
+        self.findings = tuple(findings)
+        errors = [str(f) for f in self.findings if f.severity == "error"]
+        super().__init__(f"the policy set has {len(errors)} error(s):\n" + "\n".join(errors))
+
+
+def load_policies(paths: str | Path | Iterable[str | Path], *, operations: Iterable[str] | None = None,
+                  strict: bool = False) -> PolicySet:
+    """Load, check and compile policy files or directories into a PolicySet, or raise PolicyLoadError.
+
+    The verdict is `capengine check`'s: syntax, schema, CEL type errors, lint errors and failing PolicyTest
+    cases all refuse the set. `operations`: the registered operation names (lint flags rules matching none).
+    """
+    outcome = run_check(paths, strict=strict, operations=operations)
+    if outcome.errors:
+        raise PolicyLoadError(outcome.findings)
+    return outcome.policy_set

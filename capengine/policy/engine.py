@@ -2,27 +2,36 @@
 
 Semantics: default deny; any matching deny beats every allow whatever the order of files or rules; a
 condition that errors or yields a non-bool counts as matched for deny rules and unmatched for allow rules
-(fail closed), and is reported in the decision. Rules are indexed by exact operation name and by pattern,
+(fail closed), and is reported in the decision. A rule's operations are globs over names or operation classes
+(`class:reveals-content`, resolved against the operation catalog; an operation that declares nothing is in
+every class for a deny and in none for an allow). Rules are indexed by exact operation name and by pattern,
 and the candidate list per (extension, operation) is computed once and cached, so deciding a call never
-scans unrelated rules. A PolicySet is never mutated after construction: hot reload builds a new one.
+scans unrelated rules; where many rules share one (extension, operation), a RuleIndex over their literal
+path/library/args guards picks the few that can match (rule_index.py). A PolicySet is never mutated after
+construction: hot reload builds a new one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from capengine.cel import ast
+from capengine.cel.checker import did_you_mean
 from capengine.cel.compiler import Program
 from capengine.cel.values import CelError
-from capengine.policy import globs
+from capengine.policy import globs, operations
 from capengine.policy.model import Decision, EvalError, Policy, Request, RequestError, Rule
+from capengine.policy.operations import Catalog
+from capengine.policy.rule_index import RuleIndex
 
 if TYPE_CHECKING:  # the engine needs only the loader's result, never the YAML loader itself
     from capengine.policy.loader import LoadResult
 
 _CACHE_LIMIT = 65536
+INDEX_THRESHOLD = 8  # rules per (extension, operation) above which decide() selects candidates by index
 
 
 @attrs.frozen
@@ -32,6 +41,27 @@ class CompiledRule:
     extension_patterns: tuple[str, ...]
     qualified_id: str
     deny: bool
+    order: int  # position in the set: candidates are evaluated in this order
+
+    @property
+    def guard_node(self) -> ast.Node | None:
+        return self.program.node if self.program is not None else None
+
+
+@attrs.frozen
+class Plan:
+    """How one (extension, operation) is decided: its rules in policy order, and an index over them when
+    there are enough to make one pay."""
+
+    denies: tuple[CompiledRule, ...]
+    allows: tuple[CompiledRule, ...]
+    index: RuleIndex | None
+
+    def select(self, request: Request) -> tuple[Sequence[CompiledRule], Sequence[CompiledRule]]:
+        if self.index is None:
+            return self.denies, self.allows
+        found = self.index.select(request.path, request.library, request.args)
+        return [r for r in found if r.deny], [r for r in found if not r.deny]
 
 
 @attrs.frozen
@@ -43,6 +73,7 @@ class RuleTrace:
     result: str  # "matched" | "not matched" | "error"
     value: object
     error: str | None
+    condition: str | None = None  # the condition's source text (None: unconditional)
 
 
 @attrs.frozen
@@ -50,26 +81,34 @@ class Explanation:
     decision: Decision
     trace: tuple[RuleTrace, ...]
     reason: str
+    # rules of the set that did not apply to this request, and why (extension or operation mismatch)
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 class PolicySet:
-    def __init__(self, policies: Iterable[Policy], programs: dict[str, Program], revision: str = "") -> None:
+    def __init__(self, policies: Iterable[Policy], programs: Mapping[str, Program], revision: str = "",
+                 catalog: Catalog | None = None, index_threshold: int = INDEX_THRESHOLD) -> None:
         self.policies = tuple(policies)
+        self.index_threshold = index_threshold
         self.revision = revision
+        self.catalog = catalog or operations.builtin()
         self.rules: list[CompiledRule] = []
         self._exact: dict[str, list[CompiledRule]] = {}
         self._patterns: list[tuple[str, CompiledRule]] = []
+        self._classes: list[tuple[str, CompiledRule]] = []  # class:<name> selectors, resolved per operation
         for policy in self.policies:
             for rule in policy.rules:
                 compiled = CompiledRule(rule, programs.get(rule.qualified_id), policy.extensions,
-                                        rule.qualified_id, rule.effect == "deny")
+                                        rule.qualified_id, rule.effect == "deny", len(self.rules))
                 self.rules.append(compiled)
                 for pattern in dict.fromkeys(rule.operations):
-                    if globs.is_literal(pattern):
+                    if operations.is_class_selector(pattern):
+                        self._classes.append((pattern[len(operations.CLASS_PREFIX):], compiled))
+                    elif globs.is_literal(pattern):
                         self._exact.setdefault(pattern, []).append(compiled)
                     else:
                         self._patterns.append((pattern, compiled))
-        self._candidates: dict[tuple[str, str], tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]] = {}
+        self._plans: dict[tuple[str, str], Plan] = {}
         fields: set[str] | None = set()
         for program in programs.values():
             if fields is None or program.arg_fields is None:
@@ -78,7 +117,7 @@ class PolicySet:
                 fields |= program.arg_fields
         self.arg_fields: frozenset[str] | None = None if fields is None else frozenset(fields)
 
-    def args_seen(self, args: dict) -> dict:
+    def args_seen(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """The part of a call's args that some condition of this set can read: what a log keeps to re-decide
         the call, without copying payloads no rule looks at."""
         if self.arg_fields is None:
@@ -89,12 +128,16 @@ class PolicySet:
 
     @classmethod
     def from_load(cls, result: LoadResult) -> PolicySet:
-        return cls(result.policies, result.programs, result.revision)
+        return cls(result.policies, result.programs, result.revision, result.catalog)
 
     def candidates(self, extension: str, operation: str) -> tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]:
         """(deny rules, allow rules) that apply to this extension and operation, in policy order."""
+        plan = self.plan(extension, operation)
+        return plan.denies, plan.allows
+
+    def plan(self, extension: str, operation: str) -> Plan:
         key = (extension, operation)
-        found = self._candidates.get(key)
+        found = self._plans.get(key)
         if found is not None:
             return found
         seen: dict[int, CompiledRule] = {}
@@ -103,18 +146,21 @@ class PolicySet:
         for pattern, rule in self._patterns:
             if id(rule) not in seen and globs.glob_match(pattern, operation):
                 seen[id(rule)] = rule
-        order = {id(r): i for i, r in enumerate(self.rules)}
+        for class_name, rule in self._classes:
+            if id(rule) not in seen and self.catalog.in_class(class_name, operation, rule.deny):
+                seen[id(rule)] = rule
         applicable = sorted((r for r in seen.values()
                              if any(globs.glob_match(p, extension) for p in r.extension_patterns)),
-                            key=lambda r: order[id(r)])
-        found = (tuple(r for r in applicable if r.deny), tuple(r for r in applicable if not r.deny))
-        if len(self._candidates) >= _CACHE_LIMIT:
-            self._candidates.clear()  # bounded: a hostile stream of operation names cannot grow memory
-        self._candidates[key] = found
+                            key=lambda r: r.order)
+        index = RuleIndex(applicable) if len(applicable) > self.index_threshold else None
+        found = Plan(tuple(r for r in applicable if r.deny), tuple(r for r in applicable if not r.deny), index)
+        if len(self._plans) >= _CACHE_LIMIT:
+            self._plans.clear()  # bounded: a hostile stream of operation names cannot grow memory
+        self._plans[key] = found
         return found
 
     def decide(self, request: Request) -> Decision:
-        denies, allows = self.candidates(request.extension, request.operation)
+        denies, allows = self.plan(request.extension, request.operation).select(request)
         activation = request.activation()
         errors: list[EvalError] = []
         for rule in denies:
@@ -151,7 +197,7 @@ class PolicySet:
         message = rule.rule.message or f"denied by {rule.qualified_id}"
         return Decision(False, (rule.qualified_id,), message, tuple(errors), self.revision)
 
-    def decide_raw(self, raw: dict) -> Decision:
+    def decide_raw(self, raw: Mapping[str, Any]) -> Decision:
         """Decide a request given as JSON; a malformed request (e.g. a path escaping the root) is denied."""
         try:
             request = Request.from_mapping(raw)
@@ -159,7 +205,7 @@ class PolicySet:
             return Decision(False, (), f"invalid request: {exc}", (EvalError("request", str(exc)),), self.revision)
         return self.decide(request)
 
-    def explain(self, raw: dict) -> Explanation:
+    def explain(self, raw: Mapping[str, Any]) -> Explanation:
         """Evaluate every candidate rule (no short-circuit) and say why the decision came out as it did."""
         try:
             request = Request.from_mapping(raw)
@@ -170,24 +216,42 @@ class PolicySet:
         activation = request.activation()
         trace = []
         for rule in denies + allows:
+            condition = rule.rule.condition
             if rule.program is None:
-                trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, "matched", True, None))
+                trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, "matched", True, None, condition))
                 continue
             try:
                 value = rule.program.evaluate(activation)
             except CelError as exc:
-                trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, "error", None, str(exc)))
+                trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, "error", None, str(exc), condition))
                 continue
             result = "matched" if value is True else "not matched" if value is False else "error"
             error = None if value in (True, False) and type(value) is bool else f"non-bool result {value!r}"
-            trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, result, value, error))
+            trace.append(RuleTrace(rule.qualified_id, rule.rule.effect, result, value, error, condition))
         decision = self.decide(request)
-        if not denies and not allows:
+        candidates = {id(r) for r in denies + allows}
+        skipped = tuple((r.qualified_id, self._why_not(r, request)) for r in self.rules if id(r) not in candidates)
+        errored = {t.rule for t in trace if t.result == "error"}
+        if self.catalog.operations and self.catalog.get(request.operation) is None:
+            hint = did_you_mean(request.operation, self.catalog.names())
+            reason = f"unknown operation '{request.operation}'{hint}"
+            reason += ": no rule applies, default deny" if not denies and not allows else ""
+            if decision.rules:
+                reason += f"; denied by {decision.rules[0]}"
+        elif not denies and not allows:
             reason = f"no rule applies to {request.operation} for {request.extension}: default deny"
         elif decision.allowed:
             reason = f"allowed by {decision.rules[0]}; no deny rule matched"
+        elif decision.rules and decision.rules[0] in errored:
+            reason = (f"denied by {decision.rules[0]}: its condition errored, which counts as matched for a deny "
+                      "(fail closed)")
         elif decision.rules:
             reason = f"denied by {decision.rules[0]}: deny rules override every allow"
         else:
             reason = "no allow rule matched (rules whose condition errored count as not matched): default deny"
-        return Explanation(decision, tuple(trace), reason)
+        return Explanation(decision, tuple(trace), reason, skipped)
+
+    def _why_not(self, rule: CompiledRule, request: Request) -> str:
+        if not any(globs.glob_match(p, request.extension) for p in rule.extension_patterns):
+            return f"extension {request.extension} is not in {', '.join(rule.extension_patterns)}"
+        return f"operation {request.operation} is not in {', '.join(rule.rule.operations)}"

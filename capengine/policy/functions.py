@@ -7,7 +7,9 @@ directories and patterns are validated when the policy loads and precompiled for
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
+from typing import Any
 
 from capengine.cel.environment import Define, Environment
 from capengine.cel.standard import STANDARD
@@ -32,17 +34,21 @@ def _check_directory(directory: str) -> None:
         raise CelError(str(exc)) from None
 
 
-def _under_literal(directory: str) -> Callable[[str], bool]:
+def _under_literal(directory: str, variable: str) -> Callable[[dict[str, Any]], bool]:
     base = paths.canonical_path(directory)
     if base in ("", "/"):
-        return lambda p: p.startswith("/")
+        return lambda a: a[variable].startswith("/")
     prefix = base + "/"
-    return lambda p: p == base or p.startswith(prefix)
+    return lambda a: (p := a[variable]) == base or p.startswith(prefix)
 
 
 def _compile_glob(pattern: str) -> Callable[[str], object]:
+    """Path globs match canonical paths: the pattern is NFC-normalised like every request path (a literal typed
+    in NFD would otherwise never match), and a trailing `**` also matches the directory itself."""
+    if not pattern.startswith("/"):
+        raise CelError(f"glob() needs an absolute library path pattern (starting with '/'), got {pattern!r}")
     try:
-        return globs.compile_glob(pattern, "/").fullmatch
+        return globs.compile_glob(unicodedata.normalize("NFC", pattern), "/", trailing_zero=True).fullmatch
     except globs.GlobError as exc:
         raise CelError(str(exc)) from None
 
@@ -55,9 +61,9 @@ def _check_glob(pattern: str) -> None:
     _compile_glob(pattern)
 
 
-def _glob_literal(pattern: str) -> Callable[[str], bool]:
+def _glob_literal(pattern: str, variable: str) -> Callable[[dict[str, Any]], bool]:
     match = _compile_glob(pattern)
-    return lambda p: match(p) is not None
+    return lambda a: match(a[variable]) is not None
 
 
 def register(define: Define) -> None:

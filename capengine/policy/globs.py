@@ -17,7 +17,10 @@ class GlobError(CapengineError, ValueError):
 
 
 @lru_cache(maxsize=4096)
-def compile_glob(pattern: str, sep: str) -> re.Pattern:
+def compile_glob(pattern: str, sep: str, trailing_zero: bool = False) -> re.Pattern[str]:
+    """`trailing_zero`: a final `**` also matches zero segments, so "/repo/.git/**" matches "/repo/.git"
+    itself. Path globs use it (a directory is part of what a pattern for its contents protects: listing it
+    reveals its entries); name globs keep "ai.**" from matching "ai"."""
     segments = pattern.split(sep)
     s = re.escape(sep)
     not_sep = f"[^{s}]"
@@ -30,7 +33,7 @@ def compile_glob(pattern: str, sep: str) -> re.Pattern:
             elif i == 0:
                 out.append(f"(?:{not_sep}+{s})*")
             elif i == last:
-                out.append(f"(?:{s}{not_sep}+)+")
+                out.append(f"(?:{s}{not_sep}+)*" if trailing_zero else f"(?:{s}{not_sep}+)+")
             else:
                 out.append(f"(?:{s}{not_sep}+)*")
             continue

@@ -8,26 +8,45 @@ fail closed (the daemon) refuse the whole set when any error exists.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import attrs
 import jsonschema
+import yaml
 
 from capengine.cel import ast as cel_ast
 from capengine.cel import checker as cel_checker
 from capengine.cel import compiler as cel_compiler
+from capengine.cel.checker import did_you_mean
+from capengine.cel.cost import Bound
 from capengine.cel.types import DYN, STRING, Type, map_of
-from capengine.policy import globs
+from capengine.policy import arg_types, globs, operations, paths
+from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
-from capengine.policy.model import Finding, Limit, Location, Policy, Rule, TestCase, TestSuite
+from capengine.policy.model import Finding, Limit, Location, Policy, Rule, Severity, TestCase, TestSuite
+from capengine.policy.operations import Catalog
 from capengine.policy.schemas import validator
-from capengine.policy.yaml_source import Document, YamlSourceError, expression_position, load_documents
+from capengine.policy.yaml_source import Document, JsonPath, YamlSourceError, expression_position, load_documents
+
+Json = Any  # a YAML document's plain data, checked against the JSON Schema before it is trusted
 
 POLICY_DECLS: dict[str, Type] = {
     "extension": STRING, "operation": STRING, "path": STRING, "library": STRING, "args": map_of(STRING, DYN),
 }
+SCHEMA_PATH_ENV = "CAPENGINE_OPERATION_SCHEMAS"
+MAX_ARGS_BYTES = 1024 * 1024
+"""The largest call payload a guest can send (the host's request cap), hence the largest any args value can be."""
+POLICY_COSTS = cel_compiler.CostModel(
+    MappingProxyType({"extension": Bound(256), "operation": Bound(256), "path": Bound(paths.MAX_PATH_BYTES),
+                      "library": Bound(36), "args": Bound(MAX_ARGS_BYTES // 2)}),
+    unknown=Bound(MAX_ARGS_BYTES))
+"""Size bounds for the static cost estimate of conditions (a map of n keys needs at least 2n JSON bytes)."""
 _RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600}
 MAX_FILE_BYTES = 4 * 1024 * 1024
 
@@ -45,6 +64,7 @@ class LoadedFile:
 class LoadResult:
     files: list[LoadedFile]
     findings: list[Finding]
+    catalog: Catalog = attrs.field(factory=operations.builtin)  # the operations rules could name
 
     @property
     def policies(self) -> list[Policy]:
@@ -64,12 +84,11 @@ class LoadResult:
 
     @property
     def revision(self) -> str:
-        """Content hash of the policy set (policy documents only; test files do not change decisions)."""
-        digest = hashlib.sha256()
-        for f in sorted(self.files, key=lambda f: f.path):
-            if f.policies:
-                digest.update(f.path.encode() + b"\0" + f.text.encode() + b"\0")
-        return digest.hexdigest()[:16]
+        """Content hash of the policy set: the sorted digests of the policy files' texts (test files do not
+        change decisions). Paths are left out, so `check policies`, `check /abs/policies` and a daemon reading a
+        copy elsewhere agree on the revision their audit records carry."""
+        texts = sorted(hashlib.sha256(f.text.encode()).digest() for f in self.files if f.policies)
+        return hashlib.sha256(b"capengine-policy-set\0" + b"".join(texts)).hexdigest()[:16]
 
 
 def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
@@ -83,13 +102,26 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
         elif p.is_file():
             found.append(p)
         else:
-            findings.append(Finding(Location(str(p)), "error", "io", "no such file or directory"))
+            findings.append(Finding(Location(str(p)), "error", Code.IO, "no such file or directory"))
     return found, findings
 
 
-def load_paths(paths: Iterable[str | Path]) -> LoadResult:
+def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = ()) -> LoadResult:
+    """Load every policy and test file under `paths`. `schema_dirs`: extra operation schema directories
+    (operations an embedding registers besides the built-in ones), so rules may name them; by default the
+    directories listed in $CAPENGINE_OPERATION_SCHEMAS (os.pathsep-separated), which reaches `capengine check`
+    and the daemon too."""
     files, findings = discover(paths)
-    result = LoadResult([], findings)
+    catalog = operations.builtin()
+    schema_dirs = list(schema_dirs) or [d for d in os.environ.get(SCHEMA_PATH_ENV, "").split(os.pathsep) if d]
+    if schema_dirs:
+        try:
+            catalog = catalog.with_directories(schema_dirs)
+        except (OSError, ValueError) as exc:
+            findings.append(Finding(Location(str(schema_dirs[0])), "error", Code.IO,
+                                    f"cannot read operation schemas: {exc}; fix the file or the directory list "
+                                    f"(schema_dirs / ${SCHEMA_PATH_ENV})"))
+    result = LoadResult([], findings, catalog)
     for path in files:
         try:
             if path.stat().st_size > MAX_FILE_BYTES:
@@ -97,72 +129,81 @@ def load_paths(paths: Iterable[str | Path]) -> LoadResult:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             line = path.read_bytes()[:exc.start].count(b"\n") + 1
-            result.findings.append(Finding(Location(str(path), line, 1), "error", "io",
+            result.findings.append(Finding(Location(str(path), line, 1), "error", Code.IO,
                                            f"not UTF-8 (byte {exc.start}); save the file as UTF-8"))
             continue
         except OSError as exc:
-            result.findings.append(Finding(Location(str(path)), "error", "io", f"cannot read: {exc}"))
+            result.findings.append(Finding(Location(str(path)), "error", Code.IO, f"cannot read: {exc}"))
             continue
-        loaded, file_findings = load_text(str(path), text)
+        loaded, file_findings = load_text(str(path), text, catalog)
         result.files.append(loaded)
         result.findings.extend(file_findings)
     result.findings.extend(_cross_file_checks(result))
     return result
 
 
-def load_text(path: str, text: str) -> tuple[LoadedFile, list[Finding]]:
+def load_text(path: str, text: str, catalog: Catalog | None = None) -> tuple[LoadedFile, list[Finding]]:
     """Load one file's text. On any error in a document, that document contributes nothing."""
     loaded = LoadedFile(path, text)
     findings: list[Finding] = []
     try:
         documents = list(load_documents(text))
     except YamlSourceError as exc:
-        return loaded, [Finding(Location(path, exc.line, exc.column), "error", "yaml-syntax",
+        return loaded, [Finding(Location(path, exc.line, exc.column), "error", Code.YAML_SYNTAX,
                                 f"{exc.message}; fix the YAML syntax")]
     if not documents:
-        return loaded, [Finding(Location(path, 1, 1), "warning", "empty-file",
+        return loaded, [Finding(Location(path, 1, 1), "warning", Code.EMPTY_FILE,
                                 "no YAML document in this file; add a Policy or PolicyTest, or remove the file")]
     lines = text.splitlines()
     for doc in documents:
-        _DocumentLoader(path, lines, doc, loaded, findings).load()
+        _DocumentLoader(path, lines, doc, loaded, findings, catalog or operations.builtin()).load()
     return loaded, findings
 
 
 class _DocumentLoader:
-    def __init__(self, path: str, lines: list[str], doc: Document, out: LoadedFile, findings: list[Finding]):
+    def __init__(self, path: str, lines: list[str], doc: Document, out: LoadedFile, findings: list[Finding],
+                 catalog: Catalog) -> None:
         self.path, self.lines, self.doc, self.out, self.findings = path, lines, doc, out, findings
+        self.catalog = catalog
 
-    def at(self, json_path: tuple) -> Location:
+    def at(self, json_path: JsonPath) -> Location:
         return Location(self.path, *self.doc.position(json_path))
 
-    def report(self, json_path: tuple, code: str, message: str, severity: str = "error") -> None:
+    def report(self, json_path: JsonPath, code: Code, message: str, severity: Severity = "error") -> None:
         self.findings.append(Finding(self.at(json_path), severity, code, message))
 
     def load(self) -> None:
         errors_before = len(self.findings)
         for key, line, column in self.doc.duplicates:
-            self.findings.append(Finding(Location(self.path, line, column), "error", "duplicate-key",
+            self.findings.append(Finding(Location(self.path, line, column), "error", Code.DUPLICATE_KEY,
                                          f"key '{key}' appears more than once in this mapping; keep one"))
-        data = self.doc.data
+        data: Json = self.doc.data
         kind = data.get("kind") if isinstance(data, dict) else None
-        schema = {"Policy": "policy.schema.json", "PolicyTest": "policy-test.schema.json"}.get(kind)
+        schema = {"Policy": "policy.schema.json", "PolicyTest": "policy-test.schema.json"}.get(str(kind))
         if schema is None:
-            self.report(("kind",), "unknown-kind",
+            self.report(("kind",), Code.UNKNOWN_KIND,
                         f"kind must be Policy or PolicyTest, got {kind!r}")
             return
         for err in sorted(validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
             where = tuple(err.absolute_path)
             if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-                extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-                where += (extra[0],) if extra else ()  # point at the offending key itself
-            self.report(where, "schema", _schema_message(err))
+                properties: Json = err.schema.get("properties", {}) if isinstance(err.schema, dict) else {}
+                extra = sorted(set(err.instance) - set(properties))
+                if extra:  # point at the offending key itself, not its value
+                    key_at = self.doc.key_marks.get(where + (extra[0],))
+                    if key_at is not None:
+                        self.findings.append(Finding(Location(self.path, *key_at), "error", Code.SCHEMA,
+                                                     _schema_message(err)))
+                        continue
+                    where += (extra[0],)
+            self.report(where, Code.SCHEMA, _schema_message(err))
         schema_ok = len(self.findings) == errors_before
         if kind == "Policy":
             self._policy(data, schema_ok)
         elif schema_ok:
             self._suite(data)
 
-    def _policy(self, data: dict, schema_ok: bool) -> None:
+    def _policy(self, data: Json, schema_ok: bool) -> None:
         """Check every rule even when the schema already failed (report all problems at once); build the
         Policy only when nothing at all is wrong."""
         spec = _get(data, "spec", dict)
@@ -174,7 +215,7 @@ class _DocumentLoader:
             where = ("spec", "rules", i)
             rid = _get(raw, "id", str)
             if rid and rid in seen:
-                self.report(where + ("id",), "duplicate-rule-id",
+                self.report(where + ("id",), Code.DUPLICATE_RULE_ID,
                             f"rule id '{rid}' is already used by rule #{seen[rid] + 1}; "
                             "rule ids must be unique within a policy")
                 ok = False
@@ -183,7 +224,9 @@ class _DocumentLoader:
             ok &= self._check_globs(where + ("operations",), _get(raw, "operations", list))
             condition = _get(raw, "condition", str)
             if condition:
-                program = self._compile(condition, where + ("condition",))
+                selectors = [s for s in _get(raw, "operations", list) if isinstance(s, str)]
+                program = self._compile(condition, where + ("condition",), self._args_record(selectors),
+                                        _get(raw, "effect", str) == "deny")
                 ok &= program is not None
                 if program is not None and rid:
                     programs[f"{name}/{rid}"] = program
@@ -192,62 +235,120 @@ class _DocumentLoader:
             ok &= self._check_globs(("spec", "limits", i, "operations"), _get(raw, "operations", list))
             burst, cost = (raw.get(k) if isinstance(raw, dict) else None for k in ("burst", "cost"))
             if isinstance(burst, int) and isinstance(cost, int) and cost > burst:
-                self.report(("spec", "limits", i, "cost"), "bad-limit",
+                self.report(("spec", "limits", i, "cost"), Code.BAD_LIMIT,
                             f"cost {cost} is more than burst {burst}: no call could ever pass; raise burst")
                 ok = False
         if not ok:
             return
         rules = tuple(Rule(name, raw["id"], raw["effect"], tuple(raw["operations"]), raw.get("condition"),
-                           raw.get("message"), self.at(("spec", "rules", i))) for i, raw in enumerate(spec["rules"]))
+                           raw.get("message"), self.at(("spec", "rules", i)),
+                           self._item_locations(("spec", "rules", i, "operations"), raw["operations"]))
+                      for i, raw in enumerate(spec["rules"]))
         limits = []
         for i, raw in enumerate(spec.get("limits", [])):
             count, unit = raw["rate"].split("/")
             limits.append(Limit(tuple(raw["operations"]), int(count), _RATE_UNITS[unit],
-                                raw.get("burst", int(count)), raw.get("cost", 1), self.at(("spec", "limits", i))))
+                                raw.get("burst", int(count)), raw.get("cost", 1), self.at(("spec", "limits", i)),
+                                self._item_locations(("spec", "limits", i, "operations"), raw["operations"])))
         self.out.policies.append(Policy(name, data["metadata"].get("description", ""), tuple(spec["extensions"]),
-                                        rules, tuple(limits), self.at(())))
+                                        rules, tuple(limits), self.at(("metadata", "name")),
+                                        self._item_locations(("spec", "extensions"), spec["extensions"])))
         self.out.programs.update(programs)
 
-    def _check_globs(self, json_path: tuple, patterns: list) -> bool:
+    def _item_locations(self, json_path: JsonPath, items: list[Json]) -> tuple[Location, ...]:
+        return tuple(self.at(json_path + (i,)) for i in range(len(items)))
+
+    def _check_globs(self, json_path: JsonPath, patterns: list[Json]) -> bool:
         ok = True
         for i, pattern in enumerate(patterns):
             if not isinstance(pattern, str):
                 continue  # the schema reports it
+            if operations.is_class_selector(pattern):
+                name = pattern[len(operations.CLASS_PREFIX):]
+                known = sorted(self.catalog.classes)
+                if name not in known:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    hint = f"did you mean 'class:{close[0]}'? " if close else ""
+                    self.report(json_path + (i,), Code.UNKNOWN_CLASS,
+                                f"no operation declares class '{name}'; {hint}known classes: "
+                                + ", ".join(f"class:{k}" for k in known))
+                    ok = False
+                continue
             try:
                 globs.compile_glob(pattern, ".")
             except globs.GlobError as exc:
-                self.report(json_path + (i,), "bad-glob", str(exc))
+                self.report(json_path + (i,), Code.BAD_GLOB, str(exc))
                 ok = False
         return ok
 
-    def _compile(self, source: str, json_path: tuple) -> cel_compiler.Program | None:
-        program, errors = cel_compiler.compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT, total=True)
+    def _args_record(self, selectors: list[str]) -> Type | None:
+        """`args` typed from the schemas of the operations these selectors match (None: nothing known)."""
+        matched = [info for op in self.catalog.names()
+                   if any(operations.selector_matches(s, op, False, self.catalog) for s in selectors)
+                   and (info := self.catalog.get(op)) is not None]
+        return arg_types.args_type(matched)
+
+    def _compile(self, source: str, json_path: JsonPath, record: Type | None = None,
+                 deny: bool = False) -> cel_compiler.Program | None:
+        decls = POLICY_DECLS if record is None else {**POLICY_DECLS, "args": record}
+        program, errors = cel_compiler.compile_expression(source, decls, POLICY_ENVIRONMENT, total=True,
+                                                          costs=POLICY_COSTS)
         node = self.doc.nodes.get(json_path)
         for err in errors:
             pos = err.pos if not isinstance(err, cel_ast.CelSyntaxError) else cel_ast.Pos(err.line, err.column)
-            line, column = expression_position(node, self.lines, pos.line, pos.column)
-            code = {cel_ast.CelSyntaxError: "cel-syntax", cel_checker.CheckError: "cel-type"}.get(
-                type(err), "cel-invalid")
+            line, column = self._expression_position(node, pos)
+            code = _ERROR_CODES.get(type(err), Code.CEL_INVALID)
             self.findings.append(Finding(Location(self.path, line, column), "error", code,
                                          f"{err.message} in condition {source.strip()!r}"))
         if program is not None and program.type not in (Type("bool"), DYN):
-            self.report(json_path, "cel-type", f"condition must be bool, but it is {program.type}")
+            self.report(json_path, Code.CEL_TYPE, f"condition must be bool, but it is {program.type}")
             return None
+        if program is None:
+            return None
+        tree = cel_ast.parse(source, POLICY_ENVIRONMENT.namespaced)
+        for message, pos in arg_types.prefix_tests(tree):
+            line, column = self._expression_position(node, pos)
+            self.findings.append(Finding(Location(self.path, line, column), "warning", Code.PATH_PREFIX, message))
+        if deny and record is not None:
+            for field, pos in arg_types.unguarded_optional_reads(tree, record):
+                line, column = self._expression_position(node, pos)
+                self.findings.append(Finding(
+                    Location(self.path, line, column), "warning", Code.UNGUARDED_OPTIONAL,
+                    f"deny reads optional args.{field} without has(): a call without it makes the condition "
+                    f"error, which a deny counts as a match (it denies every such call); write "
+                    f"'has(args.{field}) && ...'"))
         return program
 
-    def _suite(self, data: dict) -> None:
+    def _expression_position(self, node: yaml.Node | None, pos: cel_ast.Pos) -> tuple[int, int]:
+        if not isinstance(node, yaml.ScalarNode):
+            return (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else (1, 1)
+        return expression_position(node, self.lines, pos.line, pos.column)
+
+    def _suite(self, data: Json) -> None:
         cases = []
         names: set[str] = set()
         for i, raw in enumerate(data["cases"]):
             if raw["name"] in names:
-                self.report(("cases", i, "name"), "duplicate-case", f"test case name '{raw['name']}' repeats")
+                self.report(("cases", i, "name"), Code.DUPLICATE_CASE, f"test case name '{raw['name']}' repeats")
                 continue
             names.add(raw["name"])
             cases.append(TestCase(raw["name"], raw["request"], raw["expect"], raw.get("rule"), self.at(("cases", i))))
         self.out.suites.append(TestSuite(data["metadata"]["name"], tuple(cases), self.at(())))
 
 
-def _get(container: object, key: str, kind: type) -> object:
+_PATTERN_WORDS = {  # what a schema pattern means, for messages (the regex itself helps nobody)
+    "rate": "a rate: a positive count, '/', and second, minute or hour (e.g. 10/second, 100/minute, 5/hour)",
+    "operations": "an operation glob (letters, digits, '_', '-', '.', '*', '?') or class:<reveals|affects>-<what>",
+    "extensions": "an extension id glob (letters, digits, '_', '-', '.', '*', '?')",
+    "name": "an identifier (letters, digits, '_', '.', '-'; starting with a letter or digit; at most 128)",
+    "id": "an identifier (letters, digits, '_', '.', '-'; starting with a letter or digit; at most 128)",
+}
+
+_ERROR_CODES: dict[type, Code] = {cel_ast.CelSyntaxError: Code.CEL_SYNTAX, cel_checker.CheckError: Code.CEL_TYPE,
+                                  cel_compiler.CostLimitError: Code.CEL_COST}
+
+
+def _get(container: Json, key: str, kind: type) -> Json:
     """Lenient access for documents that may have failed the schema: a wrong type reads as empty."""
     value = container.get(key) if isinstance(container, dict) else None
     return value if isinstance(value, kind) else kind()
@@ -255,15 +356,25 @@ def _get(container: object, key: str, kind: type) -> object:
 
 def _schema_message(err: jsonschema.ValidationError) -> str:
     where = "/".join(map(str, err.absolute_path)) or "document"
+    schema: Json = err.schema
     if err.validator == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        allowed = ", ".join(sorted(err.schema.get("properties", {})))
-        return f"unknown key(s) {', '.join(map(repr, extra))} in {where}; allowed: {allowed}"
+        instance: Json = err.instance
+        extra = sorted(set(instance) - set(schema.get("properties", {})))
+        allowed = ", ".join(sorted(schema.get("properties", {})))
+        hint = did_you_mean(extra[0], schema.get("properties", {})) if len(extra) == 1 else ""
+        return f"unknown key(s) {', '.join(map(repr, extra))} in {where}{hint}; allowed: {allowed}"
     if err.validator == "required":
         return f"{err.message} in {where}"
     if err.validator == "enum":
-        return f"{where}: {err.instance!r} is not one of {', '.join(map(repr, err.validator_value))}"
+        choices: Json = err.validator_value
+        return f"{where}: {err.instance!r} is not one of {', '.join(map(repr, choices))}"
     if err.validator == "pattern":
+        field = str(err.absolute_path[-1]) if err.absolute_path else ""
+        if isinstance(err.absolute_path[-1] if err.absolute_path else None, int) and len(err.absolute_path) > 1:
+            field = str(err.absolute_path[-2])
+        expected = _PATTERN_WORDS.get(field)
+        if expected:
+            return f"{where}: {err.instance!r} is not {expected}"
         return f"{where}: {err.instance!r} does not match the required pattern {err.validator_value}"
     return f"{where}: {err.message}"
 
@@ -273,7 +384,7 @@ def _cross_file_checks(result: LoadResult) -> list[Finding]:
     names: dict[str, Location] = {}
     for policy in result.policies:
         if policy.name in names:
-            findings.append(Finding(policy.location, "error", "duplicate-policy",
+            findings.append(Finding(policy.location, "error", Code.DUPLICATE_POLICY,
                                     f"policy name '{policy.name}' is already defined at {names[policy.name]}; "
                                     "policy names must be unique across the set"))
         else:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Literal
 
 import attrs
 
 from capengine.errors import CapengineError
 from capengine.policy import paths
+from capengine.policy.codes import Code
 
 Effect = Literal["allow", "deny"]
 Severity = Literal["error", "warning", "note"]
@@ -35,7 +38,7 @@ class Finding:
 
     location: Location
     severity: Severity
-    code: str
+    code: Code = attrs.field(converter=Code)  # a string naming an unknown code is a ValueError here
     message: str
 
     def __str__(self) -> str:
@@ -51,6 +54,7 @@ class Rule:
     condition: str | None
     message: str | None
     location: Location
+    operation_locations: tuple[Location, ...] = attrs.field(default=(), eq=False)  # one per operations entry
 
     @property
     def qualified_id(self) -> str:
@@ -65,6 +69,7 @@ class Limit:
     burst: int
     cost: int
     location: Location
+    operation_locations: tuple[Location, ...] = attrs.field(default=(), eq=False)
 
 
 @attrs.frozen
@@ -75,6 +80,7 @@ class Policy:
     rules: tuple[Rule, ...]
     limits: tuple[Limit, ...]
     location: Location
+    extension_locations: tuple[Location, ...] = attrs.field(default=(), eq=False)
 
 
 class RequestError(CapengineError, ValueError):
@@ -84,45 +90,28 @@ class RequestError(CapengineError, ValueError):
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,255}")
 
 
-@attrs.frozen
-class Request:
-    """A canonical request: the only shape a policy condition ever sees. Build it with `Request.parse`."""
+def _dotted_name(field: str, value: object) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise RequestError(f"{field} must be a dotted name, got {value!r}")
+    return value
 
-    extension: str
-    operation: str
-    path: str = ""
-    library: str = ""
-    args: dict = attrs.field(factory=dict, eq=False)
 
-    @classmethod
-    def parse(cls, extension: object, operation: object, path: object = "", library: object = "",
-              args: object = None) -> Request:
-        for field, value in (("extension", extension), ("operation", operation)):
-            if not isinstance(value, str) or not _NAME.fullmatch(value):
-                raise RequestError(f"{field} must be a dotted name, got {value!r}")
-        if not isinstance(path, str):
-            raise RequestError("path must be a string")
-        try:
-            canonical = paths.canonical_path(path)
-        except paths.PathError as exc:
-            raise RequestError(f"invalid path {path!r}: {exc}") from None
-        return cls(extension, operation, canonical, canonical_library(library), _args(args))
+def _extension_name(value: object) -> str:
+    return _dotted_name("extension", value)
 
-    @classmethod
-    def from_mapping(cls, data: dict) -> Request:
-        unknown = set(data) - {"extension", "operation", "path", "library", "args"}
-        if unknown:
-            raise RequestError(f"unknown request field(s): {', '.join(sorted(unknown))}")
-        return cls.parse(data.get("extension"), data.get("operation"), data.get("path", ""),
-                         data.get("library", ""), data.get("args"))
 
-    def activation(self) -> dict:
-        return {"extension": self.extension, "operation": self.operation, "path": self.path,
-                "library": self.library, "args": self.args}
+def _operation_name(value: object) -> str:
+    return _dotted_name("operation", value)
 
-    def to_json(self) -> dict:
-        return {"extension": self.extension, "operation": self.operation, "path": self.path,
-                "library": self.library, "args": self.args}
+
+def canonical_request_path(path: object) -> str:
+    """The one spelling of a library path every policy sees ("" for none); RequestError for anything else."""
+    if not isinstance(path, str):
+        raise RequestError("path must be a string")
+    try:
+        return paths.canonical_path(path)
+    except paths.PathError as exc:
+        raise RequestError(f"invalid path {path!r}: {exc}") from None
 
 
 def canonical_library(library: object) -> str:
@@ -136,12 +125,53 @@ def canonical_library(library: object) -> str:
         raise RequestError(f"library must be a UUID, got {library!r}") from None
 
 
-def _args(args: object) -> dict:
+_EMPTY_ARGS: Mapping[str, Any] = MappingProxyType({})
+
+
+def _args(args: object) -> Mapping[str, Any]:
     if args is None:
-        return {}
-    if not isinstance(args, dict):
+        return _EMPTY_ARGS
+    if not isinstance(args, Mapping):
         raise RequestError("args must be an object")
-    return args
+    return MappingProxyType(dict(args))
+
+
+@attrs.frozen
+class Request:
+    """A canonical request: the only shape a policy condition ever sees.
+
+    Every field is checked or canonicalised by its converter/validator, so no caller can build a Request with
+    a raw path ("/a/../b", NFD), an upper-case library id or a malformed name: `Request(...)`, `parse` and
+    `from_mapping` all raise RequestError for those. `args` is a read-only view of a shallow copy (the
+    caller's dict cannot change a decided request; nested JSON values are not copied, for speed).
+    """
+
+    extension: str = attrs.field(converter=_extension_name)
+    operation: str = attrs.field(converter=_operation_name)
+    path: str = attrs.field(default="", converter=canonical_request_path)
+    library: str = attrs.field(default="", converter=canonical_library)
+    args: Mapping[str, Any] = attrs.field(default=None, converter=_args, eq=False)
+
+    @classmethod
+    def parse(cls, extension: object, operation: object, path: object = "", library: object = "",
+              args: object = None) -> Request:
+        return cls(extension, operation, path, library, args)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Request:
+        unknown = set(data) - {"extension", "operation", "path", "library", "args"}
+        if unknown:
+            raise RequestError(f"unknown request field(s): {', '.join(sorted(unknown))}")
+        return cls.parse(data.get("extension"), data.get("operation"), data.get("path", ""),
+                         data.get("library", ""), data.get("args"))
+
+    def activation(self) -> dict[str, Any]:
+        return {"extension": self.extension, "operation": self.operation, "path": self.path,
+                "library": self.library, "args": self.args}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"extension": self.extension, "operation": self.operation, "path": self.path,
+                "library": self.library, "args": dict(self.args)}
 
 
 @attrs.frozen
@@ -158,17 +188,22 @@ class Decision:
     errors: tuple[EvalError, ...] = ()
     revision: str = ""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"allowed": self.allowed, "decision": "allow" if self.allowed else "deny",
                 "rules": list(self.rules), "message": self.message,
                 "errors": [{"rule": e.rule, "message": e.message} for e in self.errors],
                 "revision": self.revision}
 
 
+def _read_only(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(data))
+
+
 @attrs.frozen
 class TestCase:
     name: str
-    request: dict  # raw; parsed when run, so an invalid request is a test of canonicalisation
+    # raw (parsed when run, so an invalid request is a test of canonicalisation), read-only
+    request: Mapping[str, Any] = attrs.field(converter=_read_only)
     expect: Effect
     rule: str | None
     location: Location

@@ -3,40 +3,42 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from capengine import __version__
+from capengine.policy.codes import Code
 from capengine.policy.model import Finding
+from capengine.version import __version__
 
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "note": "note"}
-RULE_HELP = {
-    "yaml-syntax": "The file is not valid YAML.",
-    "duplicate-key": "A mapping repeats a key; YAML loaders would silently keep one of them.",
-    "unknown-kind": "Documents must be kind Policy or PolicyTest.",
-    "schema": "The document does not match the JSON Schema in schemas/.",
-    "duplicate-rule-id": "Rule ids must be unique within a policy.",
-    "duplicate-policy": "Policy names must be unique across the policy set.",
-    "duplicate-case": "Test case names must be unique within a suite.",
-    "bad-limit": "A rate limit can never be satisfied.",
-    "bad-glob": "A glob is malformed ('**' must be a whole segment).",
-    "cel-syntax": "A condition is not valid CEL.",
-    "cel-type": "A condition does not type-check against the policy variables and functions.",
-    "cel-invalid": "A condition has an invalid literal argument (regex, glob or directory).",
-    "broad-allow": "An allow rule grants every operation without a condition.",
-    "never-matches": "A rule can never match.",
-    "shadowed-allow": "An allow rule is fully overridden by an unconditional deny.",
-    "unused-extension-glob": "A policy's extensions pattern matches no known extension.",
-    "test-failed": "A policy test case did not get the expected decision.",
-    "uncovered-rule": "No policy test case was decided by this rule.",
-    "coverage": "Rule coverage of the policy tests is below the required minimum.",
-    "io": "A file could not be read.",
-    "empty-file": "A policy file holds no document.",
-}
 
 
-def as_text(findings: list[Finding], summary: str) -> str:
-    lines = [str(f) for f in findings]
+def as_text(findings: list[Finding], summary: str, source: bool = True) -> str:
+    """One line per finding, followed (when `source` and the file can be read) by the source line and a caret
+    under the column, as compilers print them."""
+    files: dict[str, list[str] | None] = {}
+    lines = []
+    for f in findings:
+        lines.append(str(f))
+        if source and f.location.line > 0:
+            lines.extend(_excerpt(f, files))
     lines.append(summary)
     return "\n".join(lines) + "\n"
+
+
+def _excerpt(f: Finding, files: dict[str, list[str] | None]) -> list[str]:
+    if f.location.file not in files:
+        try:
+            files[f.location.file] = Path(f.location.file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            files[f.location.file] = None
+    text = files[f.location.file]
+    if text is None or f.location.line > len(text):
+        return []
+    line = text[f.location.line - 1].replace("\t", " ")
+    gutter = str(f.location.line)
+    shown = "".join(c if c.isprintable() else "?" for c in line)
+    column = max(f.location.column, 1)
+    return [f"  {gutter} | {shown}", f"  {' ' * len(gutter)} | {' ' * (column - 1)}^"]
 
 
 def as_json(findings: list[Finding], summary: dict) -> str:
@@ -66,7 +68,7 @@ def as_sarif(findings: list[Finding]) -> str:
         "runs": [{
             "tool": {"driver": {
                 "name": "capengine", "version": __version__, "informationUri": "https://capengine.dev",
-                "rules": [{"id": c, "shortDescription": {"text": RULE_HELP.get(c, c)}} for c in codes],
+                "rules": [{"id": c, "shortDescription": {"text": Code(c).help}} for c in codes],
             }},
             "results": results,
         }],

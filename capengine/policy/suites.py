@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
 from capengine.policy.model import Decision, Finding, TestCase, TestSuite
 
@@ -62,6 +63,6 @@ def findings(report: TestReport) -> list[Finding]:
             detail += f" ({d.message})"
         if d.errors:
             detail += "; errors: " + "; ".join(f"{e.rule}: {e.message}" for e in d.errors)
-        out.append(Finding(r.case.location, "error", "test-failed",
+        out.append(Finding(r.case.location, "error", Code.TEST_FAILED,
                            f"{r.suite} / {r.case.name}: {r.problem}; {detail}"))
     return out

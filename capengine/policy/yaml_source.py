@@ -34,6 +34,7 @@ class Document:
     marks: dict[JsonPath, tuple[int, int]]  # JSON path -> (line, column), 1-based
     nodes: dict[JsonPath, yaml.Node]
     duplicates: list[tuple[str, int, int]]  # (key, line, column) of repeated mapping keys
+    key_marks: dict[JsonPath, tuple[int, int]] = attrs.field(factory=dict)  # where each mapping key is written
 
     def position(self, path: JsonPath) -> tuple[int, int]:
         """Position of the node at `path`, or of its nearest ancestor that exists."""
@@ -95,10 +96,14 @@ def _convert(node: yaml.Node, path: JsonPath, doc: Document, depth: int) -> obje
             if key in result:
                 doc.duplicates.append((key, key_node.start_mark.line + 1, key_node.start_mark.column + 1))
                 continue  # the first occurrence stands; the duplicate is reported, never silently used
+            doc.key_marks[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             result[key] = _convert(value_node, path + (key,), doc, depth + 1)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, path + (i,), doc, depth + 1) for i, item in enumerate(node.value)]
+    if not isinstance(node, yaml.ScalarNode):
+        raise YamlSourceError(f"unsupported YAML node {type(node).__name__}", node.start_mark.line + 1,
+                              node.start_mark.column + 1)
     try:
         return _scalar(node)
     except yaml.constructor.ConstructorError as exc:
@@ -133,5 +138,25 @@ def expression_position(node: yaml.ScalarNode, source_lines: list[str], line: in
         return src + 1, indent + 1
     offset = 1 if style in ("'", '"') else 0
     if line == 1:
+        if style in ("'", '"') and start_line < len(source_lines):
+            return start_line + 1, _quoted_column(source_lines[start_line], start_col, style, column)
         return start_line + 1, start_col + offset + column
     return start_line + line, column
+
+
+_ESCAPE_WIDTH = {"x": 4, "u": 6, "U": 10}
+
+
+def _quoted_column(text: str, quote_col: int, style: str, column: int) -> int:
+    """Source column (1-based) of the `column`-th character of a quoted scalar's value: escapes (`\"`,
+    `\u00e9`, `''`) take more source characters than the one value character they stand for."""
+    pos, value_index = quote_col + 1, 1
+    while value_index < column and pos < len(text):
+        if style == '"' and text[pos] == "\\":
+            pos += _ESCAPE_WIDTH.get(text[pos + 1] if pos + 1 < len(text) else "", 2)
+        elif style == "'" and text.startswith("''", pos):
+            pos += 2
+        else:
+            pos += 1
+        value_index += 1
+    return pos + 1

@@ -16,6 +16,7 @@ import fastjsonschema
 import jsonschema
 
 from capengine.errors import CapengineError
+from capengine.host.deadline import DEFAULT_SECONDS, Deadline
 from capengine.host.envelope import ErrorCode
 from capengine.host.job_run import JobRun
 from capengine.host.libraries import Library
@@ -38,6 +39,7 @@ class CallContext:
     extension: str
     library: Library | None
     data_dir: Path
+    deadline: Deadline = attrs.field(factory=lambda: Deadline.after(DEFAULT_SECONDS))
     job: JobRun | None = None  # the running job (job.* operations); None for calls outside a job
 
 
@@ -56,18 +58,29 @@ class Operation:
     hidden_args: tuple[str, ...] = ()
     aggregate: bool = False  # cheap, frequent lifecycle calls: counted in the decision log, not logged one by one
     validator: Callable[[dict], object] = attrs.field(init=False, eq=False, repr=False)
+    integer_fields: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # jsonschema checks the schema itself once; fastjsonschema compiles it to Python for the hot path
         # (about 0.5 us per call instead of about 25 us for jsonschema's interpreter).
         jsonschema.validators.validator_for(self.schema).check_schema(self.schema)
         object.__setattr__(self, "validator", fastjsonschema.compile(self.schema))
+        properties = self.schema.get("properties", {})
+        object.__setattr__(self, "integer_fields",
+                           frozenset(k for k, v in properties.items() if v.get("type") == "integer"))
 
     def validate(self, payload: dict) -> None:
         try:
             self.validator(payload)
         except fastjsonschema.JsonSchemaValueException as exc:
             raise OperationError(ErrorCode.INVALID_ARGUMENT, f"{self.name}: {exc.message}") from None
+        # JSON Schema calls 1.0 and 1e300 integers; handlers need Python ints, so a number written with a
+        # fraction or exponent is refused here instead of failing (INTERNAL) inside the handler.
+        for field in self.integer_fields:
+            if isinstance(payload.get(field), float):
+                raise OperationError(ErrorCode.INVALID_ARGUMENT,
+                                     f"{self.name}: data.{field} must be an integer written without a fraction or "
+                                     "exponent")
 
     def policy_args(self, payload: dict) -> dict:
         if not self.hidden_args:

@@ -47,11 +47,23 @@ fn conformance(ctx: &JobContext, input: Input) -> Result<()> {
     outcome(ctx, "vdfs.read_sidecar", vdfs.read_sidecar(file, "sdk-test").and_then(|text| {
         if text == "text with \"quotes\" and ünïcode" { Ok(text) } else { Err(Error::Decode(format!("sidecar came back as {:?}", text))) }
     }));
+    // The test installs this module, so its namespace is its id: naming itself as the writer reads the same sidecar.
+    outcome(ctx, "vdfs.read_sidecar", vdfs.read_sidecar_of(file, "sdk-test", "com.example.sdk-conformance")
+        .and_then(|text| {
+            if text == "text with \"quotes\" and ünïcode" { Ok(text) } else { Err(Error::Decode(format!("sidecar came back as {:?}", text))) }
+        }));
     outcome(ctx, "ai.ocr", ctx.ai().ocr_in(file, "eng"));
     outcome(ctx, "ai.ocr", ctx.ai().ocr(file));
     let creds = ctx.credentials();
-    outcome(ctx, "credentials.store", creds.store("sdk-token", "s3cr3t", Some("api-token")));
-    outcome(ctx, "credentials.store", creds.store("sdk-token", "s3cr3t", None));
+    outcome(ctx, "credentials.store", creds.store("sdk-token", "first", None));
+    outcome(ctx, "credentials.store", match creds.store("sdk-token", "again", None) {
+        Err(Error::AlreadyExists { message }) => Ok(message),
+        other => Err(Error::Decode(format!("a second store without replace gave {:?}", other.map(|_| ())))),
+    });
+    outcome(ctx, "credentials.store", ctx.call(&ops::StoreCredential {
+        name: "sdk-token".to_string(), secret: "s3cr3t".to_string(), kind: Some("api-token".to_string()),
+        replace: Some(true) }));
+    outcome(ctx, "credentials.store", creds.replace("sdk-token", "s3cr3t", None));
     outcome(ctx, "credentials.get", creds.get("sdk-token").and_then(|s| {
         if s == "s3cr3t" { Ok(s) } else { Err(Error::Decode("wrong secret".to_string())) }
     }));

@@ -316,8 +316,15 @@ impl<'a> Vdfs<'a> {
         self.ctx.call(&ops::WriteSidecar { path: path.to_string(), kind: kind.to_string(), data: data.to_string() })
     }
 
+    /// The caller's own sidecar of `kind` for `path`.
     pub fn read_sidecar(&self, path: &str, kind: &str) -> Result<String> {
-        Ok(self.ctx.call(&ops::ReadSidecar { path: path.to_string(), kind: kind.to_string() })?.data)
+        Ok(self.ctx.call(&ops::ReadSidecar { path: path.to_string(), kind: kind.to_string(), writer: None })?.data)
+    }
+
+    /// The sidecar another extension (`writer`, its id) stored for `path`, if a policy allows reading it.
+    pub fn read_sidecar_of(&self, path: &str, kind: &str, writer: &str) -> Result<String> {
+        Ok(self.ctx.call(&ops::ReadSidecar { path: path.to_string(), kind: kind.to_string(),
+                                             writer: Some(writer.to_string()) })?.data)
     }
 }
 
@@ -344,9 +351,16 @@ pub struct Credentials<'a> {
 }
 
 impl<'a> Credentials<'a> {
+    /// Store a new secret; `Error::AlreadyExists` when one of that name is stored (use `replace` to overwrite).
     pub fn store(&self, name: &str, secret: &str, kind: Option<&str>) -> Result<ops::CredentialStored> {
         self.ctx.call(&ops::StoreCredential { name: name.to_string(), secret: secret.to_string(),
-                                              kind: kind.map(str::to_string) })
+                                              kind: kind.map(str::to_string), replace: None })
+    }
+
+    /// Store a secret, overwriting one of that name (`replace: true`; policies see `args.replace`).
+    pub fn replace(&self, name: &str, secret: &str, kind: Option<&str>) -> Result<ops::CredentialStored> {
+        self.ctx.call(&ops::StoreCredential { name: name.to_string(), secret: secret.to_string(),
+                                              kind: kind.map(str::to_string), replace: Some(true) })
     }
 
     /// The secret; `Error::NotFound` when there is none of that name.

@@ -16,6 +16,8 @@ pub enum Error {
     UnknownOperation { message: String },
     InvalidArgument { message: String },
     NotFound { message: String },
+    /// `credentials.store` of a name that is already stored, without `replace: Some(true)`.
+    AlreadyExists { message: String },
     LibraryRequired { message: String },
     ResourceExhausted { message: String },
     Internal { message: String },
@@ -40,6 +42,7 @@ impl Error {
             "UNKNOWN_OPERATION" => Error::UnknownOperation { message },
             "INVALID_ARGUMENT" => Error::InvalidArgument { message },
             "NOT_FOUND" => Error::NotFound { message },
+            "ALREADY_EXISTS" => Error::AlreadyExists { message },
             "LIBRARY_REQUIRED" => Error::LibraryRequired { message },
             "RESOURCE_EXHAUSTED" => Error::ResourceExhausted { message },
             "INTERNAL" => Error::Internal { message },
@@ -55,6 +58,7 @@ impl Error {
             Error::UnknownOperation { .. } => "UNKNOWN_OPERATION",
             Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Error::NotFound { .. } => "NOT_FOUND",
+            Error::AlreadyExists { .. } => "ALREADY_EXISTS",
             Error::LibraryRequired { .. } => "LIBRARY_REQUIRED",
             Error::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
             Error::Internal { .. } => "INTERNAL",
@@ -83,6 +87,7 @@ impl Error {
             | Error::UnknownOperation { message }
             | Error::InvalidArgument { message }
             | Error::NotFound { message }
+            | Error::AlreadyExists { message }
             | Error::LibraryRequired { message }
             | Error::ResourceExhausted { message }
             | Error::Internal { message }

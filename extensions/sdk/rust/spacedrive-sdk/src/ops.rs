@@ -116,17 +116,22 @@ pub struct SidecarWritten {
 }
 operation!(WriteSidecar, "vdfs.write_sidecar", true, SidecarWritten);
 
-/// `vdfs.read_sidecar`: the text stored for a file and kind.
+/// `vdfs.read_sidecar`: the text stored for a file and kind, by the caller or (`writer`: its id) by another
+/// extension, when a policy lets the caller read it (policies see `args.writer`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ReadSidecar {
     pub path: String,
     pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Sidecar {
     pub path: String,
     pub kind: String,
+    /// Whose sidecar it is: the writer asked for, or the caller's own namespace.
+    pub writer: String,
     pub data: String,
 }
 operation!(ReadSidecar, "vdfs.read_sidecar", true, Sidecar);
@@ -158,12 +163,16 @@ pub struct StoreCredential {
     pub secret: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Overwrite a secret already stored under `name`; without it (or `Some(false)`) that is
+    /// `Error::AlreadyExists`. Policies see it as `args.replace`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replace: Option<bool>,
 }
 
 impl core::fmt::Debug for StoreCredential {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("StoreCredential").field("name", &self.name).field("secret", &"***")
-            .field("kind", &self.kind).finish()
+            .field("kind", &self.kind).field("replace", &self.replace).finish()
     }
 }
 

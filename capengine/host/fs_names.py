@@ -1,0 +1,91 @@
+"""File names as guests see them: every name on disk has exactly one text form, and that text opens it again.
+
+A name on a POSIX file system is bytes. Guests and policies see JSON text, and canonical paths
+(capengine.policy.paths) refuse control characters, backslashes and lone surrogates. So a name is shown as
+its UTF-8 text, except that each byte the text could not carry is written as one character of the reserved
+block U+EF00..U+EFFF, the character U+EF00 + byte:
+
+- bytes that are not valid UTF-8 (a Latin-1 name, a truncated sequence);
+- control characters (C0, DEL, C1, U+2028/U+2029) and the backslash;
+- the UTF-8 bytes of a real U+EF00..U+EFFF character in the name, so the escape is never ambiguous.
+
+`to_bytes(to_text(b)) == b` for every name b, and the text form always passes canonical_path. Example: the
+Latin-1 name b"caf\\xe9.txt" is listed as "caf\\uefe9.txt"; a guest passes that string back to read it.
+
+Names differing only in Unicode normalisation (NFC "é" vs NFD "e" + U+0301) are the same name to a policy:
+paths are NFC-normalised before the policy sees them, and `equivalence_key` says which names on disk a
+canonical component stands for.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+ESCAPE_BASE = 0xEF00
+_ESCAPE_END = ESCAPE_BASE + 0x100
+_UNSAFE = frozenset("\\\u2028\u2029")
+
+
+def _needs_escape(ch: str) -> bool:
+    code = ord(ch)
+    return (ESCAPE_BASE <= code < _ESCAPE_END or ch in _UNSAFE or code < 0x20 or 0x7F <= code <= 0x9F)
+
+
+def to_text(name: bytes) -> str:
+    """The text form of an on-disk name (see the module docstring)."""
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return _escape_invalid(name)
+    if not any(_needs_escape(ch) for ch in text):
+        return text
+    return "".join(_escape_char(ch) for ch in text)
+
+
+def _escape_char(ch: str) -> str:
+    if not _needs_escape(ch):
+        return ch
+    return "".join(chr(ESCAPE_BASE + b) for b in ch.encode("utf-8"))
+
+
+def _escape_invalid(name: bytes) -> str:
+    out: list[str] = []
+    rest = name
+    while rest:
+        try:
+            out.append("".join(_escape_char(ch) for ch in rest.decode("utf-8")))
+            break
+        except UnicodeDecodeError as exc:
+            out.append("".join(_escape_char(ch) for ch in rest[:exc.start].decode("utf-8")))
+            out.extend(chr(ESCAPE_BASE + b) for b in rest[exc.start:exc.end])
+            rest = rest[exc.end:]
+    return "".join(out)
+
+
+def to_bytes(text: str) -> bytes:
+    """The on-disk name a text form stands for: U+EFxx is the byte xx, everything else is UTF-8."""
+    if not any(ESCAPE_BASE <= ord(ch) < _ESCAPE_END for ch in text):
+        return text.encode("utf-8")
+    out = bytearray()
+    for ch in text:
+        code = ord(ch)
+        if ESCAPE_BASE <= code < _ESCAPE_END:
+            out.append(code - ESCAPE_BASE)
+        else:
+            out += ch.encode("utf-8")
+    return bytes(out)
+
+
+# Code points HFS+ and APFS ignore or fold when comparing names (zero-width joiners, variation selectors...).
+# Only used to find candidate names; a match is always confirmed by inode (safe_fs.spelled_path).
+def _ignorable(ch: str) -> bool:
+    return unicodedata.category(ch) == "Cf" or 0xFE00 <= ord(ch) <= 0xFE0F
+
+
+def equivalence_key(text: str, case_insensitive: bool) -> str:
+    """Names with equal keys are one name to a policy (NFC), and on a case-insensitive volume also names that
+    differ in case or in ignorable characters."""
+    key = unicodedata.normalize("NFC", text)
+    if case_insensitive:
+        key = unicodedata.normalize("NFC", "".join(ch for ch in key.casefold() if not _ignorable(ch)))
+    return key

@@ -1,0 +1,81 @@
+"""Finding codes: the stable identifiers `capengine check` emits (text, JSON and SARIF `ruleId`), each with
+the one-line reason shown as its SARIF rule description. A StrEnum, so a code prints, compares and
+serialises as its string and the output formats never change when a member is renamed in Python.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    YAML_SYNTAX = "yaml-syntax"
+    DUPLICATE_KEY = "duplicate-key"
+    UNKNOWN_KIND = "unknown-kind"
+    SCHEMA = "schema"
+    DUPLICATE_RULE_ID = "duplicate-rule-id"
+    DUPLICATE_POLICY = "duplicate-policy"
+    DUPLICATE_CASE = "duplicate-case"
+    BAD_LIMIT = "bad-limit"
+    BAD_GLOB = "bad-glob"
+    CEL_SYNTAX = "cel-syntax"
+    CEL_TYPE = "cel-type"
+    CEL_INVALID = "cel-invalid"
+    CEL_COST = "cel-cost"
+    BROAD_ALLOW = "broad-allow"
+    NEVER_MATCHES = "never-matches"
+    SHADOWED_ALLOW = "shadowed-allow"
+    UNUSED_EXTENSION_GLOB = "unused-extension-glob"
+    CONTENT_REACHABLE = "content-reachable-around-deny"
+    NFD_LITERAL = "nfd-literal"
+    UNKNOWN_CLASS = "unknown-class"
+    UNKNOWN_OPERATION = "unknown-operation"
+    UNGUARDED_OPTIONAL = "unguarded-optional"
+    PATH_PREFIX = "path-prefix"
+    UNKNOWN_LIMIT_OPERATION = "unknown-limit-operation"
+    TEST_UNKNOWN_OPERATION = "test-unknown-operation"
+    TEST_UNKNOWN_EXTENSION = "test-unknown-extension"
+    TEST_FAILED = "test-failed"
+    UNCOVERED_RULE = "uncovered-rule"
+    COVERAGE = "coverage"
+    IO = "io"
+    EMPTY_FILE = "empty-file"
+
+    @property
+    def help(self) -> str:
+        return _HELP[self]
+
+
+_HELP = {
+    Code.YAML_SYNTAX: "The file is not valid YAML.",
+    Code.DUPLICATE_KEY: "A mapping repeats a key; YAML loaders would silently keep one of them.",
+    Code.UNKNOWN_KIND: "Documents must be kind Policy or PolicyTest.",
+    Code.SCHEMA: "The document does not match the JSON Schema in schemas/.",
+    Code.DUPLICATE_RULE_ID: "Rule ids must be unique within a policy.",
+    Code.DUPLICATE_POLICY: "Policy names must be unique across the policy set.",
+    Code.DUPLICATE_CASE: "Test case names must be unique within a suite.",
+    Code.BAD_LIMIT: "A rate limit can never be satisfied.",
+    Code.BAD_GLOB: "A glob is malformed ('**' must be a whole segment).",
+    Code.CEL_SYNTAX: "A condition is not valid CEL.",
+    Code.CEL_TYPE: "A condition does not type-check against the policy variables and functions.",
+    Code.CEL_INVALID: "A condition has an invalid literal argument (regex, glob or directory).",
+    Code.CEL_COST: "A condition's worst-case evaluation cost exceeds the budget.",
+    Code.BROAD_ALLOW: "An allow rule grants every operation without a condition.",
+    Code.NEVER_MATCHES: "A rule can never match.",
+    Code.SHADOWED_ALLOW: "An allow rule is fully overridden by an unconditional deny.",
+    Code.UNUSED_EXTENSION_GLOB: "A policy's extensions pattern matches no known extension.",
+    Code.CONTENT_REACHABLE: "A path is denied for one content-revealing operation but allowed for another.",
+    Code.NFD_LITERAL: "A path literal is not in Unicode NFC, the form every request path is normalised to.",
+    Code.UNKNOWN_CLASS: "An operation class (class:...) that no registered operation declares.",
+    Code.UNKNOWN_OPERATION: "A rule's operations match no registered operation.",
+    Code.UNGUARDED_OPTIONAL: "A deny reads an optional argument without has(): it denies every call lacking it.",
+    Code.PATH_PREFIX: "A string prefix/suffix/substring test on path is not segment-aware; use under() or glob().",
+    Code.UNKNOWN_LIMIT_OPERATION: "A rate limit names operations that match no registered operation.",
+    Code.TEST_UNKNOWN_OPERATION: "A policy test case calls an operation that is not registered: it tests nothing.",
+    Code.TEST_UNKNOWN_EXTENSION: "A policy test case names an extension no policy applies to.",
+    Code.TEST_FAILED: "A policy test case did not get the expected decision.",
+    Code.UNCOVERED_RULE: "No policy test case was decided by this rule.",
+    Code.COVERAGE: "Rule coverage of the policy tests is below the required minimum.",
+    Code.IO: "A file could not be read.",
+    Code.EMPTY_FILE: "A policy file holds no document.",
+}

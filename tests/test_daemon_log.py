@@ -1,0 +1,214 @@
+"""Attacks on the decision log through a real daemon: lone surrogates, a full disk, a read-only data dir, a torn
+tail, a writer thread that dies. The log must never die, never freeze the daemon, never lose a record, and
+no call may run without its record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from daemon_helpers import DaemonProcess, fill, install, make_setup, read_log, tmpfs
+from helpers import policy_yaml, write
+from wasm_helpers import call_job
+
+from capengine.daemon.decision_log import DecisionLog, read_records
+from capengine.host.envelope import CallRecord
+
+READ_MESSAGE = "- {id: ping, effect: allow, operations: [test.ping], condition: 'args.message != \"no\"'}\n"
+
+
+def _ping_surrogate(dirs: dict[str, Path]) -> None:
+    ext = dirs["extensions"] / "surrogate"
+    ext.mkdir()
+    (ext / "guest.wat").write_text(call_job("test.ping", '{"message": "a\\ud800b"}', 0))
+    (ext / "manifest.yaml").write_text("id: com.example.surrogate\nname: s\nversion: 1.0.0\nmodule: guest.wat\n"
+                                       "jobs: [go]\noperations: [test.ping]\n")
+    install(ext, dirs["data"])
+    write(dirs["policies"], "ping.yaml", policy_yaml("ping", READ_MESSAGE))
+
+
+def test_lone_surrogate_from_a_guest_is_refused_recorded_and_the_writer_lives(tmp_path):
+    """A guest payload with a lone surrogate ("\\ud800", valid JSON) is refused at the ABI boundary
+    (INVALID_ARGUMENT, recorded); one in a job's input over the socket reaches the log too: every record is
+    written, the writer stays alive."""
+    dirs = make_setup(tmp_path)
+    _ping_surrogate(dirs)
+    d = DaemonProcess(dirs, "--watch-interval", "0").wait_ready()
+    try:
+        for _ in range(3):
+            job = d.result("jobs.run", {"extension": "com.example.surrogate", "job": "go"})
+            assert job["calls"][0]["code"] == "INVALID_ARGUMENT"
+        d.result("jobs.run", {"extension": "com.example.surrogate", "job": "go",
+                              "input": {"x": "\ud800"}})  # and in the job input over the socket
+        tail = d.result("decisions.tail", {"count": 4})["decisions"]
+        assert [r["code"] for r in tail] == ["INVALID_ARGUMENT"] * 4
+        health = d.result("health")
+        assert health["decision_log"]["state"] == "ok" and health["decision_log"]["writer_alive"]
+        assert d.stop()[0] == 0
+    finally:
+        d.kill()
+
+
+def test_lone_surrogates_in_a_record_are_written_escaped_and_read_back_exact(tmp_path):
+    """Defence in depth behind the boundary: whatever reaches a record (an embedder's args, a path) is
+    encodable; the writer escapes, never dies."""
+    log = DecisionLog(tmp_path / "d.jsonl")
+    log.record(_call(message="a\ud800b"))
+    log.record(_call(n=2))
+    log.close()
+    first, second = [r for _, r in read_records(tmp_path / "d.jsonl")]
+    assert first["args"]["message"] == "a\ud800b" and second["args"] == {"n": 2}
+    assert b"\\ud800" in (tmp_path / "d.jsonl").read_bytes()
+
+
+def test_full_disk_refuses_calls_keeps_records_and_recovers(tmp_path):
+    with tmpfs(tmp_path / "data", "2m") as data:
+        dirs = make_setup(tmp_path, data)
+        d = DaemonProcess(dirs, "--watch-interval", "0").wait_ready()
+        try:
+            ok_calls = 0
+            job = d.result("jobs.run", {"extension": "com.example.pinger", "job": "go"})
+            ok_calls += job["calls"][0]["code"] == "OK"
+            assert d.result("decisions.tail", {"count": 1})["decisions"]  # written
+            filler = fill(data)
+            codes = []
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # until the writer has hit ENOSPC, calls may still pass
+                reply = d.call("jobs.run", {"extension": "com.example.pinger", "job": "go"})
+                if "error" in reply:
+                    codes.append(reply["error"]["code"])
+                    break
+                code = reply["result"]["calls"][0]["code"]
+                ok_calls += code == "OK"
+                codes.append(code)
+                if code == "RESOURCE_EXHAUSTED":
+                    break
+                time.sleep(0.05)
+            assert codes[-1] in (-32002, "RESOURCE_EXHAUSTED"), codes
+            health = d.result("health")
+            assert health["status"] == "degraded" and health["decision_log"]["state"] == "failing"
+            assert "ENOSPC" in health["decision_log"]["last_error"] and health["decision_log"]["writer_alive"]
+            reply = d.call("jobs.run", {"extension": "com.example.pinger", "job": "go"})
+            assert reply["error"]["code"] == -32002 and "decision log unavailable" in reply["error"]["message"]
+            filler.unlink()  # space again: the writer catches up by itself
+            deadline = time.monotonic() + 20
+            while d.result("health")["decision_log"]["state"] != "ok":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            job = d.result("jobs.run", {"extension": "com.example.pinger", "job": "go"})
+            ok_calls += job["calls"][0]["code"] == "OK"
+            code, _ = d.stop()
+            assert code == 0
+        finally:
+            d.kill()
+        records = read_log(data)
+        assert sum(r["code"] == "OK" for r in records) == ok_calls  # every call that ran is in the log
+        assert all(r.get("refused_calls", 1) >= 1 for r in records)
+
+
+def test_read_only_data_dir_fails_closed_and_sigterm_still_stops(tmp_path):
+    """A data dir that turned read-only (a read-only bind mount): no call runs unlogged, health says why,
+    the daemon still stops on SIGTERM; made writable again, the log resumes by itself."""
+    dirs = make_setup(tmp_path)
+    data = dirs["data"]
+    d = DaemonProcess(dirs, "--watch-interval", "0").wait_ready()  # first run: catalogue, cache, keys
+    d.result("jobs.run", {"extension": "com.example.pinger", "job": "go"})
+    assert d.stop()[0] == 0
+    before = len(read_log(data))
+    if subprocess.run(["mount", "--bind", str(data), str(data)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(data)], check=True)
+        d = DaemonProcess(dirs, "--watch-interval", "0").wait_ready()
+        try:
+            reply = d.call("jobs.run", {"extension": "com.example.pinger", "job": "go"})
+            assert reply["error"]["code"] == -32002 and "EROFS" in reply["error"]["message"]
+            health = d.result("health")
+            assert health["status"] == "degraded" and "EROFS" in health["decision_log"]["last_error"]
+            subprocess.run(["mount", "-o", "remount,bind,rw", str(data)], check=True)
+            deadline = time.monotonic() + 20
+            while d.result("health")["decision_log"]["state"] != "ok":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            job = d.result("jobs.run", {"extension": "com.example.pinger", "job": "go"})
+            assert job["calls"][0]["code"] == "OK"
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(data)], capture_output=True)  # busy: fine
+            code, _ = d.stop(timeout=60)  # bounded: the stop does not wait forever for the disk
+            assert code == 0
+        finally:
+            d.kill()
+    finally:
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)
+    assert len(read_log(data)) == before + 1
+
+
+def test_torn_tail_is_fenced_on_open(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"time": "x", "extension": "a"}\n{"torn": "\xc3')  # half a record, half a character
+    log = DecisionLog(path)
+    log.record(_call())
+    log.close()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[1] == b'{"torn": "\xc3' and json.loads(lines[2])["operation"] == "test.ping"
+    assert [r is None for _, r in read_records(path)] == [False, True, False]
+    assert log.state().fenced_tails == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_writer_thread_death_is_restarted_and_nothing_is_lost(tmp_path):
+    """Kill the writer thread from the inside (a bug in the loop); the supervisor restarts it."""
+    from capengine.daemon.supervisor import Supervisor
+
+    log = DecisionLog(tmp_path / "d.jsonl")
+    original = log._write
+    broken = threading.Event()
+
+    def crash_once(lines):
+        if not broken.is_set():
+            broken.set()
+            raise RuntimeError("bug in the writer")
+        return original(lines)
+
+    log._write = crash_once  # type: ignore[method-assign]
+    stopped = threading.Event()
+    sup = Supervisor(stopped, check_interval=0.05)
+    sup.watch("decision-log", log.writer_alive, log.start)
+    for i in range(10):
+        log.record(_call(n=i))
+    assert log.flush(10)
+    assert sup.states()["decision-log"]["restarts"] == 1
+    stopped.set()
+    log.close()
+    assert sorted(r["args"]["n"] for _, r in read_records(tmp_path / "d.jsonl")) == list(range(10))
+
+
+def test_backlog_at_high_water_refuses_then_recovers(tmp_path):
+    log = DecisionLog(tmp_path / "d.jsonl", high_water=10, start=False)
+    for i in range(10):
+        log.record(_call(n=i))
+    assert "10 records waiting" in (log.admit() or "")
+    log.start()
+    assert log.flush(10) and log.admit() is None
+    log.close()
+
+
+def _call(**args) -> CallRecord:
+    return CallRecord(extension="com.example.a", operation="test.ping", library="", path="", decided=True,
+                      allowed=True, rules=("p/r",), errors=(), args=args, code="OK", message="", revision="r",
+                      duration_us=1)
+
+
+def test_a_record_that_cannot_be_built_becomes_a_stub_and_the_writer_goes_on(tmp_path):
+    log = DecisionLog(tmp_path / "d.jsonl")
+    log.record(CallRecord(
+        extension="com.example.a", operation="test.ping", library="", path="", decided=True, allowed=True,
+        rules=(), errors=(), args={1: "int key", "b": 2}, code="OK", message="", revision="r", duration_us=1))
+    log.record(_call(n=2))
+    log.close()
+    stub, ok = [r for _, r in read_records(tmp_path / "d.jsonl")]
+    assert stub["call_id"] and "TypeError" in stub["record_error"] and stub["decision"] == "error"
+    assert ok["args"] == {"n": 2}
