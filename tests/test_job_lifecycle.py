@@ -370,6 +370,41 @@ def test_unknown_and_finished_jobs_are_refused_by_cancel_and_resume(counter_ext,
         d.stop()
 
 
+def test_twin_resumes_run_the_job_once(counter_ext, tmp_path):
+    """Two jobs.resume of one interrupted job wait for the one slot; the first finishes the job, the second is
+    refused when its turn comes (the record is checked again then), instead of counting it all over again."""
+    import threading
+
+    config = attrs.evolve(daemon_dirs(tmp_path, counter_ext), max_jobs_per_extension=1)
+    d = Daemon(config)
+    d.start()
+    try:
+        job = d.run_job(counter_ext.id, "counter", {"target": TARGET}, detach=True)["id"]
+        wait_for(config.socket, job, lambda s: s["items"] >= 20)
+        d.cancel_job(job)
+        wait_for(config.socket, job, lambda s: s["status"] == "interrupted")
+        blocker = d.run_job(counter_ext.id, "counter", {"target": 10 * TARGET}, detach=True)["id"]
+        replies: list[dict] = []
+        twins = [threading.Thread(target=lambda: replies.append(call(config.socket, "jobs.resume", {"id": job},
+                                                                     timeout=120))) for _ in range(2)]
+        for t in twins:
+            t.start()
+        deadline = time.monotonic() + 60
+        while d.admission.counts()["queued"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        d.cancel_job(blocker)
+        for t in twins:
+            t.join(120)
+    finally:
+        d.stop()
+    results = sorted(replies, key=lambda r: "error" in r)
+    assert results[0]["result"]["status"] == "completed", results
+    assert results[1]["error"]["code"] == -32602 and "is completed" in results[1]["error"]["message"], results
+    final = d.jobs.get(job)
+    assert final is not None and final.status == "completed" and final.items == TARGET and final.attempts == 2
+
+
 def start_daemon(config: DaemonConfig, *extra: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "capengine", "daemon", "--policies", str(config.policies),
                              "--extensions", str(config.extensions), "--data-dir", str(config.data_dir),

@@ -164,12 +164,11 @@ class Daemon:
         record of this attempt, saved as "running" so that a crash leaves it resumable."""
         run = self.host.new_run(ext, job, resume.id if resume is not None else None)
         with self._jobs_lock:
-            if run.run_id in self._runs:
-                raise RpcError(rpc.INVALID_PARAMS, f"job {run.run_id} is already running")
             if resume is None:
                 record = JobRecord(run.run_id, ext.id, job, job_input)
-            else:
-                record = attrs.evolve(resume, status="running", interrupted_by="", attempts=resume.attempts + 1,
+            else:  # checked again now that it has a slot: a twin request may have resumed (even finished) it
+                current = self._resumable(resume.id)
+                record = attrs.evolve(current, status="running", interrupted_by="", attempts=current.attempts + 1,
                                       finished=None, error="")
             self._runs[run.run_id] = (run, record)
             self._running[run.run_id] = {"id": run.run_id, "extension": ext.id, "job": job,
@@ -263,18 +262,22 @@ class Daemon:
     def resume_job(self, job_id: str, wait: float | None = None, detach: bool = False) -> dict:
         """The next attempt of an interrupted or failed job (or one a crashed daemon left "running"), from its last
         checkpoint."""
+        with self._jobs_lock:
+            record = self._resumable(job_id)
+        return self.run_job(record.extension, record.job, record.input, wait, detach, record)
+
+    def _resumable(self, job_id: str) -> JobRecord:
+        """The job's record as it is on disk now, if it may be resumed (call with the jobs lock held)."""
         record = self.jobs.get(job_id)
         if record is None:
             raise RpcError(rpc.INVALID_PARAMS, f"no job {job_id}")
-        with self._jobs_lock:
-            live = job_id in self._runs
-        if live:
+        if job_id in self._runs:
             raise RpcError(rpc.INVALID_PARAMS, f"job {job_id} is already running")
         # "running" on disk but not here: the daemon that ran it died (a crash), which interrupted it too
         if record.status not in ("interrupted", "failed", "running"):
             raise RpcError(rpc.INVALID_PARAMS, f"job {record.id} is {record.status}; only an interrupted or failed "
                                                "job can be resumed")
-        return self.run_job(record.extension, record.job, record.input, wait, detach, record)
+        return record
 
     def _resume_interrupted(self) -> None:
         """--resume-interrupted: each job a shutdown interrupted (or a crash left "running") waits for a slot in
