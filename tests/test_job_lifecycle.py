@@ -481,3 +481,29 @@ def test_progress_lines_are_one_per_tenth_and_escape_the_guest_message(tmp_path)
     run.set_progress(1.0, "\x1b[31mred")
     tty.finish(run)
     assert "\x1b" not in bar.getvalue() and bar.getvalue().endswith("\n")
+
+
+@pytest.mark.parametrize("content", [b'{"a": ', b"[]", b'"x"', b"\xff\xfe",
+                                     b'{"id": "0011223344556677", "extension": "e", "job": "j", "input": 5}',
+                                     b'{"id": "0011223344556677", "extension": "e", "job": "j", "input": {}, '
+                                     b'"attempts": true}',
+                                     b'{"id": "0011223344556677", "extension": "e", "job": "j", "input": {}, '
+                                     b'"status": "resumed"}',
+                                     b'{"id": "0011223344556677", "extension": "e", "job": "j", "input": {}, '
+                                     b'"items": -3}',
+                                     b'{"id": "0011223344556677", "extension": "e", "job": "j", "input": {}, '
+                                     b'"surprise": 1}'])
+def test_damaged_job_records_are_reported_and_skipped(tmp_path, content, caplog):
+    """A record is read back from disk before a resume: anything malformed is logged and left alone, so one bad
+    file neither crashes --resume-interrupted nor resumes a job with made-up fields."""
+    from capengine.daemon.job_table import JobRecord, JobTable
+
+    table = JobTable(tmp_path / "jobs")
+    table.save(JobRecord("aabbccdd", "com.example.app", "go", {"n": 1}, status="interrupted",
+                         interrupted_by="shutdown"))
+    (tmp_path / "jobs" / "0011223344556677.json").write_bytes(content)
+    (tmp_path / "jobs" / "not-an-id.json").write_bytes(b"{}")
+    assert table.get("0011223344556677") is None
+    assert [r.id for r in table.to_resume_after_restart()] == ["aabbccdd"]
+    assert "0011223344556677" in caplog.text
+    assert [p.name for p in (tmp_path / "jobs").iterdir() if p.name.endswith(".tmp")] == []
