@@ -17,6 +17,7 @@ import wasmtime
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from wasm_helpers import extension, make_host, wat_module  # noqa: E402
 
+from capengine.daemon.decision_log import DecisionLog  # noqa: E402
 from capengine.host import raw_functions  # noqa: E402
 
 LOOP = """
@@ -71,24 +72,39 @@ def main() -> None:
             host.runtime.prepare(ext)  # compiled and linked once, as the daemon keeps it
             floor = min(bare_floor(wat, calls, raw=True) for _ in range(3))
             generic = min(bare_floor(wat, calls, raw=False) for _ in range(3))
-            best = float("inf")
-            for _ in range(3):
-                start = time.perf_counter()
-                result = host.runtime.run_job(ext, "go", host_dispatcher(host))
-                best = min(best, (time.perf_counter() - start) / calls * 1e6)
-                assert result.status == "completed", result.error
+            best = timed_job(host, ext, host_dispatcher(host), calls)
+            log = DecisionLog(Path(tmp) / "decisions.jsonl")
+            try:
+                logged = timed_job(host, ext, host_dispatcher(host, log), calls)
+            finally:
+                log.close()
         finally:
             host.close()
     print(f"bare host functions, generic trampoline: {generic:8.2f} us/call")
     print(f"bare host functions, raw callback (floor): {floor:8.2f} us/call")
     print(f"full round trip (test.ping): {best:8.2f} us/call")
-    print(f"ratio full/floor:            {best / floor:8.2f}x")
+    print(f"  with the decision log:     {logged:8.2f} us/call")
+    print(f"ratio full/raw floor:        {best / floor:8.2f}x; with the log {logged / floor:.2f}x")
+    print(f"ratio full/generic floor:    {best / generic:8.2f}x; with the log {logged / generic:.2f}x")
 
 
-def host_dispatcher(host):
+def timed_job(host, ext, dispatcher, calls: int) -> float:
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        result = host.runtime.run_job(ext, "go", dispatcher)
+        best = min(best, (time.perf_counter() - start) / calls * 1e6)
+        assert result.status == "completed", result.error
+    return best
+
+
+def host_dispatcher(host, log=None):
+    """The dispatcher a job gets; with `log`, the daemon's decision log records every call (and admits it)."""
     from capengine.host.dispatcher import Dispatcher
 
-    return Dispatcher(host.active, host.registry, host.catalog, host.data_dir)
+    if log is None:
+        return Dispatcher(host.active, host.registry, host.catalog, host.data_dir)
+    return Dispatcher(host.active, host.registry, host.catalog, host.data_dir, log.record, log.admit)
 
 
 if __name__ == "__main__":

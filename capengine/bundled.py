@@ -10,6 +10,7 @@ directory on first use.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
@@ -38,8 +39,15 @@ def sample_library(data_dir: Path) -> Path:
         return source
     copy = Path(data_dir) / "sample-library"
     if not copy.exists():
-        partial = copy.with_name(copy.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(source, partial, ignore=shutil.ignore_patterns("sidecars"))
-        partial.rename(copy)  # a copy interrupted half-way is never mistaken for the library
+        # A temp directory of this process's own, renamed into place: a copy interrupted half-way is never
+        # mistaken for the library, and of several first runs racing one rename wins and the others use it.
+        partial = Path(tempfile.mkdtemp(dir=data_dir, prefix=".sample-library.", suffix=".partial"))
+        try:
+            shutil.copytree(source, partial, ignore=shutil.ignore_patterns("sidecars"), dirs_exist_ok=True)
+            partial.rename(copy)
+        except OSError:
+            if not copy.is_dir():  # not another process winning the rename: a real failure
+                raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return copy

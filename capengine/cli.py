@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from capengine.host.libraries import LibraryCatalog
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a command killed by SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,20 +76,47 @@ def _operations() -> list[str]:
     return default_registry().names()
 
 
-def _read_request(args: argparse.Namespace) -> dict:
-    text = args.request
-    if text.startswith("@") or (not text.lstrip().startswith("{") and Path(text).is_file()):
-        text = Path(text.lstrip("@")).read_text()
-    data = json.loads(text)
+def _json_object(text: str, what: str) -> dict:
+    """`text` parsed as one JSON object; ValueError naming `what` (the flag or file) otherwise. NaN and
+    Infinity (also as 1e400) are refused: Python's json accepts them, but no JSON or CEL value is NaN
+    (`args.n > 5` is false for NaN, so a deny written that way would not fire)."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if not math.isfinite(value):  # 1e400 parses to inf
+            raise ValueError(f"{number} is beyond the range of a number")
+        return value
+
+    try:
+        data = json.loads(text, parse_constant=refuse, parse_float=finite)
+    except ValueError as exc:
+        raise ValueError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
     if not isinstance(data, dict):
-        raise ValueError("the request must be a JSON object")
+        raise ValueError(f"{what} must be a JSON object, not {type(data).__name__}")
     return data
+
+
+def _read_request(args: argparse.Namespace) -> dict:
+    text, what = args.request, "--request"
+    if text.startswith("@") or (not text.lstrip().startswith("{") and Path(text).is_file()):
+        what = f"--request file {text.lstrip('@')}"
+        try:
+            text = Path(text.lstrip("@")).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read {what}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{what} is not UTF-8 text") from None
+    return _json_object(text, what)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     try:
         request = _read_request(args)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         print(f"capengine explain: cannot read the request: {exc}", file=sys.stderr)
         return EXIT_USAGE
     policy_set = _load_policy_set(args.policies or _default_policies(), "explain")
@@ -135,6 +165,13 @@ def _load_policy_set(policies: str, command: str):
     return PolicySet.from_load(load)
 
 
+def _extension_dir(name: str) -> str:
+    """A directory as given, else a bundled example of that name (`capengine run hello-wat` works from a wheel)."""
+    if not Path(name).exists() and "/" not in name and bundled.extension(name).is_dir():
+        return str(bundled.extension(name))
+    return name
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from capengine.errors import CapengineError
     from capengine.host.extension_host import Host
@@ -142,10 +179,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from capengine.progress_display import ProgressDisplay
 
     try:
-        ext = load_extension(args.extension)
-        user_input = json.loads(args.input) if args.input else None
-        if user_input is not None and not isinstance(user_input, dict):
-            raise ValueError("--input must be a JSON object")
+        ext = load_extension(_extension_dir(args.extension))
+        user_input = _json_object(args.input, "--input") if args.input else None
     except (ExtensionError, ValueError) as exc:
         print(f"capengine run: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -422,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one job of an extension and print the calls it made")
     run.add_argument("extension", nargs="?", default=str(bundled.extension()),
-                     help="extension directory (default: the bundled photo-ocr)")
+                     help="extension directory, or the name of a bundled one such as hello-wat "
+                          "(default: the bundled photo-ocr)")
     run.add_argument("--policies", default=str(bundled.policies()), metavar="DIR",
                      help="policy directory (default: the bundled policies)")
     run.add_argument("--library", metavar="DIR", help="library root (default: the bundled sample library)")
@@ -522,8 +558,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every command's errors end here once: a CapengineError (bad input, a damaged data dir; its text names
+    the file and the fix) is one line and exit 2, never a traceback; a reader that closed the pipe early
+    (`capengine ops --format json | head -1`) ends the command quietly."""
+    from capengine.errors import CapengineError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit where it cannot be caught
+        return code
+    except BrokenPipeError:
+        # Python would complain again flushing stdout at exit: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except CapengineError as exc:
+        print(f"capengine {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

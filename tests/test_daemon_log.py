@@ -4,6 +4,7 @@ no call may run without its record."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import threading
@@ -13,9 +14,11 @@ from pathlib import Path
 import pytest
 from daemon_helpers import DaemonProcess, fill, install, make_setup, read_log, tmpfs
 from helpers import policy_yaml, write
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wasm_helpers import call_job
 
-from capengine.daemon.decision_log import DecisionLog, read_records
+from capengine.daemon.decision_log import DecisionLog, read_records, rfc3339
 from capengine.host.envelope import CallRecord
 
 READ_MESSAGE = "- {id: ping, effect: allow, operations: [test.ping], condition: 'args.message != \"no\"'}\n"
@@ -212,3 +215,11 @@ def test_a_record_that_cannot_be_built_becomes_a_stub_and_the_writer_goes_on(tmp
     stub, ok = [r for _, r in read_records(tmp_path / "d.jsonl")]
     assert stub["call_id"] and "TypeError" in stub["record_error"] and stub["decision"] == "error"
     assert ok["args"] == {"n": 2}
+
+
+@settings(max_examples=2000, deadline=None)
+@given(when=st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_record_times_are_exact_rfc3339(when):
+    """The per-second cache of the time format agrees with datetime's own rounding everywhere."""
+    expected = datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="microseconds")
+    assert rfc3339(when) == expected.replace("+00:00", "Z")

@@ -126,6 +126,7 @@ def test_tail_survives_restart_health_metrics_reopen_and_json_logs(tmp_path):
     try:
         d.result("jobs.run", PING)
         d.result("jobs.run", {"extension": "com.example.reader", "job": "go"})
+        d.result("decisions.tail", {"count": 1})  # flushes: the writer batches records for up to 50 ms
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             metrics = response.read().decode()
         assert 'capengine_decisions_total{extension="com.example.pinger",operation="test.ping",outcome="allow"} 1.0' \

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import wasmtime
 
+from capengine.errors import CapengineError
 from capengine.host.manifests import Extension
+from capengine.host.module_cache import ModuleError
 from capengine.host.runtime import Runtime
 from capengine.policy import globs
 
@@ -21,8 +23,10 @@ def problems(ext: Extension, runtime: Runtime, operations: list[str]) -> list[st
     where = f"{ext.directory}/manifest.yaml ({ext.id})"
     try:
         module = runtime.load_module(ext)
-    except (OSError, wasmtime.WasmtimeError) as exc:
+    except (OSError, wasmtime.WasmtimeError, ModuleError) as exc:
         return [f"{where}: module {ext.module_path.name} does not compile: {str(exc).splitlines()[0]}"]
+    except CapengineError as exc:  # e.g. the file changed since it was loaded (identity)
+        return [f"{where}: {exc}"]
     found = []
     exports = {e.name: e.type for e in module.exports}
     for job in ext.jobs:

@@ -109,16 +109,23 @@ def _chmod_no_follow(path: Path, mode: int) -> None:
 
 
 def _create_private(path: Path) -> None:
+    # O_NONBLOCK: a FIFO planted under this name must be refused, not wait forever for a reader.
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except FileExistsError:
         return
     except OSError as exc:
         if path.is_file():
             return  # e.g. a read-only data dir that already holds it
+        if os.path.lexists(path):
+            raise DataDirError(f"{path} is not a regular file; move it aside (capengine creates it)") from None
         raise DataDirError(f"cannot create {path}: {exc.strerror}; check free space and permissions of "
                            f"{path.parent}") from None
-    os.close(fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device opened without blocking
+            raise DataDirError(f"{path} is not a regular file; move it aside (capengine creates it)")
+    finally:
+        os.close(fd)
 
 
 def _write_temp(path: Path, data: bytes, fsync: bool) -> Path:
@@ -180,7 +187,8 @@ def load_or_create_key(path: Path, size: int, fix: str) -> bytes:
     length = 0
     for attempt in range(KEY_READ_ATTEMPTS):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO in the key's place is refused below, not waited on
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             key = os.urandom(size)
             try:
@@ -194,7 +202,11 @@ def load_or_create_key(path: Path, size: int, fix: str) -> bytes:
         except OSError as exc:
             raise KeyFileError(f"cannot read the key file {path}: {exc.strerror}; {fix}", corrupt=True) from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory or a device where the key should be
+                raise KeyFileError(f"the key file {path} is not a regular file; {fix}", corrupt=True)
             data = os.read(fd, size + 1)
+        except OSError as exc:
+            raise KeyFileError(f"cannot read the key file {path}: {exc.strerror}; {fix}", corrupt=True) from None
         finally:
             os.close(fd)
         if len(data) == size:

@@ -28,7 +28,7 @@ from capengine.host.operations.registry import CallContext, OperationError, Regi
 from capengine.host.rate_limiter import RateLimiter
 from capengine.policy import paths
 from capengine.policy.engine import PolicySet
-from capengine.policy.model import Request
+from capengine.policy.model import Request, RequestError
 
 MAX_RECORDED_TEXT = 1024  # method names and messages in records: escaped, then cut
 
@@ -157,7 +157,10 @@ class Dispatcher:
                 record["path"] = args[op.path_field]
                 return error_envelope(ErrorCode(exc.code), exc.message)
             record["path"] = args[op.path_field]
-        request = Request(ext.id, method, record["path"], library_id, op.policy_args(args))
+        try:
+            request = Request(ext.id, method, record["path"], library_id, op.policy_args(args))
+        except RequestError as exc:  # e.g. an integer beyond uint64: no condition could judge it (fail closed)
+            return error_envelope(ErrorCode.INVALID_ARGUMENT, str(exc))
         decision = active.policy_set.decide(request)
         record.update(decided=True, allowed=decision.allowed, rules=decision.rules,
                       args=active.policy_set.args_seen(request.args),

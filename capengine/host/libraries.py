@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -88,22 +89,58 @@ def _probe_existing(root: Path) -> bool:
 
 
 class LibraryCatalog:
+    """Raises LibraryError (a CapengineError naming the file and the fix) when the catalogue cannot be opened:
+    a data dir that is not a directory, a file that is not a SQLite database, a read-only fresh catalogue."""
+
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db_path = self.data_dir / "libraries.sqlite3"
         self._known: dict[str, Library] = {}  # id -> library; a call must not cost a SQLite query
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except (FileExistsError, NotADirectoryError):
+            raise LibraryError(f"data directory {self.data_dir} is not a directory; point --data-dir (or "
+                               "$CAPENGINE_DATA_DIR) at a directory of your own") from None
+        except OSError as exc:
+            raise LibraryError(f"cannot create the data directory {self.data_dir}: {exc.strerror}; check its "
+                               "permissions or point --data-dir at a writable directory") from None
+        if self._db_path.exists() and not self._db_path.is_file():  # SQLite would block forever on a FIFO
+            raise LibraryError(f"the library catalogue {self._db_path} is not a regular file; move it aside (it is "
+                               "created again) and add the libraries again (capengine library add)")
         with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS libraries (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
-                       "root TEXT NOT NULL UNIQUE)")
-            columns = {row[1] for row in db.execute("PRAGMA table_info(libraries)")}
-            # Catalogues written before these settings existed: NULL means "probe on first use".
-            for column in ("case_insensitive", "allow_hardlinks"):
-                if column not in columns:
-                    db.execute(f"ALTER TABLE libraries ADD COLUMN {column} INTEGER")
+            if self._missing_columns(db):  # checked first without a lock: a read-only catalogue still opens
+                # One writer at a time from here to COMMIT: processes starting together on a fresh data dir
+                # would otherwise both see a column missing and the second ALTER would fail ("duplicate column").
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("CREATE TABLE IF NOT EXISTS libraries (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+                           "root TEXT NOT NULL UNIQUE)")
+                # Catalogues written before these settings existed: NULL means "probe on first use".
+                for column in self._missing_columns(db):
+                    if column != "id":  # created with the table
+                        db.execute(f"ALTER TABLE libraries ADD COLUMN {column} INTEGER")
+                db.execute("COMMIT")
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self._db_path, timeout=5)
+    @staticmethod
+    def _missing_columns(db: sqlite3.Connection) -> list[str]:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(libraries)")}
+        return [c for c in ("id", "case_insensitive", "allow_hardlinks") if c not in columns]
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection in autocommit mode (statements commit alone unless wrapped in BEGIN ... COMMIT), closed
+        afterwards. A damaged or unwritable catalogue becomes a LibraryError; IntegrityError passes through."""
+        db = None
+        try:
+            db = sqlite3.connect(self._db_path, timeout=5, isolation_level=None)
+            yield db
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise LibraryError(f"the library catalogue {self._db_path} cannot be used ({exc}); if it is damaged, "
+                               "move it aside and add the libraries again (capengine library add)") from None
+        finally:
+            if db is not None:
+                db.close()
 
     def add(self, root: str | Path, name: str | None = None, library_id: str | None = None,
             allow_hardlinks: bool = False) -> Library:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import wasmtime
 
+from capengine.errors import CapengineError
 from capengine.host import data_dir as private
 
 log = logging.getLogger("capengine.host.module_cache")
@@ -17,8 +18,22 @@ KEY_FIX = "delete it (the module cache is rebuilt; nothing else depends on that 
 TAG_DOMAIN = b"capengine module cache v2"
 
 
-def compile_module(engine: wasmtime.Engine, source: bytes, is_wat: bool) -> wasmtime.Module:
-    return wasmtime.Module(engine, source.decode("utf-8") if is_wat else source)
+class ModuleError(CapengineError):
+    """An extension's module file does not compile; the message names the file."""
+
+
+def compile_module(engine: wasmtime.Engine, source: bytes, is_wat: bool, name: str = "the module") -> wasmtime.Module:
+    """Raises ModuleError naming `name` (the file) for text that is not UTF-8 or a module wasmtime rejects."""
+    kind = "WebAssembly text (.wat)" if is_wat else "WebAssembly binary (.wasm)"
+    try:
+        return wasmtime.Module(engine, source.decode("utf-8") if is_wat else source)
+    except UnicodeDecodeError as exc:
+        raise ModuleError(f"{name} is not valid {kind}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "fix or rebuild it") from None
+    except wasmtime.WasmtimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ModuleError(f"{name} is not valid {kind}: {'; '.join(lines[:3]) or 'rejected by wasmtime'}; fix or "
+                          "rebuild it") from None
 
 
 class ModuleCache:
@@ -45,6 +60,9 @@ class ModuleCache:
         must not stop jobs. A damaged key is an error the operator must see (KeyFileError)."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except (FileExistsError, NotADirectoryError):  # damage the operator must see, not a full disk
+            raise private.DataDirError(f"the module cache {self.directory} is not a directory; remove it (the "
+                                       "cache is rebuilt on the next start)") from None
         except OSError as exc:
             log.warning("module cache disabled: cannot create %s: %s", self.directory, exc.strerror)
             return None
@@ -70,11 +88,12 @@ class ModuleCache:
     def path_for(self, digest: str) -> Path:
         return self.directory / f"{digest}-wasmtime{self.version}-{self._config_id}.cwasm"
 
-    def load(self, source: bytes, is_wat: bool, digest: str | None = None) -> wasmtime.Module:
+    def load(self, source: bytes, is_wat: bool, digest: str | None = None, name: str = "the module"
+             ) -> wasmtime.Module:
         digest = digest or hashlib.sha256(source).hexdigest()
         if self._key is None:
             self.misses += 1
-            return compile_module(self.engine, source, is_wat)
+            return compile_module(self.engine, source, is_wat, name)
         path = self.path_for(digest)
         try:
             blob = path.read_bytes()
@@ -91,7 +110,7 @@ class ModuleCache:
         elif blob:
             log.warning("cache entry %s failed verification; recompiling", path.name)
         self.misses += 1
-        module = compile_module(self.engine, source, is_wat)
+        module = compile_module(self.engine, source, is_wat, name)
         try:
             compiled = bytes(module.serialize())
             # No fsync: a torn entry fails its tag and is recompiled, so the cache needs atomicity, not durability.

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import platform
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import wasmtime
 
+from capengine.errors import CapengineError
 from capengine.host import raw_functions, safe_text
 from capengine.host.deadline import Deadline
 from capengine.host.manifests import Extension, IdentityError
-from capengine.host.module_cache import ModuleCache, compile_module
+from capengine.host.module_cache import ModuleCache, ModuleError, compile_module
 from capengine.host.session import BridgeLimits, CallHandler, GuestSession
 
 log = logging.getLogger("capengine.host.runtime")
@@ -32,17 +35,52 @@ JobStatus = Literal["completed", "interrupted", "failed"]
 _STATUS: dict[int, JobStatus] = {0: "completed", 1: "interrupted", 2: "failed"}
 
 
+MAX_CPU_SECONDS = 86_400.0  # a day: beyond it the epoch deadline's tick count stops meaning anything sane
+
+
+class LimitsError(CapengineError, ValueError):
+    """A Limits value that cannot be enforced (zero, negative, NaN, infinite, not a number)."""
+
+
+def _count(minimum: int) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if type(value) is not int or value < minimum:
+            raise LimitsError(f"Limits.{attribute.name} must be an integer >= {minimum}, not {value!r}")
+    return check
+
+
+def _seconds(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not 0 < value <= MAX_CPU_SECONDS):
+        raise LimitsError(f"Limits.{attribute.name} must be a number of seconds in (0, {MAX_CPU_SECONDS:g}], "
+                          f"not {value!r}")
+
+
+def _fuel(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and (type(value) is not int or value <= 0):
+        raise LimitsError(f"Limits.{attribute.name} must be None (no fuel metering) or an integer > 0, not {value!r}")
+
+
+def _bridge(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, BridgeLimits):
+        raise LimitsError(f"Limits.{attribute.name} must be a BridgeLimits, not {type(value).__name__}")
+
+
 @attrs.frozen
 class Limits:
-    memory_bytes: int = 64 * 1024 * 1024
-    table_elements: int = 10_000
-    instances: int = 4
-    tables: int = 4
-    memories: int = 1
-    cpu_seconds: float = 10.0  # wall-clock bound per job, enforced by the epoch deadline
-    fuel: int | None = None  # optional instruction budget per job (deterministic, slower)
-    max_wasm_stack: int = 512 * 1024
-    bridge: BridgeLimits = BridgeLimits()
+    """Per-job limits; checked when built (LimitsError) because a zero, negative or NaN limit would either
+    stop every job or, worse, silently remove the bound (a NaN deadline, fuel that never runs out)."""
+
+    memory_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_count(1))
+    table_elements: int = attrs.field(default=10_000, validator=_count(0))
+    instances: int = attrs.field(default=4, validator=_count(1))
+    tables: int = attrs.field(default=4, validator=_count(0))
+    memories: int = attrs.field(default=1, validator=_count(1))
+    # wall-clock bound per job, enforced by the epoch deadline
+    cpu_seconds: float = attrs.field(default=10.0, validator=_seconds)
+    fuel: int | None = attrs.field(default=None, validator=_fuel)  # optional instruction budget per job
+    max_wasm_stack: int = attrs.field(default=512 * 1024, validator=_count(1))
+    bridge: BridgeLimits = attrs.field(default=BridgeLimits(), validator=_bridge)
 
 
 @attrs.frozen
@@ -167,9 +205,10 @@ class Runtime:
             raise IdentityError(f"{ext.module_path} changed since {ext.id} was loaded (sha256 {digest}, loaded "
                                 f"{ext.module_sha256}); if that build is meant to run, vouch for it (capengine "
                                 f"ext install --replace {ext.directory}) and load it again (restart the daemon)")
+        is_wat, name = ext.module_path.suffix == ".wat", str(ext.module_path)
         if self.cache is not None:
-            return self.cache.load(source, ext.module_path.suffix == ".wat", digest)
-        return compile_module(self.engine, source, ext.module_path.suffix == ".wat")
+            return self.cache.load(source, is_wat, digest, name)
+        return compile_module(self.engine, source, is_wat, name)
 
     def run_job(self, ext: Extension, job: str, dispatcher: CallHandler, input_json: bytes = b"{}") -> JobResult:
         session = GuestSession(ext, dispatcher, self.limits.bridge, input=input_json,
@@ -226,7 +265,7 @@ class Runtime:
             return "failed", None, _limit_reason(str(exc), lim)
         except OSError as exc:
             return "failed", None, f"cannot read the module: {exc}"
-        except IdentityError as exc:
+        except (IdentityError, ModuleError) as exc:
             return "failed", None, str(exc)
         if not isinstance(rc, int) or rc not in _STATUS:
             return "failed", rc if isinstance(rc, int) else None, f"execute_{job} returned {rc!r}, not 0, 1 or 2"

@@ -6,7 +6,8 @@ load raises" and "check fails in CI" can never disagree about what an error is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import attrs
@@ -40,18 +41,19 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
               operations: Iterable[str] | None = None, extensions_dir: str | Path | None = None,
               coverage: bool = False, min_coverage: float | None = None, run_tests: bool = True,
               schema_dirs: Iterable[str | Path] = ()) -> CheckOutcome:
-    """`schema_dirs`: operation schemas an embedding registers besides the built-in ones (see loader)."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    """`schema_dirs`: operation schemas an embedding registers besides the built-in ones (see loader).
+    `operations`: names registered besides those the schemas declare; by default exactly the schemas' (the
+    built-in catalogue), so a misspelled operation is an error here as in `capengine check`."""
+    paths = _path_list(paths)
     load = load_paths(paths, schema_dirs)
-    # operations declared by extra schema directories count as registered
-    operations = sorted(set(operations) | set(load.catalog.names())) if operations is not None else None
+    # operations declared by the built-in and extra schema directories count as registered
+    operations = sorted(set(operations or ()) | set(load.catalog.names()))
     findings = list(load.findings)
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
     findings.extend(lint.lint(load.policies, operations, exts, load.catalog, load.programs))
     policy_set = PolicySet.from_load(load)
     report = None
-    findings.extend(lint.test_findings(load.suites, load.policies,
-                                       operations if operations is not None else load.catalog.names()))
+    findings.extend(lint.test_findings(load.suites, load.policies, operations))
     if run_tests and load.suites:
         report = policy_tests.run_suites(policy_set, load.suites)
         findings.extend(policy_tests.findings(report))
@@ -71,6 +73,26 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
     return CheckOutcome(load, tuple(findings), report, policy_set)
 
 
+def _path_list(paths: object) -> list[str | Path]:
+    """The files and directories to load; PolicyLoadError (one finding) for anything that is not a path or a
+    non-empty collection of paths (None, a number, bytes, a list holding them): never a TypeError."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    if isinstance(items, (bytes, bytearray, Mapping)) or not isinstance(items, Iterable):
+        raise PolicyLoadError([_usage(f"paths must be a path or a list of paths, not {type(paths).__name__}")])
+    found: list[str | Path] = []
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)) or isinstance(item, bytes):
+            raise PolicyLoadError([_usage(f"paths holds {item!r}, which is not a path (str or pathlib.Path)")])
+        found.append(item if isinstance(item, str) else Path(item))
+    if not found:
+        raise PolicyLoadError([_usage("no policy file or directory given")])
+    return found
+
+
+def _usage(message: str) -> Finding:
+    return Finding(Location("<paths>"), "error", Code.IO, message)
+
+
 class PolicyLoadError(CapengineError):
     """A policy set with errors: nothing of it may be used (fail closed). `findings` holds every error and
     warning, each with file:line:column, exactly as `capengine check` reports them."""
@@ -86,7 +108,8 @@ def load_policies(paths: str | Path | Iterable[str | Path], *, operations: Itera
     """Load, check and compile policy files or directories into a PolicySet, or raise PolicyLoadError.
 
     The verdict is `capengine check`'s: syntax, schema, CEL type errors, lint errors and failing PolicyTest
-    cases all refuse the set. `operations`: the registered operation names (lint flags rules matching none).
+    cases all refuse the set. `operations`: operation names registered besides the built-in catalogue's (lint
+    flags rules matching none). Paths that are not paths raise PolicyLoadError too.
     """
     outcome = run_check(paths, strict=strict, operations=operations)
     if outcome.errors:

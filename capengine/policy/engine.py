@@ -160,6 +160,10 @@ class PolicySet:
         return found
 
     def decide(self, request: Request) -> Decision:
+        """RequestError for anything but a Request (build one with Request.from_mapping, or use decide_raw)."""
+        if not isinstance(request, Request):
+            raise RequestError(f"decide() takes a Request, not {type(request).__name__}; build one with "
+                               "Request.from_mapping(...) or call decide_raw(...)")
         denies, allows = self.plan(request.extension, request.operation).select(request)
         activation = request.activation()
         errors: list[EvalError] = []
@@ -197,21 +201,25 @@ class PolicySet:
         message = rule.rule.message or f"denied by {rule.qualified_id}"
         return Decision(False, (rule.qualified_id,), message, tuple(errors), self.revision)
 
-    def decide_raw(self, raw: Mapping[str, Any]) -> Decision:
-        """Decide a request given as JSON; a malformed request (e.g. a path escaping the root) is denied."""
+    def decide_raw(self, raw: object) -> Decision:
+        """Decide a request given as JSON; anything malformed (not an object, a path escaping the root, a NaN
+        in args) is denied with an "invalid request" reason, never raised."""
         try:
-            request = Request.from_mapping(raw)
+            request = Request.from_mapping(raw)  # type: ignore[arg-type]  # checked there: RequestError
         except RequestError as exc:
-            return Decision(False, (), f"invalid request: {exc}", (EvalError("request", str(exc)),), self.revision)
+            return self._invalid(exc)
         return self.decide(request)
 
-    def explain(self, raw: Mapping[str, Any]) -> Explanation:
-        """Evaluate every candidate rule (no short-circuit) and say why the decision came out as it did."""
+    def _invalid(self, exc: RequestError) -> Decision:
+        return Decision(False, (), f"invalid request: {exc}", (EvalError("request", str(exc)),), self.revision)
+
+    def explain(self, raw: Request | Mapping[str, Any]) -> Explanation:
+        """Evaluate every candidate rule (no short-circuit) and say why the decision came out as it did. Takes
+        a Request or its JSON form; a malformed one is explained as denied before any rule."""
         try:
-            request = Request.from_mapping(raw)
+            request = raw if isinstance(raw, Request) else Request.from_mapping(raw)
         except RequestError as exc:
-            decision = self.decide_raw(raw)
-            return Explanation(decision, (), f"the request is invalid and is denied before any rule: {exc}")
+            return Explanation(self._invalid(exc), (), f"the request is invalid and is denied before any rule: {exc}")
         denies, allows = self.candidates(request.extension, request.operation)
         activation = request.activation()
         trace = []

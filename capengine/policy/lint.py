@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import attrs
@@ -66,7 +68,8 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
         if denies:
             denies_of[id(p)] = denies
     deny_index = _ByExtension(p for p in policies if id(p) in denies_of)
-    findings.extend(_content_around_deny(policies, catalog, ops, asts))
+    selectors = _Selectors(ops if ops is not None else catalog.names(), catalog)
+    findings.extend(_content_around_deny(policies, catalog, selectors, asts))
     findings.extend(_nfd_literals(policies, asts))
     for policy in policies:
         if exts is not None:
@@ -76,20 +79,20 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
                     findings.append(Finding(at, "warning", Code.UNUSED_EXTENSION_GLOB,
                                             f"policy '{policy.name}': extensions pattern '{pattern}' matches no "
                                             "extension in the extensions directory"))
+        unconditional = [(d, r) for d in deny_index.candidates(policy) for r in denies_of[id(d)]]
         for rule in policy.rules:
-            unconditional = [(d, r) for d in deny_index.candidates(policy) for r in denies_of[id(d)]]
-            findings.extend(_rule_findings(policy, rule, ops, unconditional, catalog, asts))
+            findings.extend(_rule_findings(policy, rule, unconditional, selectors, asts))
         findings.extend(_limit_findings(policy, ops if ops is not None else catalog.names()))
     return findings
 
 
-def _rule_findings(policy: Policy, rule: Rule, ops: list[str] | None, denies: list[tuple[Policy, Rule]],
-                   catalog: Catalog, asts: _Asts) -> list[Finding]:
+def _rule_findings(policy: Policy, rule: Rule, denies: list[tuple[Policy, Rule]], selectors: _Selectors,
+                   asts: _Asts) -> list[Finding]:
     out = []
     where, rid = rule.location, rule.qualified_id
-    names = ops if ops is not None else catalog.names()
+    names = selectors.names
     is_deny = rule.effect == "deny"
-    dead = {p for p in rule.operations if not any(selector_matches(p, op, is_deny, catalog) for op in names)}
+    dead = {p for p in rule.operations if not selectors.ops((p,), is_deny)}
     if rule.effect == "allow" and rule.condition is None and any(
             p not in dead and all(seg in ("*", "**") for seg in p.split(".")) for p in rule.operations):
         out.append(Finding(where, "warning", Code.BROAD_ALLOW,
@@ -105,10 +108,11 @@ def _rule_findings(policy: Policy, rule: Rule, ops: list[str] | None, denies: li
                                f"{did_you_mean(pattern, names)}; see `capengine ops` (operations an embedding "
                                "registers are declared with their schema directory)"))
     if rule.effect == "allow" and denies:
-        allowed = [op for op in names if any(selector_matches(s, op, False, catalog) for s in rule.operations)]
+        granted = selectors.ops(rule.operations, False)
+        allowed = [op for op in names if op in granted]
         order = {id(r): i for i, (_, r) in enumerate(denies)}
         for deny_policy, deny in sorted(denies, key=lambda pr: (pr[0].location, order[id(pr[1])])):
-            if _covers(deny_policy, deny, policy, rule, allowed, catalog):
+            if _covers(deny_policy, deny, policy, rule, allowed, selectors):
                 out.append(Finding(where, "warning", Code.SHADOWED_ALLOW,
                                    f"allow rule {rid} can never take effect: unconditional deny "
                                    f"{deny.qualified_id} covers all its operations and extensions"))
@@ -128,44 +132,92 @@ def _limit_findings(policy: Policy, names: list[str]) -> list[Finding]:
     return out
 
 
+class _Selectors:
+    """Which registered operations a rule's operation selectors name (globs or `class:` selectors, which
+    depend on the rule's effect), computed once per (selectors, effect) in a lint run: the same few selectors
+    recur across thousands of rules."""
+
+    def __init__(self, names: list[str], catalog: Catalog) -> None:
+        self.names, self.catalog = names, catalog
+        self._memo: dict[tuple[tuple[str, ...], bool], frozenset[str]] = {}
+
+    def ops(self, selectors: Iterable[str], deny: bool) -> frozenset[str]:
+        key = (tuple(selectors), deny)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = frozenset(op for op in self.names if any(
+                selector_matches(s, op, deny, self.catalog) for s in key[0]))
+        return found
+
+
+@attrs.frozen
+class _Facts:
+    """What lint needs to know of one condition's text: which variables it reads, its first string literal
+    not in NFC, whether it is the literal `false`."""
+
+    idents: frozenset[str]
+    non_nfc: str | None
+    literally_false: bool
+
+
+_FACTS_KEPT = 65536
+_facts: OrderedDict[str, _Facts | None] = OrderedDict()  # by condition text, across lint runs (reloads)
+_facts_lock = threading.Lock()
+
+
 class _Asts:
-    """Condition text -> AST for one lint run: the compiled programs' trees, else parsed once."""
+    """Condition text -> facts for lint: from the compiled programs' trees (else parsed once), remembered by
+    text across runs, so a reload after one edited file walks only that file's conditions."""
 
     def __init__(self, programs: Mapping[str, Program]) -> None:
-        self._trees: dict[str, ast.Node | None] = {p.source: p.node for p in programs.values() if p.node is not None}
+        self._trees: dict[str, ast.Node] = {p.source: p.node for p in programs.values() if p.node is not None}
 
-    def of(self, condition: str | None) -> ast.Node | None:
+    def facts(self, condition: str | None) -> _Facts | None:
         """None for no condition, and for one that does not parse (the loader reports that)."""
         if condition is None:
             return None
-        if condition not in self._trees:
-            try:
-                self._trees[condition] = parse(condition, POLICY_ENVIRONMENT.namespaced)
-            except Exception:
-                self._trees[condition] = None
-        return self._trees[condition]
+        with _facts_lock:
+            if condition in _facts:
+                _facts.move_to_end(condition)
+                return _facts[condition]
+        found = self._compute(condition)
+        with _facts_lock:
+            _facts[condition] = found
+            while len(_facts) > _FACTS_KEPT:
+                _facts.popitem(last=False)
+        return found
 
-    def nodes(self, condition: str | None) -> Iterator[object]:
-        """Every AST node of a condition."""
-        root = self.of(condition)
+    def _compute(self, condition: str) -> _Facts | None:
+        root = self._trees.get(condition)
         if root is None:
-            return
+            try:
+                root = parse(condition, POLICY_ENVIRONMENT.namespaced)
+            except Exception:
+                return None
+        idents: set[str] = set()
+        non_nfc = None
         stack: list[object] = [root]
         while stack:
             n = stack.pop()
             if isinstance(n, tuple):
                 stack.extend(n)
             elif attrs.has(type(n)) and not isinstance(n, ast.Pos):
-                yield n
+                if isinstance(n, ast.Ident):
+                    idents.add(n.name)
+                elif isinstance(n, Literal) and isinstance(n.value, str) and non_nfc is None \
+                        and unicodedata.normalize("NFC", n.value) != n.value:
+                    non_nfc = n.value
                 node_type: type = type(n)  # an attrs class: attrs.has() said so
                 stack.extend(getattr(n, f.name) for f in attrs.fields(node_type))
+        return _Facts(frozenset(idents), non_nfc, isinstance(root, Literal) and root.value is False)
 
     def reads_variable(self, condition: str | None, name: str) -> bool:
-        return any(isinstance(n, ast.Ident) and n.name == name for n in self.nodes(condition))
+        facts = self.facts(condition)
+        return facts is not None and name in facts.idents
 
     def literally_false(self, condition: str | None) -> bool:
-        node = self.of(condition)
-        return isinstance(node, Literal) and node.value is False
+        facts = self.facts(condition)
+        return facts is not None and facts.literally_false
 
 
 def _pattern_covers(general: str, specific: str) -> bool:
@@ -179,11 +231,11 @@ def _pattern_covers(general: str, specific: str) -> bool:
 
 
 def _covers(deny_policy: Policy, deny: Rule, policy: Policy, rule: Rule, allowed: list[str],
-            catalog: Catalog) -> bool:
+            selectors: _Selectors) -> bool:
     """`allowed`: the operations `rule` grants (computed once per rule by the caller)."""
     if any(s.startswith("class:") for s in rule.operations + deny.operations):  # compare what they name
-        ops_covered = bool(allowed) and all(any(selector_matches(d, op, True, catalog) for d in deny.operations)
-                                            for op in allowed)
+        denied = selectors.ops(deny.operations, True)
+        ops_covered = bool(allowed) and all(op in denied for op in allowed)
     else:
         ops_covered = all(any(_pattern_covers(d, op) for d in deny.operations) for op in rule.operations)
     exts_covered = all(any(_pattern_covers(d, e) for d in deny_policy.extensions) for e in policy.extensions)
@@ -196,20 +248,20 @@ def _extensions_overlap(a: Policy, b: Policy) -> bool:
                for x in a.extensions for y in b.extensions)
 
 
-def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str] | None,
+def _content_around_deny(policies: list[Policy], catalog: Catalog, selectors: _Selectors,
                          asts: _Asts) -> list[Finding]:
     """A deny that hides some files from one content-revealing operation while an allow still lets another
     content-revealing operation (OCR, sidecars of the file) read them: the deny protects nothing."""
-    names = ops if ops is not None else catalog.names()
-    revealing = [op for op in names if (info := catalog.get(op)) is not None and CONTENT in info.classes]
+    revealing = [op for op in selectors.names if (info := catalog.get(op)) is not None and CONTENT in info.classes]
     # per policy, once: which content-revealing operation some allow rule of it grants (and which rule)
     allowed: dict[int, dict[str, str]] = {}
     for other in policies:
         grants: dict[str, str] = {}
         for allow in other.rules:
             if allow.effect == "allow":
+                granted = selectors.ops(allow.operations, False)
                 for op in revealing:
-                    if op not in grants and any(selector_matches(s, op, False, catalog) for s in allow.operations):
+                    if op not in grants and op in granted:
                         grants[op] = allow.qualified_id
         if grants:
             allowed[id(other)] = grants
@@ -219,7 +271,8 @@ def _content_around_deny(policies: list[Policy], catalog: Catalog, ops: list[str
         for deny in policy.rules:
             if deny.effect != "deny" or not (deny.condition is None or asts.reads_variable(deny.condition, "path")):
                 continue
-            denied = [op for op in revealing if any(selector_matches(s, op, True, catalog) for s in deny.operations)]
+            denied_ops = selectors.ops(deny.operations, True)
+            denied = [op for op in revealing if op in denied_ops]
             if not denied:
                 continue
             leaks: dict[str, str] = {}
@@ -243,14 +296,12 @@ def _nfd_literals(policies: list[Policy], asts: _Asts) -> list[Finding]:
     out: list[Finding] = []
     for policy in policies:
         for rule in policy.rules:
-            for n in asts.nodes(rule.condition):
-                if isinstance(n, Literal) and isinstance(n.value, str) \
-                        and unicodedata.normalize("NFC", n.value) != n.value:
-                    out.append(Finding(rule.location, "warning", Code.NFD_LITERAL,
-                                       f"rule {rule.qualified_id}: string {n.value!r} is not in Unicode NFC, but "
-                                       "every request path is; write it precomposed (path.under and path.glob "
-                                       "normalise their literal themselves)"))
-                    break
+            facts = asts.facts(rule.condition)
+            if facts is not None and facts.non_nfc is not None:
+                out.append(Finding(rule.location, "warning", Code.NFD_LITERAL,
+                                   f"rule {rule.qualified_id}: string {facts.non_nfc!r} is not in Unicode NFC, but "
+                                   "every request path is; write it precomposed (path.under and path.glob "
+                                   "normalise their literal themselves)"))
     return out
 
 

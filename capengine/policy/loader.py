@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType
@@ -135,11 +137,34 @@ def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = 
         except OSError as exc:
             result.findings.append(Finding(Location(str(path)), "error", Code.IO, f"cannot read: {exc}"))
             continue
-        loaded, file_findings = load_text(str(path), text, catalog)
+        loaded, file_findings = _load_cached(str(path), text, catalog)
         result.files.append(loaded)
         result.findings.extend(file_findings)
     result.findings.extend(_cross_file_checks(result))
     return result
+
+
+_CACHE_FILES = 16384
+_cache: OrderedDict[tuple[str, str, int], tuple[Catalog, LoadedFile, tuple[Finding, ...]]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _load_cached(path: str, text: str, catalog: Catalog) -> tuple[LoadedFile, list[Finding]]:
+    """load_text, remembered by (path, content hash, catalog): a reload after one file of a thousand changed
+    parses, validates and compiles that one file only. A loaded file is never modified afterwards, so the
+    same LoadedFile may serve several policy sets."""
+    key = (path, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), id(catalog))
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None and hit[0] is catalog:
+            _cache.move_to_end(key)
+            return hit[1], list(hit[2])
+    loaded, findings = load_text(path, text, catalog)
+    with _cache_lock:
+        _cache[key] = (catalog, loaded, tuple(findings))
+        while len(_cache) > _CACHE_FILES:
+            _cache.popitem(last=False)
+    return loaded, findings
 
 
 def load_text(path: str, text: str, catalog: Catalog | None = None) -> tuple[LoadedFile, list[Finding]]:

@@ -6,6 +6,7 @@ Plain frozen attrs classes with no behaviour beyond validation of the request, s
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -126,6 +127,47 @@ def canonical_library(library: object) -> str:
 
 
 _EMPTY_ARGS: Mapping[str, Any] = MappingProxyType({})
+MAX_ARGS_DEPTH = 64  # nesting of args; a guest's JSON is bounded the same way (BridgeLimits.max_json_depth)
+INT_MIN, UINT_MAX = -(2**63), 2**64 - 1  # CEL int is int64, uint is uint64: nothing outside both exists
+
+
+def _json_value(value: object, where: str, depth: int) -> Any:
+    """`value` checked to be one a JSON document (and so a CEL condition) can hold, copied (lists and objects
+    afresh, so the caller cannot change it after the check). RequestError for anything else: a NaN compares
+    false with everything and an int beyond int64 makes CEL arithmetic fail, so either would slip past a deny
+    written `args.size > N` that a real number trips."""
+    if value is None or isinstance(value, (bool, str)):
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RequestError(f"{where} holds a lone surrogate, which is not text") from None
+        return value
+    if isinstance(value, int):
+        if not INT_MIN <= value <= UINT_MAX:
+            raise RequestError(f"{where} = {value} is outside the int64/uint64 range")
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RequestError(f"{where} is {value}, which is not a JSON number")
+        return value
+    if depth >= MAX_ARGS_DEPTH:
+        raise RequestError(f"{where} is nested more than {MAX_ARGS_DEPTH} levels deep")
+    if isinstance(value, list):
+        return [_json_value(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+    if isinstance(value, Mapping):
+        return _json_object(value, where, depth + 1)
+    raise RequestError(f"{where} is a {type(value).__name__}; request args hold only JSON values (null, bool, "
+                       "number, string, array, object)")
+
+
+def _json_object(value: Mapping[Any, Any], where: str, depth: int) -> dict[str, Any]:
+    copy = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise RequestError(f"{where} has a key {key!r} that is not a string")
+        copy[_json_value(key, f"{where} key", depth)] = _json_value(item, f"{where}.{key}", depth)
+    return copy
 
 
 def _args(args: object) -> Mapping[str, Any]:
@@ -133,7 +175,7 @@ def _args(args: object) -> Mapping[str, Any]:
         return _EMPTY_ARGS
     if not isinstance(args, Mapping):
         raise RequestError("args must be an object")
-    return MappingProxyType(dict(args))
+    return MappingProxyType(_json_object(args, "args", 0))
 
 
 @attrs.frozen
@@ -142,8 +184,8 @@ class Request:
 
     Every field is checked or canonicalised by its converter/validator, so no caller can build a Request with
     a raw path ("/a/../b", NFD), an upper-case library id or a malformed name: `Request(...)`, `parse` and
-    `from_mapping` all raise RequestError for those. `args` is a read-only view of a shallow copy (the
-    caller's dict cannot change a decided request; nested JSON values are not copied, for speed).
+    `from_mapping` all raise RequestError for those. `args` is a read-only view of a deep copy holding only JSON
+    values (no NaN, no int beyond uint64, no tuple, set or bytes): checked once here, so `decide` never is.
     """
 
     extension: str = attrs.field(converter=_extension_name)
@@ -159,9 +201,11 @@ class Request:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Request:
+        if not isinstance(data, Mapping):
+            raise RequestError(f"the request must be an object, not {type(data).__name__}")
         unknown = set(data) - {"extension", "operation", "path", "library", "args"}
         if unknown:
-            raise RequestError(f"unknown request field(s): {', '.join(sorted(unknown))}")
+            raise RequestError(f"unknown request field(s): {', '.join(sorted(map(str, unknown)))}")
         return cls.parse(data.get("extension"), data.get("operation"), data.get("path", ""),
                          data.get("library", ""), data.get("args"))
 
