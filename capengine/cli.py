@@ -19,7 +19,7 @@ from capengine.version import __version__
 if TYPE_CHECKING:
     from capengine.host.libraries import LibraryCatalog
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a command killed by SIGPIPE
 
 
@@ -434,6 +434,80 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if report.flips else EXIT_OK
 
 
+def _analysis_set(policies: str, command: str):
+    if not Path(policies).exists():
+        print(f"capengine {command}: no such file or directory: {policies}", file=sys.stderr)
+        return None
+    return _load_policy_set(policies, command)
+
+
+def _cmd_analyze_can(args: argparse.Namespace) -> int:
+    from capengine.analysis.can import AnalysisError, can
+
+    policy_set = _analysis_set(args.policies, "analyze can")
+    if policy_set is None:
+        return EXIT_USAGE
+    try:
+        answer = can(policy_set, args.extension, args.operation, args.path, args.library, args.timeout)
+    except AnalysisError as exc:
+        print(f"capengine analyze can: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(answer.to_json(), indent=2, ensure_ascii=False) if args.format == "json" else answer.text())
+    return {"never": EXIT_OK, "yes": EXIT_FINDINGS}.get(answer.answer, EXIT_UNKNOWN)
+
+
+def _cmd_analyze_permissions(args: argparse.Namespace) -> int:
+    from capengine.analysis.can import AnalysisError
+    from capengine.analysis.domain import operation_names
+    from capengine.analysis.permissions import declared_operations, permissions, policy_operations
+
+    policy_set = _analysis_set(args.policies, "analyze permissions")
+    if policy_set is None:
+        return EXIT_USAGE
+    try:
+        if args.extensions:
+            operations = declared_operations(args.extensions, args.extension)
+        else:
+            operations = policy_operations(policy_set, args.extension, operation_names())
+        summaries = permissions(policy_set, args.extension, operations, args.timeout)
+    except AnalysisError as exc:
+        print(f"capengine analyze permissions: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.format == "json":
+        print(json.dumps({"extension": args.extension, "operations": [s.to_json() for s in summaries]}, indent=2,
+                         ensure_ascii=False))
+    else:
+        print(f"{args.extension}: {len(summaries)} operation(s)")
+        for summary in summaries:
+            print(summary.text())
+    return EXIT_OK
+
+
+def _cmd_analyze_lint(args: argparse.Namespace) -> int:
+    from capengine.analysis.lints import lint
+    from capengine.analysis.render import lint_output
+
+    policy_set = _analysis_set(args.policies, "analyze lint")
+    if policy_set is None:
+        return EXIT_USAGE
+    found = lint(policy_set, args.timeout)
+    sys.stdout.write(lint_output(found, args.format, args.strict))
+    return EXIT_FINDINGS if found and args.strict else EXIT_OK
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from capengine.analysis.diff import diff
+    from capengine.analysis.render import diff_output
+
+    old_set = _analysis_set(args.old, "diff")
+    new_set = _analysis_set(args.new, "diff") if old_set is not None else None
+    if old_set is None or new_set is None:
+        return EXIT_USAGE
+    result = diff(old_set, new_set, timeout_ms=args.timeout)
+    sys.stdout.write(diff_output(result, args.format, args.allow_widening))
+    return EXIT_FINDINGS if result.may_widen and not args.allow_widening else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="capengine", description=__doc__)
     parser.add_argument("--version", action="version", version=f"capengine {__version__}")
@@ -554,6 +628,41 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("logs", nargs="+", metavar="LOG",
                         help="decision-log files, globs, or a data dir (all rotated files, oldest first)")
     replay.set_defaults(func=_cmd_replay)
+
+    timeout = _Parser(add_help=False)
+    timeout.add_argument("--timeout", type=int, default=10_000, metavar="MS",
+                         help="solver time limit per query; a query that runs out answers 'unknown', never 'no'")
+    analyze = sub.add_parser("analyze", help="prove properties of a policy set with an SMT solver")
+    an_sub = analyze.add_subparsers(dest="analyze_command", required=True, parser_class=_Parser)
+    can = an_sub.add_parser("can", parents=[timeout],
+                            help="can EXT ever be allowed OP? 'never (proved)' or a witness request (exit 0/1/3)")
+    can.add_argument("extension")
+    can.add_argument("operation")
+    can.add_argument("--policies", required=True, metavar="DIR")
+    can.add_argument("--path", metavar="GLOB", help="only paths matching this glob")
+    can.add_argument("--library", metavar="ID", help="only this library UUID")
+    can.add_argument("--format", choices=["text", "json"], default="text")
+    can.set_defaults(func=_cmd_analyze_can)
+    perms = an_sub.add_parser("permissions", parents=[timeout],
+                              help="what EXT may do, per operation: path regions, libraries, argument limits")
+    perms.add_argument("extension")
+    perms.add_argument("--policies", required=True, metavar="DIR")
+    perms.add_argument("--extensions", metavar="DIR", help="read the declared operations from the manifest here")
+    perms.add_argument("--format", choices=["text", "json"], default="text")
+    perms.set_defaults(func=_cmd_analyze_permissions)
+    alint = an_sub.add_parser("lint", parents=[timeout], help="lints the solver proves (shadowed, redundant, ...)")
+    alint.add_argument("--policies", required=True, metavar="DIR")
+    alint.add_argument("--format", choices=["text", "json", "sarif"], default="text")
+    alint.add_argument("--strict", action="store_true", help="findings are errors (exit 1)")
+    alint.set_defaults(func=_cmd_analyze_lint)
+
+    diff = sub.add_parser("diff", parents=[timeout],
+                          help="requests one policy set allows and the other denies, with witnesses")
+    diff.add_argument("old", metavar="OLD_DIR")
+    diff.add_argument("new", metavar="NEW_DIR")
+    diff.add_argument("--format", choices=["text", "json", "sarif"], default="text")
+    diff.add_argument("--allow-widening", action="store_true", help="exit 0 even when NEW allows more than OLD")
+    diff.set_defaults(func=_cmd_diff)
     return parser
 
 

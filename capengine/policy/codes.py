@@ -40,6 +40,14 @@ class Code(StrEnum):
     COVERAGE = "coverage"
     IO = "io"
     EMPTY_FILE = "empty-file"
+    # proven by the SMT analysis (capengine analyze lint / capengine diff); never-matches, shadowed-allow and
+    # content-reachable-around-deny above are shared with the syntactic lints
+    REDUNDANT_ALLOW = "redundant-allow"
+    DENY_ONLY_ON_ERROR = "deny-only-on-error"
+    POLICY_WIDENED = "policy-widened"
+    POLICY_NARROWED = "policy-narrowed"
+    ANALYSIS_UNKNOWN = "analysis-unknown"
+    NOT_ANALYSABLE = "not-analysable"
 
     @property
     def help(self) -> str:
@@ -78,4 +86,11 @@ _HELP = {
     Code.COVERAGE: "Rule coverage of the policy tests is below the required minimum.",
     Code.IO: "A file could not be read.",
     Code.EMPTY_FILE: "A policy file holds no document.",
+    Code.REDUNDANT_ALLOW: "Every request an allow rule allows is also allowed by another allow rule (proved).",
+    Code.DENY_ONLY_ON_ERROR: "A deny's condition is never true: it fires only when the condition errors (fail "
+                             "closed), typically a missing has() guard (proved).",
+    Code.POLICY_WIDENED: "The new policy set allows requests the old one denied (each with a witness request).",
+    Code.POLICY_NARROWED: "The new policy set denies requests the old one allowed (each with a witness request).",
+    Code.ANALYSIS_UNKNOWN: "The solver could not decide a question within its time limit; nothing is claimed.",
+    Code.NOT_ANALYSABLE: "A condition lies outside the analysable CEL fragment; it was approximated conservatively.",
 }
