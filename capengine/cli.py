@@ -176,6 +176,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from capengine.errors import CapengineError
     from capengine.host.extension_host import Host
     from capengine.host.manifests import ExtensionError, load_extension
+    from capengine.progress_display import ProgressDisplay
 
     try:
         ext = load_extension(_extension_dir(args.extension))
@@ -197,7 +198,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if user_input is None:
             user_input = {"library": library.id}
         job = args.job or ext.jobs[0]
-        result, calls = host.run_job(ext, job, json.dumps(user_input).encode())
+        display = ProgressDisplay()
+        run = host.new_run(ext, job)
+        run.on_change = display.update
+        result, calls = host.run_job(ext, job, json.dumps(user_input).encode(), run)
+        display.finish(run)
     except (CapengineError, OSError, ValueError) as exc:
         print(f"capengine run: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -214,7 +219,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for c in calls:
         verdict = ("ALLOW" if c.allowed else "DENY ") if c.decided else "-----"
         rules = ",".join(c.rules) or ("default deny" if c.decided and not c.allowed else "-")
-        outcome = c.code if c.code == "OK" else f"{c.code}: {c.message}"
+        outcome = c.code if c.code == "OK" and not c.message else f"{c.code}: {c.message}"
         print(f"  {verdict} {c.operation:20} {escape(c.path) or '-':32} {rules:32} {outcome}  [{c.duration_us} us]")
     if calls.dropped:
         print(f"  ... and {calls.dropped} more call(s) (see the decision log)")
@@ -350,7 +355,8 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
                               watch_interval=args.watch_interval, log_mask=DEFAULT_MASK + tuple(args.mask),
                               max_jobs_per_extension=args.max_jobs, queue_timeout=args.queue_timeout,
                               metrics_port=args.metrics_port,
-                              metrics_textfile=Path(args.metrics_textfile) if args.metrics_textfile else None)
+                              metrics_textfile=Path(args.metrics_textfile) if args.metrics_textfile else None,
+                              resume_interrupted=args.resume_interrupted, shutdown_grace=args.shutdown_grace)
         daemon = Daemon(config)
         daemon.start()
     except (DaemonError, ValueError, OSError) as exc:
@@ -599,11 +605,15 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1")
     daemon.add_argument("--metrics-textfile", metavar="PATH", help="write Prometheus metrics for node_exporter")
     daemon.add_argument("--log-format", choices=["text", "json"], default="text", help="the daemon's own log")
+    daemon.add_argument("--resume-interrupted", action="store_true",
+                        help="resume the jobs a shutdown or crash interrupted, from their last checkpoints")
+    daemon.add_argument("--shutdown-grace", type=float, default=2.0, metavar="SECONDS",
+                        help="how long running jobs get at shutdown to checkpoint and return before they are stopped")
     daemon.set_defaults(func=_cmd_daemon)
 
     ctl = sub.add_parser("ctl", help="call the daemon's control interface (exit 0 ok, 1 failed, 3 no daemon)")
-    ctl.add_argument("method", help="jobs.run, jobs.list, extensions.list, policies.status, policies.reload, "
-                                    "decisions.tail, health")
+    ctl.add_argument("method", help="jobs.run, jobs.status, jobs.cancel, jobs.resume, jobs.list, extensions.list, "
+                                    "policies.status, policies.reload, decisions.tail, health")
     ctl.add_argument("params", nargs="?", help="JSON object of parameters")
     ctl.add_argument("--socket", metavar="PATH")
     ctl.add_argument("--data-dir", metavar="DIR")

@@ -45,6 +45,13 @@ OPERATION_TRAITS: dict[str, OperationTraits] = {
     "credentials.delete": OperationTraits(None, False, ("secret",)),
     "credentials.store": OperationTraits(None, False, ("secret",)),
     "test.ping": OperationTraits(None, False),
+    # the job lifecycle (capengine/host/operations/job.py): no path, no library; a checkpoint's state is hidden
+    "job.checkpoint": OperationTraits(None, False, ("state",)),
+    "job.interrupted": OperationTraits(None, False),
+    "job.metrics": OperationTraits(None, False),
+    "job.progress": OperationTraits(None, False),
+    "job.state": OperationTraits(None, False),
+    "job.warn": OperationTraits(None, False),
 }
 
 

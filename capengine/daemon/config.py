@@ -46,6 +46,9 @@ class DaemonConfig:
     drain_timeout: float = 10.0  # seconds a stop waits for in-flight replies
     metrics_port: int | None = None  # loopback HTTP port for Prometheus; None: off
     metrics_textfile: Path | None = None  # node_exporter textfile; None: off
+    resume_interrupted: bool = False  # on start, resume the jobs a shutdown (or a crash) interrupted
+    # seconds running jobs get at shutdown to see job.interrupted, checkpoint and return before they are stopped
+    shutdown_grace: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
 
 
 def check_directories(config: DaemonConfig) -> None:

@@ -2,9 +2,10 @@
 
 This module wires the parts together; each idea lives in its own module: config (what it is told),
 policy_source + reload (settled, coalesced hot reload), socket_server + rpc (the control socket and its
-protocol), jobs (admission), decision_log, metrics, supervisor (threads that cannot die silently), notify
-(systemd readiness). Control methods: jobs.run, jobs.list, extensions.list, policies.status,
-policies.reload, decisions.tail, health.
+protocol), jobs (admission), job_table (jobs persisted, so they can be resumed), decision_log, metrics,
+supervisor (threads that cannot die silently), notify (systemd readiness). Control methods: jobs.run,
+jobs.status, jobs.cancel, jobs.resume, jobs.list, extensions.list, policies.status, policies.reload,
+decisions.tail, health.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
 from collections import deque
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from capengine.daemon import extension_check, rpc
 from capengine.daemon.client import call
 from capengine.daemon.config import DaemonConfig, DaemonError, check_directories
 from capengine.daemon.decision_log import DecisionLog, rfc3339
+from capengine.daemon.job_table import JobRecord, JobTable
 from capengine.daemon.jobs import Admission
 from capengine.daemon.metrics import Metrics
 from capengine.daemon.notify import sd_notify
@@ -37,6 +41,7 @@ from capengine.errors import CapengineError
 from capengine.host.envelope import CallRecord
 from capengine.host.extension_host import Host
 from capengine.host.installed import load_installed
+from capengine.host.job_run import JobRun
 from capengine.host.manifests import Extension
 from capengine.policy.check import run_check
 from capengine.policy.engine import PolicySet
@@ -44,6 +49,8 @@ from capengine.policy.engine import PolicySet
 __all__ = ["Daemon", "DaemonConfig", "DaemonError", "PolicyStatus", "RpcError", "call", "check_policies"]
 
 log = logging.getLogger("capengine.daemon.server")
+_JOB_ID = re.compile(r"[0-9a-f]{8,64}")
+JOB_METHODS = (b'"jobs.run"', b'"jobs.resume"')  # may wait for a job slot and run a job: the job worker pool
 
 
 def _operation_names() -> list[str]:
@@ -85,6 +92,9 @@ class Daemon:
         self._jobs_lock = threading.Lock()
         self._running: dict[str, dict] = {}
         self._finished: deque[dict] = deque(maxlen=100)
+        self.jobs = JobTable(config.data_dir / "jobs")
+        self._runs: dict[str, tuple[JobRun, JobRecord]] = {}  # running jobs: the live run and its record
+        self._cancelled: set[str] = set()
         self.supervisor = Supervisor(self._stopped)
         self._server: ControlServer | None = None
         self.metrics.gauges(lambda: self.admission.counts()["running"], lambda: self.admission.counts()["queued"],
@@ -115,7 +125,10 @@ class Daemon:
         self.policies.request()
 
     # jobs ----------------------------------------------------------------------------------------
-    def run_job(self, extension: str, job: str, job_input: object, wait: float | None = None) -> dict:
+    def run_job(self, extension: str, job: str, job_input: object, wait: float | None = None, detach: bool = False,
+                resume: JobRecord | None = None) -> dict:
+        """Run a job (or the next attempt of `resume`, from its checkpoint) once a job slot is free. `detach`
+        returns `{id, status: "running"}` as soon as it has its slot; otherwise the summary when it ends."""
         ext = self.extensions.get(extension)
         if ext is None:
             raise RpcError(rpc.INVALID_PARAMS, f"no extension {extension!r} (see extensions.list)")
@@ -127,11 +140,18 @@ class Daemon:
         if refusal is not None:
             self.metrics.jobs_rejected.labels("decision_log").inc()
             raise RpcError(rpc.LOG_UNAVAILABLE, f"{refusal} (RESOURCE_EXHAUSTED)", {"retry_after_ms": 1000})
+        slot = ExitStack()
         try:
-            with self.admission.slot(extension, wait):
+            slot.enter_context(self.admission.slot(extension, wait))
+            with slot:
                 if self._stopping:
                     raise RpcError(rpc.SHUTTING_DOWN, "the daemon is shutting down")
-                return self._run(ext, job, job_input)
+                run, record = self._start(ext, job, job_input, resume)
+                if not detach:
+                    return self._run(ext, run, record)
+                held = slot.pop_all()  # the slot passes to the job's thread, which releases it when the job ends
+            self._detach(held, ext, run, record)
+            return {"id": run.run_id, "status": "running", "attempt": record.attempts}
         except RpcError as exc:
             if exc.code == rpc.OVERLOADED:
                 if self._stopping:  # a waiter woken by the stop
@@ -139,32 +159,153 @@ class Daemon:
                 self.metrics.jobs_rejected.labels("overload").inc()
             raise
 
-    def _run(self, ext: Extension, job: str, job_input: dict) -> dict:
-        job_id = os.urandom(8).hex()
-        info = {"id": job_id, "extension": ext.id, "job": job, "started": rfc3339(time.time())}
+    def _start(self, ext: Extension, job: str, job_input: dict, resume: JobRecord | None) -> tuple[JobRun, JobRecord]:
+        """The run (its id is the job's id; its checkpoints are keyed by the extension's namespace) and the
+        record of this attempt, saved as "running" so that a crash leaves it resumable."""
+        run = self.host.new_run(ext, job, resume.id if resume is not None else None)
         with self._jobs_lock:
-            self._running[job_id] = info
+            if resume is None:
+                record = JobRecord(run.run_id, ext.id, job, job_input)
+            else:  # checked again now that it has a slot: a twin request may have resumed (even finished) it
+                current = self._resumable(resume.id)
+                record = attrs.evolve(current, status="running", interrupted_by="", attempts=current.attempts + 1,
+                                      finished=None, error="")
+            self._runs[run.run_id] = (run, record)
+            self._running[run.run_id] = {"id": run.run_id, "extension": ext.id, "job": job,
+                                         "started": rfc3339(time.time()), "attempt": record.attempts}
+        self.jobs.save(record)
+        return run, record
+
+    def _detach(self, slot: ExitStack, ext: Extension, run: JobRun, record: JobRecord) -> None:
         try:
-            result, calls = self.host.run_job(ext, job, json.dumps(job_input).encode())
+            threading.Thread(target=self._run_detached, args=(slot, ext, run, record),
+                             name=f"capengine-job-{run.run_id}", daemon=True).start()
+        except RuntimeError:  # no thread to be had: give everything back; the record stays resumable
+            with self._jobs_lock:
+                self._running.pop(run.run_id, None)
+                self._runs.pop(run.run_id, None)
+            slot.close()
+            self.jobs.save(attrs.evolve(record, status="failed", error="the daemon could not start a thread for it"))
+            raise RpcError(rpc.OVERLOADED, "the daemon cannot start another job thread; retry later",
+                           {"retry_after_ms": 1000}) from None
+
+    def _run_detached(self, slot: ExitStack, ext: Extension, run: JobRun, record: JobRecord) -> None:
+        with slot:
+            try:
+                self._run(ext, run, record)
+            except Exception:  # noqa: BLE001 - a detached job has no caller to report to: the log is it
+                log.exception("job %s (%s/%s) failed inside the daemon", run.run_id, ext.id, run.job)
+
+    def _run(self, ext: Extension, run: JobRun, record: JobRecord) -> dict:
+        job_id = run.run_id
+        try:
+            result, calls = self.host.run_job(ext, run.job, json.dumps(record.input).encode(), run)
+            # Saved before the job leaves _running (a stop waits for _running to empty, so the record is on disk
+            # before the process exits), as a new record: jobs.status may still be adding up the live one.
+            interrupted_by = ("cancel" if job_id in self._cancelled else "shutdown") \
+                if result.status == "interrupted" else ""
+            final = attrs.evolve(record, status=result.status, finished=time.time(), error=result.error,
+                                 interrupted_by=interrupted_by, progress=run.progress, message=run.message,
+                                 items=record.items + run.items, bytes=record.bytes + run.bytes,
+                                 warnings=(record.warnings + run.warnings)[-100:])
+            self.jobs.save(final)
         finally:
             with self._jobs_lock:
-                self._running.pop(job_id)
+                info = self._running.pop(job_id)
+                self._runs.pop(job_id, None)
+                self._cancelled.discard(job_id)
         self.metrics.jobs.labels(result.status).inc()
         summary = {**info, "status": result.status, "code": result.code, "error": result.error,
+                   "progress": run.snapshot(),
                    "calls": [{"operation": c.operation, "path": c.path, "code": c.code, "rules": list(c.rules)}
                              for c in calls],
                    "calls_dropped": calls.dropped,
                    "logs": [{"level": level, "message": text} for level, text in result.logs]}
         with self._jobs_lock:
-            self._finished.append({k: summary[k] for k in ("id", "extension", "job", "status", "started")})
+            self._finished.append({k: summary[k] for k in ("id", "extension", "job", "status", "started", "attempt")})
         return summary
+
+    @staticmethod
+    def _job_id(params: dict) -> str:
+        job_id = param(params, "id", str, what="the job id jobs.run returned")
+        if not _JOB_ID.fullmatch(job_id):
+            raise RpcError(rpc.INVALID_PARAMS, "parameter 'id' must be a job id (hex), as jobs.run returned it")
+        return job_id
+
+    def job_status(self, job_id: str) -> dict:
+        """A running job's live progress (its record plus this attempt's counters), else its last record."""
+        with self._jobs_lock:
+            live = self._runs.get(job_id)
+        if live is not None:
+            run, record = live
+            snap = run.snapshot()
+            return {**record.public(), "progress": snap["progress"], "message": snap["message"],
+                    "items": record.items + snap["items"], "bytes": record.bytes + snap["bytes"],
+                    "warnings": (record.warnings + snap["warnings"])[-100:],
+                    "interrupt_requested": snap["interrupt_requested"]}
+        stored = self.jobs.get(job_id)
+        if stored is None:
+            raise RpcError(rpc.INVALID_PARAMS, f"no job {job_id}")
+        return stored.public()
+
+    def cancel_job(self, job_id: str) -> dict:
+        """Ask a running job to stop: job.interrupted turns true; a well-behaved guest checkpoints and returns
+        (status "interrupted", resumable with jobs.resume). A guest that ignores it runs to its CPU limit."""
+        with self._jobs_lock:
+            live = self._runs.get(job_id)
+            if live is None:
+                raise RpcError(rpc.INVALID_PARAMS, f"job {job_id} is not running")
+            self._cancelled.add(job_id)
+        live[0].interrupt()
+        return {"id": job_id, "status": "cancelling"}
+
+    def resume_job(self, job_id: str, wait: float | None = None, detach: bool = False) -> dict:
+        """The next attempt of an interrupted or failed job (or one a crashed daemon left "running"), from its last
+        checkpoint."""
+        with self._jobs_lock:
+            record = self._resumable(job_id)
+        return self.run_job(record.extension, record.job, record.input, wait, detach, record)
+
+    def _resumable(self, job_id: str) -> JobRecord:
+        """The job's record as it is on disk now, if it may be resumed (call with the jobs lock held)."""
+        record = self.jobs.get(job_id)
+        if record is None:
+            raise RpcError(rpc.INVALID_PARAMS, f"no job {job_id}")
+        if job_id in self._runs:
+            raise RpcError(rpc.INVALID_PARAMS, f"job {job_id} is already running")
+        # "running" on disk but not here: the daemon that ran it died (a crash), which interrupted it too
+        if record.status not in ("interrupted", "failed", "running"):
+            raise RpcError(rpc.INVALID_PARAMS, f"job {record.id} is {record.status}; only an interrupted or failed "
+                                               "job can be resumed")
+        return record
+
+    def _resume_interrupted(self) -> None:
+        """--resume-interrupted: each job a shutdown interrupted (or a crash left "running") waits for a slot in
+        its own thread, so start-up never blocks on them; one that cannot resume stays resumable by hand."""
+        def resume(record: JobRecord) -> None:
+            try:
+                self.run_job(record.extension, record.job, record.input, resume=record)
+            except RpcError as exc:
+                log.error("cannot resume job %s (%s/%s): %s", record.id, record.extension, record.job, exc.message)
+
+        for record in self.jobs.to_resume_after_restart():
+            log.info("resuming job %s (%s/%s), attempt %d", record.id, record.extension, record.job,
+                     record.attempts + 1)
+            threading.Thread(target=resume, args=(record,), name=f"capengine-resume-{record.id}", daemon=True).start()
 
     # control interface ------------------------------------------------------------------------------
     def handle(self, method: str, params: dict) -> object:
         if method == "jobs.run":
-            wait_ms = param(params, "wait_ms", int, None, "how long to wait for a job slot")
             return self.run_job(param(params, "extension", str), param(params, "job", str, what="the job's name"),
-                                param(params, "input", dict, {}), None if wait_ms is None else max(0, wait_ms) / 1000)
+                                param(params, "input", dict, {}), self._wait(params),
+                                param(params, "detach", bool, False, "return the job id at once"))
+        if method == "jobs.status":
+            return self.job_status(self._job_id(params))
+        if method == "jobs.cancel":
+            return self.cancel_job(self._job_id(params))
+        if method == "jobs.resume":
+            return self.resume_job(self._job_id(params), self._wait(params),
+                                   param(params, "detach", bool, False, "return the job id at once"))
         if method == "jobs.list":
             with self._jobs_lock:
                 return {"running": list(self._running.values()), "finished": list(self._finished)}
@@ -184,6 +325,11 @@ class Daemon:
         if method == "health":
             return self.health()
         raise RpcError(rpc.METHOD_NOT_FOUND, f"no method {method!r}")
+
+    @staticmethod
+    def _wait(params: dict) -> float | None:
+        wait_ms = param(params, "wait_ms", int, None, "how long to wait for a job slot")
+        return None if wait_ms is None else max(0, wait_ms) / 1000
 
     def _policy_status(self) -> dict:
         status = attrs.asdict(self.policies.status)
@@ -240,7 +386,7 @@ class Daemon:
                 self.metrics.serve_http(self.config.metrics_port)
             except OSError as exc:
                 raise DaemonError(f"cannot serve metrics on 127.0.0.1:{self.config.metrics_port}: {exc}") from None
-        server = ControlServer(path, self.answer, is_job=lambda line: b'"jobs.run"' in line,
+        server = ControlServer(path, self.answer, is_job=lambda line: any(m in line for m in JOB_METHODS),
                                max_connections=self.config.max_connections, max_line=self.config.max_line_bytes,
                                idle_timeout=self.config.idle_timeout, control_workers=self.config.control_workers,
                                job_workers=self.config.job_workers)
@@ -260,6 +406,8 @@ class Daemon:
                                                 self._stopped))
         sd_notify(f"READY=1\nSTATUS=serving on {path} (policy revision {self.status.revision})\nMAINPID={os.getpid()}")
         log.info("serving on %s (policy revision %s)", path, self.status.revision)
+        if self.config.resume_interrupted:
+            self._resume_interrupted()
 
     def stop(self) -> None:
         """Graceful: stop accepting, interrupt running jobs, deliver every reply in flight, flush the decision
@@ -272,6 +420,13 @@ class Daemon:
         if server is not None:
             server.stop_accepting()
         self.admission.wake_all()
+        with self._jobs_lock:  # first ask: a guest that checks job.interrupted checkpoints and returns
+            runs = [run for run, _ in self._runs.values()]
+        for run in runs:
+            run.interrupt()
+        grace = time.monotonic() + self.config.shutdown_grace
+        while self._running and time.monotonic() < grace:
+            time.sleep(0.01)
         self.host.runtime.interrupt_all()
         deadline = time.monotonic() + self.config.drain_timeout
         while self._running and time.monotonic() < deadline:

@@ -21,6 +21,7 @@ from capengine.host import safe_fs, safe_text
 from capengine.host.deadline import DEFAULT_SECONDS, Deadline, DeadlineExceeded
 from capengine.host.envelope import OK, CallRecord, ErrorCode, encode_envelope, error_envelope
 from capengine.host.host_errors import HostErrors, log_once
+from capengine.host.job_run import JobRun
 from capengine.host.libraries import LibraryCatalog
 from capengine.host.manifests import Extension
 from capengine.host.operations.registry import CallContext, OperationError, Registry
@@ -46,9 +47,9 @@ class Dispatcher:
 
     def __init__(self, active: Callable[[], ActivePolicies], registry: Registry, catalog: LibraryCatalog,
                  data_dir: Path, on_call: Callable[[CallRecord], None] | None = None,
-                 admit: Callable[[], str | None] | None = None) -> None:
+                 admit: Callable[[], str | None] | None = None, job: JobRun | None = None) -> None:
         self.active, self.registry, self.catalog = active, registry, catalog
-        self.data_dir, self.on_call, self.admit = data_dir, on_call, admit
+        self.data_dir, self.on_call, self.admit, self.job = data_dir, on_call, admit, job
 
     def dispatch(self, ext: Extension, method: str, library_id: str, payload: dict,
                  deadline: Deadline | None = None) -> dict:
@@ -90,8 +91,17 @@ class Dispatcher:
         if self.on_call is None:
             return
         err = envelope.get("error") or {}
-        self.on_call(CallRecord(**record, code=err.get("code", OK), message=_printable(err.get("message", "")),
-                                duration_us=(time.perf_counter_ns() - start) // 1000))
+        rec = CallRecord(**record, code=err.get("code", OK), message=_printable(err.get("message", "")),
+                         duration_us=(time.perf_counter_ns() - start) // 1000)
+        if not self._absorbed(rec):
+            self.on_call(rec)
+
+    def _absorbed(self, rec: CallRecord) -> bool:
+        """Cheap lifecycle calls (job.progress, ...) are counted by the job run, not logged one by one."""
+        if self.job is None:
+            return False
+        op = self.registry.get(rec.operation)
+        return op is not None and op.aggregate and self.job.absorb(rec)
 
     @staticmethod
     def _host_error(errors: HostErrors | None, where: str, exc: BaseException) -> None:
@@ -166,7 +176,7 @@ class Dispatcher:
         deadline = deadline or Deadline.after(DEFAULT_SECONDS)
         try:
             deadline.check(method)
-            result = op.handler(CallContext(ext.namespace, library, self.data_dir, deadline), args)
+            result = op.handler(CallContext(ext.namespace, library, self.data_dir, deadline, self.job), args)
         except OperationError as exc:
             return error_envelope(exc.code, exc.message)
         except DeadlineExceeded as exc:

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from capengine.host import data_dir as private
+from capengine.host.checkpoints import CheckpointStore
 from capengine.host.dispatcher import ActivePolicies, Dispatcher
 from capengine.host.envelope import CallRecord
 from capengine.host.installed import InstalledRegistry
+from capengine.host.job_run import JobRun
 from capengine.host.libraries import Library, LibraryCatalog
 from capengine.host.manifests import Extension, IdentityError
 from capengine.host.operations import Registry, default_registry
@@ -79,7 +81,21 @@ class Host:
         it is not the module installed under its id."""
         return self.installed.bind(ext, self.require_installed)
 
-    def run_job(self, ext: Extension, job: str, input_json: bytes) -> tuple[JobResult, CallRecords]:
+    def new_run(self, ext: Extension, job: str, run_id: str | None = None) -> JobRun:
+        """A job run whose checkpoints live in this host's data dir under the namespace `ext` is entitled to
+        (see bind); pass the id of an earlier run to resume it."""
+        try:
+            namespace = self.bind(ext).namespace
+        except (IdentityError, private.DataDirError):  # run_job refuses the job with the reason; nothing runs
+            namespace = ext.namespace
+        store = CheckpointStore(self.data_dir)
+        return JobRun(namespace, job, store) if run_id is None else JobRun(namespace, job, store, run_id)
+
+    def run_job(self, ext: Extension, job: str, input_json: bytes,
+                run: JobRun | None = None) -> tuple[JobResult, CallRecords]:
+        """Run one attempt of `run` (a fresh run when None). A completed run's checkpoint is deleted; an
+        interrupted or failed one keeps it, so the run can be resumed. The extension is bound to its namespace
+        first, so the run's checkpoints are keyed the way its vault and sidecars are."""
         calls = CallRecords()
         try:
             ext = self.bind(ext)  # every job: an `ext install --replace` or `ext remove` applies from the next one
@@ -94,8 +110,18 @@ class Host:
             if self.on_call is not None:
                 self.on_call(call)
 
-        dispatcher = Dispatcher(self.active, self.registry, self.catalog, self.data_dir, record, self.admit)
-        return self.runtime.run_job(ext, job, dispatcher, input_json), calls
+        if run is None:
+            run = JobRun(ext.namespace, job, CheckpointStore(self.data_dir))
+        elif (run.extension, run.job) != (ext.namespace, job):  # checkpoints never cross namespaces
+            return JobResult(ext.id, job, "failed", None, f"run {run.run_id} belongs to {run.extension}/{run.job}, "
+                             f"not to {ext.namespace}/{job}", ()), calls
+        dispatcher = Dispatcher(self.active, self.registry, self.catalog, self.data_dir, record, self.admit, run)
+        result = self.runtime.run_job(ext, job, dispatcher, input_json)
+        for summary in run.flush():
+            record(summary)
+        if result.status == "completed":
+            run.checkpoints.delete(run.extension, run.run_id)
+        return result, calls
 
     def close(self) -> None:
         self.runtime.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import attrs
 
 from capengine.errors import CapengineError
+from capengine.host import module_manifest
 from capengine.policy import globs
 from capengine.policy.schemas import validator
 from capengine.policy.yaml_source import YamlSourceError, load_documents
@@ -93,6 +94,13 @@ def load_extension(directory: str | Path) -> Extension:
         line, col = doc.position(("module",))
         raise ExtensionError(f"{manifest}:{line}:{col}: cannot read module file {data['module']} in {directory}: "
                              f"{exc.strerror} (build it first: make -C extensions)") from None
+    try:  # a module built with the Rust SDK carries its manifest facts: the manifest must say the same
+        drift = module_manifest.disagreements(module, data, source)
+    except module_manifest.ModuleManifestError as exc:
+        raise ExtensionError(f"{manifest}:1:1: {exc}") from None
+    if drift:
+        raise ExtensionError(f"{manifest}:1:1: the manifest disagrees with its module: {'; '.join(drift)}; "
+                             f"regenerate it: python3 -m capengine.host.module_manifest write {directory}")
     return Extension(data["id"], data["name"], data["version"], module, tuple(data["jobs"]),
                      tuple(data["operations"]), directory, module_sha256=hashlib.sha256(source).hexdigest(),
                      manifest_sha256=hashlib.sha256(raw).hexdigest())

@@ -18,6 +18,7 @@ import jsonschema
 from capengine.errors import CapengineError
 from capengine.host.deadline import DEFAULT_SECONDS, Deadline
 from capengine.host.envelope import ErrorCode
+from capengine.host.job_run import JobRun
 from capengine.host.libraries import Library
 from capengine.policy import schemas
 
@@ -39,6 +40,7 @@ class CallContext:
     library: Library | None
     data_dir: Path
     deadline: Deadline = attrs.field(factory=lambda: Deadline.after(DEFAULT_SECONDS))
+    job: JobRun | None = None  # the running job (job.* operations); None for calls outside a job
 
 
 Handler = Callable[[CallContext, dict], object]
@@ -54,6 +56,7 @@ class Operation:
     path_field: str | None = "path"
     needs_library: bool = True
     hidden_args: tuple[str, ...] = ()
+    aggregate: bool = False  # cheap, frequent lifecycle calls: counted in the decision log, not logged one by one
     validator: Callable[[dict], object] = attrs.field(init=False, eq=False, repr=False)
     integer_fields: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
 
