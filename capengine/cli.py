@@ -543,6 +543,50 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if run.report.failed else EXIT_OK
 
 
+def _cmd_fmt(args: argparse.Namespace) -> int:
+    """Exit 0 formatted (or, with --check, already canonical), 1 --check found files to reformat, 2 a file
+    fmt refuses (invalid YAML, comments it would lose) or a missing path."""
+    from capengine.policy.fmt import FormatError, format_text
+    from capengine.policy.loader import discover
+
+    files, problems = discover(args.paths or [_default_policies()])
+    for problem in problems:
+        print(f"capengine fmt: {problem.location}: {problem.message}", file=sys.stderr)
+    code = EXIT_USAGE if problems else EXIT_OK
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+            formatted = format_text(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"capengine fmt: {path}: cannot read: {exc}", file=sys.stderr)
+            code = EXIT_USAGE
+            continue
+        except FormatError as exc:
+            where = f"{path}:{exc.line}:{exc.column}" if exc.line else str(path)
+            print(f"capengine fmt: {where}: {exc.message}", file=sys.stderr)
+            code = EXIT_USAGE
+            continue
+        if formatted == text:
+            continue
+        if args.check:
+            print(path)
+            code = max(code, EXIT_FINDINGS)
+            continue
+        target = path.resolve()  # a symlinked policy file stays a symlink; its target is rewritten
+        tmp = target.with_name(f".{target.name}.fmt-{os.getpid()}")
+        try:
+            tmp.write_text(formatted, encoding="utf-8")
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
+            os.replace(tmp, target)  # atomic: a crash or a full disk leaves the old file, never half of one
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            print(f"capengine fmt: {path}: not rewritten: {exc}", file=sys.stderr)
+            code = EXIT_USAGE
+            continue
+        print(f"formatted {path}")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="capengine", description=__doc__)
     parser.add_argument("--version", action="version", version=f"capengine {__version__}")
@@ -563,6 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("-v", "--verbose", action="store_true", help="list every case with its deciding rule")
     test.add_argument("--format", choices=["text", "json", "junit"], default="text")
     test.set_defaults(func=_cmd_test)
+
+    fmt = sub.add_parser("fmt", help="rewrite policy and policy-test files in the canonical YAML layout")
+    fmt.add_argument("paths", nargs="*", help="files or directories (default: ./policies, else the bundled ones)")
+    fmt.add_argument("--check", action="store_true", help="change nothing; list files that would change (exit 1)")
+    fmt.set_defaults(func=_cmd_fmt)
 
     explain = sub.add_parser("explain", help="show how the policy set decides one request")
     explain.add_argument("--policies", metavar="DIR",
