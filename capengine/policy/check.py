@@ -77,10 +77,12 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
         findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", Code.COVERAGE,
                                 "--min-coverage given but no PolicyTest files were found"))
     if run_tests:  # partial-shadow: with the suites' results, as a tested overlap is an intended one
+        programs = load.programs  # a property that builds a dict: once
+
         def tested(deny: Rule, allow: Rule) -> bool:
-            return overlap.exercised(allow, decided.get(deny.qualified_id, []), policy_set, load.programs)
-        findings.extend(o.finding() for o in overlap.find(load.policies, load.catalog, operations, load.programs,
-                                                          tested))
+            cases = decided.get(deny.qualified_id)
+            return cases is not None and overlap.exercised(allow, cases, policy_set, programs)
+        findings.extend(o.finding() for o in overlap.find(load.policies, load.catalog, operations, programs, tested))
     if strict:
         findings = [attrs.evolve(f, severity="error") if f.severity == "warning" else f for f in findings]
     findings.sort(key=lambda f: (f.location.file, f.location.line, f.location.column, f.code))

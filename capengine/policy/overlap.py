@@ -58,7 +58,6 @@ def find(policies: list[Policy], catalog: Catalog, operations: list[str], progra
     `tested(deny, allow)`: the policy tests exercise that overlap (then it is intended, and not reported)."""
     selectors = _Selectors(operations, catalog)
     holders = _ByExtension(p for p in policies if any(r.effect == "allow" for r in p.rules))
-    regions: dict[str, list[Region] | None] = {}
     found: dict[str, Overlap] = {}
     for policy in policies:
         for deny in policy.rules:
@@ -72,7 +71,7 @@ def find(policies: list[Policy], catalog: Catalog, operations: list[str], progra
                     if allow.effect != "allow" or allow.qualified_id in found:
                         continue
                     common = sorted(denied & selectors.ops(allow.operations, False))
-                    deny_paths, allow_paths = _regions(deny, regions), _regions(allow, regions)
+                    deny_paths, allow_paths = _regions(deny), _regions(allow)
                     if deny_paths is not None or allow_paths is not None:  # a path test: only ops with a path
                         common = [op for op in common if _takes_path(catalog, op)]
                     if not common:
@@ -82,7 +81,8 @@ def find(policies: list[Policy], catalog: Catalog, operations: list[str], progra
                         continue  # path literals provably disjoint, or the overlap is tested
                     request = {"extension": _extension(policy, other), "operation": common[0], "path": example,
                                "library": _library(deny, allow), "args": {}}
-                    confirmed = _matches(programs, deny, request) and _matches(programs, allow, request)
+                    # built from canonical literals: the activation is the request itself
+                    confirmed = _true(programs, deny, request) and _true(programs, allow, request)
                     found[allow.qualified_id] = Overlap(deny, allow, request, confirmed)
     return list(found.values())
 
@@ -111,15 +111,24 @@ def exercised(allow: Rule, decided_by_deny: list[Mapping[str, Any]], policy_set:
     return False
 
 
-def _matches(programs: Mapping[str, Program], rule: Rule, request: Mapping[str, Any]) -> bool:
+def _matches(programs: Mapping[str, Program], rule: Rule, raw: Mapping[str, Any]) -> bool:
+    try:
+        activation = Request.from_mapping(raw).activation()
+    except RequestError:
+        return False
+    return _true(programs, rule, activation)
+
+
+def _true(programs: Mapping[str, Program], rule: Rule, activation: dict[str, Any]) -> bool:
+    """Does the rule's condition hold for this activation (a condition that errors: no)?"""
     if rule.condition is None:
         return True
     program = programs.get(rule.qualified_id)
     if program is None:
         return False
     try:
-        return program.evaluate(Request.from_mapping(request).activation()) is True
-    except (CelError, RequestError):
+        return program.evaluate(activation) is True
+    except CelError:
         return False
 
 
@@ -134,10 +143,8 @@ def _extension(a: Policy, b: Policy) -> str:
 
 def _library(*rules: Rule) -> str:
     for rule in rules:
-        for node in _conjuncts(rule):
-            if isinstance(node, ast.Call) and node.function == "_==_" and _is_var(node.args[0], "library") \
-                    and isinstance(node.args[1], ast.Literal) and isinstance(node.args[1].value, str):
-                return node.args[1].value
+        if rule.condition is not None and (found := _condition_facts(rule.condition)[1]) is not None:
+            return found
     return "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6" if any(r.condition and "library" in r.condition for r in rules) \
         else ""
 
@@ -146,11 +153,9 @@ def _is_var(node: ast.Node, name: str) -> bool:
     return isinstance(node, ast.Ident) and node.name == name
 
 
-def _conjuncts(rule: Rule) -> list[ast.Node]:
-    if rule.condition is None:
-        return []
+def _conjuncts(condition: str) -> list[ast.Node]:
     try:
-        root = ast.parse(rule.condition, POLICY_ENVIRONMENT.namespaced)
+        root = ast.parse(condition, POLICY_ENVIRONMENT.namespaced)
     except ast.CelSyntaxError:
         return []
     return _flatten(root, "_&&_")
@@ -179,18 +184,35 @@ def _region(node: ast.Node) -> Region | None:
     return None
 
 
-def _regions(rule: Rule, memo: dict[str, list[Region] | None]) -> list[Region] | None:
-    """The paths a rule can match as a union of regions (from its first path-constraining `&&` operand);
-    None: unconstrained as far as this lint can tell."""
-    key = rule.qualified_id
-    if key not in memo:
-        memo[key] = None
-        for conjunct in _conjuncts(rule):
-            found = [_region(n) for n in _flatten(conjunct, "_||_")]
-            if all(r is not None for r in found):
-                memo[key] = [r for r in found if r is not None]
-                break
-    return memo[key]
+_KEPT = 65536
+_facts: dict[str, tuple[list[Region] | None, str | None]] = {}  # condition text -> (regions, library literal)
+
+
+def _condition_facts(condition: str) -> tuple[list[Region] | None, str | None]:
+    """The paths a condition can match as a union of regions (from its first path-constraining `&&` operand;
+    None: unconstrained as far as this lint can tell), and the library it requires (`library == "..."`).
+    Remembered by text across runs (bounded), so a reload after one edited file re-derives only that file's."""
+    found = _facts.get(condition)
+    if found is not None:
+        return found
+    regions: list[Region] | None = None
+    library = None
+    for conjunct in _conjuncts(condition):
+        if isinstance(conjunct, ast.Call) and conjunct.function == "_==_" and _is_var(conjunct.args[0], "library") \
+                and isinstance(conjunct.args[1], ast.Literal) and isinstance(conjunct.args[1].value, str):
+            library = library or conjunct.args[1].value
+        if regions is None:
+            parts = [_region(n) for n in _flatten(conjunct, "_||_")]
+            if all(r is not None for r in parts):
+                regions = [r for r in parts if r is not None]
+    if len(_facts) >= _KEPT:
+        _facts.clear()
+    found = _facts[condition] = (regions, library)
+    return found
+
+
+def _regions(rule: Rule) -> list[Region] | None:
+    return _condition_facts(rule.condition)[0] if rule.condition is not None else None
 
 
 def _prefix(region: Region) -> str:
