@@ -508,6 +508,91 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if result.may_widen and not args.allow_widening else EXIT_OK
 
 
+def _cmd_test(args: argparse.Namespace) -> int:
+    """Exit 0 all cases pass, 1 a case failed, 2 usage or policy load errors (nothing was tested)."""
+    import re
+
+    from capengine.policy import test_output, testrun
+
+    paths = args.paths or [_default_policies()]
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        print(f"capengine test: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        pattern = re.compile(args.run) if args.run is not None else None
+    except re.error as exc:
+        print(f"capengine test: --run {args.run!r} is not a regular expression: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    outcome = run_check(paths, operations=_operations(), run_tests=False)
+    errors = [f for f in outcome.findings if f.severity == "error"]
+    if errors:
+        sys.stderr.write(report.as_text(errors, f"capengine test: the policy set has {len(errors)} error(s); "
+                                                "nothing was tested (see capengine check)"))
+        return EXIT_USAGE
+    if not outcome.load.suites:
+        print(f"capengine test: no PolicyTest file in {', '.join(paths)}", file=sys.stderr)
+        return EXIT_USAGE
+    selected = testrun.select(outcome.load.suites, pattern)
+    if not selected:
+        total = sum(len(s.cases) for s in outcome.load.suites)
+        print(f"capengine test: --run {args.run!r} matches none of the {total} test cases (names are "
+              "'suite / case')", file=sys.stderr)
+        return EXIT_USAGE
+    run = testrun.run(outcome.policy_set, selected)
+    if args.format == "json":
+        sys.stdout.write(test_output.as_json(run))
+    elif args.format == "junit":
+        sys.stdout.write(test_output.as_junit(run))
+    else:
+        sys.stdout.write(test_output.as_text(run, args.verbose))
+    return EXIT_FINDINGS if run.report.failed else EXIT_OK
+
+
+def _cmd_fmt(args: argparse.Namespace) -> int:
+    """Exit 0 formatted (or, with --check, already canonical), 1 --check found files to reformat, 2 a file
+    fmt refuses (invalid YAML, comments it would lose) or a missing path."""
+    from capengine.policy.fmt import FormatError, format_text
+    from capengine.policy.loader import discover
+
+    files, problems = discover(args.paths or [_default_policies()])
+    for problem in problems:
+        print(f"capengine fmt: {problem.location}: {problem.message}", file=sys.stderr)
+    code = EXIT_USAGE if problems else EXIT_OK
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+            formatted = format_text(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"capengine fmt: {path}: cannot read: {exc}", file=sys.stderr)
+            code = EXIT_USAGE
+            continue
+        except FormatError as exc:
+            where = f"{path}:{exc.line}:{exc.column}" if exc.line else str(path)
+            print(f"capengine fmt: {where}: {exc.message}", file=sys.stderr)
+            code = EXIT_USAGE
+            continue
+        if formatted == text:
+            continue
+        if args.check:
+            print(path)
+            code = max(code, EXIT_FINDINGS)
+            continue
+        target = path.resolve()  # a symlinked policy file stays a symlink; its target is rewritten
+        tmp = target.with_name(f".{target.name}.fmt-{os.getpid()}")
+        try:
+            tmp.write_text(formatted, encoding="utf-8")
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
+            os.replace(tmp, target)  # atomic: a crash or a full disk leaves the old file, never half of one
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            print(f"capengine fmt: {path}: not rewritten: {exc}", file=sys.stderr)
+            code = EXIT_USAGE
+            continue
+        print(f"formatted {path}")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="capengine", description=__doc__)
     parser.add_argument("--version", action="version", version=f"capengine {__version__}")
@@ -521,6 +606,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--coverage", action="store_true", help="report rules no test case exercised")
     check.add_argument("--min-coverage", type=float, metavar="N", help="fail when rule coverage is below N%%")
     check.set_defaults(func=_cmd_check)
+
+    test = sub.add_parser("test", help="run the PolicyTest suites; rule and branch coverage")
+    test.add_argument("paths", nargs="*", help="files or directories (default: ./policies, else the bundled ones)")
+    test.add_argument("--run", metavar="REGEX", help="only the cases whose 'suite / case' name matches")
+    test.add_argument("-v", "--verbose", action="store_true", help="list every case with its deciding rule")
+    test.add_argument("--format", choices=["text", "json", "junit"], default="text")
+    test.set_defaults(func=_cmd_test)
+
+    fmt = sub.add_parser("fmt", help="rewrite policy and policy-test files in the canonical YAML layout")
+    fmt.add_argument("paths", nargs="*", help="files or directories (default: ./policies, else the bundled ones)")
+    fmt.add_argument("--check", action="store_true", help="change nothing; list files that would change (exit 1)")
+    fmt.set_defaults(func=_cmd_fmt)
 
     explain = sub.add_parser("explain", help="show how the policy set decides one request")
     explain.add_argument("--policies", metavar="DIR",

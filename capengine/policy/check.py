@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from capengine.errors import CapengineError
-from capengine.policy import lint
+from capengine.policy import lint, overlap
 from capengine.policy import suites as policy_tests
 from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
 from capengine.policy.loader import LoadResult, load_paths
-from capengine.policy.model import Finding, Location
+from capengine.policy.model import Finding, Location, Rule
 
 
 @attrs.frozen
@@ -54,9 +55,17 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
     policy_set = PolicySet.from_load(load)
     report = None
     findings.extend(lint.test_findings(load.suites, load.policies, operations))
+    decided: dict[str, list[Mapping[str, Any]]] = {}
     if run_tests and load.suites:
         report = policy_tests.run_suites(policy_set, load.suites)
         findings.extend(policy_tests.findings(report))
+        by_id = {r.qualified_id: r for p in load.policies for r in p.rules}
+        findings.extend(Finding(by_id[rid].location, "warning", Code.UNUSED_RULE,
+                                f"rule {rid} decides no case of the policy test suites; add a case it decides "
+                                "(or remove the rule if it is dead)") for rid in report.uncovered)
+        for result in report.results:
+            for rid in result.decision.rules:
+                decided.setdefault(rid, []).append(result.case.request)
         if coverage or min_coverage is not None:
             by_id = {r.qualified_id: r for p in load.policies for r in p.rules}
             findings.extend(Finding(by_id[rid].location, "note", Code.UNCOVERED_RULE,
@@ -67,6 +76,13 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
     elif min_coverage is not None:
         findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", Code.COVERAGE,
                                 "--min-coverage given but no PolicyTest files were found"))
+    if run_tests:  # partial-shadow: with the suites' results, as a tested overlap is an intended one
+        programs = load.programs  # a property that builds a dict: once
+
+        def tested(deny: Rule, allow: Rule) -> bool:
+            cases = decided.get(deny.qualified_id)
+            return cases is not None and overlap.exercised(allow, cases, policy_set, programs)
+        findings.extend(o.finding() for o in overlap.find(load.policies, load.catalog, operations, programs, tested))
     if strict:
         findings = [attrs.evolve(f, severity="error") if f.severity == "warning" else f for f in findings]
     findings.sort(key=lambda f: (f.location.file, f.location.line, f.location.column, f.code))

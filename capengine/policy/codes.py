@@ -25,6 +25,7 @@ class Code(StrEnum):
     BROAD_ALLOW = "broad-allow"
     NEVER_MATCHES = "never-matches"
     SHADOWED_ALLOW = "shadowed-allow"
+    PARTIAL_SHADOW = "partial-shadow"
     UNUSED_EXTENSION_GLOB = "unused-extension-glob"
     CONTENT_REACHABLE = "content-reachable-around-deny"
     NFD_LITERAL = "nfd-literal"
@@ -37,6 +38,7 @@ class Code(StrEnum):
     TEST_UNKNOWN_EXTENSION = "test-unknown-extension"
     TEST_FAILED = "test-failed"
     UNCOVERED_RULE = "uncovered-rule"
+    UNUSED_RULE = "unused-rule"
     COVERAGE = "coverage"
     IO = "io"
     EMPTY_FILE = "empty-file"
@@ -71,6 +73,8 @@ _HELP = {
     Code.BROAD_ALLOW: "An allow rule grants every operation without a condition.",
     Code.NEVER_MATCHES: "A rule can never match.",
     Code.SHADOWED_ALLOW: "An allow rule is fully overridden by an unconditional deny.",
+    Code.PARTIAL_SHADOW: "A deny overrides an allow for some requests (shown with an example) and no policy test "
+                         "exercises that overlap.",
     Code.UNUSED_EXTENSION_GLOB: "A policy's extensions pattern matches no known extension.",
     Code.CONTENT_REACHABLE: "A path is denied for one content-revealing operation but allowed for another.",
     Code.NFD_LITERAL: "A path literal is not in Unicode NFC, the form every request path is normalised to.",
@@ -83,6 +87,7 @@ _HELP = {
     Code.TEST_UNKNOWN_EXTENSION: "A policy test case names an extension no policy applies to.",
     Code.TEST_FAILED: "A policy test case did not get the expected decision.",
     Code.UNCOVERED_RULE: "No policy test case was decided by this rule.",
+    Code.UNUSED_RULE: "No case of the policy test suites is decided by this rule: it is untested, or dead.",
     Code.COVERAGE: "Rule coverage of the policy tests is below the required minimum.",
     Code.IO: "A file could not be read.",
     Code.EMPTY_FILE: "A policy file holds no document.",
