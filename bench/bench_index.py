@@ -16,16 +16,14 @@ Run: python bench/bench_index.py [SIZES...]   (default 1000 10000)
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cedarpy  # noqa: E402
+from bench_decide import percentiles  # noqa: E402
 
 from capengine.policy.engine import PolicySet  # noqa: E402
 from capengine.policy.loader import load_text  # noqa: E402
@@ -86,18 +84,6 @@ def requests(n: int) -> list[Request]:
             Request.parse(EXT, OP, "/elsewhere/photo.jpg", LIB, {"offset": 10, "length": -1}),
             Request.parse(EXT, OP, "/secrets/key", LIB, {}),
             Request.parse(EXT, OP, "/dir0/private/x.png", LIB, {})]
-
-
-def percentiles(fn: Callable[[Any], object], items: list[Any], rounds: int, batch: int = 10) -> tuple[float, float]:
-    samples = []
-    for _ in range(rounds):
-        for item in items:
-            start = time.perf_counter_ns()
-            for _ in range(batch):
-                fn(item)
-            samples.append((time.perf_counter_ns() - start) / batch / 1000)
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99)]
 
 
 def main() -> None:

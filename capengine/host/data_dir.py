@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import logging
 import os
 import stat
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from capengine.errors import CapengineError
 
@@ -152,6 +154,24 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def read_document(path: Path, fmt: int, section: str, what: str, fix: str) -> dict[str, Any] | None:
+    """The `section` mapping of a versioned JSON document the data dir holds (`{"format": fmt, section:
+    {...}}`), None when the file does not exist; DataDirError naming the file and `fix` when it cannot be
+    read or is not such a document."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DataDirError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise DataDirError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt or not isinstance(data.get(section), dict):
+        raise DataDirError(f"{path} is not a capengine {what} of format {fmt}; {fix}")
+    section_data: dict[str, Any] = data[section]
+    return section_data
 
 
 def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:

@@ -84,18 +84,11 @@ class InstalledRegistry:
     def _read(self) -> dict[str, Installed]:
         fix = (f"restore it from a backup, or delete it and install the extensions again "
                f"(capengine ext install DIR --data-dir {self.data_dir})")
-        try:
-            data = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
+        entries = private.read_document(self.path, FORMAT, "extensions", "registry", fix)
+        if entries is None:
             return {}
-        except OSError as exc:
-            raise private.DataDirError(f"cannot read {self.path}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise private.DataDirError(f"{self.path} is not valid JSON ({exc}); {fix}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("extensions"), dict):
-            raise private.DataDirError(f"{self.path} is not a capengine registry of format {FORMAT}; {fix}")
         found = {}
-        for ext_id, entry in data["extensions"].items():
+        for ext_id, entry in entries.items():
             try:
                 if not isinstance(entry, dict) or entry.get("id") != ext_id:
                     raise ValueError("the entry's id does not match its key")

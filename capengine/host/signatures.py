@@ -135,18 +135,11 @@ class TrustedKeys:
 
     def _read(self) -> dict[str, TrustedKey]:
         fix = "restore it from a backup, or delete it and trust the keys again (capengine ext trust)"
-        try:
-            data = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
+        entries = private.read_document(self.path, FORMAT, "keys", "trusted-key file", fix)
+        if entries is None:
             return {}
-        except OSError as exc:
-            raise private.DataDirError(f"cannot read {self.path}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise private.DataDirError(f"{self.path} is not valid JSON ({exc}); {fix}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("keys"), dict):
-            raise private.DataDirError(f"{self.path} is not a capengine trusted-key file of format {FORMAT}; {fix}")
         found = {}
-        for name, entry in data["keys"].items():
+        for name, entry in entries.items():
             try:
                 if not isinstance(entry, dict) or not isinstance(entry.get("public_key"), str):
                     raise ValueError("an entry is an object with a string public_key")
