@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from capengine import bundled
 from capengine.policy import report
+from capengine.policy.branches import cel_text, operand_values
 from capengine.policy.check import run_check
 from capengine.version import __version__
 
@@ -124,23 +125,46 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_FINDINGS
     explanation = policy_set.explain(request)
     d = explanation.decision
+    activation = _activation(request)
+    rules = [{"rule": t.rule, "effect": t.effect, "result": t.result, "condition": t.condition,
+              "value": cel_text(t.value) if t.error is None else None, "error": t.error,
+              "operands": [{"operand": o, "value": v} for o, v in
+                           (operand_values(t.condition, activation) if t.condition and activation else [])]}
+             for t in explanation.trace]
     if args.format == "json":
-        print(json.dumps({"decision": d.to_json(), "reason": explanation.reason,
-                          "rules": [{"rule": t.rule, "effect": t.effect, "result": t.result,
-                                     "value": t.value if isinstance(t.value, (bool, type(None))) else repr(t.value),
-                                     "error": t.error} for t in explanation.trace]}, indent=2))
+        print(json.dumps({"decision": d.to_json(), "reason": explanation.reason, "rules": rules,
+                          "not_applicable": [{"rule": r, "why": why} for r, why in explanation.skipped]},
+                         indent=2))
         return EXIT_OK
     print(f"decision: {'ALLOW' if d.allowed else 'DENY'}")
     print(f"reason:   {explanation.reason}")
     if d.message and not d.allowed:
         print(f"message:  {d.message}")
     print(f"revision: {d.revision}")
-    if explanation.trace:
-        print("rules considered:")
-    for t in explanation.trace:
-        detail = f"error: {t.error}" if t.error else f"condition = {t.value}"
-        print(f"  {t.effect:5} {t.rule:40} {t.result:12} {detail}")
+    if rules:
+        print("rules considered (in order; deny rules first):")
+    for r in rules:
+        outcome = f"error: {r['error']}" if r["error"] else f"condition = {r['value']}"
+        print(f"  {r['effect']:5} {r['rule']:40} {r['result']:12} {outcome}")
+        if r["condition"]:
+            print(f"        {r['condition'].strip()}")
+        for operand in r["operands"]:
+            print(f"          {operand['operand']}  ->  {operand['value']}")
+    if explanation.skipped:
+        print("rules that did not apply:")
+    for rule, why in explanation.skipped:
+        print(f"  {rule:46} {why}")
     return EXIT_OK
+
+
+def _activation(raw: dict) -> dict | None:
+    """The request as conditions see it (None when it is not a valid request: explain says why)."""
+    from capengine.policy.model import Request, RequestError
+
+    try:
+        return Request.from_mapping(raw).activation()
+    except RequestError:
+        return None
 
 
 def _data_dir(args: argparse.Namespace) -> Path:

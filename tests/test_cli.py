@@ -130,3 +130,22 @@ def test_explain_text_and_json(capsys):
 def test_explain_rejects_bad_request(capsys):
     code, _, err = run(capsys, "explain", "--policies", str(ROOT / "policies"), "--request", "{nope")
     assert code == 2 and "cannot read the request" in err
+
+
+def test_explain_shows_conditions_operand_values_and_rules_that_did_not_apply(capsys):
+    """The deciding sub-expression is visible: each `&&`/`||` operand with its value in CEL notation (an
+    erroring operand says so), the condition text, and why the other rules did not apply."""
+    request = json.dumps({"extension": "com.example.photo-ocr", "operation": "vdfs.read_file",
+                          "path": "/photos/private/x.png", "library": "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6"})
+    code, out, _ = run(capsys, "explain", "--policies", "policies", "--request", request)
+    assert code == 0
+    assert "condition = true" in out and "True" not in out  # CEL's notation, not Python's
+    assert 'path.glob("/photos/**/private/**")' in out
+    assert 'path.under("/photos")  ->  true' in out
+    assert "args.length > 16777216  ->  error: no such key: 'length'" in out  # absorbed by the false has()
+    assert "rules that did not apply:" in out and "is not in com.example.cloud-sync" in out
+    code, out, _ = run(capsys, "explain", "--policies", "policies", "--request", request, "--format", "json")
+    data = json.loads(out)
+    allow = next(r for r in data["rules"] if r["rule"] == "photo-ocr/read-images")
+    assert allow["value"] == "true" and {"operand": 'path.under("/photos")', "value": "true"} in allow["operands"]
+    assert any(r["rule"] == "cloud-sync/read-documents" for r in data["not_applicable"])

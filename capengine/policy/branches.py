@@ -10,7 +10,8 @@ so "seen false" means a request really made that operand false.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -88,6 +89,41 @@ def operands(condition: str) -> list[str]:
 
 def branches(condition: str) -> list[Branch]:
     return [Branch(text, _compile(text)) for text in operands(condition)]
+
+
+def operand_values(condition: str, activation: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each `&&`/`||` operand of `condition` with what it evaluates to on one request, in CEL's own notation
+    (`true`, `"text"`, `error: ...`): what `capengine explain` shows so the deciding sub-expression is visible.
+    Empty when the condition is a single operand (its value is the rule's)."""
+    found = operands(condition)
+    if len(found) < 2:
+        return []
+    out = []
+    for text in found:
+        program = _compile(text)
+        if program is None:
+            out.append((text, "not evaluable on its own"))
+            continue
+        try:
+            out.append((text, cel_text(program.evaluate(activation))))
+        except CelError as exc:
+            out.append((text, f"error: {exc}"))
+    return out
+
+
+def cel_text(value: object) -> str:
+    """A value as CEL writes it: true/false, null, quoted strings, lists and maps of those."""
+    if value is True or value is False:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(cel_text(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{cel_text(k)}: {cel_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def _compile(text: str) -> Program | None:
