@@ -16,9 +16,11 @@ import logging
 import os
 import stat
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from capengine.errors import CapengineError
 
@@ -32,6 +34,9 @@ OWN_ENTRIES = ("vault.*", "libraries.sqlite3*", "installed.*", "trusted-keys.*",
                "module-cache")
 KEY_READ_ATTEMPTS = 20  # a short key is retried this many times, 50 ms apart, before it is called corrupt
 KEY_RETRY_SECONDS = 0.05
+
+
+T = TypeVar("T")
 
 
 class DataDirError(CapengineError):
@@ -154,6 +159,30 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class CachedFile(Generic[T]):
+    """What `read()` made of a data-dir file, read again only when the file changes (inode, size, mtime):
+    the host consults the installed registry and the trusted keys on every job, and still sees an
+    `ext install` made meanwhile by another process. A missing file is `empty`."""
+
+    def __init__(self, path: Path, read: Callable[[], T], empty: T) -> None:
+        self.path, self._read, self._empty = path, read, empty
+        self._cache: tuple[tuple[int, int, int], T] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return self._empty
+        except OSError as exc:
+            raise DataDirError(f"cannot read {self.path}: {exc.strerror}") from None
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if self._cache is None or self._cache[0] != signature:
+                self._cache = (signature, self._read())
+            return self._cache[1]
 
 
 def read_document(path: Path, fmt: int, section: str, what: str, fix: str) -> dict[str, Any] | None:

@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import re
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,24 +61,11 @@ class InstalledRegistry:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / REGISTRY_FILE
-        self._cache: tuple[tuple[int, int, int], dict[str, Installed]] | None = None
-        self._lock = threading.Lock()
+        self._file: private.CachedFile[dict[str, Installed]] = private.CachedFile(self.path, self._read, {})
         self.trusted = TrustedKeys(self.data_dir)
 
     def entries(self) -> dict[str, Installed]:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise private.DataDirError(f"cannot read {self.path}: {exc.strerror}") from None
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._lock:
-            if self._cache is not None and self._cache[0] == signature:
-                return self._cache[1]
-            found = self._read()
-            self._cache = (signature, found)
-            return found
+        return self._file.get()
 
     def _read(self) -> dict[str, Installed]:
         fix = (f"restore it from a backup, or delete it and install the extensions again "

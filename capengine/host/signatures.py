@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,21 +116,10 @@ class TrustedKeys:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / TRUST_FILE
-        self._cache: tuple[tuple[int, int, int], dict[str, TrustedKey]] | None = None
-        self._lock = threading.Lock()
+        self._file: private.CachedFile[dict[str, TrustedKey]] = private.CachedFile(self.path, self._read, {})
 
     def entries(self) -> dict[str, TrustedKey]:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise private.DataDirError(f"cannot read {self.path}: {exc.strerror}") from None
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._lock:
-            if self._cache is None or self._cache[0] != signature:
-                self._cache = (signature, self._read())
-            return self._cache[1]
+        return self._file.get()
 
     def _read(self) -> dict[str, TrustedKey]:
         fix = "restore it from a backup, or delete it and trust the keys again (capengine ext trust)"
