@@ -1,7 +1,7 @@
 """Property-based fuzzing of the ABI boundary through a real wasm guest.
 
 The guest takes its orders from the job input: which host function to call (spacedrive_call / _result /
-_input / _log), with which five i32 arguments, over which bytes (the input is copied into guest memory at
+_input / _log / _call_into), with which seven i32 arguments, over which bytes (the input is copied into guest memory at
 DATA, so pointers can aim at fuzzed bytes). After the fuzzed call it makes an ordinary test.ping and fails
 the job unless that ping still succeeds. Asserted for every example: the job completes (so no trap, no hang:
 a hang would end in the CPU limit and fail), no host error was raised, and every spacedrive_call was recorded
@@ -21,8 +21,8 @@ from wasm_helpers import LIB, extension, make_host, wat_bytes, wat_module
 from capengine.host.envelope import FAULT_RANGE, FAULT_TOO_LARGE, OK, ErrorCode
 from capengine.host.operations import default_registry
 
-DATA = 16384  # where the guest copies its input; fuzzed bytes start at DATA + 24
-PAYLOAD = DATA + 24
+DATA = 16384  # where the guest copies its input; fuzzed bytes start at DATA + 32
+PAYLOAD = DATA + 32
 MEMORY = 2 * 65536
 CODES = {OK, FAULT_RANGE, FAULT_TOO_LARGE, *(str(c) for c in ErrorCode)}
 PING = '{"message":"ok"}'
@@ -47,6 +47,11 @@ GUEST = wat_module(f"""
     (if (i32.eq (local.get $op) (i32.const 3))
       (then (call $spacedrive_log (i32.load (i32.const {DATA + 4})) (i32.load (i32.const {DATA + 8}))
                                   (i32.load (i32.const {DATA + 12})))))
+    (if (i32.eq (local.get $op) (i32.const 5))
+      (then (drop (call $spacedrive_call_into (i32.load (i32.const {DATA + 4})) (i32.load (i32.const {DATA + 8}))
+                                              (i32.load (i32.const {DATA + 12})) (i32.load (i32.const {DATA + 16}))
+                                              (i32.load (i32.const {DATA + 20})) (i32.load (i32.const {DATA + 24}))
+                                              (i32.load (i32.const {DATA + 28}))))))
     ;; the fuzzed call may have written anywhere: lay the ping out again, then it must still work
     (memory.init $method (i32.const 1024) (i32.const 0) (i32.const 9))
     (memory.init $ping (i32.const 1040) (i32.const 0) (i32.const {len(PING)}))
@@ -81,24 +86,28 @@ json_payloads = st.one_of(
 
 @st.composite
 def well_aimed_calls(draw):
-    """A spacedrive_call whose method and payload point at the fuzzed bytes, with a plausible length."""
+    """A spacedrive_call (or _call_into, with an output buffer that fits, is too small, overlaps the request or
+    lies outside memory) whose method and payload point at the fuzzed bytes, with a plausible length."""
     method = draw(st.sampled_from(OPERATIONS)).encode()
     payload = draw(json_payloads)
     library = draw(st.sampled_from([0, 1]))
     body = method + payload + bytes.fromhex(LIB.replace("-", ""))
     args = [PAYLOAD, len(method), PAYLOAD + len(method) + len(payload) if library else 0,
             PAYLOAD + len(method), draw(st.sampled_from([len(payload), len(payload) + 1, 0])) or len(payload)]
-    return 0, args, body
+    op = draw(st.sampled_from([0, 5]))
+    out = draw(st.sampled_from([(32768, 4096), (32768, 3), (32768, 0), (0, 0), (PAYLOAD, 4096), (DATA, 64),
+                                (MEMORY - 8, 4096), (MEMORY, 1), (-1, 16), (32768, -1), (0x7FFFFFFF, 2)]))
+    return op, [*args, *out], body
 
 
 @st.composite
 def raw_calls(draw):
-    op = draw(st.integers(0, 4))
-    return op, [draw(i32) for _ in range(5)], draw(st.binary(max_size=2000))
+    op = draw(st.integers(0, 5))
+    return op, [draw(i32) for _ in range(7)], draw(st.binary(max_size=2000))
 
 
 def job_input(op: int, args: list[int], body: bytes) -> bytes:
-    return struct.pack("<6i", op, *args) + body
+    return struct.pack("<8i", op, *args) + body
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +129,7 @@ def test_the_abi_boundary_survives_anything(host, call):
     assert "host errors" not in result.error
     assert {c.code for c in calls} <= CODES
     assert calls[-1].operation == "test.ping" and calls[-1].code == OK  # the host still serves the next call
-    if op == 0:
+    if op in (0, 5):
         assert len(calls) == 2  # the fuzzed call was recorded too, whatever happened to it
 
 
@@ -129,7 +138,7 @@ def test_the_guest_itself_fails_when_the_host_stops_serving(host, monkeypatch):
     from capengine.host.session import GuestSession
 
     monkeypatch.setattr(GuestSession, "result", lambda self, caller, ptr, cap: -1)
-    result, _ = host.run_job(host.fuzz_ext, "go", job_input(4, [0] * 5, b""))
+    result, _ = host.run_job(host.fuzz_ext, "go", job_input(4, [0] * 7, b""))
     assert result.status == "failed"
 
 

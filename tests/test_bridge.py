@@ -504,3 +504,133 @@ def test_import_names_in_job_errors_are_escaped(host, tmp_path, caplog):
     result, _, _ = run(host, tmp_path, wat)
     assert result.status == "failed" and "evil\\x1b[2J" in result.error and "\x1b" not in result.error
     assert not any("\x1b" in r.getMessage() for r in caplog.records)
+
+
+# --- spacedrive_call_into: the envelope delivered in the same host call ------------------------------------------
+PING = '{"message":"into"}'
+PING_REPLY = b'{"ok":true,"result":{"message":"into"}}'
+INTO_DATA = (f'  (data (i32.const 1024) "test.ping")\n  (data (i32.const 4096) "{wat_bytes(PING)}")\n'
+             '  (data (i32.const 8192) "\\2a\\2a\\2a\\2a")')  # sentinel bytes where the envelope may land
+
+
+def call_into_job(out_ptr: int | str, out_cap: int | str, payload_ptr: int = 4096) -> str:
+    """A job that makes one spacedrive_call_into and logs its return value and the 48 bytes at 8192."""
+    body = f"""
+  (data $digits "0123456789")
+  (func $log_int (param $v i32)
+    (local $p i32)
+    (local.set $p (i32.const 60000))
+    (if (i32.lt_s (local.get $v) (i32.const 0))
+      (then (i32.store8 (local.get $p) (i32.const 45)) (local.set $p (i32.add (local.get $p) (i32.const 1)))
+            (local.set $v (i32.sub (i32.const 0) (local.get $v)))))
+    (i32.store8 (local.get $p) (i32.add (i32.const 48) (i32.rem_u (i32.div_u (local.get $v) (i32.const 10))
+                                                                   (i32.const 10))))
+    (i32.store8 (i32.add (local.get $p) (i32.const 1))
+                (i32.add (i32.const 48) (i32.rem_u (local.get $v) (i32.const 10))))
+    (call $spacedrive_log (i32.const 0) (i32.const 60000) (i32.sub (i32.add (local.get $p) (i32.const 2))
+                                                                   (i32.const 60000))))
+  (func (export "execute_go") (result i32)
+    (call $log_int (call $spacedrive_call_into (i32.const 1024) (i32.const 9) (i32.const 0)
+                                                (i32.const {payload_ptr}) (i32.const {len(PING)})
+                                                (i32.const {out_ptr}) (i32.const {out_cap})))
+    (call $spacedrive_log (i32.const 1) (i32.const 8192) (i32.const {len(PING_REPLY)}))
+    (i32.const 0))"""
+    return wat_module(body, INTO_DATA)
+
+
+def run_into(host, tmp_path, wat):
+    result, calls = host.run_job(extension(tmp_path, wat), "go", b"{}")
+    assert result.status == "completed" and not result.error, result.error
+    returned = int(result.logs[0][1])
+    return returned, result.logs[1][1].encode(), calls
+
+
+def test_call_into_writes_the_envelope_when_it_fits(host, tmp_path):
+    returned, at_out, [call] = run_into(host, tmp_path, call_into_job(8192, 4096))
+    assert returned == len(PING_REPLY) and at_out == PING_REPLY and call.code == "OK"
+
+
+def test_call_into_exact_fit_and_a_buffer_one_byte_short(host, tmp_path):
+    returned, at_out, _ = run_into(host, tmp_path, call_into_job(8192, len(PING_REPLY)))
+    assert (returned, at_out) == (len(PING_REPLY), PING_REPLY)
+    returned, at_out, [call] = run_into(host, tmp_path, call_into_job(8192, len(PING_REPLY) - 1))
+    # too small: the length comes back, nothing is written (the sentinel is intact), the call was made
+    assert returned == len(PING_REPLY) and at_out.startswith(b"****") and call.code == "OK"
+
+
+def test_call_into_too_small_then_result_fetches_the_held_envelope(host, tmp_path):
+    body = f"""
+  (func (export "execute_go") (result i32)
+    (local $n i32)
+    (local.set $n (call $spacedrive_call_into (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 4096)
+                                               (i32.const {len(PING)}) (i32.const 8192) (i32.const 0)))
+    (if (i32.ne (call $spacedrive_result (i32.const 16384) (local.get $n)) (local.get $n)) (then unreachable))
+    (call $spacedrive_log (i32.const 1) (i32.const 16384) (local.get $n))
+    (i32.const 0))"""
+    result, calls = host.run_job(extension(tmp_path, wat_module(body, INTO_DATA)), "go", b"{}")
+    assert result.status == "completed" and result.logs == ((1, PING_REPLY.decode()),)
+
+
+@pytest.mark.parametrize("out_ptr,out_cap", [
+    (131072 - 10, 4096),  # runs past the end of memory (2 pages)
+    (131072, 1),  # starts at the end
+    (8192, -1),  # a "negative" capacity is 4 GiB unsigned
+    (-8, 100),  # a "negative" pointer is near 4 GiB
+    (-1, -1),
+    (0x7FFFFFFF, 0x7FFFFFFF),
+])
+def test_call_into_with_an_output_range_outside_memory_is_a_fault_and_the_call_is_not_made(host, tmp_path, out_ptr,
+                                                                                          out_cap):
+    returned, at_out, [call] = run_into(host, tmp_path, call_into_job(out_ptr, out_cap))
+    assert returned == -1 and at_out.startswith(b"****")
+    assert call.code == "FAULT_RANGE" and call.decided is False and "outside linear memory" in call.message
+
+
+def test_call_into_output_overlapping_the_request_is_safe(host, tmp_path):
+    """The request is copied before anything runs, so an output buffer over the payload (or the method) is
+    allowed: the envelope overwrites the guest's request bytes after they were read."""
+    returned, _, [call] = run_into(host, tmp_path, call_into_job(4096, 4096))
+    assert returned == len(PING_REPLY) and call.code == "OK"
+    body = f"""
+  (func (export "execute_go") (result i32)
+    (local $n i32)
+    (local.set $n (call $spacedrive_call_into (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 4096)
+                                               (i32.const {len(PING)}) (i32.const 1020) (i32.const 4096)))
+    (call $spacedrive_log (i32.const 1) (i32.const 1020) (local.get $n))
+    (i32.const 0))"""
+    result, calls = host.run_job(extension(tmp_path, wat_module(body, INTO_DATA)), "go", b"{}")
+    assert result.logs == ((1, PING_REPLY.decode()),) and calls[0].code == "OK"
+
+
+def test_call_into_faults_on_the_request_before_the_output(host, tmp_path):
+    """A request over the size cap is -2 whatever the output buffer; a request out of range is -1."""
+    big = host.runtime.limits.bridge.max_request + 1
+    body = f"""
+  (func (export "execute_go") (result i32)
+    (if (i32.ne (call $spacedrive_call_into (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 0)
+                                             (i32.const {big}) (i32.const 8192) (i32.const 4096)) (i32.const -2))
+      (then unreachable))
+    (if (i32.ne (call $spacedrive_call_into (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 131000)
+                                             (i32.const 100) (i32.const 8192) (i32.const 4096)) (i32.const -1))
+      (then unreachable))
+    (i32.const 0))"""
+    result, calls = host.run_job(extension(tmp_path, wat_module(body, INTO_DATA)), "go", b"{}")
+    assert result.status == "completed", result.error
+    assert [c.code for c in calls] == ["FAULT_TOO_LARGE", "FAULT_RANGE"]
+
+
+def test_call_into_from_a_start_function_reaches_memory_through_the_caller(host, tmp_path):
+    """Before the instance exists (a start function) the host finds memory through the caller, not the job."""
+    body = f"""
+  (func $start
+    (if (i32.ne (call $spacedrive_call_into (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 4096)
+                                             (i32.const {len(PING)}) (i32.const 8192) (i32.const 4096))
+                (i32.const {len(PING_REPLY)}))
+      (then unreachable)))
+  (start $start)
+  (func (export "execute_go") (result i32)
+    (call $spacedrive_log (i32.const 1) (i32.const 8192) (i32.const {len(PING_REPLY)}))
+    (i32.const 0))"""
+    result, calls = host.run_job(extension(tmp_path, wat_module(body, INTO_DATA)), "go", b"{}")
+    assert result.status == "completed", result.error
+    assert result.logs == ((1, PING_REPLY.decode()),) and calls[0].code == "OK"

@@ -34,7 +34,7 @@ from capengine.policy.loader import load_paths
 ROOT = Path(__file__).resolve().parent.parent
 EXT = ROOT / "extensions"
 SDK = EXT / "sdk" / "rust"
-ABI = {"spacedrive_call", "spacedrive_result", "spacedrive_input", "spacedrive_log"}
+ABI = {"spacedrive_call", "spacedrive_call_into", "spacedrive_result", "spacedrive_input", "spacedrive_log"}
 RUST_EXTENSIONS = ("photo-ocr-rs", "test-extension")
 
 

@@ -16,7 +16,7 @@ from capengine.host.module_cache import ModuleError
 from capengine.host.runtime import Runtime
 from capengine.policy import globs
 
-ABI_IMPORTS = {"spacedrive_call", "spacedrive_result", "spacedrive_input", "spacedrive_log"}
+ABI_IMPORTS = {"spacedrive_call", "spacedrive_call_into", "spacedrive_result", "spacedrive_input", "spacedrive_log"}
 
 
 def problems(ext: Extension, runtime: Runtime, operations: list[str]) -> list[str]:

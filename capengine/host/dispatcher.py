@@ -22,7 +22,7 @@ from capengine.host.deadline import DEFAULT_SECONDS, Deadline, DeadlineExceeded
 from capengine.host.envelope import OK, CallRecord, ErrorCode, encode_envelope, error_envelope
 from capengine.host.host_errors import HostErrors, log_once
 from capengine.host.job_run import JobRun
-from capengine.host.libraries import LibraryCatalog
+from capengine.host.libraries import Library, LibraryCatalog
 from capengine.host.manifests import Extension
 from capengine.host.operations.registry import CallContext, OperationError, Registry
 from capengine.host.rate_limiter import RateLimiter
@@ -50,6 +50,14 @@ class Dispatcher:
                  admit: Callable[[], str | None] | None = None, job: JobRun | None = None) -> None:
         self.active, self.registry, self.catalog = active, registry, catalog
         self.data_dir, self.on_call, self.admit, self.job = data_dir, on_call, admit, job
+        # The handler context of the last call: a job's calls share it (same namespace, library, deadline).
+        self._context: CallContext | None = None
+
+    def _call_context(self, namespace: str, library: Library | None, deadline: Deadline) -> CallContext:
+        ctx = self._context
+        if ctx is None or ctx.extension != namespace or ctx.library is not library or ctx.deadline is not deadline:
+            ctx = self._context = CallContext(namespace, library, self.data_dir, deadline, self.job)
+        return ctx
 
     def dispatch(self, ext: Extension, method: str, library_id: str, payload: dict,
                  deadline: Deadline | None = None) -> dict:
@@ -164,7 +172,7 @@ class Dispatcher:
         decision = active.policy_set.decide(request)
         record.update(decided=True, allowed=decision.allowed, rules=decision.rules,
                       args=active.policy_set.args_seen(request.args),
-                      errors=tuple(f"{e.rule}: {e.message}" for e in decision.errors))
+                      errors=tuple(f"{e.rule}: {e.message}" for e in decision.errors) if decision.errors else ())
         if not decision.allowed:
             return error_envelope(ErrorCode.PERMISSION_DENIED, decision.message,
                                   decision.rules[0] if decision.rules else None)
@@ -176,7 +184,7 @@ class Dispatcher:
         deadline = deadline or Deadline.after(DEFAULT_SECONDS)
         try:
             deadline.check(method)
-            result = op.handler(CallContext(ext.namespace, library, self.data_dir, deadline, self.job), args)
+            result = op.handler(self._call_context(ext.namespace, library, deadline), args)
         except OperationError as exc:
             return error_envelope(exc.code, exc.message)
         except DeadlineExceeded as exc:

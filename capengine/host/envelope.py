@@ -54,12 +54,18 @@ def error_envelope(code: ErrorCode, message: str, rule: str | None = None, **ext
     return {"ok": False, "error": {"code": str(code), "message": message, "rule": rule, **extra}}
 
 
-# Compact, "ok" first (the C bindings test the prefix), never NaN/Infinity. Built once: json.dumps with options
-# builds an encoder per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+def _not_json(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# Compact, "ok" first (the C bindings test the prefix), never NaN/Infinity. json's C encoder, built once:
+# JSONEncoder.encode builds one per call, which costs more than encoding a small envelope (1.8 us against
+# 0.7 us). No circular-reference check: envelopes are built from handler results, which are JSON trees.
+_ENCODE = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
 
 
 def encode_envelope(envelope: dict[str, Any]) -> bytes:
     """The envelope as the guest receives it: UTF-8 JSON. Raises (ValueError, TypeError, UnicodeEncodeError)
     for a value that has no such form, e.g. a lone surrogate or a non-finite float."""
-    return _ENCODER.encode(envelope).encode("utf-8")
+    return "".join(_ENCODE(envelope, 0)).encode("utf-8")

@@ -3,7 +3,8 @@
 wasmtime hands i32 arguments over signed, and `Memory.read` follows Python slice rules (a negative offset
 wraps, an over-long read is silently cut), so every access goes through a `View` here: mask to u32, check
 `ptr + len <= size` in Python integers (no overflow), copy once, and parse only the copy. (A View also
-fetches the buffer address once per call; wasmtime-py's `read`/`write` fetch it on every access.)
+fetches the buffer address once per call; wasmtime-py's `read`/`write` fetch it on every access, through
+bindings that release and retake the GIL.)
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ import json
 import math
 import re
 
-import wasmtime
-
 from capengine.errors import CapengineError
+from capengine.host import raw_functions
 
 FAULT_RANGE = -1  # a pointer/length outside linear memory
 FAULT_TOO_LARGE = -2  # a request over the size cap
+
+
+# ctypes.memmove is bound as a CFUNCTYPE, which releases the GIL around a copy of a few bytes: with other
+# threads in the process (the epoch ticker, the decision log) the host call may then wait for the GIL to come
+# back. The same C function bound as PYFUNCTYPE keeps it (ctypes.string_at already does).
+_memmove = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t)(
+    ctypes._memmove_addr)  # type: ignore[attr-defined]
 
 
 class AbiFault(CapengineError):
@@ -46,11 +53,15 @@ class View:
 
     __slots__ = ("base", "size")
 
-    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Storelike) -> None:
-        self.size = memory.data_len(store)
-        self.base = ctypes.addressof(memory.data_ptr(store).contents) if self.size else 0
+    def __init__(self, context: int, memory: int) -> None:
+        """`context`: the store's wasmtime_context_t, `memory`: the wasmtime_memory_t handle, as addresses
+        (raw_functions.context_address/memory_address); two C calls that keep the GIL."""
+        self.size = raw_functions.memory_data_size(context, memory)
+        self.base = raw_functions.memory_data(context, memory) or 0 if self.size else 0
 
-    def _check(self, ptr: int, length: int) -> None:
+    def check(self, ptr: int, length: int) -> None:
+        """AbiFault unless [ptr, ptr + length) (both unsigned) lies inside linear memory."""
+        ptr, length = u32(ptr), u32(length)
         if ptr + length > self.size:
             raise AbiFault(FAULT_RANGE, f"range [{ptr}, {ptr + length}) is outside linear memory")
 
@@ -59,14 +70,16 @@ class View:
         ptr, length = u32(ptr), u32(length)
         if length > cap:
             raise AbiFault(FAULT_TOO_LARGE, f"{length} bytes is over the {cap}-byte cap")
-        self._check(ptr, length)
+        if ptr + length > self.size:
+            raise AbiFault(FAULT_RANGE, f"range [{ptr}, {ptr + length}) is outside linear memory")
         return ctypes.string_at(self.base + ptr, length) if length else b""
 
     def write(self, ptr: int, data: bytes) -> None:
         ptr = u32(ptr)
-        self._check(ptr, len(data))
+        if ptr + len(data) > self.size:
+            raise AbiFault(FAULT_RANGE, f"range [{ptr}, {ptr + len(data)}) is outside linear memory")
         if data:
-            ctypes.memmove(self.base + ptr, data, len(data))
+            _memmove(self.base + ptr, data, len(data))
 
 
 def decode_text(raw: bytes, what: str) -> str:

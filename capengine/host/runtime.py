@@ -108,6 +108,7 @@ class Runtime:
         # FuncTypes belong to this Engine (sharing one across engines aborts the process).
         self._types = {
             "spacedrive_call": wasmtime.FuncType([i32] * 5, [i32]),
+            "spacedrive_call_into": wasmtime.FuncType([i32] * 7, [i32]),
             "spacedrive_result": wasmtime.FuncType([i32] * 2, [i32]),
             "spacedrive_input": wasmtime.FuncType([i32] * 2, [i32]),
             "spacedrive_log": wasmtime.FuncType([i32] * 3, []),
@@ -127,27 +128,34 @@ class Runtime:
         rebuilt per job and a module is linked once (InstancePre)."""
         current = self._current = threading.local()
 
-        def call(caller: wasmtime.Caller, method_ptr: int, method_len: int, library_ptr: int, payload_ptr: int,
+        def call(caller: Any, method_ptr: int, method_len: int, library_ptr: int, payload_ptr: int,
                  payload_len: int) -> int:
             session: GuestSession = current.session
             return session.call(caller, method_ptr, method_len, library_ptr, payload_ptr, payload_len)
 
-        def result(caller: wasmtime.Caller, out_ptr: int, out_cap: int) -> int:
+        def call_into(caller: Any, method_ptr: int, method_len: int, library_ptr: int, payload_ptr: int,
+                      payload_len: int, out_ptr: int, out_cap: int) -> int:
+            session: GuestSession = current.session
+            return session.call_into(caller, method_ptr, method_len, library_ptr, payload_ptr, payload_len, out_ptr,
+                                     out_cap)
+
+        def result(caller: Any, out_ptr: int, out_cap: int) -> int:
             session: GuestSession = current.session
             return session.result(caller, out_ptr, out_cap)
 
-        def input_(caller: wasmtime.Caller, out_ptr: int, out_cap: int) -> int:
+        def input_(caller: Any, out_ptr: int, out_cap: int) -> int:
             session: GuestSession = current.session
             return session.input_(caller, out_ptr, out_cap)
 
-        def log_(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+        def log_(caller: Any, level: int, ptr: int, length: int) -> None:
             session: GuestSession = current.session
             session.log(caller, level, ptr, length)
 
         linker = wasmtime.Linker(self.engine)
         self._callbacks: list[object] = []  # the raw callbacks must outlive every instance of the linker
         abi: tuple[tuple[str, raw_functions.HostFunction, int, bool], ...] = (
-            ("spacedrive_call", call, 5, True), ("spacedrive_result", result, 2, True),
+            ("spacedrive_call", call, 5, True), ("spacedrive_call_into", call_into, 7, True),
+            ("spacedrive_result", result, 2, True),
             ("spacedrive_input", input_, 2, True), ("spacedrive_log", log_, 3, False))
         for name, handler, params, returns in abi:
             raw_functions.define(linker, "spacedrive", name, self._types[name], params, returns, handler,
@@ -247,7 +255,7 @@ class Runtime:
             memory = exports.get("memory")
             if not isinstance(memory, wasmtime.Memory):
                 return "failed", None, "the module does not export its memory as 'memory'"
-            session.memory = memory
+            session.attach(store, memory)
             init = exports.get("plugin_init")
             if isinstance(init, wasmtime.Func):
                 rc = init(store)

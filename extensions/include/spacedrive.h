@@ -14,10 +14,15 @@
 
 #define SD_IMPORT(name) __attribute__((import_module("spacedrive"), import_name(#name)))
 
-/* The four host functions. Negative returns are ABI faults: -1 bad memory range, -2 request too large. */
+/* The host functions. Negative returns are ABI faults: -1 bad memory range, -2 request too large.
+ * spacedrive_call_into is spacedrive_call that also copies the envelope to out when it fits (return value
+ * <= out_cap): one host call instead of two. Use it; spacedrive_call stays for older guests. */
 SD_IMPORT(spacedrive_call)
 int32_t spacedrive_call(const char *method, int32_t method_len, const uint8_t *library_id,
                         const char *payload, int32_t payload_len);
+SD_IMPORT(spacedrive_call_into)
+int32_t spacedrive_call_into(const char *method, int32_t method_len, const uint8_t *library_id,
+                             const char *payload, int32_t payload_len, char *out, int32_t out_cap);
 SD_IMPORT(spacedrive_result) int32_t spacedrive_result(char *out, int32_t out_cap);
 SD_IMPORT(spacedrive_input) int32_t spacedrive_input(char *out, int32_t out_cap);
 SD_IMPORT(spacedrive_log) void spacedrive_log(int32_t level, const char *msg, int32_t len);
@@ -27,15 +32,24 @@ enum { SD_COMPLETED = 0, SD_INTERRUPTED = 1, SD_FAILED = 2 };
 
 static inline void sd_log(int32_t level, const char *msg) { spacedrive_log(level, msg, (int32_t)strlen(msg)); }
 
-/* Call an operation; the envelope lands in out (NUL-terminated). Returns its length, or:
- * a negative ABI fault, or -3 when out is too small (the envelope stays held; retry with a bigger buffer). */
+/* Call an operation (one host call); the envelope lands in out (NUL-terminated). Returns its length, or:
+ * a negative ABI fault, or -3 when out is too small (the envelope stays held: sd_result fetches it). */
 static inline int32_t sd_call(const char *method, const uint8_t library_id[16], const char *payload,
                               char *out, int32_t out_cap) {
-  int32_t n = spacedrive_call(method, (int32_t)strlen(method), library_id, payload, (int32_t)strlen(payload));
+  int32_t cap = out_cap > 0 ? out_cap - 1 : 0; /* room for the NUL */
+  int32_t n = spacedrive_call_into(method, (int32_t)strlen(method), library_id, payload, (int32_t)strlen(payload),
+                                   cap > 0 ? out : 0, cap);
   if (n < 0) return n;
-  if (n + 1 > out_cap) return -3;
-  int32_t got = spacedrive_result(out, out_cap - 1);
-  if (got != n) return got < 0 ? got : -3;
+  if (n > cap) return -3;
+  out[n] = '\0';
+  return n;
+}
+
+/* The envelope of the last call (after sd_call returned -3) into a bigger out (NUL-terminated). Returns its
+ * length, a negative ABI fault, or -3 when out is still too small. */
+static inline int32_t sd_result(char *out, int32_t out_cap) {
+  int32_t n = spacedrive_result(out, out_cap > 0 ? out_cap - 1 : 0);
+  if (n < 0 || n + 1 > out_cap) return n < 0 ? n : -3;
   out[n] = '\0';
   return n;
 }

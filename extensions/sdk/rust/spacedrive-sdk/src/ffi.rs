@@ -1,13 +1,14 @@
-//! The four host functions of docs/abi.md and the only `unsafe` code of the SDK.
+//! The host functions of docs/abi.md and the only `unsafe` code of the SDK.
 //!
-//! Everything else in the SDK goes through the safe wrappers below: `call` (send a request, fetch the
-//! envelope with the "ask the size, allocate, fetch" dance), `input` and `log`.
+//! Everything else in the SDK goes through the safe wrappers below: `call` (send a request with an output
+//! buffer through `spacedrive_call_into`; only an envelope that does not fit takes the second host call,
+//! `spacedrive_result`), `input` and `log`.
 
 #[cfg(target_arch = "wasm32")]
 #[link(wasm_import_module = "spacedrive")]
 extern "C" {
-    fn spacedrive_call(method_ptr: *const u8, method_len: i32, library_ptr: *const u8, payload_ptr: *const u8,
-                       payload_len: i32) -> i32;
+    fn spacedrive_call_into(method_ptr: *const u8, method_len: i32, library_ptr: *const u8, payload_ptr: *const u8,
+                            payload_len: i32, out_ptr: *mut u8, out_cap: i32) -> i32;
     fn spacedrive_result(out_ptr: *mut u8, out_cap: i32) -> i32;
     fn spacedrive_input(out_ptr: *mut u8, out_cap: i32) -> i32;
     fn spacedrive_log(level: i32, ptr: *const u8, len: i32);
@@ -15,6 +16,10 @@ extern "C" {
 
 /// A negative return of the ABI: -1 a range outside linear memory, -2 a request over the size cap.
 pub type Fault = i32;
+
+/// The output buffer `call` offers: most envelopes (statuses, small results, errors) fit in one page.
+#[cfg(target_arch = "wasm32")]
+const FIRST_BUFFER: usize = 4096;
 
 /// Lengths cross the ABI as i32; anything longer is a request over every cap the host has.
 fn len32(bytes: &[u8]) -> Result<i32, Fault> {
@@ -40,9 +45,19 @@ fn fetch(len: i32, fetch: impl Fn(*mut u8, i32) -> i32) -> Result<Vec<u8>, Fault
 #[cfg(target_arch = "wasm32")]
 pub fn call(method: &str, library: Option<&[u8; 16]>, payload: &[u8]) -> Result<Vec<u8>, Fault> {
     let library_ptr = library.map_or(core::ptr::null(), |id| id.as_ptr());
-    // SAFETY: every pointer/length pair describes a live borrowed slice; the host only reads them.
-    let n = unsafe { spacedrive_call(method.as_ptr(), len32(method.as_bytes())?, library_ptr, payload.as_ptr(),
-                                     len32(payload)?) };
+    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_BUFFER);
+    // SAFETY: every pointer/length pair describes a live borrowed slice the host only reads, and `buf` has
+    // FIRST_BUFFER writable bytes of capacity, which is all the host may write to.
+    let n = unsafe { spacedrive_call_into(method.as_ptr(), len32(method.as_bytes())?, library_ptr, payload.as_ptr(),
+                                          len32(payload)?, buf.as_mut_ptr(), FIRST_BUFFER as i32) };
+    if n < 0 {
+        return Err(n);
+    }
+    if n as usize <= FIRST_BUFFER {
+        // SAFETY: the envelope fitted, so the host wrote exactly `n` initialised bytes at the start of `buf`.
+        unsafe { buf.set_len(n as usize) };
+        return Ok(buf);
+    }
     // SAFETY: `fetch` hands a writable buffer of `cap` bytes.
     fetch(n, |ptr, cap| unsafe { spacedrive_result(ptr, cap) })
 }
