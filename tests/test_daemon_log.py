@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -223,3 +224,115 @@ def test_record_times_are_exact_rfc3339(when):
     """The per-second cache of the time format agrees with datetime's own rounding everywhere."""
     expected = datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="microseconds")
     assert rfc3339(when) == expected.replace("+00:00", "Z")
+
+
+# --- the writer process --------------------------------------------------------------------------------------------
+def test_writer_process_killed_again_and_again_loses_and_duplicates_nothing(tmp_path, caplog):
+    """kill -9 the writer process while records stream in (and mid-batch): every record is in the file exactly
+    once, whole; a batch cut by the kill is resumed after the last call id written; each death is reported."""
+    import os
+    import signal
+
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, max_bytes=64 * 1024, keep=50)  # small files: kills also land around rotations
+    total, kills = 6000, 0
+    stop = threading.Event()
+
+    def killer() -> None:
+        nonlocal kills
+        while not stop.is_set():
+            process = log._process
+            if process is not None and process.proc.poll() is None:
+                os.kill(process.proc.pid, signal.SIGKILL)
+                kills += 1
+            time.sleep(0.03)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        for i in range(total):
+            log.record(_call(n=i))
+            if i % 500 == 0:
+                time.sleep(0.01)
+        assert log.flush(60)
+    finally:
+        stop.set()
+        thread.join()
+    state = log.state()
+    assert log.close() == 0
+    assert kills >= 3 and state.writer_restarts >= 3 and state.written == total
+    seen: list[int] = []
+    torn = 0
+    for file in sorted(tmp_path.glob("d.jsonl*")):
+        for _, record in read_records(file):
+            if record is None:
+                torn += 1  # a line torn by a kill mid-write: fenced, and its record written again after it
+            else:
+                seen.append(record["args"]["n"])
+    assert sorted(seen) == list(range(total)), "lost or duplicated records"
+    assert torn <= kills
+    assert any("writer process" in r.message and "ended" in r.message for r in caplog.records)
+
+
+def test_writer_process_killed_while_idle_is_replaced_and_reported(tmp_path):
+    import os
+    import signal
+
+    log = DecisionLog(tmp_path / "d.jsonl")
+    log.record(_call(n=1))
+    assert log.flush(10)
+    first = log._process
+    assert first is not None
+    os.kill(first.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while log.state().writer_restarts == 0:  # noticed and replaced without any record to write
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    log.record(_call(n=2))
+    assert log.flush(10) and log.state().state == "ok"
+    log.close()
+    assert [r["args"]["n"] for _, r in read_records(tmp_path / "d.jsonl")] == [1, 2]
+
+
+FSIZE_SCRIPT = """
+import json, resource, signal, sys, time
+from pathlib import Path
+from capengine.daemon.decision_log import DecisionLog
+from capengine.host.envelope import CallRecord
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+log = DecisionLog(Path(sys.argv[1]), max_bytes=10**9)
+recorded = refused = 0
+for i in range(2000):
+    if log.admit() is not None:
+        refused += 1
+        continue
+    log.record(CallRecord(extension="com.example.a", operation="test.ping", library="", path="", decided=True,
+                          allowed=True, rules=("p/r",), errors=(), args={"n": i}, code="OK", message="",
+                          revision="r", duration_us=1))
+    recorded += 1
+    if i % 50 == 0:
+        log.flush(5)
+state = log.state()
+spilled = log.close(timeout=1.0)
+print(json.dumps({"recorded": recorded, "refused": refused, "spilled": spilled, "state": state.state,
+                  "last_error": state.last_error, "written": state.written}))
+"""
+
+
+def test_file_size_limit_is_reported_refuses_calls_and_keeps_every_record(tmp_path):
+    """RLIMIT_FSIZE (inherited by the writer process): the write fails with EFBIG instead of killing the
+    writer; records already written stay whole, new calls are refused, and what could not be written is
+    spilled to stderr on close, never dropped."""
+    path = tmp_path / "d.jsonl"
+    run = subprocess.run([sys.executable, "-c", FSIZE_SCRIPT, str(path)], capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()
+    outcome = json.loads(run.stdout.decode().splitlines()[-1])
+    assert outcome["state"] == "failing" and "EFBIG" in outcome["last_error"], outcome
+    assert outcome["refused"] > 0
+    records = [r for _, r in read_records(path)]
+    assert all(r is not None for r in records), "a written record was torn"
+    assert path.stat().st_size <= 20000
+    spilled = run.stderr.count(b"capengine decision log (unwritten): ")
+    assert spilled == outcome["spilled"]
+    assert len(records) + spilled == outcome["recorded"], outcome  # nothing lost

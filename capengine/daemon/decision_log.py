@@ -1,7 +1,13 @@
 """The decision log: JSON Lines, one record per call, written off the hot path by a writer that cannot die.
 
-A call only appends to an in-memory backlog; a writer thread batches records to the file, rotates by size
-(`decisions.jsonl` -> `.1` -> `.2` ...), and `close()` drains everything (nothing lost on a clean stop).
+A call only appends to an in-memory backlog; a feeder thread hands batches of plain tuples (one
+`marshal.dumps` per batch) to a writer process (log_writer.py), which builds each record's JSON, writes it,
+rotates by size (`decisions.jsonl` -> `.1` -> `.2` ...) and fsyncs, and `close()` drains everything (nothing
+lost on a clean stop). Building the JSON in the daemon cost ~7 us of GIL time per record, which the job
+threads' host calls queued behind; the feeder's share is ~1 us, spent in C, with the GIL released while the
+writer works. A record leaves the backlog only when the writer replies that it is whole in the file: a
+writer killed mid-batch is restarted and resumes after the last call id it finds in the file (reported in
+`state().writer_restarts` and the service log).
 Records keep the canonical request fields `capengine replay` needs to re-decide a call — extension,
 operation, path, library and the policy-visible args — but never secrets: operations hide them from args
 already, and any arg whose name is in `mask` is replaced by "***" (its digest still covers the real value).
@@ -19,29 +25,33 @@ the daemon):
 - a torn last line left by a crash or a full disk is fenced with a newline on open, so the next record never
   merges into it;
 - durability: every batch is written with write(2) before the writer takes the next one, and fsync'd at
-  least every `fsync_interval` seconds, on rotation and on close (docs/daemon.md states the promise).
+  least every `fsync_interval` seconds, on rotation and on close (docs/daemon.md states the promise);
+- the writer process ignores SIGINT/SIGTERM/SIGXFSZ (the daemon ends it; a file size limit is EFBIG, reported
+  like a full disk) and exits, fsyncing, when the daemon's end of the pipe closes.
 """
 
 from __future__ import annotations
 
 import collections
-import datetime
 import errno
-import hashlib
 import itertools
 import json
 import logging
-import os
+import marshal
+import struct
+import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import attrs
 
+from capengine.daemon import log_writer
+from capengine.daemon.log_writer import args_digest, encode_line, rfc3339  # noqa: F401 - public here too
 from capengine.host.envelope import CallRecord, ErrorCode
 
 log = logging.getLogger("capengine.daemon.decision_log")
@@ -54,77 +64,65 @@ WAKE_DEPTH = 1024  # records queued at which the writer is woken at once
 MAX_RETRY_DELAY = 5.0
 
 
-_second: tuple[int, str] = (-1, "")  # the last whole second formatted: records come many per second
-
-
-def rfc3339(when: float) -> str:
-    """UTC, microseconds, 'Z': sortable as text and parseable by every log tool."""
-    global _second
-    whole = int(when // 1)
-    micros = round((when - whole) * 1_000_000)
-    if micros >= 1_000_000 or when < 0:  # rounding carried into the next second: the slow, exact path
-        return datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="microseconds").replace(
-            "+00:00", "Z")
-    cached = _second
-    if cached[0] != whole:
-        cached = _second = (whole, datetime.datetime.fromtimestamp(whole, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{cached[1]}.{micros:06d}Z"
-
-
-# Built once: json.dumps with options builds an encoder on every call.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
-_ASCII_LINE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
-
-
-def args_digest(args: Mapping[str, object]) -> str:
-    if not args:
-        return _EMPTY_DIGEST
-    canonical = _CANONICAL.encode(args)
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-_EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"{}").hexdigest()[:32]
-
-
-def _masked(value: object, mask: frozenset[str]) -> object:
-    if isinstance(value, dict):
-        return {k: "***" if str(k).lower() in mask else _masked(v, mask) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked(v, mask) for v in value]
-    return value
+def _fields(call: CallRecord) -> tuple:
+    return (call.extension, call.operation, call.library, call.path, call.decided, call.allowed, call.rules,
+            call.errors, call.args, call.code, call.message, call.revision, call.duration_us)
 
 
 def to_record(when: float, call_id: str, call: CallRecord, mask: frozenset[str]) -> dict:
-    return {
-        "time": rfc3339(when), "call_id": call_id, "extension": call.extension,
-        "operation": call.operation, "library": call.library, "path": call.path,
-        "decision": ("allow" if call.allowed else "deny") if call.decided else "error", "code": call.code,
-        "rules": list(call.rules), "errors": list(call.errors), "revision": call.revision,
-        "duration_us": call.duration_us, "args_digest": args_digest(call.args),
-        "args": _masked(call.args, mask),
-    }
+    return log_writer.record_dict(when, call_id, _fields(call), mask)
 
 
-def encode_line(record: dict) -> bytes:
-    """UTF-8 JSON, one line. Text a guest controls may hold lone surrogates (valid JSON, not UTF-8): such a
-    record is written with \\u escapes instead, which is still exact JSON and always encodable."""
-    text = _LINE.encode(record)
-    try:
-        return text.encode("utf-8") + b"\n"
-    except UnicodeEncodeError:
-        return _ASCII_LINE.encode(record).encode("ascii") + b"\n"
+class WriterDied(OSError):
+    """The writer process ended (killed, crashed) before it answered; it is started again."""
 
 
-def _stub(when: float, call_id: str, call: CallRecord, problem: BaseException) -> bytes:
-    """What is written when a record cannot be built at all: the call is still accounted for."""
-    return encode_line({"time": rfc3339(when), "call_id": call_id, "extension": ascii(call.extension),
-                        "operation": ascii(call.operation), "decision": "error", "code": ascii(call.code),
-                        "record_error": f"{type(problem).__name__}: {problem}"[:500]})
+class _WriterProcess:
+    """One writer process and its two pipes. Used only by the feeder thread (and by close() after it)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        # -I: no user site, no PYTHON* variables, no script directory on sys.path (the script imports only the
+        # standard library, so it starts in milliseconds).
+        self.proc = subprocess.Popen([sys.executable, "-I", log_writer.__file__, json.dumps(config)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin: IO[bytes] = self.proc.stdin
+        self.stdout: IO[bytes] = self.proc.stdout
+        self.hello = self.receive()
+
+    def send(self, kind: bytes, payload: bytes) -> tuple:
+        try:
+            self.stdin.write(kind + struct.pack(">I", len(payload)) + payload)
+            self.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            raise self.died() from None
+        return self.receive()
+
+    def receive(self) -> tuple:
+        header = self.stdout.read(4)
+        payload = self.stdout.read(struct.unpack(">I", header)[0]) if len(header) == 4 else b""
+        if not payload:
+            raise self.died()
+        return tuple(marshal.loads(payload))
+
+    def died(self) -> WriterDied:
+        code = self.proc.wait()
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        return WriterDied(errno.EPIPE, f"the decision-log writer process {self.proc.pid} ended ({how})")
+
+    def close(self) -> None:
+        try:
+            self.send(b"C", b"")
+        except WriterDied:
+            return
+        for stream in (self.stdin, self.stdout):
+            stream.close()
+        self.proc.wait(5)
 
 
-@attrs.frozen
-class _Entry:
+class _Entry(NamedTuple):
+    """A queued record (a tuple: built on the calling thread, where an attrs instance costs twice as much)."""
+
     when: float
     call_id: str
     call: CallRecord | None  # None for a summary of refused calls
@@ -144,6 +142,7 @@ class LogState:
     fenced_tails: int  # torn last lines fenced on open
     writer_alive: bool
     path: str
+    writer_restarts: int = 0  # writer processes that ended unasked (killed, crashed) and were replaced
 
 
 class DecisionLog:
@@ -158,8 +157,9 @@ class DecisionLog:
         self._cond = threading.Condition()
         self._pending: collections.deque[_Entry] = collections.deque()
         self._refusals: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._fd: int | None = None
-        self._size = 0
+        self._process: _WriterProcess | None = None
+        self._resume_after: str | None = None  # a new writer's last call id in the file: skip up to it
+        self._restarts = 0
         self._reopen = False
         self._closing = False
         self._closed = False
@@ -168,8 +168,8 @@ class DecisionLog:
         self._failures = 0
         self._written = 0
         self._refused = 0
-        self._fenced = 0
-        self._last_sync = time.monotonic()
+        self._fenced = 0  # by writer processes that have ended
+        self._fenced_now = 0  # by the current one
         self._writer: threading.Thread | None = None
         self._id_prefix = uuid.uuid4().hex[:24]
         self._ids = itertools.count()
@@ -229,7 +229,7 @@ class DecisionLog:
         found: list[dict] = []
         for path in [self.path] + [self.path.with_name(f"{self.path.name}.{i}") for i in range(1, self.keep + 1)]:
             try:
-                lines = _last_lines(path, count - len(found))
+                lines = log_writer.last_lines(path, count - len(found))
             except OSError:
                 continue
             found = [r for r in (_parse(line) for line in lines) if r is not None] + found
@@ -248,11 +248,21 @@ class DecisionLog:
         else:
             name = "ok"
         return LogState(name, len(self._pending), self._written, self._failures, self._last_error,
-                        self._refused, self._fenced, alive, str(self.path))
+                        self._refused, self._fenced + self._fenced_now, alive, str(self.path), self._restarts)
 
     # control -------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start (or, after it died, restart) the writer thread; the backlog is kept across restarts."""
+        """Start (or, after it died, restart) the writer thread; the backlog is kept across restarts. The first
+        start also starts the writer process and has it open the file, here and now: a log that cannot be
+        written refuses calls from the first one on."""
+        with self._cond:
+            if self._closed or (self._writer is not None and self._writer.is_alive()):
+                return
+        if self._process is None:
+            try:
+                self._write([])
+            except OSError as exc:
+                self._fail(exc)
         with self._cond:
             if self._closed or (self._writer is not None and self._writer.is_alive()):
                 return
@@ -287,6 +297,8 @@ class DecisionLog:
             self._pending.clear()
         if writer is not None:
             writer.join(1.0)
+        if writer is None or not writer.is_alive():  # else it still talks to the process; it exits on EOF
+            self._stop_process()
         spilled = 0
         for entry in left:
             sys.stderr.buffer.write(b"capengine decision log (unwritten): " + self._encode(entry))
@@ -295,26 +307,29 @@ class DecisionLog:
             sys.stderr.flush()
             log.error("%d decision record(s) could not be written to %s (%s); written to stderr instead",
                       spilled, self.path, self._last_error)
-        self._close_fd(sync=True)
         return spilled
 
     # the writer ----------------------------------------------------------------------------------------
     def _encode(self, entry: _Entry) -> bytes:
+        """One entry as its line, built here (close() spilling to stderr; a record marshal cannot carry)."""
         if entry.summary is not None:
             return encode_line(entry.summary)
         assert entry.call is not None
-        try:
-            return encode_line(to_record(entry.when, entry.call_id, entry.call, self.mask))
-        except Exception as exc:  # noqa: BLE001 - one bad record never stops the writer
-            log.exception("decision record for call %s could not be built; writing a stub", entry.call_id)
-            return _stub(entry.when, entry.call_id, entry.call, exc)
+        return log_writer.encode_item((entry.when, entry.call_id, *_fields(entry.call)), self.mask)
+
+    def _item(self, entry: _Entry) -> bytes | tuple:
+        if entry.summary is not None:
+            return encode_line(entry.summary)
+        assert entry.call is not None
+        return (entry.when, entry.call_id, *_fields(entry.call))
 
     def _take_refusals(self) -> None:
         """Turn the counted refusals into summary records at the head of the backlog (caller holds the lock)."""
         now = time.time()
         for (extension, operation), count in sorted(self._refusals.items()):
-            self._pending.appendleft(_Entry(now, uuid.uuid4().hex, None, {
-                "time": rfc3339(now), "call_id": uuid.uuid4().hex, "extension": extension, "operation": operation,
+            call_id = uuid.uuid4().hex
+            self._pending.appendleft(_Entry(now, call_id, None, {
+                "time": rfc3339(now), "call_id": call_id, "extension": extension, "operation": operation,
                 "decision": "error", "code": str(ErrorCode.RESOURCE_EXHAUSTED), "refused_calls": count,
                 "message": f"{count} call(s) refused while the decision log was unavailable"}))
         self._refusals.clear()
@@ -323,21 +338,23 @@ class DecisionLog:
         delay = 0.1
         while True:
             with self._cond:
+                # Idle until records come; with none, an empty batch still starts the writer (which opens the
+                # file: a log that cannot be written is reported before the first call), replaces one that
+                # died, and retries a failing write.
                 while (not self._pending and not self._refusals and not self._closing and not self._reopen
-                       and self._last_error is None and self._fd is not None):
+                       and self._last_error is None and self._process is not None
+                       and self._process.proc.poll() is None):
                     self._cond.wait(LINGER)
-                    self._maybe_sync()
                 if self._closed or (self._closing and not self._pending and not self._refusals):
                     return
-                if self._reopen:
-                    self._reopen = False
-                    self._close_fd(sync=True)
+                reopen, self._reopen = self._reopen, False
                 if self._refusals and self._last_error is None:
                     self._take_refusals()
                 batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
-            lines = [self._encode(entry) for entry in batch]
             try:
-                written = self._write(lines)
+                if reopen:
+                    self._reopen_file()
+                written = self._write(batch)
             except OSError as exc:
                 written = getattr(exc, "records_written", 0)
                 self._commit(written)
@@ -363,104 +380,81 @@ class DecisionLog:
 
     def _fail(self, exc: OSError) -> None:
         self._failures += 1
-        message = f"{os.strerror(exc.errno) if exc.errno else exc} ({errno.errorcode.get(exc.errno or 0, '?')})"
+        if isinstance(exc, WriterDied):
+            message = str(exc.strerror)
+        else:
+            message = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, '?')})"
         if self._last_error != message:
             log.error("cannot write the decision log %s: %s; new calls are refused until it can be written",
                       self.path, message)
         self._last_error = message
-        self._close_fd(sync=False)
 
-    def _write(self, lines: list[bytes]) -> int:
-        """Write whole records; rotate before a record that would overflow the file. On an error the file is
-        cut back to its last whole record and the error carries how many records made it."""
-        done = 0
+    def _writer_process(self) -> _WriterProcess:
+        """The running writer process, started (again) if needed. A new one reports the last call id it finds
+        in the file: what a killed predecessor wrote but could not acknowledge."""
+        process = self._process
+        if process is not None and process.proc.poll() is None:
+            return process
+        if process is not None:
+            self._restarts += 1
+            self._fenced += self._fenced_now
+            self._fenced_now = 0
+            log.error("decision log writer process %d ended (exit %s); starting another", process.proc.pid,
+                      process.proc.returncode)
+        config = {"path": str(self.path), "max_bytes": self.max_bytes, "keep": self.keep,
+                  "fsync_interval": self.fsync_interval, "mask": sorted(self.mask)}
+        self._process = process = _WriterProcess(config)
+        self._resume_after = process.hello[4]
+        return process
+
+    def _write(self, batch: list[_Entry]) -> int:
+        """Hand `batch` to the writer process; the number of its records now whole in the file. OSError (with
+        `records_written`) when the writer reports a failed write or ended before answering."""
+        process = self._writer_process()
+        resume, self._resume_after = self._resume_after, None
+        if resume is not None:  # the last writer wrote up to `resume` and died before saying so
+            for i, entry in enumerate(batch):
+                if entry.call_id == resume:
+                    return i + 1
+        items = [self._item(entry) for entry in batch]
         try:
-            fd = self._ensure_open()
-            chunk: list[bytes] = []
-            chunk_bytes = 0
-            for line in lines:
-                if self._size + chunk_bytes > 0 and self._size + chunk_bytes + len(line) > self.max_bytes:
-                    self._write_all(fd, b"".join(chunk))
-                    done += len(chunk)
-                    chunk, chunk_bytes = [], 0
-                    self._rotate()
-                    fd = self._ensure_open()
-                chunk.append(line)
-                chunk_bytes += len(line)
-            self._write_all(fd, b"".join(chunk))
-            done += len(chunk)
-            self._maybe_sync()
-        except OSError as exc:
-            exc.records_written = done  # type: ignore[attr-defined]
+            payload = marshal.dumps(items)
+        except ValueError:  # a value marshal cannot carry (an embedder's object in args): encode those here
+            payload = marshal.dumps([_marshallable(item) or self._encode(entry) for item, entry in zip(items, batch)])
+        try:
+            written, error, code, fenced, _ = process.send(b"W", payload)
+        except WriterDied as exc:
+            exc.records_written = 0  # type: ignore[attr-defined]
             raise
-        return done
+        self._fenced_now = fenced
+        if error is not None:
+            failure = OSError(code, error)
+            failure.records_written = written  # type: ignore[attr-defined]
+            raise failure
+        return written
 
-    def _write_all(self, fd: int, data: bytes) -> None:
-        start = self._size
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-                self._size += n
-        except OSError:
+    def _reopen_file(self) -> None:
+        process = self._process
+        if process is not None and process.proc.poll() is None:
+            process.send(b"O", b"")
+
+    def _stop_process(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
             try:
-                os.ftruncate(fd, start)  # never leave half a record for the next one to merge into
-                self._size = start
-            except OSError:
-                self._size = -1  # unknown: the next open fences whatever is there
-            raise
+                process.close()
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.error("decision log writer process %d did not stop cleanly: %s", process.proc.pid, exc)
+                process.proc.kill()
+                process.proc.wait()
 
-    def _ensure_open(self) -> int:
-        if self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)  # RDWR: fence
-            try:
-                self._size = self._fence(fd)
-            except OSError:
-                os.close(fd)
-                raise
-            self._fd = fd
-        return self._fd
 
-    def _fence(self, fd: int) -> int:
-        """A file whose last byte is not a newline ends in a torn record (a crash or a full disk mid-write):
-        end it with a newline, so it stays one unreadable line (replay names it) and the next record starts
-        clean."""
-        size = os.fstat(fd).st_size
-        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
-            os.write(fd, b"\n")
-            self._fenced += 1
-            log.warning("decision log %s ended in a torn record; fenced it with a newline", self.path)
-            size += 1
-        return size
-
-    def _maybe_sync(self) -> None:
-        if self._fd is not None and time.monotonic() - self._last_sync >= self.fsync_interval:
-            try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                self._fail(exc)
-            self._last_sync = time.monotonic()
-
-    def _close_fd(self, sync: bool) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            if sync:
-                os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-    def _rotate(self) -> None:
-        self._close_fd(sync=True)
-        for i in range(self.keep - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            if older.exists():
-                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+def _marshallable(item: bytes | tuple) -> bytes | tuple | None:
+    try:
+        marshal.dumps(item)
+    except ValueError:
+        return None
+    return item
 
 
 def _parse(line: bytes) -> dict | None:
@@ -469,23 +463,6 @@ def _parse(line: bytes) -> dict | None:
     except json.JSONDecodeError:
         return None
     return record if isinstance(record, dict) else None
-
-
-def _last_lines(path: Path, count: int, block: int = 65536) -> list[bytes]:
-    """The last `count` non-empty lines of a file, read from the end (the log may be large)."""
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        end = f.tell()
-        data = b""
-        while end > 0 and data.count(b"\n") <= count:
-            start = max(0, end - block)
-            f.seek(start)
-            data = f.read(end - start) + data
-            end = start
-    lines = [line for line in data.split(b"\n") if line.strip()]
-    if end > 0:
-        lines = lines[1:]  # the first may be cut
-    return lines[-count:]
 
 
 def read_records(path: Path) -> Iterator[tuple[int, dict | None]]:
