@@ -125,8 +125,8 @@ def run(log, calls: list[CallRecord]) -> dict[str, float]:
     process = getattr(log, "_process", None)
     writer = process_cpu(process.proc.pid) - writer_before if process is not None else 0.0
     n = len(calls) / 1e6
-    return {"wall": wall / n, "calling thread": in_log / n, "feeder thread CPU": (thread_cpu(feeder) - feeder_before) / n,
-            "writer process CPU": writer / n}
+    return {"wall": wall / n, "calling thread": in_log / n,
+            "feeder thread CPU": (thread_cpu(feeder) - feeder_before) / n, "writer process CPU": writer / n}
 
 
 def spread(values: list[float]) -> str:

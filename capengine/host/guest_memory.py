@@ -93,25 +93,40 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     result: dict = {}
     for key, value in pairs:
         if key in result:
-            raise PayloadError(f"duplicate JSON key {key!r}")
+            raise PayloadError(f"payload has a duplicate JSON key {key!r}")
         result[key] = value
     return result
 
 
 def _reject_constant(name: str) -> None:
-    raise PayloadError(f"{name} is not valid JSON")
+    raise PayloadError(f"payload: {name} is not valid JSON")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e400 parses to inf, which no JSON reply can carry back
-        raise PayloadError(f"number {text[:40]} is out of range")
+        raise PayloadError(f"payload: number {text[:40]} is out of range")
     return value
 
 
 # Built once: json.loads with hooks builds a new decoder per call, which costs more than the parse.
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
                             parse_float=_finite_float)
+_SCAN = _DECODER.scan_once
+_SPACE = json.decoder.WHITESPACE.match  # type: ignore[attr-defined]
+
+
+def _decode(text: str) -> object:
+    """JSONDecoder.decode without its two Python-level wrappers (same checks, same errors): the C scanner
+    called directly, then only whitespace may follow."""
+    try:
+        value, end = _SCAN(text, _SPACE(text, 0).end())
+    except StopIteration as err:
+        raise json.JSONDecodeError("Expecting value", text, err.value) from None
+    end = _SPACE(text, end).end()
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
 # A lone surrogate can only come from a \uD800-\uDFFF escape (the text is strict UTF-8); checked only then.
 _SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -125,12 +140,14 @@ def parse_payload(raw: bytes, max_depth: int) -> dict:
     if text.count("{") + text.count("[") > max_depth:  # cannot nest deeper than it has brackets
         _check_depth(text, max_depth)
     try:
-        value = _DECODER.decode(text)
+        value = _decode(text)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"payload is not valid JSON: {exc.msg} at character {exc.pos}") from None
     except RecursionError:
         raise PayloadError("payload nests too deeply") from None
-    except ValueError as exc:  # int() past sys.get_int_max_str_digits, and the hooks above
+    except PayloadError:  # the hooks above say what is wrong themselves
+        raise
+    except ValueError as exc:  # int() past sys.get_int_max_str_digits
         raise PayloadError(f"payload has an unacceptable number: {str(exc)[:120]}") from None
     if not isinstance(value, dict):
         raise PayloadError("payload must be a JSON object")
