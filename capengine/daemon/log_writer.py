@@ -59,17 +59,25 @@ def rfc3339(when: float) -> str:
     return f"{cached[1]}.{micros:06d}Z"
 
 
-# Built once: json.dumps with options builds an encoder on every call.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
-_ASCII_LINE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
+def _encoder(sort_keys: bool, ascii_only: bool) -> Any:
+    """json's C encoder, built once (JSONEncoder.encode builds one per call, which costs more than a record):
+    compact, no NaN check needed (records carry JSON values), `str()` for anything else an embedder put in args,
+    no circular-reference check (records are trees)."""
+    quote = json.encoder.encode_basestring_ascii if ascii_only else json.encoder.encode_basestring
+    return json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, str, quote, None, ":", ",", sort_keys, False, True)
+
+
+_CANONICAL = _encoder(sort_keys=True, ascii_only=False)
+_LINE = _encoder(sort_keys=False, ascii_only=False)
+_ASCII_LINE = _encoder(sort_keys=False, ascii_only=True)
 _EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"{}").hexdigest()[:32]
 
 
 def args_digest(args: Mapping[str, object]) -> str:
     if not args:
         return _EMPTY_DIGEST
-    canonical = _CANONICAL.encode(args)
+    canonical = "".join(_CANONICAL(args, 0))
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
@@ -96,11 +104,11 @@ def record_dict(when: float, call_id: str, fields: Sequence[Any], mask: frozense
 def encode_line(record: dict) -> bytes:
     """UTF-8 JSON, one line. Text a guest controls may hold lone surrogates (valid JSON, not UTF-8): such a
     record is written with \\u escapes instead, which is still exact JSON and always encodable."""
-    text = _LINE.encode(record)
+    text = "".join(_LINE(record, 0))
     try:
         return text.encode("utf-8") + b"\n"
     except UnicodeEncodeError:
-        return _ASCII_LINE.encode(record).encode("ascii") + b"\n"
+        return "".join(_ASCII_LINE(record, 0)).encode("ascii") + b"\n"
 
 
 def stub_line(when: float, call_id: str, extension: object, operation: object, code: object,
