@@ -112,7 +112,7 @@ def _finite_float(text: str) -> float:
 # Built once: json.loads with hooks builds a new decoder per call, which costs more than the parse.
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
                             parse_float=_finite_float)
-_SCAN = _DECODER.scan_once
+_SCAN = _DECODER.scan_once  # type: ignore[attr-defined]
 _SPACE = json.decoder.WHITESPACE.match  # type: ignore[attr-defined]
 
 
