@@ -6,8 +6,9 @@ call; for the ABI's all-i32 functions that is most of a host call's cost. The un
 the arguments as one array of raw values and writes the result into its first slot. Measured per host call
 (bench/bench_roundtrip.py): a ctypes callback that does nothing costs ~0.26 us; wrapping the caller in
 wasmtime-py's `Caller` (one C call through a GIL-releasing ctypes binding, and its invalidation) ~1.6 us more,
-and a list comprehension over the arguments ~0.75 us more. So a function here gets the raw caller pointer (`export()` looks
-an export up through it, for the rare call made before the instance exists) and its arguments read one by one.
+and a list comprehension over the arguments ~0.75 us more. So a function here gets the raw caller pointer
+(`export()` looks an export up through it, for the rare call made before the instance exists) and its
+arguments read one by one.
 
 The C functions a call needs on every invocation (memory base and size) are bound through `PyDLL`: the same
 library, but a call keeps the GIL (~0.2 us instead of ~0.5 us); they do not block, so releasing it buys nothing.
