@@ -24,13 +24,15 @@ import z3
 from capengine.analysis import regex
 from capengine.analysis.domain import SymRequest
 from capengine.analysis.zstrings import NotAnalysable, zstr
-from capengine.cel import ast
+from capengine.cel import ast, cost
 from capengine.cel.values import INT_MAX, INT_MIN
 from capengine.policy import paths
 
 FALSE = z3.BoolVal(False)
 TRUE = z3.BoolVal(True)
 _ANY = z3.Full(z3.ReSort(z3.StringSort()))
+_OPTIONALS = ("optional values (args.?f, x[?k], orValue, optional.of, [?x]) are outside the analysable fragment; "
+              "a condition using them is treated as unknown")
 
 
 @attrs.frozen
@@ -98,6 +100,8 @@ class Encoder:
         if isinstance(node, ast.Conditional):
             return self.conditional(node)
         if isinstance(node, ast.CreateList):
+            if node.optional_indices:
+                raise NotAnalysable(_OPTIONALS)
             items = tuple(self.expr(i) for i in node.items)
             return Val("list", items, _or(*(i.err for i in items)))
         if isinstance(node, ast.Call):
@@ -165,6 +169,8 @@ class Encoder:
             if x.kind != "bool":
                 return Val("bool", FALSE, TRUE)
             return Val("bool", z3.Not(x.v), x.err)
+        if fn in cost.OPTIONAL_FUNCTIONS:
+            raise NotAnalysable(_OPTIONALS)
         operands = ((node.target,) if node.target is not None else ()) + node.args
         handler = _CALLS.get(fn)
         if handler is None:

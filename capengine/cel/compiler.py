@@ -363,6 +363,9 @@ class _Compiler:
             access = optionals.select if fn == ast.OPT_SELECT else optionals.index
             return lambda a: access(container(a), key(a))
         if fn in optionals.LAZY and node.target is not None and len(node.args) == 1 and self._is_optional_library(fn):
+            fast = self._declared_field_or_literal(node, scope)
+            if fast is not None:
+                return fast
             return _lazy_optional(fn, self.compile(node.target, scope), self.compile(node.args[0], scope))
         if fn == "!_":
             operand = self.compile(node.args[0], scope)
@@ -393,6 +396,17 @@ class _Compiler:
             x, y = args
             return lambda a: impl(x(a), y(a))
         return lambda a: impl(*[f(a) for f in args])
+
+    def _declared_field_or_literal(self, node: ast.Call, scope: Scope) -> Fn | None:
+        """`args.?f.orValue(literal)` on a declared map (the recommended way to read an optional argument):
+        one dict lookup with a default, the same result as the general closures."""
+        target, default = node.target, node.args[0]
+        if node.function != "orValue" or not isinstance(target, ast.Call) or target.function != ast.OPT_SELECT \
+                or not isinstance(default, ast.Literal) or not self._declared_map(target.args[0], scope):
+            return None
+        variable, field = cast(ast.Ident, target.args[0]).name, cast(ast.Literal, target.args[1]).value
+        value = default.value
+        return lambda a: cast(Mapping[Value, Value], a[variable]).get(field, value)
 
     def _is_optional_library(self, fn: str) -> bool:
         """`or`/`orValue` are the optionals library's (not an embedder's function of the same name)."""
