@@ -187,7 +187,14 @@ class Checker:
         cond = self.visit(node.cond, scope)
         if cond not in (BOOL, DYN):
             self.error(f"condition of '?:' must be bool, not {cond}", node.cond.pos)
-        return join([self.visit(node.then, scope), self.visit(node.otherwise, scope)])
+        then, otherwise = self.visit(node.then, scope), self.visit(node.otherwise, scope)
+        # optional.none() is an optional of any type (cel-go types it optional_type(T) with T free): it takes
+        # the other branch's optional type, so `o.optMap(x, f(x))` keeps f's type
+        if _is_none(node.otherwise) and then.name == "optional_type":
+            return then
+        if _is_none(node.then) and otherwise.name == "optional_type":
+            return otherwise
+        return join([then, otherwise])
 
     def _Comprehension(self, node: ast.Comprehension, scope) -> Type:
         rng = self.visit(node.range, scope)
@@ -264,6 +271,10 @@ _OPERATOR_TEXT = {"_&&_": "&&", "_||_": "||", "!_": "!", "-_": "-", "_+_": "+", 
                   "_/_": "/", "_%_": "%", "_==_": "==", "_!=_": "!=", "_<_": "<", "_<=_": "<=", "_>_": ">",
                   "_>=_": ">=", "@in": "in"}
 
+
+
+def _is_none(node: ast.Node) -> bool:
+    return isinstance(node, ast.Call) and node.function == "optional.none" and not node.args
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
