@@ -337,7 +337,8 @@ def test_unguarded_optional_lint_accepts_or_value_and_suggests_it(tmp_path):
     text = policy_yaml("p", """
         - {id: a, effect: deny, operations: [vdfs.read_file], condition: 'args.length > 1000'}
         - {id: b, effect: deny, operations: [vdfs.read_file], condition: 'args.?length.value() > 1000'}
-        - {id: c, effect: deny, operations: [vdfs.read_file], condition: 'args.?length.hasValue() && args.?length.value() > 9'}
+        - {id: c, effect: deny, operations: [vdfs.read_file],
+           condition: 'args.?length.hasValue() && args.?length.value() > 9'}
         - {id: d, effect: deny, operations: [vdfs.read_file], condition: 'args[?"length"].orValue(0) > 9'}
     """)
     write(tmp_path, "p.yaml", text)
@@ -395,8 +396,8 @@ def test_rule_index_overlap_and_coverage_handle_optional_conditions(tmp_path):
         metadata: {name: t}
         cases:
           - name: big read denied
-            request: {extension: com.example.a, operation: vdfs.read_file, path: /p1/x, library: 6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6,
-                      args: {length: 5000}}
+            request: {extension: com.example.a, operation: vdfs.read_file, path: /p1/x,
+                      library: 6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6, args: {length: 5000}}
             expect: deny
             rule: p/r0
     """)
@@ -441,7 +442,8 @@ def test_analysis_encodes_or_value_and_has_value_exactly(tmp_path):
     (tmp_path / "b").mkdir()
     write(tmp_path / "b", "p.yaml", policy_yaml("p", """
         - {id: big, effect: allow, operations: [vdfs.read_file], condition: 'args.?length.orValue(500) > 1000'}
-        - {id: d, effect: deny, operations: [vdfs.read_file], condition: '!args.?length.hasValue() || args.length > 2000'}
+        - {id: d, effect: deny, operations: [vdfs.read_file],
+           condition: '!args.?length.hasValue() || args.length > 2000'}
     """))
     answer = can(load_set(tmp_path / "b"), "com.example.a", "vdfs.read_file")
     assert answer.answer == "yes" and not answer.unanalysable and 1000 < answer.witness.args["length"] <= 2000

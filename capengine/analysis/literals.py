@@ -50,7 +50,7 @@ def collect(rules: list[CompiledRule]) -> Literals:
                 continue
             if isinstance(node, ast.Select) and _subject(node) and _subject(node) != "path":
                 out.fields.add(node.field)
-            optional = ast.optional_field(node, "args")  # args.?f, args[?"f"]
+            optional = ast.optional_field(cast(ast.Node, node), "args")  # args.?f, args[?"f"]
             if optional is not None:
                 out.fields.add(optional)
             if isinstance(node, ast.Call):

@@ -158,11 +158,11 @@ def _bool_literal(token: lark.Token) -> lark.Token:
 
 @lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
-    """One LALR parser per process. `cache=True` keeps Lark's analysed grammar in the temp directory (keyed by
-    the grammar text and options), so a new process does not recompute the tables (~100 ms)."""
+    """One LALR parser per process (building the tables takes ~150 ms). Not `cache=True`: Lark would unpickle
+    its tables from a predictable file in the shared temp directory, which another local user can plant."""
     return lark.Lark(_GRAMMAR.read_text(encoding="utf-8"), parser="lalr", lexer="contextual", start="expr",
                      g_regex_flags=re.M, lexer_callbacks={"IDENT": _bool_literal}, propagate_positions=False,
-                     maybe_placeholders=False, priority="invert", cache=True)
+                     maybe_placeholders=False, priority="invert")
 
 
 def _pos(tree: lark.Tree | lark.Token) -> Pos:

@@ -360,8 +360,10 @@ class _Compiler:
                 return fast
         if fn in (ast.OPT_SELECT, ast.OPT_INDEX):
             container, key = (self.compile(x, scope) for x in node.args)
-            access = optionals.select if fn == ast.OPT_SELECT else optionals.index
-            return lambda a: access(container(a), key(a))
+            if fn == ast.OPT_INDEX:
+                return lambda a: optionals.index(container(a), key(a))
+            field = cast(str, cast(ast.Literal, node.args[1]).value)  # the parser makes `.?f` a string literal
+            return lambda a: optionals.select(container(a), field)
         if fn in optionals.LAZY and node.target is not None and len(node.args) == 1 and self._is_optional_library(fn):
             fast = self._declared_field_or_literal(node, scope)
             if fast is not None:
