@@ -136,10 +136,6 @@ _QUANTIFIER = {2: 1, 3: 2}
 _MACROS = {"all": _QUANTIFIER, "exists": _QUANTIFIER, "exists_one": _QUANTIFIER, "existsOne": _QUANTIFIER,
            "map": {2: 1, 3: 1}, "filter": {2: 1}, "transformList": {3: 2, 4: 2}, "transformMap": {3: 2, 4: 2}}
 MAX_DEPTH = 120  # AST levels (each parenthesis counts as one); keeps the checker and compiler within the stack
-# Precedence levels that only wrap a single child: walked in a loop, not recursively, so the Python stack
-# grows with the expression's real nesting, not ten frames per parenthesis.
-_PASS_THROUGH = {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication", "unary",
-                 "member", "primary", "paren_expr"}
 RESERVED = {"as", "break", "const", "continue", "else", "for", "function", "if", "import", "let", "loop",
             "package", "namespace", "return", "var", "void", "while", "in"}
 
@@ -188,8 +184,6 @@ def parse(source: str, namespaced: frozenset[str] = frozenset()) -> Node:
         tree = _parser().parse(source)
     except (lark.exceptions.UnexpectedToken, lark.exceptions.UnexpectedCharacters) as exc:
         line, column = getattr(exc, "line", None) or 1, getattr(exc, "column", None) or 1
-        if line < 1 or column < 1:  # $END has no position of its own in some Lark versions
-            line, column = 1, 1
         raise CelSyntaxError(_describe(exc, source), line, column) from None
     except lark.exceptions.LarkError as exc:
         raise CelSyntaxError(_describe(exc, source)) from None
@@ -227,15 +221,9 @@ class _Builder:
         self.namespaced = namespaced
 
     def build(self, t: lark.Tree, depth: int) -> Node:
-        while t.data in _PASS_THROUGH:
-            if t.data == "paren_expr":  # "(" expr ")"
-                depth += 1
-                t = t.children[1]
-                continue
-            kids = self._kids(t)
-            if len(kids) != 1 or not isinstance(kids[0], lark.Tree):
-                break
-            t = kids[0]
+        while t.data == "paren_expr":  # "(" expr ")": no node of its own, one level of nesting
+            depth += 1
+            t = t.children[1]
         if depth > MAX_DEPTH:
             raise CelSyntaxError(f"expression nests too deeply (more than {MAX_DEPTH} levels); split it up",
                                  *attrs.astuple(_pos(t)))
@@ -246,16 +234,14 @@ class _Builder:
         return [c for c in t.children if c is not None]
 
     # precedence chains ---------------------------------------------------------------------------
+    # The grammar inlines a precedence rule with a single child (`?rule`): a tree of one of these rules always
+    # holds an operator and its operands.
     def _expr(self, t: lark.Tree, d: int) -> Node:
         kids = self._kids(t)
-        if len(kids) == 1:
-            return self.build(kids[0], d)
         return Conditional(self.build(kids[0], d), self.build(kids[1], d), self.build(kids[2], d), _pos(t))
 
     def _logical(self, t: lark.Tree, d: int, fn: str) -> Node:
         kids = self._kids(t)
-        if len(kids) == 1:
-            return self.build(kids[0], d)
         return Call(fn, None, (self.build(kids[0], d), self.build(kids[1], d)), _pos(t))
 
     def _conditionalor(self, t: lark.Tree, d: int) -> Node:
@@ -265,10 +251,7 @@ class _Builder:
         return self._logical(t, d, "_&&_")
 
     def _binary(self, t: lark.Tree, d: int) -> Node:
-        kids = self._kids(t)
-        if len(kids) == 1:
-            return self.build(kids[0], d)
-        op_tree, right = kids
+        op_tree, right = self._kids(t)
         fn = _BINARY[op_tree.data]
         left, operator = op_tree.children
         return Call(fn, None, (self.build(left, d), self.build(right, d)), _pos(operator))
@@ -276,10 +259,7 @@ class _Builder:
     _relation = _addition = _multiplication = _binary
 
     def _unary(self, t: lark.Tree, d: int) -> Node:
-        kids = self._kids(t)
-        if len(kids) == 1:
-            return self.build(kids[0], d)
-        op, operand = kids
+        op, operand = self._kids(t)
         fn = "-_" if op.data == "unary_neg" else "!_"
         return Call(fn, None, (self.build(operand, d),), _pos(t))
 
