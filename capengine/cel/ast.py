@@ -1,6 +1,6 @@
 """CEL source -> a small, position-carrying AST.
 
-The grammar (cel.lark beside this module) is cel-python's, extended with the optional syntax of the cel-spec
+The grammar (cel.lark, loaded by grammar.py) is cel-python's, extended with the optional syntax of the cel-spec
 `optionals` extension (`x.?f`, `x[?k]`, `[?x]`, `{?k: v}`). Lark's parse tree is deep (one node per precedence
 level) and untyped, so it is folded here into a handful of attrs nodes that the type checker and the compiler
 share. Macros (`has`, `all`, `exists`, `optMap`, ...) are expanded at this stage, as CEL specifies, so later
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, cast
 
 import attrs
 import lark
 
+from capengine.cel import grammar
 from capengine.cel.values import INT_MAX, INT_MIN, UINT_MAX, UInt, Value
 from capengine.errors import CapengineError
 
@@ -141,24 +141,6 @@ RESERVED = {"as", "break", "const", "continue", "else", "for", "function", "if",
 
 
 OPT_SELECT, OPT_INDEX = "_?._", "_[?_]"  # `x.?f` is Call(OPT_SELECT, None, (x, "f")); `x[?k]` Call(OPT_INDEX, ...)
-_GRAMMAR = Path(__file__).with_name("cel.lark")
-
-
-def _bool_literal(token: lark.Token) -> lark.Token:
-    """`true`/`false` lex as identifiers (the grammar cannot tell them apart): retype them as literals."""
-    if token.value in ("true", "false"):
-        return lark.Token("BOOL_LIT", token.value, token.start_pos, token.line, token.column, token.end_line,
-                          token.end_column, token.end_pos)
-    return token
-
-
-@lru_cache(maxsize=1)
-def _parser() -> lark.Lark:
-    """One LALR parser per process (building the tables takes ~150 ms). Not `cache=True`: Lark would unpickle
-    its tables from a predictable file in the shared temp directory, which another local user can plant."""
-    return lark.Lark(_GRAMMAR.read_text(encoding="utf-8"), parser="lalr", lexer="contextual", start="expr",
-                     g_regex_flags=re.M, lexer_callbacks={"IDENT": _bool_literal}, propagate_positions=False,
-                     maybe_placeholders=False, priority="invert")
 
 
 def _pos(tree: lark.Tree | lark.Token) -> Pos:
@@ -181,7 +163,7 @@ def parse(source: str, namespaced: frozenset[str] = frozenset()) -> Node:
     the same condition in many files) parse it once.
     """
     try:
-        tree = _parser().parse(source)
+        tree = grammar.parser().parse(source)
     except (lark.exceptions.UnexpectedToken, lark.exceptions.UnexpectedCharacters) as exc:
         line, column = getattr(exc, "line", None) or 1, getattr(exc, "column", None) or 1
         raise CelSyntaxError(_describe(exc, source), line, column) from None
