@@ -518,3 +518,22 @@ def test_arg_types_helper_reports_value_reads():
 def test_optional_value_repr_and_equality():
     assert repr(optional("a")) == "optional.of('a')" and repr(NONE) == "optional.none()"
     assert OptionalValue(None, False) == NONE
+
+
+def test_optional_syntax_errors_in_a_policy_file_point_at_the_token(tmp_path):
+    text = policy_yaml("p", """
+        - {id: a, effect: deny, operations: [vdfs.read_file], condition: 'args[?] == 1'}
+        - id: b
+          effect: deny
+          operations: [vdfs.read_file]
+          condition: >-
+            has(args.path) &&
+            [?args.?length, 1].size() == 2 && {?1: 2}.size() > 0
+    """)
+    write(tmp_path, "p.yaml", text)
+    lines = text.splitlines()
+    errors = [f for f in run_check([tmp_path], operations=OPS).findings if f.severity == "error"]
+    assert [(f.location.line, f.location.column) for f in errors] == [
+        (7, lines[6].index("] == 1") + 1), (13, lines[12].index("2}") + 1)]
+    assert "unexpected ']'" in errors[0].message
+    assert "map entry value marked with '?' must be an optional, not int" in errors[1].message
