@@ -15,7 +15,10 @@ from types import MappingProxyType
 import celpy
 import pytest
 from helpers import LIB, load_set, policy_yaml, write
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_analysis_soundness import samples
+from test_cel_differential import ACTIVATIONS, ours, reference
 
 from capengine.analysis.can import can
 from capengine.cel import ast
@@ -105,6 +108,38 @@ def test_cel_python_cannot_parse_optionals():
     for source in ("{}.?a", "[?optional.none()]", "m[?1]"):
         with pytest.raises(celpy.CELParseError):
             env.compile(source)
+
+
+# Optional forms over policy args, each with the same meaning spelt without optionals, which cel-python can
+# evaluate: capengine's value for the first must equal cel-python's for the second.
+_INT = st.sampled_from(["-3", "0", "1", "5"])
+_PAIRS = st.one_of(
+    st.builds(lambda d, op, v: (f"args.?n.orValue({d}) {op} {v}", f"(has(args.n) ? args.n : {d}) {op} {v}"),
+              _INT, st.sampled_from(["==", "!=", "<", ">="]), _INT),
+    st.builds(lambda f: (f"args.?{f}.hasValue()", f"has(args.{f})"), st.sampled_from(["n", "s", "missing"])),
+    st.builds(lambda v: (f'args[?"s"].orValue("x") == "{v}"', f'(has(args.s) ? args.s : "x") == "{v}"'),
+              st.sampled_from(["x", "", "/photos", "jpg"])),
+    st.builds(lambda v: (f"args.?n.optMap(x, x + 1).orValue(0) > {v}", f"(has(args.n) ? args.n + 1 : 0) > {v}"),
+              _INT),
+    st.builds(lambda k: (f"[?args.?n, ?args.?s, ?args.?missing].size() == {k}",
+                         f"(has(args.n) ? 1 : 0) + (has(args.s) ? 1 : 0) + (has(args.missing) ? 1 : 0) == {k}"),
+              st.sampled_from(["0", "1", "2"])),
+    st.builds(lambda v: (f"args.?n.value() > {v}", f"args.n > {v}"), _INT),  # errors when absent, in both
+)
+_OPTIONAL_EXPRS = st.recursive(_PAIRS, lambda inner: st.one_of(
+    st.builds(lambda a, b, op: (f"({a[0]}) {op} ({b[0]})", f"({a[1]}) {op} ({b[1]})"), inner, inner,
+              st.sampled_from(["&&", "||"])),
+    st.builds(lambda a: (f"!({a[0]})", f"!({a[1]})"), inner),
+), max_leaves=4)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_OPTIONAL_EXPRS, ACTIVATIONS)
+def test_optional_forms_match_their_plain_equivalents_in_cel_python(pair, activation):
+    optional_form, plain_form = pair
+    got = ours(optional_form, activation)  # policy compilation, fast paths and metered closures alike
+    want = reference(plain_form, activation)
+    assert got[0] == want[0] and (got[0] == "error" or got[1] == want[1]), (pair, activation, got, want)
 
 
 def test_opt_map_macros_expand_and_check_their_variable():
