@@ -1,5 +1,5 @@
 """CEL spec conformance: every core case, and every case of the extension libraries capengine offers
-(strings, math, encoders, bindings), must pass.
+(strings, math, encoders, bindings, optionals), must pass.
 
 Out of scope by construction (and listed in docs/cel.md): protobuf messages and wrappers. A case is out of
 scope only for that reason, decided from its expression, so a new case in a supported area is held to the
@@ -30,7 +30,8 @@ DIRECTORY = conformance_dir()
 CASES = list(iter_cases(DIRECTORY)) if DIRECTORY.is_dir() else []
 
 
-EXTENSIONS_OFFERED = {"ext/string_ext.json", "ext/math_ext.json", "ext/encoders_ext.json", "ext/bindings_ext.json"}
+EXTENSIONS_OFFERED = {"ext/string_ext.json", "ext/math_ext.json", "ext/encoders_ext.json", "ext/bindings_ext.json",
+                      "ext/optionals.json"}
 
 
 def in_scope(rel: str, section: str, case: dict) -> bool:
@@ -52,6 +53,12 @@ def test_conformance_cases_found():
 def test_core_case(rel, section, case):
     ok, detail = run_case(case)
     assert ok, f"{case['expr']!r}: {detail}"
+
+
+def test_optionals_cases_are_required():
+    """The optionals extension is offered: every one of its cases is held to the standard."""
+    optionals = [c for rel, _, c in REQUIRED if rel == "ext/optionals.json"]
+    assert len(optionals) == len([c for rel, _, c in CASES if rel == "ext/optionals.json"]) >= 59
 
 
 def test_known_deviations_still_deviate():

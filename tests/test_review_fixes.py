@@ -435,6 +435,7 @@ def test_sdist_and_wheel(tmp_path):
         with zipfile.ZipFile(wheel_path) as wheel:
             names = set(wheel.namelist())
             assert not any("removed_long_ago" in n for n in names)
+            assert "capengine/cel/cel.lark" in names  # the CEL grammar: without it nothing parses
             assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
             assert "License-Expression: Apache-2.0" in wheel.read(next(n for n in names if n.endswith("METADATA")))\
                 .decode()

@@ -24,13 +24,15 @@ import z3
 from capengine.analysis import regex
 from capengine.analysis.domain import SymRequest
 from capengine.analysis.zstrings import NotAnalysable, zstr
-from capengine.cel import ast
+from capengine.cel import ast, cost
 from capengine.cel.values import INT_MAX, INT_MIN
 from capengine.policy import paths
 
 FALSE = z3.BoolVal(False)
 TRUE = z3.BoolVal(True)
 _ANY = z3.Full(z3.ReSort(z3.StringSort()))
+_OPTIONALS = ("optional values (args.?f, x[?k], orValue, optional.of, [?x]) are outside the analysable fragment; "
+              "a condition using them is treated as unknown")
 
 
 @attrs.frozen
@@ -98,6 +100,8 @@ class Encoder:
         if isinstance(node, ast.Conditional):
             return self.conditional(node)
         if isinstance(node, ast.CreateList):
+            if node.optional_indices:
+                raise NotAnalysable(_OPTIONALS)
             items = tuple(self.expr(i) for i in node.items)
             return Val("list", items, _or(*(i.err for i in items)))
         if isinstance(node, ast.Call):
@@ -146,6 +150,24 @@ class Encoder:
             raise NotAnalysable(f"args.{name} has a schema type the encoding does not model")
         return Val(f.kind, f.value, _or(operand.err, z3.Not(f.present)))
 
+    def optional_arg(self, name: str, default_node: ast.Node | None) -> Val:
+        """`args.?name.hasValue()` (None default: the same as has(args.name)) and `args.?name.orValue(d)`: the
+        field's value when the call has it, else d (and d's error, if any)."""
+        args = Val("args", None, FALSE)
+        if default_node is None:
+            return self.field(args, name, test_only=True)
+        default = self.expr(default_node)
+        f = self.req.args.get(name)
+        if f is None or f.hidden:
+            if self.req.open_args:
+                raise NotAnalysable(f"args.{name} is not declared by the schema of {self.req.operation}")
+            return default  # the field is never there: orValue gives the default
+        if f.kind == "opaque":
+            raise NotAnalysable(f"args.{name} has a schema type the encoding does not model")
+        if f.kind != default.kind or f.kind == "list":
+            raise NotAnalysable(f"args.?{name}.orValue() with a default of another type is outside the fragment")
+        return Val(f.kind, z3.If(f.present, f.value, default.v), z3.And(z3.Not(f.present), default.err))
+
     def conditional(self, node: ast.Conditional) -> Val:
         c = self.boolean(node.cond)
         a, b = self.expr(node.then), self.expr(node.otherwise)
@@ -165,6 +187,11 @@ class Encoder:
             if x.kind != "bool":
                 return Val("bool", FALSE, TRUE)
             return Val("bool", z3.Not(x.v), x.err)
+        if fn in ("orValue", "hasValue") and node.target is not None \
+                and (name := ast.optional_field(node.target, "args")) is not None:
+            return self.optional_arg(name, node.args[0] if fn == "orValue" and len(node.args) == 1 else None)
+        if fn in cost.OPTIONAL_FUNCTIONS:
+            raise NotAnalysable(_OPTIONALS)
         operands = ((node.target,) if node.target is not None else ()) + node.args
         handler = _CALLS.get(fn)
         if handler is None:

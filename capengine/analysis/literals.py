@@ -50,6 +50,9 @@ def collect(rules: list[CompiledRule]) -> Literals:
                 continue
             if isinstance(node, ast.Select) and _subject(node) and _subject(node) != "path":
                 out.fields.add(node.field)
+            optional = ast.optional_field(cast(ast.Node, node), "args")  # args.?f, args[?"f"]
+            if optional is not None:
+                out.fields.add(optional)
             if isinstance(node, ast.Call):
                 _record(out, node)
             stack.extend(getattr(node, f.name) for f in attrs.fields(cast(Any, type(node))))

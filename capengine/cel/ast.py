@@ -1,9 +1,11 @@
 """CEL source -> a small, position-carrying AST.
 
-cel-python's Lark grammar is used only as a parser: its parse tree is deep (one node per precedence level)
-and untyped, so it is folded here into a handful of attrs nodes that the type checker and the compiler share.
-Macros (`has`, `all`, `exists`, ...) are expanded at this stage, as CEL specifies, so later stages never
-see them as calls.
+The grammar (cel.lark, loaded by grammar.py) is cel-python's, extended with the optional syntax of the cel-spec
+`optionals` extension (`x.?f`, `x[?k]`, `[?x]`, `{?k: v}`). Lark's parse tree is deep (one node per precedence
+level) and untyped, so it is folded here into a handful of attrs nodes that the type checker and the compiler
+share. Macros (`has`, `all`, `exists`, `optMap`, ...) are expanded at this stage, as CEL specifies, so later
+stages never see them as calls. `x.?f` and `x[?k]` become calls of `_?._` and `_[?_]` (as in cel-go), so a walker
+that does not know them sees a function call, never a plain field read.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Any, cast
 
 import attrs
 import lark
-from celpy import celparser
 
+from capengine.cel import grammar
 from capengine.cel.values import INT_MAX, INT_MIN, UINT_MAX, UInt, Value
 from capengine.errors import CapengineError
 
@@ -75,12 +77,14 @@ class Index:
 class CreateList:
     items: tuple[Node, ...]
     pos: Pos
+    optional_indices: tuple[int, ...] = ()  # `[?x]`: items that are optionals, included only with a value
 
 
 @attrs.frozen
 class CreateMap:
     entries: tuple[tuple[Node, Node], ...]
     pos: Pos
+    optional_indices: tuple[int, ...] = ()  # `{?k: v}`: entries whose value is an optional, kept only with one
 
 
 @attrs.frozen
@@ -132,34 +136,21 @@ _QUANTIFIER = {2: 1, 3: 2}
 _MACROS = {"all": _QUANTIFIER, "exists": _QUANTIFIER, "exists_one": _QUANTIFIER, "existsOne": _QUANTIFIER,
            "map": {2: 1, 3: 1}, "filter": {2: 1}, "transformList": {3: 2, 4: 2}, "transformMap": {3: 2, 4: 2}}
 MAX_DEPTH = 120  # AST levels (each parenthesis counts as one); keeps the checker and compiler within the stack
-# Precedence levels that only wrap a single child: walked in a loop, not recursively, so the Python stack
-# grows with the expression's real nesting, not ten frames per parenthesis.
-_PASS_THROUGH = {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication", "unary",
-                 "member", "primary", "paren_expr"}
 RESERVED = {"as", "break", "const", "continue", "else", "for", "function", "if", "import", "let", "loop",
             "package", "namespace", "return", "var", "void", "while", "in"}
 
 
-@lru_cache(maxsize=1)
-def _parser() -> celparser.CELParser:
-    return celparser.CELParser()
+OPT_SELECT, OPT_INDEX = "_?._", "_[?_]"  # `x.?f` is Call(OPT_SELECT, None, (x, "f")); `x[?k]` Call(OPT_INDEX, ...)
 
 
 def _pos(tree: lark.Tree | lark.Token) -> Pos:
-    if isinstance(tree, lark.Token):
-        return Pos(tree.line or 1, tree.column or 1)
-    meta = tree.meta
-    return Pos(getattr(meta, "line", None) or 1, getattr(meta, "column", None) or 1)
-
-
-def _operator_pos(op_tree: lark.Tree, fn: str) -> Pos:
-    """Where a binary operator's own token starts: the tree ends just after it (Lark drops the token)."""
-    meta = op_tree.meta
-    width = 2 if fn == "@in" else len(fn) - 2
-    end_line, end_column = getattr(meta, "end_line", None), getattr(meta, "end_column", None)
-    if end_line is None or end_column is None or end_column <= width:
-        return _pos(op_tree)
-    return Pos(end_line, end_column - width)
+    """Where a subtree starts: its first token. The grammar keeps the tokens a rule starts with (`!` rules),
+    so the first token is the first character of the subtree's text."""
+    while isinstance(tree, lark.Tree):
+        if not tree.children:
+            return Pos(1, 1)
+        tree = tree.children[0]
+    return Pos(tree.line or 1, tree.column or 1)
 
 
 @lru_cache(maxsize=8192)
@@ -172,10 +163,12 @@ def parse(source: str, namespaced: frozenset[str] = frozenset()) -> Node:
     the same condition in many files) parse it once.
     """
     try:
-        tree = _parser().parse(source)
-    except celparser.CELParseError as exc:
+        tree = grammar.parser().parse(source)
+    except (lark.exceptions.UnexpectedToken, lark.exceptions.UnexpectedCharacters) as exc:
         line, column = getattr(exc, "line", None) or 1, getattr(exc, "column", None) or 1
-        raise CelSyntaxError(_describe(exc.__context__, source), line, column) from None
+        raise CelSyntaxError(_describe(exc, source), line, column) from None
+    except lark.exceptions.LarkError as exc:
+        raise CelSyntaxError(_describe(exc, source)) from None
     except RecursionError:
         raise CelSyntaxError("expression nests too deeply") from None
     return _Builder(source, namespaced).build(tree, 0)
@@ -210,12 +203,9 @@ class _Builder:
         self.namespaced = namespaced
 
     def build(self, t: lark.Tree, depth: int) -> Node:
-        while t.data in _PASS_THROUGH:
-            kids = self._kids(t)
-            if len(kids) != 1 or not isinstance(kids[0], lark.Tree):
-                break
-            depth += t.data == "paren_expr"
-            t = kids[0]
+        while t.data == "paren_expr":  # "(" expr ")": no node of its own, one level of nesting
+            depth += 1
+            t = t.children[1]
         if depth > MAX_DEPTH:
             raise CelSyntaxError(f"expression nests too deeply (more than {MAX_DEPTH} levels); split it up",
                                  *attrs.astuple(_pos(t)))
@@ -226,16 +216,14 @@ class _Builder:
         return [c for c in t.children if c is not None]
 
     # precedence chains ---------------------------------------------------------------------------
+    # The grammar inlines a precedence rule with a single child (`?rule`): a tree of one of these rules always
+    # holds an operator and its operands.
     def _expr(self, t: lark.Tree, d: int) -> Node:
         kids = self._kids(t)
-        if len(kids) == 1:
-            return self.build(kids[0], d)
         return Conditional(self.build(kids[0], d), self.build(kids[1], d), self.build(kids[2], d), _pos(t))
 
     def _logical(self, t: lark.Tree, d: int, fn: str) -> Node:
         kids = self._kids(t)
-        if len(kids) == 1:
-            return self.build(kids[0], d)
         return Call(fn, None, (self.build(kids[0], d), self.build(kids[1], d)), _pos(t))
 
     def _conditionalor(self, t: lark.Tree, d: int) -> Node:
@@ -245,22 +233,15 @@ class _Builder:
         return self._logical(t, d, "_&&_")
 
     def _binary(self, t: lark.Tree, d: int) -> Node:
-        kids = self._kids(t)
-        if len(kids) == 1:
-            return self.build(kids[0], d)
-        op_tree, right = kids
+        op_tree, right = self._kids(t)
         fn = _BINARY[op_tree.data]
-        left = self.build(op_tree.children[0], d)
-        rhs = self.build(right, d)
-        return Call(fn, None, (left, rhs), _operator_pos(op_tree, fn))
+        left, operator = op_tree.children
+        return Call(fn, None, (self.build(left, d), self.build(right, d)), _pos(operator))
 
     _relation = _addition = _multiplication = _binary
 
     def _unary(self, t: lark.Tree, d: int) -> Node:
-        kids = self._kids(t)
-        if len(kids) == 1:
-            return self.build(kids[0], d)
-        op, operand = kids
+        op, operand = self._kids(t)
         fn = "-_" if op.data == "unary_neg" else "!_"
         return Call(fn, None, (self.build(operand, d),), _pos(t))
 
@@ -281,6 +262,8 @@ class _Builder:
             return Bind(_ident_name(args[0], "cel.bind"), args[1], args[2], pos)
         if namespace is not None and f"{namespace}.{name}" in self.namespaced:  # strings.quote(...)
             return Call(f"{namespace}.{name}", None, args, pos)
+        if name in ("optMap", "optFlatMap") and len(args) == 2:
+            return _optional_map(name, target, _ident_name(args[0], name), args[1], pos)
         if arity == 1:
             return self._macro1(name, target, args, pos)
         if arity == 2:
@@ -306,16 +289,25 @@ class _Builder:
         operand, index = self._kids(t)
         return Index(self.build(operand, d), self.build(index, d), _pos(t))
 
+    def _member_dot_opt(self, t: lark.Tree, d: int) -> Node:
+        operand, name = self._kids(t)
+        pos = _pos(name)
+        return Call(OPT_SELECT, None, (self.build(operand, d), Literal(str(name), pos)), pos)
+
+    def _member_index_opt(self, t: lark.Tree, d: int) -> Node:
+        operand, index = self._kids(t)
+        return Call(OPT_INDEX, None, (self.build(operand, d), self.build(index, d)), _pos(t))
+
     def _member_object(self, t: lark.Tree, d: int) -> Node:
         raise CelSyntaxError("message construction is not supported (no protobuf types)", *attrs.astuple(_pos(t)))
 
     def _dot_ident_arg(self, t: lark.Tree, d: int) -> Node:
-        kids = self._kids(t)
-        args = self._exprs(kids[1], d) if len(kids) > 1 else ()
-        return Call(str(kids[0]), None, args, _pos(kids[0]))
+        name = t.children[1]  # "." IDENT "(" [exprlist] ")"
+        args = self._exprs(t.children[3], d) if isinstance(t.children[3], lark.Tree) else ()
+        return Call(str(name), None, args, _pos(name))
 
     def _dot_ident(self, t: lark.Tree, d: int) -> Node:
-        name = self._kids(t)[0]
+        name = t.children[1]  # "." IDENT
         return Ident(str(name), _pos(name))
 
     def _ident_arg(self, t: lark.Tree, d: int) -> Node:
@@ -337,15 +329,26 @@ class _Builder:
         return Ident(str(name), _pos(name))
 
     def _list_lit(self, t: lark.Tree, d: int) -> Node:
-        kids = self._kids(t)
-        return CreateList(self._exprs(kids[0], d) if kids else (), _pos(t))
+        inits = t.children[1]  # "[" [listinits] "]"
+        items: list[Node] = []
+        optional: list[int] = []
+        for i, elem in enumerate(inits.children if isinstance(inits, lark.Tree) else ()):
+            if isinstance(elem, lark.Tree) and elem.data == "opt_elem":  # `[?x]`
+                optional.append(i)
+                elem = elem.children[0]
+            items.append(self.build(elem, d))
+        return CreateList(tuple(items), _pos(t), tuple(optional))
 
     def _map_lit(self, t: lark.Tree, d: int) -> Node:
-        kids = self._kids(t)
-        if not kids:
-            return CreateMap((), _pos(t))
-        items = [self.build(c, d) for c in kids[0].children]
-        return CreateMap(tuple(zip(items[0::2], items[1::2])), _pos(t))
+        inits = t.children[1]  # "{" [mapinits] "}"
+        entries: list[tuple[Node, Node]] = []
+        optional: list[int] = []
+        for i, entry in enumerate(inits.children if isinstance(inits, lark.Tree) else ()):
+            if entry.data == "opt_entry":  # `{?k: v}`
+                optional.append(i)
+            key, value = entry.children
+            entries.append((self.build(key, d), self.build(value, d)))
+        return CreateMap(tuple(entries), _pos(t), tuple(optional))
 
     def _exprs(self, t: lark.Tree, d: int) -> tuple[Node, ...]:
         return tuple(self.build(c, d) for c in t.children)
@@ -358,9 +361,24 @@ class _Builder:
             raise CelSyntaxError(str(exc), *attrs.astuple(_pos(tok))) from None
 
 
+def _optional_map(name: str, target: Node, var: str, body: Node, pos: Pos) -> Node:
+    """`o.optMap(v, e)` -> `o.hasValue() ? optional.of(e[v := o.value()]) : optional.none()`, and `optFlatMap`
+    without the `optional.of` (its `e` is an optional already), as cel-spec expands them. `o` is bound once to a
+    variable no CEL source can name, so it is evaluated once."""
+    held = Ident(OPTIONAL_TARGET, pos)
+    value = Bind(var, Call("value", held, (), pos), body, pos)
+    some = Call("optional.of", None, (value,), pos) if name == "optMap" else value
+    test = Conditional(Call("hasValue", held, (), pos), some, Call("optional.none", None, (), pos), pos)
+    return Bind(OPTIONAL_TARGET, target, test, pos)
+
+
+OPTIONAL_TARGET = "@optional"  # the hidden variable of optMap/optFlatMap (not an identifier: no clash)
+
+
 def referenced_fields(node: Node, variable: str) -> frozenset[str] | None:
-    """Names read from a map variable as `variable.name` or `variable["name"]`; None when the expression
-    uses the variable any other way (`size(args)`, `args[k]`), i.e. when it may depend on every field."""
+    """Names read from a map variable as `variable.name` or `variable["name"]` (or optionally, `.?name`,
+    `[?"name"]`); None when the expression uses the variable any other way (`size(args)`, `args[k]`), i.e. when it
+    may depend on every field."""
     found: set[str] = set()
     stack = [node]
     while stack:
@@ -371,6 +389,10 @@ def referenced_fields(node: Node, variable: str) -> frozenset[str] | None:
         if (isinstance(n, Index) and isinstance(n.operand, Ident) and n.operand.name == variable
                 and isinstance(n.index, Literal) and isinstance(n.index.value, str)):
             found.add(n.index.value)
+            continue
+        name = optional_field(n, variable)  # `variable.?name`, `variable[?"name"]`
+        if name is not None:
+            found.add(name)
             continue
         if isinstance(n, Ident) and n.name == variable:
             return None
@@ -383,6 +405,16 @@ def referenced_fields(node: Node, variable: str) -> frozenset[str] | None:
                 elif attrs.has(type(child)) and not isinstance(child, Pos):
                     stack.append(child)
     return frozenset(found)
+
+
+def optional_field(node: Node, variable: str) -> str | None:
+    """The field name of `variable.?name` or `variable[?"name"]`, else None."""
+    if isinstance(node, Call) and node.function in (OPT_SELECT, OPT_INDEX) and len(node.args) == 2:
+        operand, key = node.args
+        if isinstance(operand, Ident) and operand.name == variable and isinstance(key, Literal) \
+                and isinstance(key.value, str):
+            return key.value
+    return None
 
 
 def qualified_name(node: Node) -> str | None:

@@ -27,6 +27,7 @@ from capengine.cel.types import (
     join,
     list_of,
     map_of,
+    optional_of,
     substitute,
     unify,
 )
@@ -90,40 +91,61 @@ class Checker:
                 self.decls and not node.test_only:
             return TYPE  # a qualified type name used as a value: google.protobuf.Timestamp
         operand = self.visit(node.operand, scope)
+        chained = operand.name == "optional_type"  # a field of an optional is an optional (none stays none)
+        field_type = self._field(operand.params[0] if chained else operand, node.field, node.pos)
+        if node.test_only:
+            return BOOL
+        return optional_of(field_type) if chained else field_type
+
+    def _field(self, operand: Type, field: str, pos: ast.Pos) -> Type:
+        """The type of `operand.field`; dyn after reporting when the operand has no such field."""
         if operand == DYN:
-            field_type = DYN
-        elif operand.name == "map":
-            if not unify(operand.params[0], Type("string"), {}):
-                return self.error(f"cannot select field '{node.field}' from {operand}: keys are not strings",
-                                  node.pos)
-            field_type = operand.params[1]
-            if operand.fields is not None:
-                known = self._known_field(operand, node.field, node.pos)
-                if known is None:
-                    return DYN
-                field_type = known
-        else:
-            return self.error(f"type '{operand}' has no fields (selecting '{node.field}')", node.pos)
-        return BOOL if node.test_only else field_type
+            return DYN
+        if operand.name != "map":
+            return self.error(f"type '{operand}' has no fields (selecting '{field}')", pos)
+        if not unify(operand.params[0], Type("string"), {}):
+            return self.error(f"cannot select field '{field}' from {operand}: keys are not strings", pos)
+        if operand.fields is not None:
+            known = self._known_field(operand, field, pos)
+            return DYN if known is None else known
+        return operand.params[1]
 
     def _Index(self, node: ast.Index, scope) -> Type:
         operand = self.visit(node.operand, scope)
         index = self.visit(node.index, scope)
+        if operand.name == "optional_type":  # an element of an optional is an optional
+            return optional_of(self._element(operand.params[0], index, node))
+        return self._element(operand, index, node)
+
+    def _element(self, operand: Type, index: Type, node: ast.Index | ast.Call) -> Type:
+        """The type of `operand[index]`; dyn after reporting when it cannot be indexed so."""
+        key = node.index if isinstance(node, ast.Index) else node.args[1]
         if operand == DYN:
             return DYN
         if operand.name == "list":
             if index not in (INT, UINT, DYN):
-                return self.error(f"list index must be int, not {index}", node.index.pos)
+                return self.error(f"list index must be int, not {index}", key.pos)
             return operand.params[0]
         if operand.name == "map":
             if not unify(operand.params[0], index, {}):
-                return self.error(f"map key must be {operand.params[0]}, not {index}", node.index.pos)
-            if operand.fields is not None and isinstance(node.index, ast.Literal) \
-                    and isinstance(node.index.value, str):
-                known = self._known_field(operand, node.index.value, node.index.pos)
+                return self.error(f"map key must be {operand.params[0]}, not {index}", key.pos)
+            if operand.fields is not None and isinstance(key, ast.Literal) and isinstance(key.value, str):
+                known = self._known_field(operand, key.value, key.pos)
                 return DYN if known is None else known
             return operand.params[1]
         return self.error(f"type '{operand}' cannot be indexed", node.pos)
+
+    def _optional_access(self, node: ast.Call, scope) -> Type:
+        """`x.?f` and `x[?k]`: the field or element as an optional; on an optional, none stays none."""
+        operand = self.visit(node.args[0], scope)
+        key = self.visit(node.args[1], scope)
+        if operand.name == "optional_type":
+            operand = operand.params[0]
+        if node.function == ast.OPT_SELECT:
+            field = node.args[1]
+            assert isinstance(field, ast.Literal) and isinstance(field.value, str)  # the parser builds it so
+            return optional_of(self._field(operand, field.value, node.pos))
+        return optional_of(self._element(operand, key, node))
 
     def _known_field(self, record: Type, name: str, pos: ast.Pos) -> Type | None:
         """The type of a key of a map with a schema; None (after reporting) for a key a closed one lacks."""
@@ -139,11 +161,23 @@ class Checker:
         return None
 
     def _CreateList(self, node: ast.CreateList, scope) -> Type:
-        return list_of(join([self.visit(item, scope) for item in node.items]))
+        items = [self.visit(item, scope) for item in node.items]
+        for i in node.optional_indices:  # `[?x]`: x is an optional, the list holds its value
+            items[i] = self._optional_inner(items[i], node.items[i], "list element")
+        return list_of(join(items))
+
+    def _optional_inner(self, t: Type, node: ast.Node, what: str) -> Type:
+        if t.name == "optional_type":
+            return t.params[0]
+        if t != DYN:
+            self.error(f"{what} marked with '?' must be an optional, not {t}", node.pos)
+        return DYN
 
     def _CreateMap(self, node: ast.CreateMap, scope) -> Type:
         keys = [self.visit(k, scope) for k, _ in node.entries]
         values = [self.visit(v, scope) for _, v in node.entries]
+        for i in node.optional_indices:  # `{?k: v}`: v is an optional, the map holds its value
+            values[i] = self._optional_inner(values[i], node.entries[i][1], "map entry value")
         for (k_node, _), k in zip(node.entries, keys):
             if k.name not in ("string", "int", "uint", "bool", "dyn"):
                 self.error(f"unsupported map key type {k}", k_node.pos)
@@ -153,7 +187,14 @@ class Checker:
         cond = self.visit(node.cond, scope)
         if cond not in (BOOL, DYN):
             self.error(f"condition of '?:' must be bool, not {cond}", node.cond.pos)
-        return join([self.visit(node.then, scope), self.visit(node.otherwise, scope)])
+        then, otherwise = self.visit(node.then, scope), self.visit(node.otherwise, scope)
+        # optional.none() is an optional of any type (cel-go types it optional_type(T) with T free): it takes
+        # the other branch's optional type, so `o.optMap(x, f(x))` keeps f's type
+        if _is_none(node.otherwise) and then.name == "optional_type":
+            return then
+        if _is_none(node.then) and otherwise.name == "optional_type":
+            return otherwise
+        return join([then, otherwise])
 
     def _Comprehension(self, node: ast.Comprehension, scope) -> Type:
         rng = self.visit(node.range, scope)
@@ -198,6 +239,8 @@ class Checker:
                 if t not in (BOOL, DYN):
                     self.error(f"operand of '{_OPERATOR_TEXT[node.function]}' must be bool, not {t}", arg.pos)
             return BOOL
+        if node.function in (ast.OPT_SELECT, ast.OPT_INDEX):
+            return self._optional_access(node, scope)
         receiver = node.target is not None
         args: tuple[ast.Node, ...] = ((node.target,) if node.target is not None else ()) + node.args
         arg_types = [self.visit(a, scope) for a in args]
@@ -228,6 +271,10 @@ _OPERATOR_TEXT = {"_&&_": "&&", "_||_": "||", "!_": "!", "-_": "-", "_+_": "+", 
                   "_/_": "/", "_%_": "%", "_==_": "==", "_!=_": "!=", "_<_": "<", "_<=_": "<=", "_>_": ">",
                   "_>=_": ">=", "@in": "in"}
 
+
+
+def _is_none(node: ast.Node) -> bool:
+    return isinstance(node, ast.Call) and node.function == "optional.none" and not node.args
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

@@ -17,12 +17,23 @@ from typing import Any, cast
 
 import attrs
 
-from capengine.cel import ast, cost
+from capengine.cel import ast, cost, optionals
 from capengine.cel.ast import qualified_name
 from capengine.cel.checker import CheckError, CheckResult, check
 from capengine.cel.environment import DispatchTable, Environment, Impl, resolve_runtime
 from capengine.cel.types import BOOL, DYN, STRING, TYPE_IDENTS, Type
-from capengine.cel.values import MAP_TYPES, Activation, CelError, CelType, UInt, Value, make_map, map_lookup, type_name
+from capengine.cel.values import (
+    MAP_TYPES,
+    Activation,
+    CelError,
+    CelType,
+    OptionalValue,
+    UInt,
+    Value,
+    make_map,
+    map_lookup,
+    type_name,
+)
 from capengine.errors import CapengineError
 
 Fn = Callable[[Activation], Value]
@@ -245,7 +256,7 @@ class _Compiler:
                 m = operand(a)
                 if isinstance(m, MAP_TYPES):
                     return field in m
-                raise CelError(f"has() on a value of type {type_name(m)}")
+                return optionals.has(m, field)
 
             return has
 
@@ -256,6 +267,8 @@ class _Compiler:
                     return m[field]
                 except KeyError:
                     raise CelError(f"no such key: '{field}'") from None
+            if isinstance(m, OptionalValue):  # a field of an optional is an optional
+                return optionals.select(m, field)
             raise CelError(f"type '{type_name(m)}' has no field '{field}'")
 
         if qualified is None or qualified.split(".")[0] in scope:
@@ -288,12 +301,16 @@ class _Compiler:
                 if found:
                     return value
                 raise CelError(f"no such key: {key!r}")
+            if isinstance(container, OptionalValue):  # an element of an optional is an optional
+                return optionals.index(container, key)
             raise CelError(f"type '{type_name(container)}' cannot be indexed")
 
         return get
 
     def _CreateList(self, node: ast.CreateList, scope: Scope) -> Fn:
         items = [self.compile(i, scope) for i in node.items]
+        if node.optional_indices:
+            return _optional_list(items, frozenset(node.optional_indices))
         literals = [i.value for i in node.items if isinstance(i, ast.Literal)]
         if len(literals) == len(node.items):
             return _const(tuple(literals))
@@ -301,6 +318,8 @@ class _Compiler:
 
     def _CreateMap(self, node: ast.CreateMap, scope: Scope) -> Fn:
         entries = [(self.compile(k, scope), self.compile(v, scope)) for k, v in node.entries]
+        if node.optional_indices:
+            return _optional_map(entries, frozenset(node.optional_indices))
         return lambda a: make_map([(k(a), v(a)) for k, v in entries])
 
     def _Conditional(self, node: ast.Conditional, scope: Scope) -> Fn:
@@ -339,6 +358,17 @@ class _Compiler:
             fast = self._literal_comparison(node, scope)
             if fast is not None:
                 return fast
+        if fn in (ast.OPT_SELECT, ast.OPT_INDEX):
+            container, key = (self.compile(x, scope) for x in node.args)
+            if fn == ast.OPT_INDEX:
+                return lambda a: optionals.index(container(a), key(a))
+            field = cast(str, cast(ast.Literal, node.args[1]).value)  # the parser makes `.?f` a string literal
+            return lambda a: optionals.select(container(a), field)
+        if fn in optionals.LAZY and node.target is not None and len(node.args) == 1 and self._is_optional_library(fn):
+            fast = self._declared_field_or_literal(node, scope)
+            if fast is not None:
+                return fast
+            return _lazy_optional(fn, self.compile(node.target, scope), self.compile(node.args[0], scope))
         if fn == "!_":
             operand = self.compile(node.args[0], scope)
 
@@ -368,6 +398,22 @@ class _Compiler:
             x, y = args
             return lambda a: impl(x(a), y(a))
         return lambda a: impl(*[f(a) for f in args])
+
+    def _declared_field_or_literal(self, node: ast.Call, scope: Scope) -> Fn | None:
+        """`args.?f.orValue(literal)` on a declared map (the recommended way to read an optional argument):
+        one dict lookup with a default, the same result as the general closures."""
+        target, default = node.target, node.args[0]
+        if node.function != "orValue" or not isinstance(target, ast.Call) or target.function != ast.OPT_SELECT \
+                or not isinstance(default, ast.Literal) or not self._declared_map(target.args[0], scope):
+            return None
+        variable, field = cast(ast.Ident, target.args[0]).name, cast(ast.Literal, target.args[1]).value
+        value = default.value
+        return lambda a: cast(Mapping[Value, Value], a[variable]).get(field, value)
+
+    def _is_optional_library(self, fn: str) -> bool:
+        """`or`/`orValue` are the optionals library's (not an embedder's function of the same name)."""
+        overloads = self.env.overloads(fn, True)
+        return bool(overloads) and all(o.impl.__module__ == optionals.__name__ for o in overloads)
 
     def _literal_comparison(self, node: ast.Call, scope: Scope) -> Fn | None:
         """`args.f <op> literal` (either side), and `args.f in ["a", "b"]`: the shapes policies read optional
@@ -450,6 +496,58 @@ def _short_circuit(left: Fn, right: Fn, is_or: bool) -> Fn:
     if is_or:
         return lambda a: True if left(a) else check(right(a))
     return lambda a: check(right(a)) if left(a) else False
+
+
+def _lazy_optional(fn: str, target: Fn, argument: Fn) -> Fn:
+    """`o.or(p)` / `o.orValue(v)`: the argument is evaluated only when `o` is empty (its error, too)."""
+    keep = fn == "or"
+
+    def lazy(a: Activation) -> Value:
+        o = target(a)
+        if type(o) is not OptionalValue:
+            raise CelError(f"no such overload for '{fn}' on {type_name(o)} (it needs an optional)")
+        if o.has_value:
+            return o if keep else o.value
+        other = argument(a)
+        if keep and type(other) is not OptionalValue:
+            raise CelError(f"no such overload for 'or' with {type_name(other)} (it needs an optional)")
+        return other
+
+    return lazy
+
+
+def _optional_list(items: list[Fn], optional: frozenset[int]) -> Fn:
+    """`[a, ?b]`: b's value when it has one, nothing when it is empty."""
+    def build(a: Activation) -> Value:
+        out: list[Value] = []
+        for i, f in enumerate(items):
+            v = f(a)
+            if i in optional:
+                o = optionals.element(v, "a list element")
+                if not o.has_value:
+                    continue
+                v = o.value
+            out.append(v)
+        return out
+
+    return build
+
+
+def _optional_map(entries: list[tuple[Fn, Fn]], optional: frozenset[int]) -> Fn:
+    """`{k: v, ?k2: o}`: the entry k2 only when o has a value."""
+    def build(a: Activation) -> Value:
+        pairs: list[tuple[Value, Value]] = []
+        for i, (k, f) in enumerate(entries):
+            key, v = k(a), f(a)
+            if i in optional:
+                o = optionals.element(v, "a map entry value")
+                if not o.has_value:
+                    continue
+                v = o.value
+            pairs.append((key, v))
+        return make_map(pairs)
+
+    return build
 
 
 def _declared_map_field(variable: str, field: str) -> Fn:

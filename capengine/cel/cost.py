@@ -42,6 +42,9 @@ run-time budget of a metered evaluation."""
 REGEX_FACTOR = 4
 REGEX_FUNCTIONS = frozenset({"matches"})
 FREE_FUNCTIONS = frozenset({"size", "type", "dyn"})
+# The optionals extension: each call is O(1) (no copy, no scan); the bound of an optional is its value's.
+OPTIONAL_FUNCTIONS = frozenset({ast.OPT_SELECT, ast.OPT_INDEX, "optional.of", "optional.ofNonZeroValue",
+                                "optional.none", "value", "hasValue", "or", "orValue"})
 _TEXT_SHIFT = 10  # one unit per KiB of string
 
 
@@ -222,6 +225,8 @@ class CostEstimator:
         cost = sum(c for c, _ in visited)
         if node.function in ("_&&_", "_||_", "!_"):
             return cost + 1, SCALAR
+        if node.function in OPTIONAL_FUNCTIONS:  # O(1); an optional is bounded as the value it may hold
+            return cost + 1, self._optional_result(node.function, [b for _, b in visited])
         literal = _literal_operand(node, arg_nodes)
         if literal is not None:  # bounded by the literal (LITERAL_BOUNDED): the other operand's size is moot
             return cost + call_cost(node.function, [("text", literal)]), SCALAR
@@ -231,6 +236,16 @@ class CostEstimator:
         sizes = [(_kind(self.type_of(a)), b.size) for a, (_, b) in zip(arg_nodes, visited)]
         cost += call_cost(node.function, sizes)
         return cost, self._result(node, [b for _, b in visited])
+
+    def _optional_result(self, function: str, args: list[Bound]) -> Bound:
+        if function in (ast.OPT_SELECT, ast.OPT_INDEX):
+            return self.elem(args[0])
+        if function in ("hasValue", "optional.none"):
+            return SCALAR
+        bound = args[0]
+        for b in args[1:]:  # or / orValue: either the optional's value or the argument
+            bound = _max(bound, b)
+        return bound
 
     def _result(self, node: ast.Call, args: list[Bound]) -> Bound:
         """Size bound of a call's result: functions that build strings or lists from their inputs."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import re2
 
-from capengine.cel import math_encoders, strings, timestamps
+from capengine.cel import math_encoders, optionals, strings, timestamps
 from capengine.cel.environment import Define, Environment
 from capengine.cel.types import (
     BOOL,
@@ -307,4 +307,5 @@ def register(define: Define) -> None:
         define(*args, **kwargs)
 
 
-STANDARD = Environment.build(register, timestamps.register, strings.register, math_encoders.register)
+STANDARD = Environment.build(register, timestamps.register, strings.register, math_encoders.register,
+                             optionals.register)

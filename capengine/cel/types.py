@@ -51,6 +51,11 @@ def map_of(key: Type, value: Type) -> Type:
     return Type("map", (key, value))
 
 
+def optional_of(value: Type) -> Type:
+    """optional_type(T): a value of T, or none (the cel-spec optionals extension)."""
+    return Type("optional_type", (value,))
+
+
 def record_of(fields: tuple[Field, ...], closed: bool, describe: str = "") -> Type:
     """map(string, dyn) whose keys are known: a JSON object described by a schema."""
     return Type("map", (Type("string"), Type("dyn")), fields=fields, closed=closed, describe=describe)
@@ -61,6 +66,7 @@ TYPE_IDENTS = {
     "bool": BOOL, "int": INT, "uint": UINT, "double": DOUBLE, "string": STRING, "bytes": BYTES,
     "null_type": NULL, "dyn": DYN, "type": TYPE, "list": list_of(DYN), "map": map_of(DYN, DYN),
     "google.protobuf.Timestamp": TIMESTAMP, "google.protobuf.Duration": DURATION,
+    "optional_type": optional_of(DYN),
 }
 
 

@@ -1,7 +1,8 @@
 """CEL runtime values as plain Python objects, and the few value rules CEL does not share with Python.
 
 Mapping: bool->bool, int->int, uint->UInt, double->float, string->str, bytes->bytes, null->None,
-list->list/tuple, map->dict, type->CelType, timestamp->Timestamp, duration->Duration. Plain Python values
+list->list/tuple, map->dict, type->CelType, timestamp->Timestamp, duration->Duration,
+optional_type->OptionalValue. Plain Python values
 keep evaluation cheap; the places where Python and CEL disagree (True == 1, 1 + True, {1: x}[True], unbounded
 ints) are handled here and in the function library, never left to Python.
 """
@@ -47,8 +48,27 @@ class CelType:
         return self.name
 
 
+@attrs.frozen
+class OptionalValue:
+    """A value of the optionals extension: `optional.of(x)` (has_value, value x) or `optional.none()`."""
+
+    value: Value
+    has_value: bool
+
+    def __repr__(self) -> str:
+        return f"optional.of({self.value!r})" if self.has_value else "optional.none()"
+
+
+NONE = OptionalValue(None, False)
+
+
+def optional(value: Value) -> OptionalValue:
+    return OptionalValue(value, True)
+
+
 Value: TypeAlias = """(bool | int | float | str | bytes | None | list[Value] | tuple[Value, ...]
-                      | dict[Value, Value] | MappingProxyType[Value, Value] | CelType | Timestamp | Duration)"""
+                      | dict[Value, Value] | MappingProxyType[Value, Value] | CelType | Timestamp | Duration
+                      | OptionalValue)"""
 """A CEL runtime value (UInt is an int; a list may be a tuple when it is a literal)."""
 Activation: TypeAlias = "dict[str, Value]"
 """Variable name -> value, what a compiled expression is evaluated against."""
@@ -57,6 +77,7 @@ Number: TypeAlias = int | float
 _TYPE_NAMES: dict[type, str] = {
     bool: "bool", int: "int", UInt: "uint", float: "double", str: "string", bytes: "bytes",
     type(None): "null_type", list: "list", tuple: "list", dict: "map", MappingProxyType: "map", CelType: "type",
+    OptionalValue: "optional_type",
 }
 MAP_TYPES = (dict, MappingProxyType)
 """A CEL map is a dict, or a read-only view of one (a request's `args`)."""
@@ -103,6 +124,10 @@ def equals(x: Value, y: Value) -> bool:
             if not found or not equals(value, other):
                 return False
         return True
+    if isinstance(x, OptionalValue):  # none equals none; two values compare as CEL values
+        if not isinstance(y, OptionalValue) or x.has_value != y.has_value:
+            return False
+        return not x.has_value or equals(x.value, y.value)
     tx, ty = type(x), type(y)
     if tx is ty:
         return x == y

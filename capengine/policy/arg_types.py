@@ -60,8 +60,9 @@ def args_type(operations: Iterable[OperationInfo]) -> Type | None:
 
 
 def unguarded_optional_reads(node: ast.Node, record: Type) -> list[tuple[str, ast.Pos]]:
-    """Optional fields read as `args.x` in a condition that never tests `has(args.x)`: when the call omits
-    the field the read errors, which a deny counts as a match (it denies every call lacking the field)."""
+    """Optional fields read as `args.x` (or `args.?x.value()`) in a condition that never tests `has(args.x)`
+    (or `args.?x.hasValue()`): when the call omits the field the read errors, which a deny counts as a match
+    (it denies every call lacking the field). `args.?x.orValue(d)` reads it safely and is not reported."""
     optional = {f.name for f in record.fields or () if not f.required}
     reads: list[tuple[str, ast.Pos]] = []
     guarded: set[str] = set()
@@ -69,6 +70,9 @@ def unguarded_optional_reads(node: ast.Node, record: Type) -> list[tuple[str, as
         if isinstance(n, ast.Select) and isinstance(n.operand, ast.Ident) and n.operand.name == "args" \
                 and n.field in optional:
             (guarded.add(n.field) if n.test_only else reads.append((n.field, n.pos)))
+        elif isinstance(n, ast.Call) and n.function in ("value", "hasValue") and n.target is not None \
+                and (name := ast.optional_field(n.target, "args")) in optional:
+            (guarded.add(name) if n.function == "hasValue" else reads.append((name, n.target.pos)))
     return [(name, pos) for name, pos in reads if name not in guarded]
 
 

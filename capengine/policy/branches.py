@@ -18,7 +18,7 @@ import attrs
 
 from capengine.cel import ast as cel_ast
 from capengine.cel.compiler import Program, compile_expression
-from capengine.cel.values import CelError
+from capengine.cel.values import CelError, OptionalValue
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.loader import POLICY_DECLS
 
@@ -123,6 +123,8 @@ def cel_text(value: object) -> str:
         return "[" + ", ".join(cel_text(v) for v in value) + "]"
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{cel_text(k)}: {cel_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, OptionalValue):
+        return f"optional.of({cel_text(value.value)})" if value.has_value else "optional.none()"
     return str(value)
 
 

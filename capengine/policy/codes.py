@@ -80,7 +80,8 @@ _HELP = {
     Code.NFD_LITERAL: "A path literal is not in Unicode NFC, the form every request path is normalised to.",
     Code.UNKNOWN_CLASS: "An operation class (class:...) that no registered operation declares.",
     Code.UNKNOWN_OPERATION: "A rule's operations match no registered operation.",
-    Code.UNGUARDED_OPTIONAL: "A deny reads an optional argument without has(): it denies every call lacking it.",
+    Code.UNGUARDED_OPTIONAL: "A deny reads an optional argument without has() or .?/orValue(): it denies every "
+                             "call lacking it.",
     Code.PATH_PREFIX: "A string prefix/suffix/substring test on path is not segment-aware; use under() or glob().",
     Code.UNKNOWN_LIMIT_OPERATION: "A rate limit names operations that match no registered operation.",
     Code.TEST_UNKNOWN_OPERATION: "A policy test case calls an operation that is not registered: it tests nothing.",

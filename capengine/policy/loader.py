@@ -341,7 +341,7 @@ class _DocumentLoader:
                     Location(self.path, line, column), "warning", Code.UNGUARDED_OPTIONAL,
                     f"deny reads optional args.{field} without has(): a call without it makes the condition "
                     f"error, which a deny counts as a match (it denies every such call); write "
-                    f"'has(args.{field}) && ...'"))
+                    f"'args.?{field}.orValue(<default>) ...' or 'has(args.{field}) && ...'"))
         return program
 
     def _expression_position(self, node: yaml.Node | None, pos: cel_ast.Pos) -> tuple[int, int]:
