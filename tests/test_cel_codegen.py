@@ -279,15 +279,35 @@ def test_unknown_node_kinds_and_functions_fall_back_to_closures() -> None:
 
 
 def test_what_is_not_generated_keeps_closures() -> None:
-    """Metered programs and programs compiled without types or totality evaluate through the closures."""
-    unbounded = CostModel({}, unknown=cost.Bound(10**9), limit=None)
-    program, _ = compile_expression("args.l.all(x, args.l.all(y, x != y))", POLICY_DECLS, POLICY_ENVIRONMENT,
-                                    total=True, costs=unbounded)
-    assert program is not None and program.metered and program.generated is None
+    """Programs compiled without types, or for activations that may lack variables, keep the closures."""
     program, _ = compile_expression("x > 1", None, STANDARD)
     assert program is not None and program.generated is None
     program, _ = compile_expression("x > 1", {"x": INT}, STANDARD, costs=POLICY_COSTS)
-    assert program is not None and program.generated is None  # not total: activations may lack variables
+    assert program is not None and program.generated is None
+
+
+UNBOUNDED = CostModel({}, unknown=cost.Bound(10**9), limit=None)
+
+
+@pytest.mark.parametrize(("expr", "args", "exhausted"), [
+    ("args.l.all(x, args.l.all(y, y >= 0))", {"l": list(range(400))}, True),  # the loops are closures
+    ("(args.l.all(x, args.l.all(y, y >= 0))) || true", {"l": list(range(400))}, True),  # never absorbed
+    # no closure inside: the generated code's own charges (32,769 units per call on 8 MiB)
+    (" || ".join(f'args.s.matches("b{i}")' for i in range(4)), {"s": "a" * 2**23}, True),
+    ("true && " + " && ".join(f'!args.s.contains("b{i}")' for i in range(4)), {"s": "a" * 2**25}, True),
+    (" || ".join(f'args.s.matches("b{i}")' for i in range(3)), {"s": "a" * 2**23}, False),  # within budget
+])
+def test_metered_programs_charge_the_same_budget(expr: str, args: dict[str, Any], exhausted: bool) -> None:
+    """A metered program is generated too, and runs out of budget exactly where its closures do."""
+    activation = {"path": "", "library": "", "operation": "", "extension": "", "args": MappingProxyType(args)}
+    program, errors = compile_expression(expr, POLICY_DECLS, POLICY_ENVIRONMENT, total=True, costs=UNBOUNDED)
+    assert program is not None and program.metered and program.generated is not None, errors
+    got, want = outcome(program, activation, True), outcome(program, activation, False)
+    assert got == want
+    if exhausted:
+        assert got[0] == "error" and "budget" in str(got[1]), got
+    else:
+        assert got[0] == "value", got
 
 
 def test_deep_expressions_fall_back_below_a_nesting_depth() -> None:

@@ -17,9 +17,10 @@ names are bound in the function's namespace under generated names (`_k3`); only 
 identifier-shaped dictionary keys are written as Python literals, via repr() after checking their type. The
 namespace's builtins are limited to the handful the generated code uses.
 
-Only unmetered programs (cost proven within budget, see cost.py) on total activations (policy requests,
-which always hold every declared variable) are generated; metered ones keep the closures, which charge the
-budget per call.
+Programs on total activations (policy requests, which always hold every declared variable) are generated.
+A metered program (its cost not proven within budget, see cost.py) charges its budget exactly where its
+closures would: the budget is a local list, put into the activation only when a closure-compiled subtree
+(a comprehension, say) needs to charge it too.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import attrs
 
 from capengine.cel import ast, cost
 from capengine.cel.environment import DispatchTable, Impl, resolve_runtime
-from capengine.cel.standard import STANDARD
+from capengine.cel.standard import STANDARD, searcher
 from capengine.cel.types import TYPE_IDENTS
 from capengine.cel.values import Activation, CelError, CelType, Value, type_name
 
@@ -65,7 +66,7 @@ _STRING_METHODS = {"startsWith": "startswith", "endsWith": "endswith"}
 _PY_TYPES: dict[str, type] = {"string": str, "int": int, "double": float, "bool": bool, "bytes": bytes}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ATOM = re.compile(r"t[0-9]+|_[a-z]+[0-9]+|True|False|None|\(-?[0-9]+\)|[0-9]+")
-MAX_BLOCK_DEPTH = 8  # nested try/if levels in the generated source; deeper subtrees call their closure
+MAX_BLOCK_DEPTH = 16  # nested try/if levels in the generated source; deeper subtrees call their closure
 MAX_SOURCE_CHARS = 200_000  # bigger generated functions are not worth compiling: the closures serve
 
 
@@ -89,6 +90,7 @@ def _impl_templates() -> dict[int, str]:
 
 
 _TEMPLATES = _impl_templates()
+_MATCHES = frozenset(id(o.impl) for o in (*STANDARD.overloads("matches", True), *STANDARD.overloads("matches", False)))
 
 
 @attrs.frozen
@@ -160,7 +162,8 @@ class _Generator:
         self.fallbacks = 0
         self.namespace: dict[str, Any] = {
             "__builtins__": _BUILTINS, "_CelError": CelError, "_BudgetExceeded": cost.BudgetExceeded,
-            "_logic_error": _logic_error, "_not_error": _not_error, "_conditional_error": _conditional_error}
+            "_logic_error": _logic_error, "_not_error": _not_error, "_conditional_error": _conditional_error,
+            "_charge_call": cost.charge_call, "_BUDGET": cost.BUDGET, "_BUDGET_KEY": cost.BUDGET_KEY}
 
     # emission ------------------------------------------------------------------------------------------
 
@@ -321,16 +324,23 @@ class _Generator:
         arg_nodes = ((node.target,) if node.target is not None else ()) + node.args
         values = [self.temp(self.gen(x)) for x in arg_nodes]
         impl = self.compiler._static_impl(node, arg_nodes)
-        if impl is not None:
-            if self.compiler.metered and fn not in cost.FREE_FUNCTIONS:
-                raise _Unsupported
-            return self.call(impl, values)
-        table = self.env.dispatch_table(fn, node.target is not None)
-        if not table:
+        table = self.env.dispatch_table(fn, node.target is not None) if impl is None else []
+        if impl is None and not table:
             raise _Unsupported
+        if self.compiler.metered and fn not in cost.FREE_FUNCTIONS:
+            # compiler._metered_call / _dynamic_call: every argument evaluated, then the charge, then the call
+            self.emit(f"_charge_call(_m, {self.bind(fn)}, ({', '.join(values)},))")
+        if impl is not None:
+            return self.call(impl, values, arg_nodes)
         return self.dynamic_call(table, arg_nodes, values)
 
-    def call(self, impl: Impl, values: list[str]) -> str:
+    def call(self, impl: Impl, values: list[str], arg_nodes: tuple[ast.Node, ...]) -> str:
+        if id(impl) in _MATCHES and len(arg_nodes) == 2 and isinstance(arg_nodes[1], ast.Literal) \
+                and type(arg_nodes[1].value) is str:
+            try:  # standard._matches(s, p) is searcher(p)(s): RE2's matcher, looked up once, here
+                return f"{self.bind(searcher(arg_nodes[1].value), '_r')}({values[0]})"
+            except CelError:
+                pass
         template = _TEMPLATES.get(id(impl))
         if template is not None and template.count("{") == len(values):
             return template.format(*values)
@@ -353,8 +363,8 @@ class _Generator:
             tests = [f"type({v}) is {_PY_TYPES[k].__name__}" for v, k, n in zip(values, key, arg_nodes)
                      if not (isinstance(n, ast.Literal) and type(n.value) is _PY_TYPES[k])]
             if not tests:
-                return self.call(impl, values)
-            return f"({self.call(impl, values)} if {' and '.join(tests)} else {slow})"
+                return self.call(impl, values, arg_nodes)
+            return f"({self.call(impl, values, arg_nodes)} if {' and '.join(tests)} else {slow})"
         return slow
 
     def literal_comparison(self, node: ast.Call) -> str | None:
@@ -434,6 +444,9 @@ class _Generator:
         with self.block("try:"):
             result = self.gen(node)
             self.emit(f"return {result}")
+        if self.compiler.metered:  # Program.evaluate_closures' budget, outside its try as there
+            budget = ["_m = [_BUDGET]"] + (["a = {**a, _BUDGET_KEY: _m}"] if self.fallbacks else [])
+            self.lines[:0] = ["    " + line for line in budget]
         with self.block("except _CelError:"):
             self.emit("raise")
         with self.block("except RecursionError:"):
@@ -445,8 +458,8 @@ class _Generator:
 
 def generate(node: ast.Node, compiler: _Compiler) -> Generated | None:
     """The condition as one generated function with Program.evaluate's contract, or None where the closures
-    must serve (a metered or non-total program, or source Python will not compile)."""
-    if compiler.metered or not compiler.total or compiler.checked is None:
+    must serve (an unchecked or non-total program, or source Python will not compile)."""
+    if not compiler.total or compiler.checked is None:
         return None
     generator = _Generator(compiler)
     try:

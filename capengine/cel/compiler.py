@@ -27,7 +27,7 @@ from capengine.errors import CapengineError
 
 Fn = Callable[[Activation], Value]
 Scope = frozenset[str]
-BUDGET_KEY = "\0budget"  # not a CEL identifier: no expression can read or shadow it
+BUDGET_KEY = cost.BUDGET_KEY
 
 
 class CompileError(CapengineError):

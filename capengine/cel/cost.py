@@ -41,6 +41,8 @@ run-time budget of a metered evaluation."""
 
 REGEX_FACTOR = 4
 REGEX_FUNCTIONS = frozenset({"matches"})
+BUDGET_KEY = "\0budget"  # where a metered evaluation's budget rides in the activation: not a CEL identifier,
+# so no expression can read or shadow it
 FREE_FUNCTIONS = frozenset({"size", "type", "dyn"})
 _TEXT_SHIFT = 10  # one unit per KiB of string
 
