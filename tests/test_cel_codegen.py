@@ -310,6 +310,22 @@ def test_metered_programs_charge_the_same_budget(expr: str, args: dict[str, Any]
         assert got[0] == "value", got
 
 
+def test_inline_charges_meet_the_budget_exactly_where_the_closures_do() -> None:
+    """Around the exact size where three regex calls spend the budget, generated and closures agree."""
+    expr = " || ".join(f'args.s.matches("b{i}")' for i in range(3))
+    program, _ = compile_expression(expr, POLICY_DECLS, POLICY_ENVIRONMENT, total=True, costs=UNBOUNDED)
+    assert program is not None and program.generated is not None
+    boundary = (cost.BUDGET // 3) * (1 << cost.TEXT_SHIFT) // cost.REGEX_FACTOR - 2
+    seen = set()
+    for length in range(boundary - 1024, boundary + 1024, 97):
+        activation = {"path": "", "library": "", "operation": "", "extension": "",
+                      "args": MappingProxyType({"s": "a" * length})}
+        got, want = outcome(program, activation, True), outcome(program, activation, False)
+        assert got == want, length
+        seen.add(got[0])
+    assert seen == {"value", "error"}
+
+
 def test_deep_expressions_fall_back_below_a_nesting_depth() -> None:
     """Nested &&/|| would nest try blocks past what CPython compiles: deep subtrees call their closures."""
     source = " || ".join(f"(args.n == {i} && (args.s == 'x' || args.n / {i + 1} > 0))" for i in range(40))

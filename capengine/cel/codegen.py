@@ -163,7 +163,7 @@ class _Generator:
         self.namespace: dict[str, Any] = {
             "__builtins__": _BUILTINS, "_CelError": CelError, "_BudgetExceeded": cost.BudgetExceeded,
             "_logic_error": _logic_error, "_not_error": _not_error, "_conditional_error": _conditional_error,
-            "_charge_call": cost.charge_call, "_BUDGET": cost.BUDGET, "_BUDGET_KEY": cost.BUDGET_KEY}
+            "_charge_call": cost.charge_call, "_charge": cost.charge, "_BUDGET": cost.BUDGET, "_BUDGET_KEY": cost.BUDGET_KEY}
 
     # emission ------------------------------------------------------------------------------------------
 
@@ -329,10 +329,36 @@ class _Generator:
             raise _Unsupported
         if self.compiler.metered and fn not in cost.FREE_FUNCTIONS:
             # compiler._metered_call / _dynamic_call: every argument evaluated, then the charge, then the call
-            self.emit(f"_charge_call(_m, {self.bind(fn)}, ({', '.join(values)},))")
+            self.charge(fn, arg_nodes, values)
         if impl is not None:
             return self.call(impl, values, arg_nodes)
         return self.dynamic_call(table, arg_nodes, values)
+
+    def charge(self, fn: str, arg_nodes: tuple[ast.Node, ...], values: list[str]) -> None:
+        """cost.charge_call(meter, fn, values), computed inline when the arguments are strings (behind exact
+        type tests) or scalar literals: the same units, the same BudgetExceeded, a tenth of the time."""
+        general = f"_charge_call(_m, {self.bind(fn)}, ({', '.join(values)},))"
+        tests, lengths, known = [], [], 0
+        for node, value in zip(arg_nodes, values):
+            if isinstance(node, ast.Literal) and type(node.value) is str:
+                known += len(node.value)
+            elif isinstance(node, ast.Literal) and type(node.value) in (int, float, bool, type(None)):
+                continue
+            elif isinstance(node, ast.Literal):
+                self.emit(general)
+                return
+            else:
+                tests.append(f"type({value}) is str")
+                lengths.append(f"len({value})")
+        factor = cost.REGEX_FACTOR if fn in cost.REGEX_FUNCTIONS else 1
+        text = " + ".join([*lengths, str(known)])
+        with self.block(f"if {' and '.join(tests) or 'True'}:"):
+            self.emit(f"_m[0] -= 1 + (({factor} * ({text})) >> {cost.TEXT_SHIFT})")
+            with self.block("if _m[0] < 0:"):
+                self.emit("_charge(_m, 0)")  # spent: raises the budget error, as cost.charge would have
+        if tests:
+            with self.block("else:"):
+                self.emit(general)
 
     def call(self, impl: Impl, values: list[str], arg_nodes: tuple[ast.Node, ...]) -> str:
         if id(impl) in _MATCHES and len(arg_nodes) == 2 and isinstance(arg_nodes[1], ast.Literal) \

@@ -44,7 +44,7 @@ REGEX_FUNCTIONS = frozenset({"matches"})
 BUDGET_KEY = "\0budget"  # where a metered evaluation's budget rides in the activation: not a CEL identifier,
 # so no expression can read or shadow it
 FREE_FUNCTIONS = frozenset({"size", "type", "dyn"})
-_TEXT_SHIFT = 10  # one unit per KiB of string
+TEXT_SHIFT = 10  # one unit per KiB of string
 
 
 @attrs.frozen
@@ -78,7 +78,7 @@ def call_cost(function: str, args: Sequence[tuple[str, int]]) -> int:
         elif kind == "items" or (kind == "map" and function != "@in"):
             items += size
     factor = REGEX_FACTOR if function in REGEX_FUNCTIONS else 1
-    return 1 + ((factor * text) >> _TEXT_SHIFT) + items
+    return 1 + ((factor * text) >> TEXT_SHIFT) + items
 
 
 def value_kind(value: Value) -> tuple[str, int]:
