@@ -326,6 +326,22 @@ def test_inline_charges_meet_the_budget_exactly_where_the_closures_do() -> None:
     assert seen == {"value", "error"}
 
 
+def test_closure_and_generated_charges_share_one_budget() -> None:
+    """A loop (closure-compiled) spends nearly all the budget; the generated comparisons after it tip it over
+    at exactly the list length where the closures do."""
+    expr = 'args.l.all(x, true) && args.n < 5 && args.n <= 6 && args.s.startsWith("a") && args.s.endsWith("b")'
+    program, _ = compile_expression(expr, POLICY_DECLS, POLICY_ENVIRONMENT, total=True, costs=UNBOUNDED)
+    assert program is not None and program.generated is not None
+    seen = set()
+    for length in range(cost.BUDGET - 8, cost.BUDGET + 2):
+        activation = {"path": "", "library": "", "operation": "", "extension": "",
+                      "args": MappingProxyType({"l": [0] * length, "n": 1, "s": "ab"})}
+        got, want = outcome(program, activation, True), outcome(program, activation, False)
+        assert got == want, length
+        seen.add(got[0])
+    assert seen == {"value", "error"}
+
+
 def test_deep_expressions_fall_back_below_a_nesting_depth() -> None:
     """Nested &&/|| would nest try blocks past what CPython compiles: deep subtrees call their closures."""
     source = " || ".join(f"(args.n == {i} && (args.s == 'x' || args.n / {i + 1} > 0))" for i in range(40))

@@ -36,7 +36,7 @@ from capengine.cel import ast, cost
 from capengine.cel.environment import DispatchTable, Impl, resolve_runtime
 from capengine.cel.standard import STANDARD, searcher
 from capengine.cel.types import TYPE_IDENTS
-from capengine.cel.values import Activation, CelError, CelType, Value, type_name
+from capengine.cel.values import Activation, CelError, CelType, UInt, Value, type_name
 
 if TYPE_CHECKING:
     from capengine.cel.compiler import _Compiler
@@ -63,6 +63,9 @@ _GENERATED_FUNCTIONS = frozenset({
 })
 _COMPARISON_OPS = {"_==_": "==", "_!=_": "!=", "_<_": "<", "_<=_": "<=", "_>_": ">", "_>=_": ">="}
 _STRING_METHODS = {"startsWith": "startswith", "endsWith": "endswith"}
+# cost.value_kind: a str is text (its length counts), these are scalars (they count nothing)
+_CHARGE_TYPES = {"string": "str", "int": "int", "uint": "_UInt", "double": "float", "bool": "bool"}
+_SCALARS = (int, float, bool, type(None), UInt)
 _PY_TYPES: dict[str, type] = {"string": str, "int": int, "double": float, "bool": bool, "bytes": bytes}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ATOM = re.compile(r"t[0-9]+|_[a-z]+[0-9]+|True|False|None|\(-?[0-9]+\)|[0-9]+")
@@ -163,7 +166,7 @@ class _Generator:
         self.namespace: dict[str, Any] = {
             "__builtins__": _BUILTINS, "_CelError": CelError, "_BudgetExceeded": cost.BudgetExceeded,
             "_logic_error": _logic_error, "_not_error": _not_error, "_conditional_error": _conditional_error,
-            "_charge_call": cost.charge_call, "_charge": cost.charge, "_BUDGET": cost.BUDGET, "_BUDGET_KEY": cost.BUDGET_KEY}
+            "_charge_call": cost.charge_call, "_charge": cost.charge, "_UInt": UInt, "_BUDGET": cost.BUDGET, "_BUDGET_KEY": cost.BUDGET_KEY}
 
     # emission ------------------------------------------------------------------------------------------
 
@@ -335,30 +338,42 @@ class _Generator:
         return self.dynamic_call(table, arg_nodes, values)
 
     def charge(self, fn: str, arg_nodes: tuple[ast.Node, ...], values: list[str]) -> None:
-        """cost.charge_call(meter, fn, values), computed inline when the arguments are strings (behind exact
-        type tests) or scalar literals: the same units, the same BudgetExceeded, a tenth of the time."""
+        """cost.charge_call(meter, fn, values), computed inline when each argument is a literal or has the
+        type its static type (else a literal partner's) suggests, behind exact type tests: the same units, the
+        same BudgetExceeded, a tenth of the time. Other types take cost.charge_call itself."""
         general = f"_charge_call(_m, {self.bind(fn)}, ({', '.join(values)},))"
+        numeric = any(self.compiler.static_type(n).name in ("int", "uint", "double") for n in arg_nodes)
         tests, lengths, known = [], [], 0
         for node, value in zip(arg_nodes, values):
-            if isinstance(node, ast.Literal) and type(node.value) is str:
-                known += len(node.value)
-            elif isinstance(node, ast.Literal) and type(node.value) in (int, float, bool, type(None)):
+            if isinstance(node, ast.Literal):
+                if type(node.value) is str:
+                    known += len(node.value)
+                elif type(node.value) not in _SCALARS:
+                    self.emit(general)
+                    return
                 continue
-            elif isinstance(node, ast.Literal):
-                self.emit(general)
-                return
-            else:
-                tests.append(f"type({value}) is str")
+            name = self.compiler.static_type(node).name
+            kind = name if name in _CHARGE_TYPES else "int" if numeric else "string"
+            tests.append(f"type({value}) is {_CHARGE_TYPES[kind]}")
+            if kind == "string":
                 lengths.append(f"len({value})")
         factor = cost.REGEX_FACTOR if fn in cost.REGEX_FUNCTIONS else 1
-        text = " + ".join([*lengths, str(known)])
-        with self.block(f"if {' and '.join(tests) or 'True'}:"):
-            self.emit(f"_m[0] -= 1 + (({factor} * ({text})) >> {cost.TEXT_SHIFT})")
-            with self.block("if _m[0] < 0:"):
-                self.emit("_charge(_m, 0)")  # spent: raises the budget error, as cost.charge would have
-        if tests:
-            with self.block("else:"):
-                self.emit(general)
+        if lengths:
+            units = f"1 + (({factor} * ({' + '.join([*lengths, str(known)])})) >> {cost.TEXT_SHIFT})"
+        else:
+            units = str(1 + ((factor * known) >> cost.TEXT_SHIFT))
+        if not tests:
+            self.spend(units)
+            return
+        with self.block(f"if {' and '.join(tests)}:"):
+            self.spend(units)
+        with self.block("else:"):
+            self.emit(general)
+
+    def spend(self, units: str) -> None:
+        self.emit(f"_m[0] -= {units}")
+        with self.block("if _m[0] < 0:"):
+            self.emit("_charge(_m, 0)")  # spent: raises the budget error, as cost.charge would have
 
     def call(self, impl: Impl, values: list[str], arg_nodes: tuple[ast.Node, ...]) -> str:
         if id(impl) in _MATCHES and len(arg_nodes) == 2 and isinstance(arg_nodes[1], ast.Literal) \
