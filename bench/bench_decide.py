@@ -12,9 +12,10 @@ same condition hand-written as a Python lambda. Timings are per call, from batch
 Then mixed conditions on ONE (extension, operation), at 1,000 and 10,000 rules: allows cycling through
 indexable shapes (glob, under+matches, `has(args.length) && args.length == K`, library+under+offset) and
 unindexable ones the index must evaluate on every call (`path.matches(...)` alone, `args.offset > K ||
-path.endsWith(...)`, `args.length >= K && args.length < K + 3 && size(path) > 5`), plus denies on /dirK/private. Four ways, decisions
-asserted equal: indexed with generated conditions (what decide() does), indexed with closures only, and the plain
-scan of each. p50/p99 per decide over the requests (a middle rule's, the last rule's, no match, the deny).
+path.endsWith(...)`, `args.length >= K && args.length < K + 3 && size(path) > 5`), plus denies on
+/dirK/private. Four ways, decisions asserted equal: indexed with generated conditions (what decide() does),
+indexed with closures only, and the plain scan of each. p50/p99 per decide over the requests (a middle
+rule's, the last rule's, no match, the deny).
 
 Run: python bench/bench_decide.py [SIZES...]   (default 10 100 1000 10000; mixed: 1000 10000 unless sizes given)
 """
@@ -155,7 +156,7 @@ def mixed_text(n: int) -> str:
 
 
 def mixed(sizes: list[int]) -> None:
-    print(f"\nmixed conditions on one (extension, operation): p50/p99 us per decide")
+    print("\nmixed conditions on one (extension, operation): p50/p99 us per decide")
     print(f"{'rules':>6} {'indexed+generated':>20} {'indexed+closures':>20} {'plain+generated':>20} "
           f"{'plain+closures':>20} {'closures/generated':>19}")
     for n in sizes:

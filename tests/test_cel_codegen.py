@@ -20,7 +20,6 @@ from test_cel_differential import EXPRS
 from capengine.cel import ast, codegen, cost
 from capengine.cel.checker import check
 from capengine.cel.compiler import CostModel, Program, _Compiler, compile_expression
-from capengine.cel.environment import Environment
 from capengine.cel.standard import STANDARD
 from capengine.cel.types import BOOL, DYN, INT, STRING, Field, list_of, parse_decl, record_of
 from capengine.cel.values import CelError, UInt
@@ -103,11 +102,13 @@ def codegen_atoms() -> st.SearchStrategy[str]:
         st.builds(lambda f, items: f"args.{f} in [{items}]", FIELDS,
                   st.sampled_from(['"a", "b"', '1, 2', '"x", 1.0', '""'])),
         st.builds(lambda f: f"args.{f} in {{'k': 1, 'n': 2}}", FIELDS),
-        st.builds(lambda f, m, s: f"args.{f}.{m}({s})", FIELDS, st.sampled_from(["startsWith", "endsWith", "contains",
-                                                                                 "matches"]), lit),
-        st.builds(lambda f, n, op: f"args.{f} {op} {n} > 0", FIELDS, NUMBERS, st.sampled_from(["+", "-", "*", "/", "%"])),
+        st.builds(lambda f, m, s: f"args.{f}.{m}({s})", FIELDS,
+                  st.sampled_from(["startsWith", "endsWith", "contains", "matches"]), lit),
+        st.builds(lambda f, n, op: f"args.{f} {op} {n} > 0", FIELDS, NUMBERS,
+                  st.sampled_from(["+", "-", "*", "/", "%"])),
         st.builds(lambda f: f"size(args.{f}) > 1", FIELDS),
-        st.builds(lambda f, c: f"{c}(args.{f}) == {c}(1)", FIELDS, st.sampled_from(["int", "uint", "double", "string"])),
+        st.builds(lambda f, c: f"{c}(args.{f}) == {c}(1)", FIELDS,
+                  st.sampled_from(["int", "uint", "double", "string"])),
         st.builds(lambda f: f"has(args.{f})", FIELDS),
         st.builds(lambda f: f"!args.{f}", FIELDS),
         st.builds(lambda f: f"args.{f}", FIELDS),
@@ -131,7 +132,8 @@ CODEGEN_EXPRS = st.recursive(st.one_of(codegen_atoms(), EXPRS), lambda inner: st
 
 ARG_VALUES = st.one_of(st.integers(-3, 3), st.sampled_from([2**63 - 1, -(2**63), 2**64 - 1]),
                        st.builds(UInt, st.integers(0, 3)), st.floats(allow_nan=True), st.booleans(), st.none(),
-                       st.sampled_from(["", "a", "a\"b", "/photos", "1", "é"]), st.lists(st.integers(-1, 2), max_size=3),
+                       st.sampled_from(["", "a", "a\"b", "/photos", "1", "é"]),
+                       st.lists(st.integers(-1, 2), max_size=3),
                        st.dictionaries(st.sampled_from(["k", "n"]), st.integers(0, 2), max_size=2))
 ACTIVATIONS = st.fixed_dictionaries({
     "path": st.sampled_from(["", "/", "/photos", "/photos/a.jpg", "/photos2/b", "a\"b"]),
@@ -172,7 +174,8 @@ def test_the_policy_shapes_are_generated_without_fallbacks() -> None:
         assert program.generated is not None and program.evaluate is program.generated
 
 
-HOSTILE = ['"); __import__("os").system("touch PWNED") #', "\"\"\"\n__import__('os')\n'''", "\\x00\\n\\r\\\\", "\x00\n\r\\",
+HOSTILE = ['"); __import__("os").system("touch PWNED") #', "\"\"\"\n__import__('os')\n'''",
+           "\\x00\\n\\r\\\\", "\x00\n\r\\",
            "{__import__}", "' + __import__('os').getcwd() + '", "\\u2028\\ud7ff"]
 
 

@@ -166,7 +166,8 @@ class _Generator:
         self.namespace: dict[str, Any] = {
             "__builtins__": _BUILTINS, "_CelError": CelError, "_BudgetExceeded": cost.BudgetExceeded,
             "_logic_error": _logic_error, "_not_error": _not_error, "_conditional_error": _conditional_error,
-            "_charge_call": cost.charge_call, "_charge": cost.charge, "_UInt": UInt, "_BUDGET": cost.BUDGET, "_BUDGET_KEY": cost.BUDGET_KEY}
+            "_charge_call": cost.charge_call, "_charge": cost.charge, "_UInt": UInt, "_BUDGET": cost.BUDGET,
+            "_BUDGET_KEY": cost.BUDGET_KEY}
 
     # emission ------------------------------------------------------------------------------------------
 
@@ -391,8 +392,9 @@ class _Generator:
         """Run-time dispatch, with the overload for the commonest types (a string literal's partner is a
         string) decided here, behind exact type tests: the implementation dispatch would pick for them."""
         slow = f"{self.bind(_dispatcher(table), '_d')}({', '.join(values)})"
-        for key, _ in table:
-            if any(k not in _PY_TYPES for k in key) or len(key) != len(values):
+        for runtime_key, _ in table:
+            key = [k for k in runtime_key if k is not None and k in _PY_TYPES]
+            if len(key) != len(runtime_key) or len(key) != len(values):
                 continue
             if not all(self.compiler.static_type(n).name in ("dyn", k) for n, k in zip(arg_nodes, key)):
                 continue

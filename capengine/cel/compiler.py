@@ -132,7 +132,8 @@ def compile_expression(source: str, decls: dict[str, Type] | None, env: Environm
     except CompileError as exc:
         return None, [exc]
     return Program(source, checked.type if checked else DYN, fn, ast.referenced_fields(node, "args"),
-                   metered, estimate.cost if estimate else None, node, generated and generated.fn), []
+                   metered, estimate.cost if estimate else None, node,
+                   generated.fn if generated is not None else None), []
 
 
 def _const(value: Value) -> Fn:
