@@ -13,8 +13,8 @@ compiled by the closure compiler and called from the generated code. So generate
 only agree; the differential tests check it on generated expressions.
 
 Policy files are hostile input: no text from a policy is ever pasted into the generated source. Literals and
-names are bound in the function's namespace under generated names (`_k3`); only ints, bools, None and
-identifier-shaped dictionary keys are written as Python literals, via repr() after checking their type. The
+names are bound in the function's namespace under generated names (`_k3`); only bools, None, identifier-shaped
+dictionary keys and sizes computed here are written as Python literals, via repr() after checking their type. The
 namespace's builtins are limited to the handful the generated code uses.
 
 Programs on total activations (policy requests, which always hold every declared variable) are generated.
@@ -28,6 +28,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -163,6 +165,7 @@ class _Generator:
         self.depth = 1
         self.counter = 0
         self.fallbacks = 0
+        self.infallible_closures: dict[int, Fn | None] = {}
         self.namespace: dict[str, Any] = {
             "__builtins__": _BUILTINS, "_CelError": CelError, "_BudgetExceeded": cost.BudgetExceeded,
             "_logic_error": _logic_error, "_not_error": _not_error, "_conditional_error": _conditional_error,
@@ -194,10 +197,10 @@ class _Generator:
         return name
 
     def const(self, value: Value) -> str:
+        """True/False/None as themselves; every other literal by name, so that conditions of one shape share
+        one source text (and one compile(), see _compile) whatever their literals."""
         if value is None or type(value) is bool:
             return repr(value)
-        if type(value) is int:
-            return f"({value!r})"
         return self.bind(value)
 
     def key(self, text: str) -> str:
@@ -213,13 +216,20 @@ class _Generator:
         self.emit(f"{name} = {expr}")
         return name
 
+    def sure(self, node: ast.Node) -> Fn | None:
+        """compiler._infallible(node), asked once per node."""
+        key = id(node)
+        if key not in self.infallible_closures:
+            self.infallible_closures[key] = self.compiler._infallible(node, frozenset())
+        return self.infallible_closures[key]
+
     # nodes -----------------------------------------------------------------------------------------------
 
     def gen(self, node: ast.Node) -> str:
         """A Python expression for `node`, after emitting the statements it needs (at the current depth)."""
         if _KNOWN_FIELDS.get(type(node)) != frozenset(f.name for f in attrs.fields(type(node))):
             return self.fallback(node)
-        if self.compiler.total and self.compiler._infallible(node, frozenset()) is not None:
+        if self.compiler.total and self.sure(node) is not None:
             return self.infallible(node)
         if self.depth >= MAX_BLOCK_DEPTH:
             return self.fallback(node)
@@ -237,9 +247,8 @@ class _Generator:
 
     def infallible(self, node: ast.Node) -> str:
         """compiler._infallible as one Python expression (it cannot raise on a total activation)."""
-        compiler = self.compiler
         if _KNOWN_FIELDS.get(type(node)) != frozenset(f.name for f in attrs.fields(type(node))):
-            return f"{self.bind(compiler._infallible(node, frozenset()), '_s')}(a)"
+            return f"{self.bind(self.sure(node), '_s')}(a)"
         if isinstance(node, ast.Literal):
             return repr(bool(node.value))
         if isinstance(node, ast.Select):
@@ -263,7 +272,7 @@ class _Generator:
         if fn == "contains":
             return f"{self.bind(str.__contains__, '_m')}({subject}, {text})"
         # a specialised overload (matches, under, glob): its own function of the activation
-        return f"{self.bind(compiler._infallible(node, frozenset()), '_s')}(a)"
+        return f"{self.bind(self.sure(node), '_s')}(a)"
 
     def _Literal(self, node: ast.Literal) -> str:
         return self.const(node.value)
@@ -276,7 +285,8 @@ class _Generator:
         with self.block("try:"):
             self.emit(f"{out} = a[{self.key(name)}]")
         with self.block("except KeyError:"):
-            self.emit(f"raise _CelError({self.bind(f'no such attribute {name!r}')}) from None")
+            message = self.bind(f"no such attribute '{name}'")  # compiler._Ident's words
+            self.emit(f"raise _CelError({message}) from None")
         return out
 
     def _Select(self, node: ast.Select) -> str:
@@ -291,7 +301,8 @@ class _Generator:
         with self.block("try:"):
             self.emit(f"{out} = a[{self.key(variable)}][{self.key(node.field)}]")
         with self.block("except KeyError:"):
-            self.emit(f"raise _CelError({self.bind(f'no such key: {node.field!r}')}) from None")
+            message = self.bind(f"no such key: '{node.field}'")  # compiler._declared_map_field's words
+            self.emit(f"raise _CelError({message}) from None")
         return out
 
     def _CreateList(self, node: ast.CreateList) -> str:
@@ -315,7 +326,7 @@ class _Generator:
         if fn not in _GENERATED_FUNCTIONS:
             raise _Unsupported
         if fn in ("_&&_", "_||_"):
-            if self.compiler._infallible(node.args[0], frozenset()) is not None:
+            if self.sure(node.args[0]) is not None:
                 return self.short_circuit(node, fn == "_||_")
             return self.logical(node, fn == "_||_")
         if not self.compiler.metered:
@@ -499,6 +510,13 @@ class _Generator:
         return "def _cel_condition(a):\n" + "\n".join(self.lines) + "\n"
 
 
+@lru_cache(maxsize=4096)
+def _compile(source: str) -> CodeType:
+    """Policies at scale repeat a few shapes with different literals; literals live in the namespace, so the
+    source of one shape is one text, compiled once."""
+    return compile(source, "<cel condition>", "exec")
+
+
 def generate(node: ast.Node, compiler: _Compiler) -> Generated | None:
     """The condition as one generated function with Program.evaluate's contract, or None where the closures
     must serve (an unchecked or non-total program, or source Python will not compile)."""
@@ -509,7 +527,7 @@ def generate(node: ast.Node, compiler: _Compiler) -> Generated | None:
         source = generator.function(node)
         if len(source) > MAX_SOURCE_CHARS:
             return None
-        code = compile(source, "<cel condition>", "exec")
+        code = _compile(source)
     except (RecursionError, SyntaxError, MemoryError, ValueError):
         return None
     namespace = generator.namespace
