@@ -400,3 +400,16 @@ def test_bundled_policy_decisions_agree() -> None:
                 for args in ({}, {"kind": "ocr-text", "name": "sync.x", "length": 2**25}, {"kind": 3, "length": "x"})]
     for request in requests:
         assert generated.decide(request) == closures.decide(request)
+
+
+def test_a_source_python_refuses_leaves_the_closures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever goes wrong generating (Python refusing the source, say), the load succeeds on closures."""
+    def refuse(source: str) -> None:
+        raise SyntaxError("too many statically nested blocks")
+
+    monkeypatch.setattr(codegen, "_compile", refuse)
+    program, errors = compile_expression('path.under("/a") && args.n > 1', POLICY_DECLS, POLICY_ENVIRONMENT,
+                                         total=True, costs=POLICY_COSTS)
+    assert not errors and program is not None and program.generated is None
+    activation = {"path": "/a/b", "library": "", "operation": "", "extension": "", "args": {"n": 2}}
+    assert program.evaluate(activation) is True
