@@ -9,7 +9,15 @@ The same requests go to:
 Decisions must agree across all three (asserted). Also: one condition as a compiled program against the
 same condition hand-written as a Python lambda. Timings are per call, from batches; ratios are what count.
 
-Run: python bench/bench_decide.py [SIZES...]   (default 10 100 1000 10000)
+Then mixed conditions on ONE (extension, operation), at 1,000 and 10,000 rules: allows cycling through
+indexable shapes (glob, under+matches, `has(args.length) && args.length == K`, library+under+offset) and
+unindexable ones the index must evaluate on every call (`path.matches(...)` alone, `args.offset > K ||
+path.endsWith(...)`, `args.length >= K && args.length < K + 3 && size(path) > 5`), plus denies on
+/dirK/private. Four ways, decisions asserted equal: indexed with generated conditions (what decide() does),
+indexed with closures only, and the plain scan of each. p50/p99 per decide over the requests (a middle
+rule's, the last rule's, no match, the deny).
+
+Run: python bench/bench_decide.py [SIZES...]   (default 10 100 1000 10000; mixed: 1000 10000 unless sizes given)
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import cedarpy
 import celpy
 
@@ -122,6 +131,57 @@ def main() -> None:
         print(f"{n:>6} {p50:>10.2f} / {p99:<9.2f} {e50:>15.1f} {c50:>9.2f} / {c99:<8.2f} "
               f"{c50 / p50:>16.1f} {e50 / p50:>16.1f}")
     lambda_vs_compiled()
+    mixed(sizes if sys.argv[1:] else [1000, 10000])
+
+
+OP = "vdfs.read_file"
+
+
+def mixed_text(n: int) -> str:
+    shapes = [
+        'path.glob("/dir{k}/**/*.png")',
+        'path.under("/dir{k}") && path.matches("^/dir{k}/[a-z]+[.]jpg$")',
+        'has(args.length) && args.length == {k}',
+        'library == "' + LIB + '" && path.under("/dir{k}") && has(args.offset) && args.offset < 1000',
+        'path.matches("^/m{k}/[a-z]+[.]gif$")',  # unindexable from here on: evaluated on every call
+        'has(args.offset) && args.offset > {big} || path.endsWith("/x{k}.tmp")',
+        'has(args.length) && args.length >= {k} && args.length < {k} + 3 && size(path) > 5',
+    ]
+    rules = [f"    - {{id: deny-private{k}, effect: deny, operations: [{OP}], "
+             f"condition: 'path.under(\"/dir{k}/private\")'}}" for k in range(0, n, 50)]
+    rules += [f"    - {{id: r{k}, effect: allow, operations: [{OP}], "
+              f"condition: '{shapes[k % len(shapes)].format(k=k, big=10**9 + k)}'}}" for k in range(n)]
+    return ("apiVersion: capengine/v1\nkind: Policy\nmetadata: {name: mixed}\nspec:\n"
+            "  extensions: ['com.example.*']\n  rules:\n" + "\n".join(rules) + "\n")
+
+
+def mixed(sizes: list[int]) -> None:
+    print("\nmixed conditions on one (extension, operation): p50/p99 us per decide")
+    print(f"{'rules':>6} {'indexed+generated':>20} {'indexed+closures':>20} {'plain+generated':>20} "
+          f"{'plain+closures':>20} {'closures/generated':>19}")
+    for n in sizes:
+        loaded, findings = load_text("mixed.yaml", mixed_text(n))
+        assert not [f for f in findings if f.severity == "error"], findings[:3]
+        closures = {k: attrs.evolve(p, generated=None) for k, p in loaded.programs.items()}
+        assert all(p.generated is not None for p in loaded.programs.values())
+        sets = [PolicySet(loaded.policies, programs, "bench", index_threshold=threshold)
+                for threshold in (8, 1 << 30) for programs in (loaded.programs, closures)]
+        mid = n // 2 - n // 2 % 7 + 1  # an under+matches rule in the middle
+        last = max(k for k in range(n) if k % 7 == 4)  # the last path.matches rule (unindexed)
+        reqs = [Request.parse(EXT, OP, f"/dir{mid}/photo.jpg", LIB, {"offset": 10, "length": 5}),
+                Request.parse(EXT, OP, f"/m{last}/a.gif", LIB, {"offset": 10, "kind": "raw"}),
+                Request.parse(EXT, OP, "/elsewhere/photo.jpg", LIB, {"offset": 10, "length": -1, "kind": "x"}),
+                Request.parse(EXT, OP, "/dir0/private/x.png", LIB, {})]
+        decisions = [[s.decide(r) for r in reqs] for s in sets]
+        assert all(d == decisions[0] for d in decisions), "decisions differ"
+        assert [d.allowed for d in decisions[0]] == [True, True, False, False], decisions[0]
+        figures = []
+        for k, policy_set in enumerate(sets):
+            plain = k >= 2
+            rounds = max(2, 20_000 // n) if plain else 200
+            figures.append(percentiles(policy_set.decide, reqs, rounds=rounds, batch=2 if plain else 20))
+        cells = " ".join(f"{p50:>9.1f} / {p99:<8.1f}" for p50, p99 in figures)
+        print(f"{n:>6} {cells} {figures[1][0] / figures[0][0]:>10.2f} / {figures[3][0] / figures[2][0]:.2f}")
 
 
 def lambda_vs_compiled() -> None:

@@ -87,10 +87,12 @@ def reference(expr: str, activation: dict) -> tuple[str, object]:
 
 def ours(expr: str, activation: dict) -> tuple[str, object]:
     """The expression compiled as policies are (cost-estimated: proven-cheap shapes take the unmetered fast
-    paths) and, as a second opinion, metered at run time (the general closures); both must agree."""
+    paths, through one generated function, cel/codegen.py), the same through the closure compiler alone, and,
+    as a third opinion, metered at run time (the general closures); all must agree."""
     results = []
-    for costs in (POLICY_COSTS, None):
-        program, errors = compile_expression(expr, POLICY_DECLS, POLICY_ENVIRONMENT, total=True, costs=costs)
+    for costs, generate in ((POLICY_COSTS, True), (POLICY_COSTS, False), (None, True)):
+        program, errors = compile_expression(expr, POLICY_DECLS, POLICY_ENVIRONMENT, total=True, costs=costs,
+                                             generate=generate)
         if errors:
             results.append(("rejected", [getattr(e, "message", str(e)) for e in errors]))
             continue
@@ -98,7 +100,8 @@ def ours(expr: str, activation: dict) -> tuple[str, object]:
             results.append(("value", program.evaluate(activation)))
         except CelError:
             results.append(("error", None))
-    assert results[0] == results[1] or results[0][0] == "rejected", (expr, results)
+    assert results[0] == results[1], (expr, results)
+    assert results[0] == results[2] or results[0][0] == "rejected", (expr, results)
     return results[0]
 
 

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import attrs
 
-from capengine.cel import ast, cost, optionals
+from capengine.cel import ast, codegen, cost, optionals
 from capengine.cel.ast import qualified_name
 from capengine.cel.checker import CheckError, CheckResult, check
 from capengine.cel.environment import DispatchTable, Environment, Impl, resolve_runtime
@@ -38,7 +38,7 @@ from capengine.errors import CapengineError
 
 Fn = Callable[[Activation], Value]
 Scope = frozenset[str]
-BUDGET_KEY = "\0budget"  # not a CEL identifier: no expression can read or shadow it
+BUDGET_KEY = cost.BUDGET_KEY
 
 
 class CompileError(CapengineError):
@@ -61,8 +61,15 @@ class Program:
     metered: bool = False
     cost: int | None = None  # static worst-case estimate in cost units; None when not estimated
     node: ast.Node | None = attrs.field(default=None, eq=False, repr=False)  # the AST, for analyses and indexes
+    # codegen.py's function for the whole condition (same contract as evaluate_closures), preferred when set
+    generated: Fn | None = attrs.field(default=None, eq=False, repr=False)
+    evaluate: Fn = attrs.field(init=False, eq=False, repr=False)
+    """Evaluate against an activation: the generated function itself when there is one (no wrapper call)."""
 
-    def evaluate(self, activation: Activation) -> Value:
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "evaluate", self.generated or self.evaluate_closures)
+
+    def evaluate_closures(self, activation: Activation) -> Value:
         if self.metered:
             activation = {**activation, BUDGET_KEY: [cost.BUDGET]}
         try:
@@ -96,7 +103,7 @@ class CostModel:
 
 
 def compile_expression(source: str, decls: dict[str, Type] | None, env: Environment,
-                       total: bool = False, costs: CostModel | None = None
+                       total: bool = False, costs: CostModel | None = None, generate: bool = True
                        ) -> tuple[Program | None, list[CompileProblem]]:
     """Parse, check (unless decls is None) and compile against the functions of `env`. Returns (program,
     errors); errors carry positions.
@@ -107,6 +114,9 @@ def compile_expression(source: str, decls: dict[str, Type] | None, env: Environm
 
     `costs`: estimate the worst-case cost (needs `decls`); an expression over the limit is a CompileError.
     Without an estimate, or when it is unbounded, the program is metered at run time.
+
+    `generate`: evaluate through one generated Python function (codegen.py) where the program allows it;
+    False keeps the closures only (the differential tests compare the two).
 
     Errors are CelSyntaxError, cel_checker.CheckError or CompileError, all with a position in `source`.
     """
@@ -129,10 +139,12 @@ def compile_expression(source: str, decls: dict[str, Type] | None, env: Environm
     compiler = _Compiler(env, checked, total and checked is not None, metered)
     try:
         fn = compiler.compile(node, frozenset())
+        generated = codegen.generate(node, compiler) if generate else None
     except CompileError as exc:
         return None, [exc]
     return Program(source, checked.type if checked else DYN, fn, ast.referenced_fields(node, "args"),
-                   metered, estimate.cost if estimate else None, node), []
+                   metered, estimate.cost if estimate else None, node,
+                   generated.fn if generated is not None else None), []
 
 
 def _const(value: Value) -> Fn:

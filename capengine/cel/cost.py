@@ -41,11 +41,13 @@ run-time budget of a metered evaluation."""
 
 REGEX_FACTOR = 4
 REGEX_FUNCTIONS = frozenset({"matches"})
+BUDGET_KEY = "\0budget"  # where a metered evaluation's budget rides in the activation: not a CEL identifier,
+# so no expression can read or shadow it
 FREE_FUNCTIONS = frozenset({"size", "type", "dyn"})
 # The optionals extension: each call is O(1) (no copy, no scan); the bound of an optional is its value's.
 OPTIONAL_FUNCTIONS = frozenset({ast.OPT_SELECT, ast.OPT_INDEX, "optional.of", "optional.ofNonZeroValue",
                                 "optional.none", "value", "hasValue", "or", "orValue"})
-_TEXT_SHIFT = 10  # one unit per KiB of string
+TEXT_SHIFT = 10  # one unit per KiB of string
 
 
 @attrs.frozen
@@ -79,7 +81,7 @@ def call_cost(function: str, args: Sequence[tuple[str, int]]) -> int:
         elif kind == "items" or (kind == "map" and function != "@in"):
             items += size
     factor = REGEX_FACTOR if function in REGEX_FUNCTIONS else 1
-    return 1 + ((factor * text) >> _TEXT_SHIFT) + items
+    return 1 + ((factor * text) >> TEXT_SHIFT) + items
 
 
 def value_kind(value: Value) -> tuple[str, int]:
