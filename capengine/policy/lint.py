@@ -14,7 +14,7 @@ from capengine.cel import ast
 from capengine.cel.ast import Literal, parse
 from capengine.cel.checker import did_you_mean
 from capengine.cel.compiler import Program
-from capengine.policy import globs
+from capengine.policy import globs, review
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.model import Finding, Policy, Rule, TestSuite
@@ -71,6 +71,7 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
     selectors = _Selectors(ops if ops is not None else catalog.names(), catalog)
     findings.extend(_content_around_deny(policies, catalog, selectors, asts))
     findings.extend(_nfd_literals(policies, asts))
+    findings.extend(review.set_findings(policies, programs or {}))
     for policy in policies:
         if exts is not None:
             for i, pattern in enumerate(policy.extensions):
@@ -105,8 +106,8 @@ def _rule_findings(policy: Policy, rule: Rule, denies: list[tuple[Policy, Rule]]
             at = rule.operation_locations[i] if i < len(rule.operation_locations) else where
             out.append(Finding(at, "error", Code.UNKNOWN_OPERATION,
                                f"rule {rid}: operation pattern '{pattern}' matches no registered operation"
-                               f"{did_you_mean(pattern, names)}; see `capengine ops` (operations an embedding "
-                               "registers are declared with their schema directory)"))
+                               f"{did_you_mean(pattern, names) or _glob_hint(pattern)}; see `capengine ops` "
+                               "(operations an embedding registers are declared with their schema directory)"))
     if rule.effect == "allow" and denies:
         granted = selectors.ops(rule.operations, False)
         allowed = [op for op in names if op in granted]
@@ -118,6 +119,14 @@ def _rule_findings(policy: Policy, rule: Rule, denies: list[tuple[Policy, Rule]]
                                    f"{deny.qualified_id} covers all its operations and extensions"))
                 break
     return out
+
+
+def _glob_hint(pattern: str) -> str:
+    """Why a glob such as `*` or `vdfs*` matches nothing: `*` stays within one dot-separated segment."""
+    if "*" in pattern and "**" not in pattern:
+        return ("; '*' matches within one dot-separated segment, so it never crosses a '.': write 'vdfs.*' for "
+                "one namespace or list the operations ('**', every operation, also grants those registered later)")
+    return ""
 
 
 def _limit_findings(policy: Policy, names: list[str]) -> list[Finding]:
