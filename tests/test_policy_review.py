@@ -176,3 +176,19 @@ def test_the_bundled_policies_are_clean():
 
     outcome = run_check([bundled.policies()], operations=OPS, strict=True)
     assert [str(f) for f in outcome.findings if f.severity != "note"] == []
+
+
+@pytest.mark.parametrize("args, words", [("{lenght: 5}", "args.lenght is not an argument of vdfs.read_file"),
+                                         ("{length: '5'}", 'args.length is "5", but vdfs.read_file takes an integer'),
+                                         ("{length: true}", "takes an integer")])
+def test_a_test_case_whose_args_no_real_call_carries(tmp_path, args, words):
+    write(tmp_path, "p.yaml", policy_yaml("p", "- id: big\n  effect: deny\n  operations: [vdfs.read_file]\n"
+                                               "  condition: 'has(args.length) && args.length > 10'\n",
+                                          '["com.example.app"]'))
+    write(tmp_path, "t.test.yaml", "apiVersion: capengine/v1\nkind: PolicyTest\nmetadata: {name: t}\ncases:\n"
+          f"  - name: big read\n    request: {{extension: com.example.app, operation: vdfs.read_file, path: /a, "
+          f"args: {args}}}\n    expect: deny\n")
+    outcome = run_check([tmp_path], operations=OPS, strict=True)
+    (found,) = [f for f in outcome.findings if f.code == "test-invalid-args"]
+    assert (found.location.line, found.location.column) == (5, 5) and words in found.message
+    assert "t / big read" in found.message

@@ -42,6 +42,7 @@ class Code(StrEnum):
     CASE_MISMATCH = "case-mismatch"
     TEST_UNKNOWN_OPERATION = "test-unknown-operation"
     TEST_UNKNOWN_EXTENSION = "test-unknown-extension"
+    TEST_INVALID_ARGS = "test-invalid-args"
     TEST_FAILED = "test-failed"
     UNCOVERED_RULE = "uncovered-rule"
     UNUSED_RULE = "unused-rule"
@@ -97,6 +98,8 @@ _HELP = {
     Code.CASE_MISMATCH: "Two rules spell a directory with different letter case; paths are case-sensitive.",
     Code.TEST_UNKNOWN_OPERATION: "A policy test case calls an operation that is not registered: it tests nothing.",
     Code.TEST_UNKNOWN_EXTENSION: "A policy test case names an extension no policy applies to.",
+    Code.TEST_INVALID_ARGS: "A policy test case passes an argument the operation's schema does not take (or of "
+                            "the wrong type): no real call looks like it.",
     Code.TEST_FAILED: "A policy test case did not get the expected decision.",
     Code.UNCOVERED_RULE: "No policy test case was decided by this rule.",
     Code.UNUSED_RULE: "No case of the policy test suites is decided by this rule: it is untested, or dead.",
