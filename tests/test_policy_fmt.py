@@ -426,3 +426,37 @@ def test_the_repository_policies_are_canonical(tmp_path, capsys):
     shutil.copytree(bundled.policies(), d)
     assert main(["fmt", str(d)]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_hostile_edits_of_the_bundled_files_are_formatted_or_refused_cleanly():
+    """Comments at any indentation and line, blank lines, tabs, CRLF and trailing blanks: fmt either formats
+    (idempotent, same data, same comments: format_text checks all three) or refuses with a clear message, never
+    with an internal error or an exception."""
+    rng = random.Random(11)
+    sources = [p.read_text() for p in bundled_files()] + [COMMENTED]
+    formatted = 0
+    for i in range(80):
+        lines = rng.choice(sources).split("\n")
+        for _ in range(rng.randint(1, 6)):
+            k, r = rng.randrange(len(lines)), rng.random()
+            if r < .35 and lines[k].strip() and not lines[k].rstrip().endswith((">", "|")):
+                lines[k] += f"  # eol {i}"
+            elif r < .7:
+                note = f"# note {i} " + rng.choice(["", "x: y", "- z"])
+                lines.insert(k, " " * rng.choice([0, 2, 4, 6, 8, 10]) + note)
+            elif r < .8:
+                lines.insert(k, "")
+            elif r < .9:
+                lines[k] = lines[k].replace("  ", "\t", 1)
+            else:
+                lines[k] += rng.choice([" ", "\r"])
+        text = "\n".join(lines)
+        text = text.replace("\n", "\r\n") if rng.random() < .2 else text
+        try:
+            out = format_text(text)
+        except FormatError as exc:
+            assert "internal error" not in exc.message and exc.message.startswith("not valid YAML"), exc.message
+            continue
+        formatted += 1
+        assert data(out) == data(text) and format_text(out) == out
+    assert formatted > 40
