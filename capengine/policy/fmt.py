@@ -95,12 +95,13 @@ def _block_only(path: tuple, value: Any) -> bool:
 
 
 def _simple(value: Any) -> bool:
-    """A collection of scalars (or of such collections): a candidate for flow style."""
+    """Nothing a flow collection shows badly: text of several lines (escaped as `\\n` there) reads better as a
+    block scalar, so a collection holding one is written in block style."""
     if isinstance(value, dict):
         return all(_simple(v) for v in value.values())
     if isinstance(value, list):
         return all(_simple(v) for v in value)
-    return True
+    return not (isinstance(value, str) and "\n" in value)
 
 
 def _flow_width(value: Any) -> int:
@@ -164,7 +165,7 @@ class _Builder:
             out[key] = self.node(value[key], path + (key,), column + 2, column + len(key) + 2)
             carry = self._notes(out, key, path + (key,), column, carry)
         if carry:
-            self._foot(out, key, [" " * column + text for text in carry])
+            self.foot(out, key, [" " * column + text for text in carry])
         return out
 
     def _seq(self, value: list, path: tuple, column: int) -> CommentedSeq:
@@ -174,7 +175,7 @@ class _Builder:
             out.append(self.node(child, path + (i,), column + 2, column + 2))
             carry = self._notes(out, i, path + (i,), column, carry)
         if carry:
-            self._foot(out, len(out) - 1, [" " * column + text for text in carry])
+            self.foot(out, len(out) - 1, [" " * column + text for text in carry])
         return out
 
     def _notes(self, container: Any, key: Any, path: tuple, column: int, carry: list[str]) -> list[str]:
@@ -186,21 +187,18 @@ class _Builder:
         # one end-of-line comment per line: more (from a multi-line flow collection), or one on a block scalar's
         # header (`key: |  # note`, which ruamel cannot write back), go above the entry
         eol, above = (notes.eol[:1], notes.eol[1:]) if not block_scalar else ([], notes.eol)
-        if eol and isinstance(container, CommentedSeq) and isinstance(value, CommentedMap) and value \
-                and not value.fa.flow_style():
-            first = next(iter(value))  # `- {id: x}  # note` written as a block: the note follows `- id: x`
+        if isinstance(container, CommentedSeq) and isinstance(value, CommentedMap) and value \
+                and not value.fa.flow_style():  # a list item written `- id: x` over several lines
+            first = next(iter(value))
             slot = value.ca.items.setdefault(first, [None, None, None, None])
-            if slot[2] is None and not isinstance(value[first], CommentedMap | CommentedSeq):
-                slot[2] = CommentToken(" " + eol[0] + "\n", CommentMark(0))
-            else:
+            if slot[1]:  # a note above `- id: x` is the item's, not its first key's
+                above = [t.value.strip() for t in slot[1]] + above
+                slot[1] = None
+            if eol and slot[2] is None and not isinstance(value[first], CommentedMap | CommentedSeq):
+                slot[2] = CommentToken(" " + eol[0] + "\n", CommentMark(0))  # `- {id: x}  # note` -> `- id: x  # note`
+            elif eol:
                 above.append(eol[0])
             eol = []
-        if isinstance(container, CommentedSeq) and isinstance(value, CommentedMap) and value \
-                and not value.fa.flow_style():
-            first = value.ca.items.get(next(iter(value)))  # a note above `- id: x` is the item's, not the key's
-            if first and first[1]:
-                above = [t.value.strip() for t in first[1]] + above
-                first[1] = None
         head = carry + notes.head + above
         if head or eol:
             slot = container.ca.items.setdefault(key, [None, None, None, None])
@@ -211,7 +209,7 @@ class _Builder:
                                                                                     CommentMark(0))
         return notes.foot
 
-    def _foot(self, container: Any, key: Any, lines: list[str]) -> None:
+    def foot(self, container: Any, key: Any, lines: list[str]) -> None:
         """Foot lines go after the last line written for `container[key]`: the trailer of its last leaf."""
         while True:
             value = container[key]
@@ -276,7 +274,7 @@ def _dump(docs: list[Document], text: str) -> str:
             blank = [] if all(line.startswith(MODELINE) for line in head) else [CommentToken("\n", CommentMark(0))]
             root.ca.comment = [None, [CommentToken(line + "\n", CommentMark(0)) for line in head] + blank]
         if foot and isinstance(root, CommentedMap) and root and not root.fa.flow_style():
-            builder._foot(root, list(root)[-1], foot)
+            builder.foot(root, list(root)[-1], foot)
         built.append(root)
     out = io.StringIO()
     emitter = _yaml()
