@@ -109,6 +109,8 @@ def test_overlapping_path_tests_are_not_disjoint(tmp_path):
     ('operation == "vdfs.readfile"', '"vdfs.readfile"', "did you mean 'vdfs.read_file'?"),
     (f'library == "{LIB.upper()}"', f'"{LIB.upper()}"', f'write "{LIB}"'),
     ('library == "photos"', '"photos"', "UUID in lowercase"),
+    ('operation == "vdfs.*"', '"vdfs.*"', "compares text, not a glob"),
+    ('extension == "com.example.*"', '"com.example.*"', "compares text, not a glob"),
 ])
 def test_literals_the_rule_never_sees(tmp_path, condition, needle, words):
     found, lines = check(tmp_path, "allow", condition)

@@ -150,7 +150,12 @@ def _impossible_literals(conjuncts: list[ast.Node], context: RuleContext) -> Ite
         if found is None:
             continue
         var, text, pos = found
-        if var == "extension" and context.extensions \
+        if var in ("extension", "operation") and any(ch in text for ch in "*?"):
+            yield (Code.NEVER_MATCHES, f"{var} == {_q(text)} compares text, not a glob: it is never true (no "
+                   f"{var} name contains '{'*' if '*' in text else '?'}') and the rule never matches; "
+                   + ("narrow the policy's `extensions:` or use extension.startsWith(...)" if var == "extension"
+                      else "put the glob in the rule's `operations:`"), pos)
+        elif var == "extension" and context.extensions \
                 and not any(globs.glob_match(p, text) for p in context.extensions):
             yield (Code.NEVER_MATCHES, f"extension == {_q(text)} is never true here: the policy applies only to "
                    f"{', '.join(context.extensions)}{_suggest(text, context.extensions)}; the rule never matches",
