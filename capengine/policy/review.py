@@ -364,8 +364,8 @@ def _mixed_script(text: str) -> str | None:
 
 def set_findings(policies: list[Policy], programs: Mapping[str, Program]) -> list[Finding]:
     """`case-mismatch`: a path literal that differs only in letter case from one another rule uses."""
-    trees = {p.source: p.node for p in programs.values() if p.node is not None}
-    dirs: list[tuple[Rule, list[str]]] = []
+    trees = _Trees(programs)
+    dirs: list[tuple[Rule, tuple[str, ...]]] = []
     spellings: dict[str, dict[str, Rule]] = {}  # casefolded directory -> spelling -> first rule using it
     for policy in policies:
         for rule in policy.rules:
@@ -393,22 +393,59 @@ def set_findings(policies: list[Policy], programs: Mapping[str, Program]) -> lis
     return out
 
 
-def _rule_dirs(condition: str | None, trees: Mapping[str, ast.Node]) -> list[str]:
+_DIRS_KEPT = 65536
+_dirs: dict[str, tuple[str, ...]] = {}  # condition text -> the directories it tests, across runs (reloads)
+
+
+def _rule_dirs(condition: str | None, trees: Mapping[str, ast.Node]) -> tuple[str, ...]:
+    """The directories a condition tests by literal (under, glob's literal part, ==), remembered by text so a
+    reload re-derives only the edited files' (bounded like lint's facts)."""
     if condition is None:
-        return []
+        return ()
+    found = _dirs.get(condition)
+    if found is None:
+        if len(_dirs) >= _DIRS_KEPT:
+            _dirs.clear()
+        found = _dirs[condition] = _derive_dirs(condition, trees)
+    return found
+
+
+def _derive_dirs(condition: str, trees: Mapping[str, ast.Node]) -> tuple[str, ...]:
     root = trees.get(condition)
     if root is None:
         try:
             root = ast.parse(condition, POLICY_ENVIRONMENT.namespaced)
         except ast.CelSyntaxError:
-            return []
+            return ()
     found = []
     for node in _walk(root):
         region = _region(node)
         if region is not None:
             kind, literal, _ = region
             found.append(_glob_dir(literal) if kind == "glob" else literal)
-    return [d for d in dict.fromkeys(found) if d.startswith("/") and d != "/"]
+    return tuple(d for d in dict.fromkeys(found) if d.startswith("/") and d != "/")
+
+
+class _Trees(Mapping[str, ast.Node]):
+    """The compiled conditions' trees by source text, gathered only if some condition is not remembered yet."""
+
+    def __init__(self, programs: Mapping[str, Program]) -> None:
+        self._programs = programs
+        self._trees: dict[str, ast.Node] | None = None
+
+    def _all(self) -> dict[str, ast.Node]:
+        if self._trees is None:
+            self._trees = {p.source: p.node for p in self._programs.values() if p.node is not None}
+        return self._trees
+
+    def __getitem__(self, key: str) -> ast.Node:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 def _prefixes(directory: str) -> list[str]:
