@@ -574,46 +574,42 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 
 def _cmd_fmt(args: argparse.Namespace) -> int:
-    """Exit 0 formatted (or, with --check, already canonical), 1 --check found files to reformat, 2 a file
-    fmt refuses (invalid YAML, comments it would lose) or a missing path."""
-    from capengine.policy.fmt import FormatError, format_text
-    from capengine.policy.loader import discover
+    """Exit 0 formatted (or, with --check, already canonical), 1 --check found files to reformat (each shown as
+    a diff), 2 a file fmt refuses (invalid YAML, anchors, not a regular file, ...) or a missing path."""
+    import difflib
+    import signal
 
-    files, problems = discover(args.paths or [_default_policies()])
-    for problem in problems:
-        print(f"capengine fmt: {problem.location}: {problem.message}", file=sys.stderr)
-    code = EXIT_USAGE if problems else EXIT_OK
-    for path in files:
+    from capengine.policy import fmt_files
+    from capengine.policy.fmt import FormatError, format_text
+
+    if hasattr(signal, "SIGXFSZ"):  # a file size limit fails the write (and the original stays) instead of killing us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    code, changed = EXIT_OK, 0
+    for found in fmt_files.discover(args.paths or [_default_policies()]):
+        path = found.path
         try:
-            text = path.read_text(encoding="utf-8")
+            if found.problem:
+                raise fmt_files.FileProblem(found.problem)
+            text = fmt_files.read(path)
             formatted = format_text(text)
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"capengine fmt: {path}: cannot read: {exc}", file=sys.stderr)
-            code = EXIT_USAGE
-            continue
-        except FormatError as exc:
-            where = f"{path}:{exc.line}:{exc.column}" if exc.line else str(path)
+            if formatted == text:
+                continue
+            changed += 1
+            if args.check:
+                sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), formatted.splitlines(True),
+                                                           f"{path}", f"{path} (formatted)"))
+                code = max(code, EXIT_FINDINGS)
+                continue
+            fmt_files.replace(path, formatted)
+            print(f"formatted {path}")
+        except (FormatError, fmt_files.FileProblem) as exc:
+            column = getattr(exc, "column", 0)
+            where = f"{path}:{exc.line}:{column}" if exc.line and column else f"{path}:{exc.line}" if exc.line \
+                else str(path)
             print(f"capengine fmt: {where}: {exc.message}", file=sys.stderr)
             code = EXIT_USAGE
-            continue
-        if formatted == text:
-            continue
-        if args.check:
-            print(path)
-            code = max(code, EXIT_FINDINGS)
-            continue
-        target = path.resolve()  # a symlinked policy file stays a symlink; its target is rewritten
-        tmp = target.with_name(f".{target.name}.fmt-{os.getpid()}")
-        try:
-            tmp.write_text(formatted, encoding="utf-8")
-            os.chmod(tmp, target.stat().st_mode & 0o7777)
-            os.replace(tmp, target)  # atomic: a crash or a full disk leaves the old file, never half of one
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            print(f"capengine fmt: {path}: not rewritten: {exc}", file=sys.stderr)
-            code = EXIT_USAGE
-            continue
-        print(f"formatted {path}")
+    if args.check and changed:
+        print(f"capengine fmt: {changed} file(s) would be reformatted; run capengine fmt", file=sys.stderr)
     return code
 
 

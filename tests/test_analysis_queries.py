@@ -336,7 +336,7 @@ def _bundled_with_name_deny(tmp_path: Path) -> Path:
         (out / f.name).write_text(f.read_text())
     ocr = out / "photo-ocr.yaml"
     text = ocr.read_text()
-    selector = 'operations: ["class:reveals-content", "class:reveals-metadata"]'
+    selector = 'operations: [class:reveals-content, class:reveals-metadata]'
     assert text.count(selector) == 1
     ocr.write_text(text.replace(selector, 'operations: ["vdfs.read_file"]'))
     return out

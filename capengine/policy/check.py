@@ -54,7 +54,7 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
     findings.extend(lint.lint(load.policies, operations, exts, load.catalog, load.programs))
     policy_set = PolicySet.from_load(load)
     report = None
-    findings.extend(lint.test_findings(load.suites, load.policies, operations))
+    findings.extend(lint.test_findings(load.suites, load.policies, operations, load.catalog))
     decided: dict[str, list[Mapping[str, Any]]] = {}
     if run_tests and load.suites:
         report = policy_tests.run_suites(policy_set, load.suites)

@@ -34,8 +34,15 @@ class Code(StrEnum):
     UNGUARDED_OPTIONAL = "unguarded-optional"
     PATH_PREFIX = "path-prefix"
     UNKNOWN_LIMIT_OPERATION = "unknown-limit-operation"
+    UNANCHORED_REGEX = "unanchored-regex"
+    PATH_NOT_EQUAL = "path-not-equal"
+    CONSTANT_CONDITION = "constant-condition"
+    NON_CANONICAL_PATH = "non-canonical-path"
+    MIXED_SCRIPT = "mixed-script"
+    CASE_MISMATCH = "case-mismatch"
     TEST_UNKNOWN_OPERATION = "test-unknown-operation"
     TEST_UNKNOWN_EXTENSION = "test-unknown-extension"
+    TEST_INVALID_ARGS = "test-invalid-args"
     TEST_FAILED = "test-failed"
     UNCOVERED_RULE = "uncovered-rule"
     UNUSED_RULE = "unused-rule"
@@ -84,8 +91,16 @@ _HELP = {
                              "call lacking it.",
     Code.PATH_PREFIX: "A string prefix/suffix/substring test on path is not segment-aware; use under() or glob().",
     Code.UNKNOWN_LIMIT_OPERATION: "A rate limit names operations that match no registered operation.",
+    Code.UNANCHORED_REGEX: "An allow's regex over path or extension is not anchored: it matches more than it spells.",
+    Code.PATH_NOT_EQUAL: "path != \"x\" is a rule's only path test: it matches every other path (== meant?).",
+    Code.CONSTANT_CONDITION: "A condition is always true whatever the request (`|| true`, `size(x) >= 0`).",
+    Code.NON_CANONICAL_PATH: "A path literal no canonical request path can equal ('..', '//', trailing '/', relative).",
+    Code.MIXED_SCRIPT: "A literal mixes Latin letters with look-alikes from another script (a Cyrillic 'о').",
+    Code.CASE_MISMATCH: "Two rules spell a directory with different letter case; paths are case-sensitive.",
     Code.TEST_UNKNOWN_OPERATION: "A policy test case calls an operation that is not registered: it tests nothing.",
     Code.TEST_UNKNOWN_EXTENSION: "A policy test case names an extension no policy applies to.",
+    Code.TEST_INVALID_ARGS: "A policy test case passes an argument the operation's schema does not take (or of "
+                            "the wrong type): no real call looks like it.",
     Code.TEST_FAILED: "A policy test case did not get the expected decision.",
     Code.UNCOVERED_RULE: "No policy test case was decided by this rule.",
     Code.UNUSED_RULE: "No case of the policy test suites is decided by this rule: it is untested, or dead.",

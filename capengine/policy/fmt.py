@@ -1,27 +1,35 @@
-"""`capengine fmt`: one canonical YAML layout for policy and policy-test files (like `opa fmt`).
+"""`capengine fmt`: one canonical YAML layout for policy and policy-test files (like `opa fmt`), comments kept.
 
-The output is a function of the loaded data alone (keys in a fixed order, a fixed flow/block choice per
-position), so formatting is idempotent by construction and two files meaning the same thing are written the
-same. PyYAML drops comments, so a file with comments (other than the leading `# yaml-language-server` line,
-which is kept) is refused rather than silently stripped. Every result is loaded again and compared with the
-input's data before it is returned: a formatter bug refuses the file instead of changing what it means.
+The layout is a function of the loaded data and the comments alone: keys in a fixed order (known keys in schema
+order, others sorted), a fixed flow/block choice per position (short lists and maps of scalars in flow style when
+they fit on the line and hold no comment; rules, cases, spec in block style), one quoting style per kind of
+scalar (CEL conditions single-quoted, as CEL strings use double quotes), so formatting is idempotent and two files
+meaning the same thing are written the same. Comments are attached to the entry they annotate
+(`fmt_comments`) and written with it by ruamel.yaml's round-trip emitter.
+
+Three checks guard every result before it is returned, so a formatter bug refuses the file instead of harming it:
+the result loads to the same data (what the policies mean), holds the same comments, and formats to itself.
 """
 
 from __future__ import annotations
 
-import bisect
-import re
-from collections.abc import Iterable
+import io
+from collections import Counter
 from typing import Any
 
 import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import CommentMark
+from ruamel.yaml.resolver import VersionedResolver
+from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString, SingleQuotedScalarString
+from ruamel.yaml.tokens import CommentToken
 
 from capengine.errors import CapengineError
-from capengine.policy.yaml_source import YamlSourceError, load_documents
+from capengine.policy.fmt_comments import MODELINE, Attached, FastLoader, Notes, attach, comments
+from capengine.policy.yaml_source import Document, YamlSourceError, load_documents
 
-WIDTH = 100  # PyYAML breaks flow collections and long scalars past this column (where it can)
-_SHORT_LIST = 80  # a list of strings at most this long (as written) stays on one line
-_LANGUAGE_SERVER = re.compile(r"# yaml-language-server:[^\n]*\n?")
+WIDTH = 100  # lines are kept within this column where they can be: flow collections, quoted and folded text
 
 _TOP = ("apiVersion", "kind", "metadata", "spec", "cases")
 _METADATA = ("name", "description", "labels")
@@ -33,135 +41,208 @@ _REQUEST = ("extension", "operation", "path", "library", "args")
 
 
 class FormatError(CapengineError):
-    """A file fmt will not rewrite: its YAML does not load, or it holds comments fmt would lose."""
+    """A file fmt will not rewrite: its YAML does not load, or it holds what fmt cannot keep."""
 
     def __init__(self, message: str, line: int = 0, column: int = 0) -> None:
         super().__init__(message)
         self.message, self.line, self.column = message, line, column
 
 
-class _Flow(list):
-    """A list written in flow style: [a, b]."""
+class _Yaml11Resolver(VersionedResolver):
+    """The policy loader reads YAML 1.1 (PyYAML), where `yes`, `on` and `0777` are not strings; ruamel writes
+    YAML 1.2 by default and would leave such strings unquoted, changing what they load as."""
+
+    @property
+    def processing_version(self) -> Any:
+        return (1, 1)
 
 
-class _FlowMap(dict):
-    """A mapping written in flow style: {k: v}."""
+try:
+    from yaml import CSafeDumper as _FlowDumper
+except ImportError:  # pragma: no cover - pure-Python fallback when libyaml is missing
+    from yaml import SafeDumper as _FlowDumper  # type: ignore[assignment]
 
 
-class _Condition(str):
-    """A CEL condition: single-quoted when it fits one line (CEL strings use double quotes)."""
-
-    __slots__ = ()
-
-
-class _Dumper(yaml.SafeDumper):
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        """Block sequences indented under their key (`rules:` then `  - id: x`), as the bundled files and most
-        YAML style guides write them; PyYAML writes them flush with the key."""
-        super().increase_indent(flow, False)
-
-
-def _represent_flow(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
-
-
-def _represent_flow_map(dumper: yaml.SafeDumper, data: dict) -> yaml.Node:
-    return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=True)
-
-
-def _represent_condition(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-    style = "|" if "\n" in data else "'"  # PyYAML falls back to double quotes when a style cannot hold it
-    return dumper.represent_scalar("tag:yaml.org,2002:str", str(data), style=style)
-
-
-def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-    """Multi-line text (a description, a message) as a literal block, which shows its lines as they are."""
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
-
-
-def _represent_dict(dumper: yaml.SafeDumper, data: dict) -> yaml.Node:
-    return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=False)
-
-
-_Dumper.add_representer(_Flow, _represent_flow)
-_Dumper.add_representer(_FlowMap, _represent_flow_map)
-_Dumper.add_representer(_Condition, _represent_condition)
-_Dumper.add_representer(str, _represent_str)
-_Dumper.add_representer(dict, _represent_dict)  # keep the canonical key order (no sort)
-
-
-def _ordered(data: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
-    """Known keys in `order`, then any others (a schema error elsewhere) in their original order."""
-    out = {k: data[k] for k in order if k in data}
-    out.update((k, v) for k, v in data.items() if k not in out)
+def _yaml() -> YAML:
+    out = YAML(typ="rt", pure=True)
+    out.Resolver = _Yaml11Resolver
+    out.indent(mapping=2, sequence=4, offset=2)  # list items indented under their key, as the bundled files are
+    out.width = 10**6  # never wrapped by the emitter: fmt folds long text itself, at blanks, within WIDTH
+    out.allow_unicode = True
     return out
 
 
-def _strings(value: Any) -> Any:
-    """A list of strings short enough for one line as a flow list; anything else unchanged."""
-    if isinstance(value, list) and all(isinstance(v, str) for v in value) \
-            and sum(len(v) + 4 for v in value) <= _SHORT_LIST:
-        return _Flow(value)
-    return value
+def _order(keys: list[str], path: tuple) -> list[str]:
+    """Known keys in schema order, then the others (args, labels, schema errors) sorted."""
+    known = _known(path)
+    return [k for k in known if k in keys] + sorted(k for k in keys if k not in known)
 
 
-def _flow_all(value: Any) -> Any:
+def _known(path: tuple) -> tuple[str, ...]:
+    shape = tuple("#" if isinstance(p, int) else p for p in path)
+    return {(): _TOP, ("metadata",): _METADATA, ("spec",): _SPEC, ("spec", "rules", "#"): _RULE,
+            ("spec", "limits", "#"): _LIMIT, ("cases", "#"): _CASE, ("cases", "#", "request"): _REQUEST,
+            }.get(shape, ())
+
+
+def _block_only(path: tuple, value: Any) -> bool:
+    """Positions that are always block style: the document, spec, each rule and case and their lists."""
+    shape = tuple("#" if isinstance(p, int) else p for p in path)
+    if shape == ("metadata",):
+        return list(value) != ["name"]
+    return shape in {(), ("spec",), ("spec", "rules"), ("spec", "rules", "#"), ("spec", "limits"), ("cases",),
+                     ("cases", "#")}
+
+
+def _simple(value: Any) -> bool:
+    """Nothing a flow collection shows badly: text of several lines (escaped as `\\n` there) reads better as a
+    block scalar, so a collection holding one is written in block style."""
     if isinstance(value, dict):
-        return _FlowMap({k: _flow_all(v) for k, v in value.items()})
+        return all(_simple(v) for v in value.values())
     if isinstance(value, list):
-        return _Flow(_flow_all(v) for v in value)
-    return value
+        return all(_simple(v) for v in value)
+    return not (isinstance(value, str) and "\n" in value)
 
 
-def _rule(rule: Any) -> Any:
-    if not isinstance(rule, dict):
-        return rule
-    out = _ordered(rule, _RULE)
-    if "operations" in out:
-        out["operations"] = _strings(out["operations"])
-    if isinstance(out.get("condition"), str):
-        out["condition"] = _Condition(out["condition"])
+def _flow_width(value: Any) -> int:
+    """How long `value` is on one line in flow style (libyaml's quoting, close to ruamel's and much faster)."""
+    return len(yaml.dump(value, Dumper=_FlowDumper, default_flow_style=True, width=1 << 30,
+                         allow_unicode=True).rstrip("\n").removesuffix("\n..."))
+
+
+class _Builder:
+    """Builds the ruamel document for one loaded document: canonical order, styles and attached comments."""
+
+    def __init__(self, index: int, attached: Attached) -> None:
+        self.index, self.attached = index, attached
+
+    def node(self, value: Any, path: tuple, column: int, prefix: int) -> Any:
+        """`value` at `path`; `column` is where its keys or dashes go if it is block style, `prefix` how many
+        characters precede it on its line if it is flow style."""
+        if isinstance(value, dict | list):
+            if not value:
+                out: Any = CommentedMap() if isinstance(value, dict) else CommentedSeq()
+                out.fa.set_flow_style()
+                return out
+            if not _block_only(path, value) and _simple(value) and not self.attached.under((self.index, *path)) \
+                    and prefix + _flow_width(value) <= WIDTH:
+                return self._flow(value, path)
+            return self._map(value, path, column) if isinstance(value, dict) else self._seq(value, path, column)
+        if isinstance(value, str):
+            return self._string(value, path, column, prefix)
+        return value
+
+    def _flow(self, value: Any, path: tuple) -> Any:
+        out: CommentedMap | CommentedSeq
+        if isinstance(value, dict):
+            out = CommentedMap((k, self._flow(value[k], path + (k,))) for k in _order(list(value), path))
+        elif isinstance(value, list):
+            out = CommentedSeq(self._flow(v, path + (i,)) for i, v in enumerate(value))
+        else:
+            return value
+        out.fa.set_flow_style()
+        return out
+
+    def _string(self, value: str, path: tuple, column: int, prefix: int) -> Any:
+        """Conditions single-quoted (CEL strings use double quotes); text too long for its line folded at
+        blanks (`>`), which reads back as written; several lines as a literal block (`|`)."""
+        condition = len(path) == 4 and path[:2] == ("spec", "rules") and path[3] == "condition"
+        line = value[:-1] if value.endswith("\n") else value
+        if "\n" in line:
+            return LiteralScalarString(value)
+        if line == value and prefix + len(value) + value.count("'") + 2 <= WIDTH:
+            return SingleQuotedScalarString(value) if condition else value
+        if not _foldable(line):
+            return LiteralScalarString(value) if line != value else value
+        out = FoldedScalarString(value)
+        out.fold_pos = _folds(line, WIDTH - column)
+        return out
+
+    def _map(self, value: dict, path: tuple, column: int) -> CommentedMap:
+        out = CommentedMap()
+        carry: list[str] = []
+        for key in _order(list(value), path):
+            out[key] = self.node(value[key], path + (key,), column + 2, column + len(key) + 2)
+            carry = self._notes(out, key, path + (key,), column, carry)
+        if carry:
+            self.foot(out, key, [" " * column + text for text in carry])
+        return out
+
+    def _seq(self, value: list, path: tuple, column: int) -> CommentedSeq:
+        out = CommentedSeq()
+        carry: list[str] = []
+        for i, child in enumerate(value):
+            out.append(self.node(child, path + (i,), column + 2, column + 2))
+            carry = self._notes(out, i, path + (i,), column, carry)
+        if carry:
+            self.foot(out, len(out) - 1, [" " * column + text for text in carry])
+        return out
+
+    def _notes(self, container: Any, key: Any, path: tuple, column: int, carry: list[str]) -> list[str]:
+        """Write the comments of `container[key]`; returns its foot comments, which the caller writes after the
+        last entry (a foot of an entry that canonical order moves up heads the entry that now follows it)."""
+        notes = self.attached.notes.get((self.index, *path)) or Notes()
+        value = container[key]
+        block_scalar = isinstance(value, LiteralScalarString | FoldedScalarString)
+        # one end-of-line comment per line: more (from a multi-line flow collection), or one on a block scalar's
+        # header (`key: |  # note`, which ruamel cannot write back), go above the entry
+        eol, above = (notes.eol[:1], notes.eol[1:]) if not block_scalar else ([], notes.eol)
+        if isinstance(container, CommentedSeq) and isinstance(value, CommentedMap) and value \
+                and not value.fa.flow_style():  # a list item written `- id: x` over several lines
+            first = next(iter(value))
+            slot = value.ca.items.setdefault(first, [None, None, None, None])
+            if slot[1]:  # a note above `- id: x` is the item's, not its first key's
+                above = [t.value.strip() for t in slot[1]] + above
+                slot[1] = None
+            if eol and slot[2] is None and not isinstance(value[first], CommentedMap | CommentedSeq):
+                slot[2] = CommentToken(" " + eol[0] + "\n", CommentMark(0))  # `- {id: x}  # note` -> `- id: x  # note`
+            elif eol:
+                above.append(eol[0])
+            eol = []
+        head = carry + notes.head + above
+        if head or eol:
+            slot = container.ca.items.setdefault(key, [None, None, None, None])
+            if head:
+                slot[1] = [CommentToken(text + "\n", CommentMark(column)) for text in head]
+            if eol:
+                slot[0 if isinstance(container, CommentedSeq) else 2] = CommentToken(" " + eol[0] + "\n",
+                                                                                    CommentMark(0))
+        return notes.foot
+
+    def foot(self, container: Any, key: Any, lines: list[str]) -> None:
+        """Foot lines go after the last line written for `container[key]`: the trailer of its last leaf."""
+        while True:
+            value = container[key]
+            if not isinstance(value, CommentedMap | CommentedSeq) or value.fa.flow_style() or not value:
+                break
+            container, key = value, (list(value)[-1] if isinstance(value, CommentedMap) else len(value) - 1)
+        slot = container.ca.items.setdefault(key, [None, None, None, None])
+        index = 0 if isinstance(container, CommentedSeq) else 2
+        block_scalar = isinstance(container[key], LiteralScalarString | FoldedScalarString)
+        current = slot[index].value if slot[index] is not None else ("" if block_scalar else "\n")
+        slot[index] = CommentToken(current + "".join(line + "\n" for line in lines), CommentMark(0))
+
+
+def _folds(text: str, width: int) -> list[int]:
+    """Where to break `text` (indices of blanks) so that each line is at most `width` long where it can be."""
+    out, start, last = [], 0, -1
+    for i, ch in enumerate(text):
+        if ch == " ":
+            if i - start > width and last > start:
+                out.append(last)
+                start = last + 1
+            last = i
+    if len(text) - start > width and last > start:
+        out.append(last)
     return out
 
 
-def _limit(limit: Any) -> Any:
-    return _flow_all(_ordered(limit, _LIMIT)) if isinstance(limit, dict) else limit
+def _foldable(text: str) -> bool:
+    """Text a folded block (`>`) reads back exactly: one line, no tab, single spaces, no blank at either end."""
+    return bool(text) and "\t" not in text and "  " not in text and text == text.strip() and text.isprintable()
 
 
-def _case(case: Any) -> Any:
-    if not isinstance(case, dict):
-        return case
-    out = _ordered(case, _CASE)
-    if isinstance(out.get("request"), dict):
-        out["request"] = _flow_all(_ordered(out["request"], _REQUEST))
-    return out
-
-
-def canonical(doc: Any) -> Any:
-    """The document with its keys in canonical order and each collection marked flow or block."""
-    if not isinstance(doc, dict):
-        return doc
-    out = _ordered(doc, _TOP)
-    metadata = out.get("metadata")
-    if isinstance(metadata, dict):
-        metadata = _ordered(metadata, _METADATA)
-        out["metadata"] = _FlowMap(metadata) if list(metadata) == ["name"] else metadata
-    spec = out.get("spec")
-    if isinstance(spec, dict):
-        spec = _ordered(spec, _SPEC)
-        if "extensions" in spec:
-            spec["extensions"] = _strings(spec["extensions"])
-        if isinstance(spec.get("rules"), list):
-            spec["rules"] = [_rule(r) for r in spec["rules"]]
-        if isinstance(spec.get("limits"), list):
-            spec["limits"] = [_limit(lim) for lim in spec["limits"]]
-        out["spec"] = spec
-    if isinstance(out.get("cases"), list):
-        out["cases"] = [_case(c) for c in out["cases"]]
-    return out
-
-
-def _load(text: str) -> list[Any]:
+def _load(text: str) -> list[Document]:
     try:
         docs = list(load_documents(text))
     except YamlSourceError as exc:
@@ -171,44 +252,53 @@ def _load(text: str) -> list[Any]:
         if doc.duplicates:
             key, line, column = doc.duplicates[0]
             raise FormatError(f"duplicate key '{key}': fmt would have to drop one; fix it first", line, column)
-    return [doc.data for doc in docs]
+        if not isinstance(doc.data, dict):
+            raise FormatError("a policy or policy-test document is a mapping (apiVersion, kind, ...); this one "
+                              f"is a {type(doc.data).__name__}", *doc.position(()))
+    for token in yaml.scan(text, Loader=FastLoader):
+        if isinstance(token, yaml.AnchorToken | yaml.AliasToken):
+            raise FormatError(f"anchors and aliases (&{token.value}, *{token.value}) are not kept by fmt; write "
+                              "the value out where it is used", token.start_mark.line + 1,
+                              token.start_mark.column + 1)
+    return docs
 
 
-def _comments(text: str) -> Iterable[tuple[int, int]]:
-    """(line, column) of every comment: a '#' outside every scalar token, at a line start or after a blank."""
-    spans = sorted((t.start_mark.index, t.end_mark.index) for t in yaml.scan(text, Loader=yaml.SafeLoader)
-                   if isinstance(t, yaml.ScalarToken))
-    starts = [s for s, _ in spans]
-    for match in re.finditer(r"(?:^|(?<=[ \t]))#", text, re.MULTILINE):
-        i = match.start()
-        k = bisect.bisect_right(starts, i) - 1
-        if k >= 0 and spans[k][0] <= i < spans[k][1]:
-            continue
-        line = text.count("\n", 0, i)
-        yield line + 1, i - (text.rfind("\n", 0, i) + 1) + 1
+def _dump(docs: list[Document], text: str) -> str:
+    attached = attach(text, docs)
+    built = []
+    for i, doc in enumerate(docs):
+        builder = _Builder(i, attached)
+        root = builder.node(doc.data, (), 0, 0)
+        head, foot = attached.doc_head.get(i), attached.doc_foot.get(i)
+        if head:  # a blank line keeps a file header apart from the first entry's own note
+            blank = [] if all(line.startswith(MODELINE) for line in head) else [CommentToken("\n", CommentMark(0))]
+            root.ca.comment = [None, [CommentToken(line + "\n", CommentMark(0)) for line in head] + blank]
+        if foot and isinstance(root, CommentedMap) and root and not root.fa.flow_style():
+            builder.foot(root, list(root)[-1], foot)
+        built.append(root)
+    out = io.StringIO()
+    emitter = _yaml()
+    emitter.explicit_start = len(built) > 1
+    emitter.dump_all(built, out)
+    return out.getvalue()
 
 
 def format_text(text: str) -> str:
     """The canonical form of one policy or policy-test file; FormatError when it cannot be formatted safely."""
-    data = _load(text)
-    header = ""
-    match = _LANGUAGE_SERVER.match(text)
-    if match:
-        header = match.group(0).rstrip("\n") + "\n"
-    for line, column in _comments(text):
-        if match and line == 1:
-            continue
-        raise FormatError("the file has comments, which fmt cannot keep (PyYAML drops them); it is left as it is "
-                          "— move the note into a description or message field, or do not format this file",
-                          line, column)
-    if not data:
-        raise FormatError("the file holds no YAML document")
-    result = header + _dump(data)
-    if _load(result) != data:  # a formatter bug must never change what a policy means
-        raise FormatError("internal error: the formatted text would not load to the same data; file left as it is")
+    result = _format(text)
+    if _format(result) != result:
+        raise FormatError("internal error: fmt would format its own output differently; file left as it is")
     return result
 
 
-def _dump(docs: list[Any]) -> str:
-    return yaml.dump_all([canonical(d) for d in docs], Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                         width=WIDTH, explicit_start=len(docs) > 1, default_flow_style=False, indent=2)
+def _format(text: str) -> str:
+    docs = _load(text)
+    if not docs:
+        raise FormatError("the file holds no YAML document")
+    result = _dump(docs, text)
+    if [d.data for d in _load(result)] != [d.data for d in docs]:  # a formatter bug never changes what it means
+        raise FormatError("internal error: the formatted text would not load to the same data; file left as it is")
+    if Counter(c.text for c in comments(result)) != Counter(c.text for c in comments(text)):
+        raise FormatError("internal error: the formatted text would lose or repeat a comment; file left as it is")
+    return result
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import unicodedata
 from collections import OrderedDict
@@ -14,7 +15,7 @@ from capengine.cel import ast
 from capengine.cel.ast import Literal, parse
 from capengine.cel.checker import did_you_mean
 from capengine.cel.compiler import Program
-from capengine.policy import globs
+from capengine.policy import globs, review
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.model import Finding, Policy, Rule, TestSuite
@@ -71,6 +72,7 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
     selectors = _Selectors(ops if ops is not None else catalog.names(), catalog)
     findings.extend(_content_around_deny(policies, catalog, selectors, asts))
     findings.extend(_nfd_literals(policies, asts))
+    findings.extend(review.set_findings(policies, programs or {}))
     for policy in policies:
         if exts is not None:
             for i, pattern in enumerate(policy.extensions):
@@ -105,8 +107,8 @@ def _rule_findings(policy: Policy, rule: Rule, denies: list[tuple[Policy, Rule]]
             at = rule.operation_locations[i] if i < len(rule.operation_locations) else where
             out.append(Finding(at, "error", Code.UNKNOWN_OPERATION,
                                f"rule {rid}: operation pattern '{pattern}' matches no registered operation"
-                               f"{did_you_mean(pattern, names)}; see `capengine ops` (operations an embedding "
-                               "registers are declared with their schema directory)"))
+                               f"{did_you_mean(pattern, names) or _glob_hint(pattern)}; see `capengine ops` "
+                               "(operations an embedding registers are declared with their schema directory)"))
     if rule.effect == "allow" and denies:
         granted = selectors.ops(rule.operations, False)
         allowed = [op for op in names if op in granted]
@@ -118,6 +120,14 @@ def _rule_findings(policy: Policy, rule: Rule, denies: list[tuple[Policy, Rule]]
                                    f"{deny.qualified_id} covers all its operations and extensions"))
                 break
     return out
+
+
+def _glob_hint(pattern: str) -> str:
+    """Why a glob such as `*` or `vdfs*` matches nothing: `*` stays within one dot-separated segment."""
+    if "*" in pattern and "**" not in pattern:
+        return ("; '*' matches within one dot-separated segment, so it never crosses a '.': write 'vdfs.*' for "
+                "one namespace or list the operations ('**', every operation, also grants those registered later)")
+    return ""
 
 
 def _limit_findings(policy: Policy, names: list[str]) -> list[Finding]:
@@ -305,10 +315,12 @@ def _nfd_literals(policies: list[Policy], asts: _Asts) -> list[Finding]:
     return out
 
 
-def test_findings(suites: list[TestSuite], policies: list[Policy], ops: list[str]) -> list[Finding]:
+def test_findings(suites: list[TestSuite], policies: list[Policy], ops: list[str],
+                  catalog: Catalog | None = None) -> list[Finding]:
     """Test cases that cannot test what they claim: an operation nothing registers (`vdfs.stats` with
-    `expect: deny` passes by default deny), an extension no policy applies to."""
-    out = []
+    `expect: deny` passes by default deny), an extension no policy applies to, an argument the operation's
+    schema does not have (`args: {lenght: 5}`: the deny on `length` is never exercised)."""
+    out = _test_args(suites, catalog) if catalog is not None else []
     literal = {p for pol in policies for p in pol.extensions if globs.is_literal(p)}
     wild = sorted({p for pol in policies for p in pol.extensions if not globs.is_literal(p)})
     for suite in suites:
@@ -323,6 +335,39 @@ def test_findings(suites: list[TestSuite], policies: list[Policy], ops: list[str
                 out.append(Finding(case.location, "warning", Code.TEST_UNKNOWN_EXTENSION,
                                    f"{suite.name} / {case.name}: no policy applies to extension '{ext}'"
                                    f"{did_you_mean(ext, exts)}; the case tests only the default deny"))
+    return out
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
+                                            "boolean": (bool,), "array": (list,), "object": (dict,)}
+
+
+def _test_args(suites: list[TestSuite], catalog: Catalog) -> list[Finding]:
+    out = []
+    for suite in suites:
+        for case in suite.cases:
+            op, args = case.request.get("operation"), case.request.get("args")
+            info = catalog.get(op) if isinstance(op, str) else None
+            props = info.schema.get("properties") if info is not None else None
+            if not isinstance(args, dict) or not isinstance(props, dict):
+                continue
+            closed = info is not None and info.schema.get("additionalProperties") is False
+            for name, value in args.items():
+                spec = props.get(name)
+                if spec is None and closed:
+                    problem = (f"args.{name} is not an argument of {op} (arguments: {', '.join(sorted(props))})"
+                               f"{did_you_mean(name, props)}")
+                elif isinstance(spec, dict) and isinstance(spec.get("type"), str) and spec["type"] in _JSON_TYPES \
+                        and (not isinstance(value, _JSON_TYPES[spec["type"]])
+                             or isinstance(value, bool) and spec["type"] != "boolean"):
+                    kind = spec["type"]
+                    problem = (f"args.{name} is {json.dumps(value, default=str, ensure_ascii=False)}, but {op} "
+                               f"takes {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
+                else:
+                    continue
+                out.append(Finding(case.location, "warning", Code.TEST_INVALID_ARGS,
+                                   f"{suite.name} / {case.name}: {problem}; no real call carries it (the operation's "
+                                   "schema rejects it), so the case does not test the rules that read it"))
     return out
 
 

@@ -28,7 +28,7 @@ from capengine.cel import compiler as cel_compiler
 from capengine.cel.checker import did_you_mean
 from capengine.cel.cost import Bound
 from capengine.cel.types import DYN, STRING, Type, map_of
-from capengine.policy import arg_types, globs, operations, paths
+from capengine.policy import arg_types, globs, operations, paths, review
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.model import Finding, Limit, Location, Policy, Rule, Severity, TestCase, TestSuite
@@ -250,8 +250,12 @@ class _DocumentLoader:
             condition = _get(raw, "condition", str)
             if condition:
                 selectors = [s for s in _get(raw, "operations", list) if isinstance(s, str)]
-                program = self._compile(condition, where + ("condition",), self._args_record(selectors),
-                                        _get(raw, "effect", str) == "deny")
+                deny = _get(raw, "effect", str) == "deny"
+                context = review.RuleContext(deny, tuple(op for op in self.catalog.names() if any(
+                    operations.selector_matches(s, op, deny, self.catalog) for s in selectors)),
+                    tuple(e for e in _get(spec, "extensions", list) if isinstance(e, str)))
+                program = self._compile(condition, where + ("condition",), self._args_record(selectors), deny,
+                                        context)
                 ok &= program is not None
                 if program is not None and rid:
                     programs[f"{name}/{rid}"] = program
@@ -314,7 +318,7 @@ class _DocumentLoader:
         return arg_types.args_type(matched)
 
     def _compile(self, source: str, json_path: JsonPath, record: Type | None = None,
-                 deny: bool = False) -> cel_compiler.Program | None:
+                 deny: bool = False, context: review.RuleContext | None = None) -> cel_compiler.Program | None:
         decls = POLICY_DECLS if record is None else {**POLICY_DECLS, "args": record}
         program, errors = cel_compiler.compile_expression(source, decls, POLICY_ENVIRONMENT, total=True,
                                                           costs=POLICY_COSTS)
@@ -334,6 +338,9 @@ class _DocumentLoader:
         for message, pos in arg_types.prefix_tests(tree):
             line, column = self._expression_position(node, pos)
             self.findings.append(Finding(Location(self.path, line, column), "warning", Code.PATH_PREFIX, message))
+        for code, message, pos in review.condition_findings(tree, context) if context is not None else ():
+            line, column = self._expression_position(node, pos)
+            self.findings.append(Finding(Location(self.path, line, column), "warning", code, message))
         if deny and record is not None:
             for field, pos in arg_types.unguarded_optional_reads(tree, record):
                 line, column = self._expression_position(node, pos)
