@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 
 from capengine.daemon.config import DaemonError
-from capengine.daemon.policy_source import Settled, UnsettledError, fingerprint, losses, read_settled
+from capengine.daemon.policy_source import Settled, TreeReader, UnsettledError, fingerprint, losses, read_settled
 from capengine.policy.engine import PolicySet
 
 log = logging.getLogger("capengine.daemon.reload")
@@ -42,8 +42,9 @@ class PolicyManager:
         self.directory, self.operations, self._swap, self.settle = directory, operations, swap, settle
         self._counted = counted or (lambda ok: None)
         self._seen = fingerprint(directory)  # before reading: a change made during start is not missed
+        self._reader = TreeReader()
         try:
-            settled = read_settled(directory, operations, settle)
+            settled = read_settled(directory, operations, settle, reader=self._reader)
         except (OSError, UnsettledError) as exc:
             raise DaemonError(f"refusing to start: cannot read the policies: {exc}") from None
         errors = _errors(settled)
@@ -108,7 +109,7 @@ class PolicyManager:
     def reload_now(self, accept_removals: bool = False) -> dict:
         """Check off to the side; swap only a clean set that loses nothing unannounced. Never raises."""
         try:
-            settled = read_settled(self.directory, self.operations, self.settle)
+            settled = read_settled(self.directory, self.operations, self.settle, reader=self._reader)
             errors = _errors(settled)
             if not errors and not accept_removals and settled.root == self.good.root:
                 errors = [f"{loss}; if that is meant, reload with accept_removals"

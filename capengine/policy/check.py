@@ -18,7 +18,7 @@ from capengine.policy import lint, overlap
 from capengine.policy import suites as policy_tests
 from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
-from capengine.policy.loader import LoadResult, load_paths
+from capengine.policy.loader import LoadResult, load_contents, load_paths
 from capengine.policy.model import Finding, Location, Rule
 
 
@@ -41,12 +41,13 @@ class CheckOutcome:
 def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
               operations: Iterable[str] | None = None, extensions_dir: str | Path | None = None,
               coverage: bool = False, min_coverage: float | None = None, run_tests: bool = True,
-              schema_dirs: Iterable[str | Path] = ()) -> CheckOutcome:
+              schema_dirs: Iterable[str | Path] = (), contents: Mapping[str, bytes] | None = None) -> CheckOutcome:
     """`schema_dirs`: operation schemas an embedding registers besides the built-in ones (see loader).
     `operations`: names registered besides those the schemas declare; by default exactly the schemas' (the
-    built-in catalogue), so a misspelled operation is an error here as in `capengine check`."""
+    built-in catalogue), so a misspelled operation is an error here as in `capengine check`. `contents`: the
+    files under `paths` already read (path -> bytes, in walk order): loaded instead of reading the disk again."""
     paths = _path_list(paths)
-    load = load_paths(paths, schema_dirs)
+    load = load_paths(paths, schema_dirs) if contents is None else load_contents(contents, schema_dirs)
     # operations declared by the built-in and extra schema directories count as registered
     operations = sorted(set(operations or ()) | set(load.catalog.names()))
     findings = list(load.findings)

@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -57,6 +57,7 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 class LoadedFile:
     path: str
     text: str
+    digest: bytes = b""  # sha256 of the text (UTF-8): the file's part of the revision, computed once per version
     policies: list[Policy] = attrs.field(factory=list)
     suites: list[TestSuite] = attrs.field(factory=list)
     programs: dict[str, cel_compiler.Program] = attrs.field(factory=dict)  # qualified rule id -> program
@@ -89,8 +90,35 @@ class LoadResult:
         """Content hash of the policy set: the sorted digests of the policy files' texts (test files do not
         change decisions). Paths are left out, so `check policies`, `check /abs/policies` and a daemon reading a
         copy elsewhere agree on the revision their audit records carry."""
-        texts = sorted(hashlib.sha256(f.text.encode()).digest() for f in self.files if f.policies)
+        texts = sorted(f.digest or _digest(f.text) for f in self.files if f.policies)
         return hashlib.sha256(b"capengine-policy-set\0" + b"".join(texts)).hexdigest()[:16]
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+
+def walk(root: str | Path) -> list[str]:
+    """Relative paths of the YAML files under a directory, in the order `sorted(Path.rglob)` gives (by path
+    components), which fixes the order of policies and so which rule a decision names. One scandir per
+    directory: symlinked directories are not descended into (as rglob), symlinked files are included, FIFOs
+    and sockets are not (reading one would block). Raises OSError when the tree changes under the walk."""
+    found: list[str] = []
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(os.path.join(root, rel) if rel else root) as entries:
+            for entry in entries:
+                name = os.path.join(rel, entry.name) if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(name)
+                elif os.path.splitext(entry.name)[1] in POLICY_SUFFIXES and entry.is_file():
+                    found.append(name)
+    found.sort(key=lambda name: name.split(os.sep))
+    return found
 
 
 def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
@@ -100,7 +128,7 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found.extend(sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file()))
+            found.extend(p / name for name in walk(p))
         elif p.is_file():
             found.append(p)
         else:
@@ -108,12 +136,7 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
     return found, findings
 
 
-def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = ()) -> LoadResult:
-    """Load every policy and test file under `paths`. `schema_dirs`: extra operation schema directories
-    (operations an embedding registers besides the built-in ones), so rules may name them; by default the
-    directories listed in $CAPENGINE_OPERATION_SCHEMAS (os.pathsep-separated), which reaches `capengine check`
-    and the daemon too."""
-    files, findings = discover(paths)
+def _catalog(schema_dirs: Iterable[str | Path], findings: list[Finding]) -> Catalog:
     catalog = operations.builtin()
     schema_dirs = list(schema_dirs) or [d for d in os.environ.get(SCHEMA_PATH_ENV, "").split(os.pathsep) if d]
     if schema_dirs:
@@ -123,21 +146,50 @@ def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = 
             findings.append(Finding(Location(str(schema_dirs[0])), "error", Code.IO,
                                     f"cannot read operation schemas: {exc}; fix the file or the directory list "
                                     f"(schema_dirs / ${SCHEMA_PATH_ENV})"))
-    result = LoadResult([], findings, catalog)
+    return catalog
+
+
+def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = ()) -> LoadResult:
+    """Load every policy and test file under `paths`. `schema_dirs`: extra operation schema directories
+    (operations an embedding registers besides the built-in ones), so rules may name them; by default the
+    directories listed in $CAPENGINE_OPERATION_SCHEMAS (os.pathsep-separated), which reaches `capengine check`
+    and the daemon too."""
+    files, findings = discover(paths)
+    contents: dict[str, bytes | OSError] = {}
     for path in files:
         try:
             if path.stat().st_size > MAX_FILE_BYTES:
                 raise OSError(f"file larger than {MAX_FILE_BYTES} bytes")
-            text = path.read_text(encoding="utf-8")
+            contents[str(path)] = path.read_bytes()
+        except OSError as exc:
+            contents[str(path)] = exc
+    return load_contents(contents, schema_dirs, findings)
+
+
+def load_contents(contents: Mapping[str, bytes | OSError], schema_dirs: Iterable[str | Path] = (),
+                  findings: Iterable[Finding] = ()) -> LoadResult:
+    """Load files already read, in the mapping's order (the daemon reads them once to compare versions): path
+    -> its bytes, or the OSError reading it raised (reported as a finding)."""
+    findings = list(findings)
+    result = LoadResult([], findings, _catalog(schema_dirs, findings))
+    for path, data in contents.items():
+        if isinstance(data, OSError):
+            result.findings.append(Finding(Location(path), "error", Code.IO, f"cannot read: {data}"))
+            continue
+        if len(data) > MAX_FILE_BYTES:
+            result.findings.append(Finding(Location(path), "error", Code.IO,
+                                           f"cannot read: file larger than {MAX_FILE_BYTES} bytes"))
+            continue
+        try:
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = path.read_bytes()[:exc.start].count(b"\n") + 1
-            result.findings.append(Finding(Location(str(path), line, 1), "error", Code.IO,
+            line = data[:exc.start].count(b"\n") + 1
+            result.findings.append(Finding(Location(path, line, 1), "error", Code.IO,
                                            f"not UTF-8 (byte {exc.start}); save the file as UTF-8"))
             continue
-        except OSError as exc:
-            result.findings.append(Finding(Location(str(path)), "error", Code.IO, f"cannot read: {exc}"))
-            continue
-        loaded, file_findings = _load_cached(str(path), text, catalog)
+        if "\r" in text:  # what reading in text mode did: universal newlines
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        loaded, file_findings = _load_cached(path, data, text, result.catalog)
         result.files.append(loaded)
         result.findings.extend(file_findings)
     result.findings.extend(_cross_file_checks(result))
@@ -145,15 +197,15 @@ def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = 
 
 
 _CACHE_FILES = 16384
-_cache: OrderedDict[tuple[str, str, int], tuple[Catalog, LoadedFile, tuple[Finding, ...]]] = OrderedDict()
+_cache: OrderedDict[tuple[str, bytes, int], tuple[Catalog, LoadedFile, tuple[Finding, ...]]] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _load_cached(path: str, text: str, catalog: Catalog) -> tuple[LoadedFile, list[Finding]]:
+def _load_cached(path: str, data: bytes, text: str, catalog: Catalog) -> tuple[LoadedFile, list[Finding]]:
     """load_text, remembered by (path, content hash, catalog): a reload after one file of a thousand changed
     parses, validates and compiles that one file only. A loaded file is never modified afterwards, so the
-    same LoadedFile may serve several policy sets."""
-    key = (path, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), id(catalog))
+    same LoadedFile may serve several policy sets (and its identity tells later stages it is unchanged)."""
+    key = (path, hashlib.sha256(data).digest(), id(catalog))
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None and hit[0] is catalog:
@@ -169,7 +221,7 @@ def _load_cached(path: str, text: str, catalog: Catalog) -> tuple[LoadedFile, li
 
 def load_text(path: str, text: str, catalog: Catalog | None = None) -> tuple[LoadedFile, list[Finding]]:
     """Load one file's text. On any error in a document, that document contributes nothing."""
-    loaded = LoadedFile(path, text)
+    loaded = LoadedFile(path, text, _digest(text))
     findings: list[Finding] = []
     try:
         documents = list(load_documents(text))

@@ -27,6 +27,7 @@ from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.lint import _ByExtension, _extensions_overlap, _Selectors
+from capengine.policy.memo import IdentityMemo
 from capengine.policy.model import Finding, Policy, Request, RequestError, Rule
 from capengine.policy.operations import Catalog
 
@@ -50,40 +51,68 @@ class Overlap:
                        "narrow one of the rules")
 
 
+_MEMO: IdentityMemo[list[Overlap]] = IdentityMemo()
+
+
 def find(policies: list[Policy], catalog: Catalog, operations: list[str], programs: Mapping[str, Program],
          tested: Callable[[Rule, Rule], bool] = lambda deny, allow: False) -> list[Overlap]:
-    """At most one overlap per allow rule (the first deny found), so the output stays proportional to the
-    policy set even when an org-wide deny overlaps every allow. Each deny meets only the allows of policies
-    that can share an extension with it (by index), and operation sets are memoised per selector list.
+    """At most one overlap per allow rule (the first deny in policy order), so the output stays proportional
+    to the policy set even when an org-wide deny overlaps every allow. Each allow meets only the denies of
+    policies that can share an extension with it (by index), and operation sets are memoised per selector
+    list. A policy's overlaps depend only on it and the deny-holding policies it meets, so they are remembered
+    per policy (memo.py): a reload after one edited file looks at that file's neighbourhood only.
     `tested(deny, allow)`: the policy tests exercise that overlap (then it is intended, and not reported)."""
-    selectors = _Selectors(operations, catalog)
-    holders = _ByExtension(p for p in policies if any(r.effect == "allow" for r in p.rules))
-    found: dict[str, Overlap] = {}
+    selectors = _Selectors.of(operations, catalog)
+    order = {id(p): i for i, p in enumerate(policies)}
+    holders = _ByExtension(p for p in policies if any(r.effect == "deny" for r in p.rules))
+    context = tuple(operations)
+    found: list[Overlap] = []
     for policy in policies:
-        for deny in policy.rules:
+        if not any(r.effect == "allow" for r in policy.rules):
+            continue
+        meets = sorted(holders.candidates(policy), key=lambda p: order[id(p)])
+
+        def compute(policy: Policy = policy, meets: list[Policy] = meets) -> list[Overlap]:
+            return _overlaps(policy, meets, catalog, selectors, programs, lambda deny, allow: False)
+        untested = _MEMO.get(context, (catalog, policy, *meets), compute)
+        if any(tested(o.deny, o.allow) for o in untested):  # a tested overlap: look for the next deny
+            untested = _overlaps(policy, meets, catalog, selectors, programs, tested)
+        found.extend(untested)
+    return found
+
+
+def _overlaps(policy: Policy, meets: list[Policy], catalog: Catalog, selectors: _Selectors,
+              programs: Mapping[str, Program], tested: Callable[[Rule, Rule], bool]) -> list[Overlap]:
+    """The first overlapping deny (in policy order) of each allow rule of `policy`. `meets`: the policies with
+    deny rules that may share an extension with it, in set order."""
+    found: dict[str, Overlap] = {}
+    allows = [r for r in policy.rules if r.effect == "allow"]
+    for other in meets:
+        if not _extensions_overlap(other, policy):
+            continue
+        for deny in other.rules:
             if deny.effect != "deny":
                 continue
             denied = selectors.ops(deny.operations, True)
-            for other in sorted(holders.candidates(policy), key=lambda p: p.location):
-                if not _extensions_overlap(policy, other):
+            for allow in allows:
+                if allow.qualified_id in found:
                     continue
-                for allow in other.rules:
-                    if allow.effect != "allow" or allow.qualified_id in found:
-                        continue
-                    common = sorted(denied & selectors.ops(allow.operations, False))
-                    deny_paths, allow_paths = _regions(deny), _regions(allow)
-                    if deny_paths is not None or allow_paths is not None:  # a path test: only ops with a path
-                        common = [op for op in common if _takes_path(catalog, op)]
-                    if not common:
-                        continue
-                    example = _example(deny_paths, allow_paths)
-                    if example is None or tested(deny, allow):
-                        continue  # path literals provably disjoint, or the overlap is tested
-                    request = {"extension": _extension(policy, other), "operation": common[0], "path": example,
-                               "library": _library(deny, allow), "args": {}}
-                    # built from canonical literals: the activation is the request itself
-                    confirmed = _true(programs, deny, request) and _true(programs, allow, request)
-                    found[allow.qualified_id] = Overlap(deny, allow, request, confirmed)
+                common = sorted(denied & selectors.ops(allow.operations, False))
+                deny_paths, allow_paths = _regions(deny), _regions(allow)
+                if deny_paths is not None or allow_paths is not None:  # a path test: only ops with a path
+                    common = [op for op in common if _takes_path(catalog, op)]
+                if not common:
+                    continue
+                example = _example(deny_paths, allow_paths)
+                if example is None or tested(deny, allow):
+                    continue  # path literals provably disjoint, or the overlap is tested
+                request = {"extension": _extension(other, policy), "operation": common[0], "path": example,
+                           "library": _library(deny, allow), "args": {}}
+                # built from canonical literals: the activation is the request itself
+                confirmed = _true(programs, deny, request) and _true(programs, allow, request)
+                found[allow.qualified_id] = Overlap(deny, allow, request, confirmed)
+        if len(found) == len(allows):
+            break
     return list(found.values())
 
 
