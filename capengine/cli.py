@@ -717,7 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--data-dir", metavar="DIR")
     daemon.add_argument("--socket", metavar="PATH", help="control socket (default: DATA_DIR/capengine.sock)")
     daemon.add_argument("--watch-interval", type=float, default=1.0, metavar="SECONDS",
-                        help="poll the policy directory for changes (0: only SIGHUP/policies.reload)")
+                        help="watch the policy directory with inotify and reload on changes; SECONDS: how often the "
+                             "directory itself is checked for being replaced, and the polling period where inotify "
+                             "is unavailable (0: no watching, only SIGHUP/policies.reload)")
     daemon.add_argument("--mask", action="append", default=[], metavar="FIELD",
                         help="also mask this arg name in the decision log (repeatable)")
     daemon.add_argument("--max-jobs", type=int, default=2, metavar="N", help="jobs run at once per extension")

@@ -23,7 +23,7 @@ from pathlib import Path
 import attrs
 
 from capengine.policy.check import CheckOutcome, run_check
-from capengine.policy.loader import POLICY_SUFFIXES, LoadedFile, walk
+from capengine.policy.loader import LoadedFile, walk
 
 SWAP_LINKS = ("..data", "current")
 
@@ -80,7 +80,8 @@ def _signature(st: os.stat_result) -> tuple[int, ...]:
 
 
 def fingerprint(directory: Path) -> tuple:
-    """Cheap change detection for the watcher: names, sizes, mtimes, inodes, and where the symlinks point."""
+    """Cheap change detection (the watcher's start, to catch what changed since the first load): names, sizes,
+    mtimes, inodes, and where the symlinks point."""
     entries: list[tuple] = []
     for name in SWAP_LINKS:
         link = directory / name
@@ -88,10 +89,9 @@ def fingerprint(directory: Path) -> tuple:
             entries.append((name, str(link.readlink())))
     try:
         root = effective_root(directory)
-        for path in sorted(root.rglob("*")):
-            if path.suffix in POLICY_SUFFIXES:
-                st = path.stat()
-                entries.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+        for name in walk(root):
+            st = os.stat(os.path.join(root, name))
+            entries.append((name, st.st_mtime_ns, st.st_size, st.st_ino))
     except OSError as exc:
         entries.append(("error", str(exc)))
     return tuple(entries)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import attrs
 
+from capengine.daemon import policy_watch
 from capengine.daemon.config import DaemonError
 from capengine.daemon.policy_source import Settled, TreeReader, UnsettledError, fingerprint, losses, read_settled
 from capengine.policy.engine import PolicySet
@@ -99,11 +100,9 @@ class PolicyManager:
                 self._cond.notify_all()
 
     def run_watcher(self, stopped: threading.Event, interval: float) -> None:
-        while not stopped.wait(interval):
-            current = fingerprint(self.directory)
-            if current != self._seen:
-                self._seen = current
-                self.request()
+        """inotify (watchfiles) on the policy directory, debounced; `interval`: how often the directory's own
+        identity is checked, and the polling period where inotify is unavailable (policy_watch)."""
+        policy_watch.watch(self.directory, self.request, stopped, interval, seen=self._seen)
 
     # the reload itself ---------------------------------------------------------------------------------------
     def reload_now(self, accept_removals: bool = False) -> dict:

@@ -52,8 +52,9 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
     operations = sorted(set(operations or ()) | set(load.catalog.names()))
     findings = list(load.findings)
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
-    findings.extend(lint.lint(load.policies, operations, exts, load.catalog, load.programs))
-    policy_set = PolicySet.from_load(load)
+    programs = load.programs  # a property that builds a dict: once
+    findings.extend(lint.lint(load.policies, operations, exts, load.catalog, programs))
+    policy_set = PolicySet(load.policies, programs, load.revision, load.catalog)
     report = None
     findings.extend(lint.test_findings(load.suites, load.policies, operations))
     decided: dict[str, list[Mapping[str, Any]]] = {}
@@ -78,8 +79,6 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
         findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", Code.COVERAGE,
                                 "--min-coverage given but no PolicyTest files were found"))
     if run_tests:  # partial-shadow: with the suites' results, as a tested overlap is an intended one
-        programs = load.programs  # a property that builds a dict: once
-
         def tested(deny: Rule, allow: Rule) -> bool:
             cases = decided.get(deny.qualified_id)
             return cases is not None and overlap.exercised(allow, cases, policy_set, programs)

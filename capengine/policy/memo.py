@@ -4,8 +4,9 @@ Why: a reload after one file of a thousand changed must not redo the cross-polic
 The loader hands out the very same Policy objects for files whose content did not change, and a policy's
 lint findings depend only on it, the policies it can meet (those sharing an extension id, and wildcard ones)
 and the run's context (operation names, catalog). So a result is kept under the ids of those objects, with
-the objects themselves held so that an id is never reused while its entry lives; a lookup hits only when
-every input is the very same object again. Bounded (least recently used entries go first) and thread-safe.
+the objects themselves held so that an id is never reused while its entry lives (so a hit means every input
+is the very same object again: a live object's id is unique). Bounded (least recently used entries go first)
+and thread-safe.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class IdentityMemo(Generic[T]):
         key = (context, tuple(map(id, inputs)))
         with self._lock:
             hit = self._entries.get(key)
-            if hit is not None and all(a is b for a, b in zip(hit[0], inputs, strict=True)):
+            if hit is not None:  # the entry holds its inputs alive: equal ids are the same objects
                 self._entries.move_to_end(key)
                 return hit[1]
         value = compute()

@@ -15,6 +15,7 @@ message says so; otherwise it is a request of the overlapping shape. An overlap 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import cached_property
 from typing import Any
 
 import attrs
@@ -41,7 +42,14 @@ class Overlap:
     request: dict[str, Any]
     confirmed: bool
 
+    @cached_property
+    def _finding(self) -> Finding:  # once: an overlap remembered across reloads is reported on each of them
+        return self._make_finding()
+
     def finding(self) -> Finding:
+        return self._finding
+
+    def _make_finding(self) -> Finding:
         shown = ", ".join(f"{k}: {v!r}" for k, v in self.request.items() if v not in ("", {}))
         how = "both conditions match it" if self.confirmed else \
             "a request of that shape: the conditions test more than the path, which this lint does not solve"
