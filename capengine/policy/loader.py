@@ -14,6 +14,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -31,9 +32,10 @@ from capengine.cel.types import DYN, STRING, Type, map_of
 from capengine.policy import arg_types, globs, operations, paths
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
+from capengine.policy.memo import IdentityMemo
 from capengine.policy.model import Finding, Limit, Location, Policy, Rule, Severity, TestCase, TestSuite
 from capengine.policy.operations import Catalog
-from capengine.policy.schemas import validator
+from capengine.policy.schemas import conforms, validator
 from capengine.policy.yaml_source import Document, JsonPath, YamlSourceError, expression_position, load_documents
 
 Json = Any  # a YAML document's plain data, checked against the JSON Schema before it is trusted
@@ -261,7 +263,8 @@ class _DocumentLoader:
             self.report(("kind",), Code.UNKNOWN_KIND,
                         f"kind must be Policy or PolicyTest, got {kind!r}")
             return
-        for err in sorted(validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        errors = [] if conforms(schema)(data) else validator(schema).iter_errors(data)
+        for err in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
             where = tuple(err.absolute_path)
             if err.validator == "additionalProperties" and isinstance(err.instance, dict):
                 properties: Json = err.schema.get("properties", {}) if isinstance(err.schema, dict) else {}
@@ -351,6 +354,8 @@ class _DocumentLoader:
                                 + ", ".join(f"class:{k}" for k in known))
                     ok = False
                 continue
+            if globs.is_literal(pattern):
+                continue  # names itself: nothing to compile (10,000 distinct extension ids would churn the cache)
             try:
                 globs.compile_glob(pattern, ".")
             except globs.GlobError as exc:
@@ -359,11 +364,9 @@ class _DocumentLoader:
         return ok
 
     def _args_record(self, selectors: list[str]) -> Type | None:
-        """`args` typed from the schemas of the operations these selectors match (None: nothing known)."""
-        matched = [info for op in self.catalog.names()
-                   if any(operations.selector_matches(s, op, False, self.catalog) for s in selectors)
-                   and (info := self.catalog.get(op)) is not None]
-        return arg_types.args_type(matched)
+        """`args` typed from the schemas of the operations these selectors match (None: nothing known); once
+        per (selectors, catalog): thousands of rules repeat the same few operation lists."""
+        return _ARGS_RECORDS.get(tuple(selectors), (self.catalog,), partial(_args_record, self.catalog, selectors))
 
     def _compile(self, source: str, json_path: JsonPath, record: Type | None = None,
                  deny: bool = False) -> cel_compiler.Program | None:
@@ -382,7 +385,7 @@ class _DocumentLoader:
             return None
         if program is None:
             return None
-        tree = cel_ast.parse(source, POLICY_ENVIRONMENT.namespaced)
+        tree = program.node if program.node is not None else cel_ast.parse(source, POLICY_ENVIRONMENT.namespaced)
         for message, pos in arg_types.prefix_tests(tree):
             line, column = self._expression_position(node, pos)
             self.findings.append(Finding(Location(self.path, line, column), "warning", Code.PATH_PREFIX, message))
@@ -454,6 +457,16 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
             return f"{where}: {err.instance!r} is not {expected}"
         return f"{where}: {err.instance!r} does not match the required pattern {err.validator_value}"
     return f"{where}: {err.message}"
+
+
+_ARGS_RECORDS: IdentityMemo[Type | None] = IdentityMemo(4096)
+
+
+def _args_record(catalog: Catalog, selectors: list[str]) -> Type | None:
+    matched = [info for op in catalog.names()
+               if any(operations.selector_matches(s, op, False, catalog) for s in selectors)
+               and (info := catalog.get(op)) is not None]
+    return arg_types.args_type(matched)
 
 
 def _cross_file_checks(result: LoadResult) -> list[Finding]:
