@@ -18,6 +18,7 @@ from capengine.policy import lint, overlap
 from capengine.policy import suites as policy_tests
 from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
+from capengine.policy.gc_pause import collector_paused
 from capengine.policy.loader import LoadResult, load_contents, load_paths
 from capengine.policy.model import Finding, Location, Rule
 
@@ -47,6 +48,14 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
     built-in catalogue), so a misspelled operation is an error here as in `capengine check`. `contents`: the
     files under `paths` already read (path -> bytes, in walk order): loaded instead of reading the disk again."""
     paths = _path_list(paths)
+    with collector_paused():
+        return _check(paths, strict, operations, extensions_dir, coverage, min_coverage, run_tests, schema_dirs,
+                      contents)
+
+
+def _check(paths: list[str | Path], strict: bool, operations: Iterable[str] | None,
+           extensions_dir: str | Path | None, coverage: bool, min_coverage: float | None, run_tests: bool,
+           schema_dirs: Iterable[str | Path], contents: Mapping[str, bytes] | None) -> CheckOutcome:
     load = load_paths(paths, schema_dirs) if contents is None else load_contents(contents, schema_dirs)
     # operations declared by the built-in and extra schema directories count as registered
     operations = sorted(set(operations or ()) | set(load.catalog.names()))
