@@ -370,33 +370,21 @@ class _DocumentLoader:
 
     def _compile(self, source: str, json_path: JsonPath, record: Type | None = None,
                  deny: bool = False) -> cel_compiler.Program | None:
-        decls = POLICY_DECLS if record is None else {**POLICY_DECLS, "args": record}
-        program, errors = cel_compiler.compile_expression(source, decls, POLICY_ENVIRONMENT, total=True,
-                                                          costs=POLICY_COSTS)
+        compiled = _COMPILED.get((source, record, deny), (), partial(_compile, source, record, deny))
         node = self.doc.nodes.get(json_path)
-        for err in errors:
+        for err in compiled.errors:
             pos = err.pos if not isinstance(err, cel_ast.CelSyntaxError) else cel_ast.Pos(err.line, err.column)
             line, column = self._expression_position(node, pos)
             code = _ERROR_CODES.get(type(err), Code.CEL_INVALID)
             self.findings.append(Finding(Location(self.path, line, column), "error", code,
                                          f"{err.message} in condition {source.strip()!r}"))
+        program = compiled.program
         if program is not None and program.type not in (Type("bool"), DYN):
             self.report(json_path, Code.CEL_TYPE, f"condition must be bool, but it is {program.type}")
             return None
-        if program is None:
-            return None
-        tree = program.node if program.node is not None else cel_ast.parse(source, POLICY_ENVIRONMENT.namespaced)
-        for message, pos in arg_types.prefix_tests(tree):
+        for code, message, pos in compiled.warnings:
             line, column = self._expression_position(node, pos)
-            self.findings.append(Finding(Location(self.path, line, column), "warning", Code.PATH_PREFIX, message))
-        if deny and record is not None:
-            for field, pos in arg_types.unguarded_optional_reads(tree, record):
-                line, column = self._expression_position(node, pos)
-                self.findings.append(Finding(
-                    Location(self.path, line, column), "warning", Code.UNGUARDED_OPTIONAL,
-                    f"deny reads optional args.{field} without has(): a call without it makes the condition "
-                    f"error, which a deny counts as a match (it denies every such call); write "
-                    f"'has(args.{field}) && ...'"))
+            self.findings.append(Finding(Location(self.path, line, column), "warning", code, message))
         return program
 
     def _expression_position(self, node: yaml.Node | None, pos: cel_ast.Pos) -> tuple[int, int]:
@@ -460,6 +448,37 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
 
 
 _ARGS_RECORDS: IdentityMemo[Type | None] = IdentityMemo(4096)
+
+
+@attrs.frozen
+class _Compiled:
+    """One condition text compiled for one `args` type and effect, with its file-independent warnings
+    (positions inside the condition; each file maps them onto its own lines)."""
+
+    program: cel_compiler.Program | None
+    errors: tuple[Any, ...]
+    warnings: tuple[tuple[Code, str, cel_ast.Pos], ...]
+
+
+_COMPILED: IdentityMemo[_Compiled] = IdentityMemo(16384)
+"""By (text, args type, deny): many files repeat the same conditions, and a reload recompiles none of them."""
+
+
+def _compile(source: str, record: Type | None, deny: bool) -> _Compiled:
+    decls = POLICY_DECLS if record is None else {**POLICY_DECLS, "args": record}
+    program, errors = cel_compiler.compile_expression(source, decls, POLICY_ENVIRONMENT, total=True,
+                                                      costs=POLICY_COSTS)
+    warnings: list[tuple[Code, str, cel_ast.Pos]] = []
+    if program is not None and program.type in (Type("bool"), DYN):
+        tree = program.node if program.node is not None else cel_ast.parse(source, POLICY_ENVIRONMENT.namespaced)
+        warnings.extend((Code.PATH_PREFIX, message, pos) for message, pos in arg_types.prefix_tests(tree))
+        if deny and record is not None:
+            warnings.extend((Code.UNGUARDED_OPTIONAL,
+                             f"deny reads optional args.{field} without has(): a call without it makes the condition "
+                             f"error, which a deny counts as a match (it denies every such call); write "
+                             f"'has(args.{field}) && ...'", pos)
+                            for field, pos in arg_types.unguarded_optional_reads(tree, record))
+    return _Compiled(program, tuple(errors), tuple(warnings))
 
 
 def _args_record(catalog: Catalog, selectors: list[str]) -> Type | None:
