@@ -60,8 +60,9 @@ class TreeReader:
         old_before = time.time_ns() - self.QUIET_NS
         known: dict[str, tuple[tuple[int, ...], bytes, str]] = {}
         tree = {}
+        base = str(root) + os.sep
         for name in walk(root):
-            path = os.path.join(root, name)
+            path = base + name
             st = os.stat(path)
             entry = self._known.get(path)
             if entry is None or entry[0] != _signature(st) or st.st_ctime_ns >= old_before:

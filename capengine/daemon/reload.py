@@ -8,6 +8,7 @@ goes wrong (a directory vanishing mid-walk, EMFILE, a bug) keeps the last-known-
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -54,6 +55,11 @@ class PolicyManager:
         self.good = settled
         self.policy_set = settled.outcome.policy_set
         self.status = self._status(settled)
+        # Everything alive now (modules, the first set and its caches) lives long and holds no garbage cycles (a
+        # loaded set measured 0 cyclic garbage; a replaced set is freed by reference counting): moving it out of
+        # the cyclic collector's reach keeps each full collection, which stops every thread, from walking it
+        # again while jobs run and reloads allocate.
+        gc.freeze()
         self.reloads_ok = self.reloads_failed = 0
         self._cond = threading.Condition()
         self._requested = self._done = 0

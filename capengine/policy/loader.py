@@ -114,11 +114,11 @@ def walk(root: str | Path) -> list[str]:
         rel = pending.pop()
         with os.scandir(os.path.join(root, rel) if rel else root) as entries:
             for entry in entries:
-                name = os.path.join(rel, entry.name) if rel else entry.name
+                name = rel + entry.name if rel else entry.name
                 if entry.is_dir(follow_symlinks=False):
-                    pending.append(name)
-                elif os.path.splitext(entry.name)[1] in POLICY_SUFFIXES and entry.is_file():
-                    found.append(name)
+                    pending.append(name + os.sep)
+                elif (dot := entry.name.rfind(".")) > 0 and entry.name[dot:] in POLICY_SUFFIXES and entry.is_file():
+                    found.append(name)  # the test is Path.suffix's: ".yaml" alone is a hidden file, not YAML
     found.sort(key=lambda name: name.split(os.sep))
     return found
 
