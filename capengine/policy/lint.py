@@ -18,7 +18,7 @@ from capengine.cel.compiler import Program
 from capengine.policy import globs
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
-from capengine.policy.memo import IdentityMemo
+from capengine.policy.memo import IdentityMemo, PerPolicy
 from capengine.policy.model import Finding, Policy, Rule, TestSuite
 from capengine.policy.operations import Catalog, builtin, selector_matches
 
@@ -54,7 +54,7 @@ class _ByExtension:
         return list(found.values())
 
 
-_MEMO: IdentityMemo[list[Finding]] = IdentityMemo()
+_PER_POLICY: PerPolicy[list[Finding]] = PerPolicy()
 
 
 def lint(policies: list[Policy], operations: Iterable[str] | None = None,
@@ -64,7 +64,6 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
     every condition again (parsing dominates a large check). Each policy's findings depend only on it, the
     policies it can meet (sharing an extension) and the operation names, so they are remembered per policy
     (memo.py): a reload after one edited file lints that file's policies and their neighbours only."""
-    asts = _Asts(programs or {})
     catalog = catalog or builtin()
     ops = sorted(operations) if operations is not None else None
     exts = sorted(extension_ids) if extension_ids is not None else None
@@ -74,27 +73,33 @@ def lint(policies: list[Policy], operations: Iterable[str] | None = None,
     revealing = [op for op in names if (info := catalog.get(op)) is not None and CONTENT in info.classes]
     denies_of: dict[int, list[Rule]] = {}
     grants_of: dict[int, dict[str, str]] = {}
-    for p in policies:
-        denies = [r for r in p.rules if r.effect == "deny" and r.condition is None]
-        if denies:
-            denies_of[id(p)] = denies
-        grants = _GRANTS.get(context, (catalog, p), partial(_grants, p, revealing, selectors))
-        if grants:
-            grants_of[id(p)] = grants
-    deny_index = _ByExtension(p for p in policies if id(p) in denies_of)
-    granting = _ByExtension(p for p in policies if id(p) in grants_of)
-    findings: list[Finding] = []
-    for policy in policies:
-        meets_deny, meets_grant = deny_index.candidates(policy), granting.candidates(policy)
+    indexes: list[_ByExtension] = []  # (deny holders, granting policies)
+    asts: list[_Asts] = []
 
-        def compute(policy: Policy = policy, meets_deny: list[Policy] = meets_deny,
-                    meets_grant: list[Policy] = meets_grant) -> list[Finding]:
-            unconditional = [(d, r) for d in meets_deny for r in denies_of[id(d)]]
-            out = _content_around_deny(policy, meets_grant, grants_of, revealing, selectors, asts)
-            out.extend(_nfd_literals(policy, asts))
-            out.extend(_policy_findings(policy, unconditional, exts, names, selectors, asts))
-            return out
-        findings.extend(_MEMO.get(context, (catalog, policy, None, *meets_deny, None, *meets_grant), compute))
+    def prepare() -> None:
+        """The whole-set facts, only when some policy is to be linted (none are after an edit elsewhere)."""
+        asts.append(_Asts(programs or {}))
+        for p in policies:
+            denies = [r for r in p.rules if r.effect == "deny" and r.condition is None]
+            if denies:
+                denies_of[id(p)] = denies
+            grants = _GRANTS.get(context, (catalog, p), partial(_grants, p, revealing, selectors))
+            if grants:
+                grants_of[id(p)] = grants
+        indexes.append(_ByExtension(p for p in policies if id(p) in denies_of))
+        indexes.append(_ByExtension(p for p in policies if id(p) in grants_of))
+
+    def compute(policy: Policy) -> list[Finding]:
+        if not indexes:
+            prepare()
+        unconditional = [(d, r) for d in indexes[0].candidates(policy) for r in denies_of[id(d)]]
+        out = _content_around_deny(policy, indexes[1].candidates(policy), grants_of, revealing, selectors, asts[0])
+        out.extend(_nfd_literals(policy, asts[0]))
+        out.extend(_policy_findings(policy, unconditional, exts, names, selectors, asts[0]))
+        return out
+    findings: list[Finding] = []
+    for found in _PER_POLICY.run(context, catalog, policies, compute):
+        findings.extend(found)
     return findings
 
 

@@ -28,7 +28,7 @@ from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.lint import _ByExtension, _extensions_overlap, _Selectors
-from capengine.policy.memo import IdentityMemo
+from capengine.policy.memo import PerPolicy
 from capengine.policy.model import Finding, Policy, Request, RequestError, Rule
 from capengine.policy.operations import Catalog
 
@@ -59,7 +59,7 @@ class Overlap:
                        "narrow one of the rules")
 
 
-_MEMO: IdentityMemo[list[Overlap]] = IdentityMemo()
+_PER_POLICY: PerPolicy[list[Overlap]] = PerPolicy()
 
 
 def find(policies: list[Policy], catalog: Catalog, operations: list[str], programs: Mapping[str, Program],
@@ -71,21 +71,25 @@ def find(policies: list[Policy], catalog: Catalog, operations: list[str], progra
     per policy (memo.py): a reload after one edited file looks at that file's neighbourhood only.
     `tested(deny, allow)`: the policy tests exercise that overlap (then it is intended, and not reported)."""
     selectors = _Selectors.of(operations, catalog)
-    order = {id(p): i for i, p in enumerate(policies)}
-    holders = _ByExtension(p for p in policies if any(r.effect == "deny" for r in p.rules))
-    context = tuple(operations)
-    found: list[Overlap] = []
-    for policy in policies:
-        if not any(r.effect == "allow" for r in policy.rules):
-            continue
-        meets = sorted(holders.candidates(policy), key=lambda p: order[id(p)])
+    order: dict[int, int] = {}
+    holders: list[_ByExtension] = []  # built only if some policy is looked at
 
-        def compute(policy: Policy = policy, meets: list[Policy] = meets) -> list[Overlap]:
-            return _overlaps(policy, meets, catalog, selectors, programs, lambda deny, allow: False)
-        untested = _MEMO.get(context, (catalog, policy, *meets), compute)
-        if any(tested(o.deny, o.allow) for o in untested):  # a tested overlap: look for the next deny
-            untested = _overlaps(policy, meets, catalog, selectors, programs, tested)
-        found.extend(untested)
+    def meets(policy: Policy) -> list[Policy]:
+        if not holders:
+            order.update((id(p), i) for i, p in enumerate(policies))
+            holders.append(_ByExtension(p for p in policies if any(r.effect == "deny" for r in p.rules)))
+        return sorted(holders[0].candidates(policy), key=lambda p: order[id(p)])
+
+    def untested(policy: Policy) -> list[Overlap]:
+        if not any(r.effect == "allow" for r in policy.rules):
+            return []
+        return _overlaps(policy, meets(policy), catalog, selectors, programs, lambda deny, allow: False)
+    found: list[Overlap] = []
+    for policy, overlaps in zip(policies, _PER_POLICY.run(tuple(operations), catalog, policies, untested),
+                                strict=True):
+        if any(tested(o.deny, o.allow) for o in overlaps):  # a tested overlap: look for the next deny
+            overlaps = _overlaps(policy, meets(policy), catalog, selectors, programs, tested)
+        found.extend(overlaps)
     return found
 
 
