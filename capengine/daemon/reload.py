@@ -34,6 +34,19 @@ class PolicyStatus:
     last_error: tuple[str, ...] = ()  # findings of the last failed reload, () when the last one succeeded
 
 
+_frozen = threading.Event()
+
+
+def _freeze_once() -> None:
+    """Everything alive after the first load (modules, the first set and its caches) lives long and holds no
+    garbage cycles (a loaded set measured 0 cyclic garbage; a replaced set is freed by reference counting):
+    moving it out of the cyclic collector's reach keeps each full collection, which stops every thread, from
+    walking it again while jobs run and reloads allocate. Once per process (a test run builds many managers)."""
+    if not _frozen.is_set():
+        _frozen.set()
+        gc.freeze()
+
+
 def _errors(settled: Settled) -> list[str]:
     return [str(f) for f in settled.outcome.findings if f.severity == "error"]
 
@@ -55,11 +68,7 @@ class PolicyManager:
         self.good = settled
         self.policy_set = settled.outcome.policy_set
         self.status = self._status(settled)
-        # Everything alive now (modules, the first set and its caches) lives long and holds no garbage cycles (a
-        # loaded set measured 0 cyclic garbage; a replaced set is freed by reference counting): moving it out of
-        # the cyclic collector's reach keeps each full collection, which stops every thread, from walking it
-        # again while jobs run and reloads allocate.
-        gc.freeze()
+        _freeze_once()
         self.reloads_ok = self.reloads_failed = 0
         self._cond = threading.Condition()
         self._requested = self._done = 0
