@@ -51,7 +51,7 @@ def relevant(changes: set[tuple[watchfiles.Change, str]]) -> bool:
     return False
 
 
-def watch(directory: Path, request: Callable[[], None], stopped: threading.Event, interval: float,
+def watch(directory: Path, request: Callable[[], object], stopped: threading.Event, interval: float,
           quiet: float = 0.05, seen: tuple | None = None) -> None:
     """Call `request()` after every settled burst of changes under `directory` until `stopped` is set.
     `seen`: policy_source.fingerprint() taken before the first load: a change made between that load and the
