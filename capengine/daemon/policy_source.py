@@ -111,10 +111,6 @@ class Settled:
         prefix = len(str(self.root)) + 1
         return {f.path[prefix:]: f for f in self.outcome.load.files}
 
-    @property
-    def texts(self) -> dict[str, str]:
-        return {name: f.text for name, f in self.files.items()}
-
     @cached_property
     def digest(self) -> str:
         """What the content is, independent of where it lives (a ConfigMap's timestamped directory)."""

@@ -1,12 +1,12 @@
-"""Results of whole-set passes (lint, overlap) remembered per policy, keyed by the identity of their inputs.
+"""Results remembered by the identity of their inputs, so a reload after one file of a thousand changed redoes
+the work of that file only.
 
-Why: a reload after one file of a thousand changed must not redo the cross-policy lints for the other 999.
-The loader hands out the very same Policy objects for files whose content did not change, and a policy's
-lint findings depend only on it, the policies it can meet (those sharing an extension id, and wildcard ones)
-and the run's context (operation names, catalog). So a result is kept under the ids of those objects, with
-the objects themselves held so that an id is never reused while its entry lives (so a hit means every input
-is the very same object again: a live object's id is unique). Bounded (least recently used entries go first)
-and thread-safe.
+The loader hands out the very same Policy objects for files whose content did not change. IdentityMemo keeps
+a value under the ids of the objects it was computed from (plus a hashable context), holding those objects
+so that an id is never reused while its entry lives: a hit means every input is the very same object again
+(a live object's id is unique). PerPolicy keeps one result per policy of a whole-set pass (lint, overlap)
+from the previous run and recomputes only the policies whose neighbourhood changed. Both are bounded and
+thread-safe.
 """
 
 from __future__ import annotations
