@@ -71,3 +71,18 @@ def test_incremental_findings_equal_cold_findings(tmp_path, seed):
         warm = _findings(directory)
         assert warm == _cold(directory), action
     assert any("shadowed-allow" in f or "partial-shadow" in f for f in warm + _cold(directory))
+
+
+def test_same_condition_over_different_operations_is_typed_for_each(tmp_path):
+    """The compile cache is keyed by the args record object, not by Type equality (which ignores a record's
+    fields): `has(args.length)` is fine over vdfs.read_file and a type error over read_file + ai.ocr, in
+    whichever order the two are loaded in one process."""
+    condition = "condition: 'has(args.length)'"
+    for first, second in (("vdfs.read_file", "vdfs.read_file, ai.ocr"), ("vdfs.read_file, ai.ocr", "vdfs.read_file")):
+        for i, ops in enumerate((first, second)):
+            directory = tmp_path / f"{first}-{i}"
+            directory.mkdir()
+            (directory / "p.yaml").write_text(policy_yaml("p", f"- {{id: a, effect: allow, operations: [{ops}], "
+                                                              f"{condition}}}\n"))
+            errors = [f.code for f in run_check([directory]).findings if f.severity == "error"]
+            assert errors == ([] if ops == "vdfs.read_file" else ["cel-type"]), (ops, errors)

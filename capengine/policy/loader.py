@@ -370,7 +370,7 @@ class _DocumentLoader:
 
     def _compile(self, source: str, json_path: JsonPath, record: Type | None = None,
                  deny: bool = False) -> cel_compiler.Program | None:
-        compiled = _COMPILED.get((source, record, deny), (), partial(_compile, source, record, deny))
+        compiled = _COMPILED.get((source, deny), (record,), partial(_compile, source, record, deny))
         node = self.doc.nodes.get(json_path)
         for err in compiled.errors:
             pos = err.pos if not isinstance(err, cel_ast.CelSyntaxError) else cel_ast.Pos(err.line, err.column)
@@ -461,7 +461,9 @@ class _Compiled:
 
 
 _COMPILED: IdentityMemo[_Compiled] = IdentityMemo(16384)
-"""By (text, args type, deny): many files repeat the same conditions, and a reload recompiles none of them."""
+"""By (text, effect) and the very `args` type object (_args_record hands out one per operation list; Type's
+equality ignores a record's fields, so equal-looking records must not share): many files repeat the same
+conditions, and a reload recompiles none of them."""
 
 
 def _compile(source: str, record: Type | None, deny: bool) -> _Compiled:
