@@ -73,9 +73,11 @@ def find(policies: list[Policy], catalog: Catalog, operations: list[str], progra
     selectors = _Selectors.of(operations, catalog)
     order: dict[int, int] = {}
     holders: list[_ByExtension] = []  # built only if some policy is looked at
+    trees: dict[str, ast.Node] = {}
 
     def meets(policy: Policy) -> list[Policy]:
         if not holders:
+            trees.update((p.source, p.node) for p in programs.values() if p.node is not None)
             order.update((id(p), i) for i, p in enumerate(policies))
             holders.append(_ByExtension(p for p in policies if any(r.effect == "deny" for r in p.rules)))
         return sorted(holders[0].candidates(policy), key=lambda p: order[id(p)])
@@ -83,18 +85,19 @@ def find(policies: list[Policy], catalog: Catalog, operations: list[str], progra
     def untested(policy: Policy) -> list[Overlap]:
         if not any(r.effect == "allow" for r in policy.rules):
             return []
-        return _overlaps(policy, meets(policy), catalog, selectors, programs, lambda deny, allow: False)
+        return _overlaps(policy, meets(policy), catalog, selectors, programs, trees, lambda deny, allow: False)
     found: list[Overlap] = []
     for policy, overlaps in zip(policies, _PER_POLICY.run(tuple(operations), catalog, policies, untested),
                                 strict=True):
         if any(tested(o.deny, o.allow) for o in overlaps):  # a tested overlap: look for the next deny
-            overlaps = _overlaps(policy, meets(policy), catalog, selectors, programs, tested)
+            overlaps = _overlaps(policy, meets(policy), catalog, selectors, programs, trees, tested)
         found.extend(overlaps)
     return found
 
 
 def _overlaps(policy: Policy, meets: list[Policy], catalog: Catalog, selectors: _Selectors,
-              programs: Mapping[str, Program], tested: Callable[[Rule, Rule], bool]) -> list[Overlap]:
+              programs: Mapping[str, Program], trees: Mapping[str, ast.Node],
+              tested: Callable[[Rule, Rule], bool]) -> list[Overlap]:
     """The first overlapping deny (in policy order) of each allow rule of `policy`. `meets`: the policies with
     deny rules that may share an extension with it, in set order."""
     found: dict[str, Overlap] = {}
@@ -110,7 +113,7 @@ def _overlaps(policy: Policy, meets: list[Policy], catalog: Catalog, selectors: 
                 if allow.qualified_id in found:
                     continue
                 common = sorted(denied & selectors.ops(allow.operations, False))
-                deny_paths, allow_paths = _regions(deny), _regions(allow)
+                deny_paths, allow_paths = _regions(deny, trees), _regions(allow, trees)
                 if deny_paths is not None or allow_paths is not None:  # a path test: only ops with a path
                     common = [op for op in common if _takes_path(catalog, op)]
                 if not common:
@@ -119,7 +122,7 @@ def _overlaps(policy: Policy, meets: list[Policy], catalog: Catalog, selectors: 
                 if example is None or tested(deny, allow):
                     continue  # path literals provably disjoint, or the overlap is tested
                 request = {"extension": _extension(other, policy), "operation": common[0], "path": example,
-                           "library": _library(deny, allow), "args": {}}
+                           "library": _library(trees, deny, allow), "args": {}}
                 # built from canonical literals: the activation is the request itself
                 confirmed = _true(programs, deny, request) and _true(programs, allow, request)
                 found[allow.qualified_id] = Overlap(deny, allow, request, confirmed)
@@ -182,9 +185,9 @@ def _extension(a: Policy, b: Policy) -> str:
     return "com.example.any"
 
 
-def _library(*rules: Rule) -> str:
+def _library(trees: Mapping[str, ast.Node], *rules: Rule) -> str:
     for rule in rules:
-        if rule.condition is not None and (found := _condition_facts(rule.condition)[1]) is not None:
+        if rule.condition is not None and (found := _condition_facts(rule.condition, trees)[1]) is not None:
             return found
     return "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6" if any(r.condition and "library" in r.condition for r in rules) \
         else ""
@@ -194,11 +197,15 @@ def _is_var(node: ast.Node, name: str) -> bool:
     return isinstance(node, ast.Ident) and node.name == name
 
 
-def _conjuncts(condition: str) -> list[ast.Node]:
-    try:
-        root = ast.parse(condition, POLICY_ENVIRONMENT.namespaced)
-    except ast.CelSyntaxError:
-        return []
+def _conjuncts(condition: str, trees: Mapping[str, ast.Node]) -> list[ast.Node]:
+    """`trees`: the compiled programs' ASTs by source text (parsing again would miss the parse cache on a set
+    with more distinct conditions than it holds)."""
+    root = trees.get(condition)
+    if root is None:
+        try:
+            root = ast.parse(condition, POLICY_ENVIRONMENT.namespaced)
+        except ast.CelSyntaxError:
+            return []
     return _flatten(root, "_&&_")
 
 
@@ -229,7 +236,7 @@ _KEPT = 65536
 _facts: dict[str, tuple[list[Region] | None, str | None]] = {}  # condition text -> (regions, library literal)
 
 
-def _condition_facts(condition: str) -> tuple[list[Region] | None, str | None]:
+def _condition_facts(condition: str, trees: Mapping[str, ast.Node]) -> tuple[list[Region] | None, str | None]:
     """The paths a condition can match as a union of regions (from its first path-constraining `&&` operand;
     None: unconstrained as far as this lint can tell), and the library it requires (`library == "..."`).
     Remembered by text across runs (bounded), so a reload after one edited file re-derives only that file's."""
@@ -238,7 +245,7 @@ def _condition_facts(condition: str) -> tuple[list[Region] | None, str | None]:
         return found
     regions: list[Region] | None = None
     library = None
-    for conjunct in _conjuncts(condition):
+    for conjunct in _conjuncts(condition, trees):
         if isinstance(conjunct, ast.Call) and conjunct.function == "_==_" and _is_var(conjunct.args[0], "library") \
                 and isinstance(conjunct.args[1], ast.Literal) and isinstance(conjunct.args[1].value, str):
             library = library or conjunct.args[1].value
@@ -252,8 +259,8 @@ def _condition_facts(condition: str) -> tuple[list[Region] | None, str | None]:
     return found
 
 
-def _regions(rule: Rule) -> list[Region] | None:
-    return _condition_facts(rule.condition)[0] if rule.condition is not None else None
+def _regions(rule: Rule, trees: Mapping[str, ast.Node]) -> list[Region] | None:
+    return _condition_facts(rule.condition, trees)[0] if rule.condition is not None else None
 
 
 def _prefix(region: Region) -> str:
