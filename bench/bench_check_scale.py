@@ -56,8 +56,9 @@ def main() -> None:
             many = Path(tmp) / f"n{n}"
             write_policies(many, n)
             seconds, cpu = check_seconds(many)
-            print(f"check of {n} files: {seconds:.1f} s, {cpu:.1f} s CPU ({(cpu - base_cpu) / n * 1000:.2f} ms CPU/file "
-                  f"over the 1-file run); ratio {seconds / base:.0f}x wall, {cpu / base_cpu:.0f}x CPU for {n}x files")
+            per_file = (cpu - base_cpu) / n * 1000
+            print(f"check of {n} files: {seconds:.1f} s, {cpu:.1f} s CPU ({per_file:.2f} ms CPU/file over the 1-file "
+                  f"run); ratio {seconds / base:.0f}x wall, {cpu / base_cpu:.0f}x CPU for {n}x files")
 
 
 if __name__ == "__main__":
