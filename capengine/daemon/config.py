@@ -31,7 +31,7 @@ class DaemonConfig:
     # jobs.run beyond max_jobs_per_extension waits (up to queue_timeout seconds) among at most max_queued others
     max_queued_per_extension: int = attrs.field(default=64, validator=attrs.validators.ge(0))
     queue_timeout: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
-    watch_interval: float = 1.0  # seconds between polls of the policy directory; 0 disables watching
+    watch_interval: float = 1.0  # inotify watch; seconds between identity checks (polls without inotify); 0: off
     settle_interval: float = attrs.field(default=0.05, validator=_positive)  # between the two reads of a reload
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 5

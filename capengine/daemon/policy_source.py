@@ -15,14 +15,16 @@ truncated, or half-written, must not activate a set with a deny rule missing. So
 from __future__ import annotations
 
 import hashlib
+import os
 import time
+from functools import cached_property
 from pathlib import Path
 
 import attrs
 
 from capengine.policy.check import CheckOutcome, run_check
+from capengine.policy.loader import LoadedFile, walk
 
-POLICY_SUFFIXES = (".yaml", ".yml")
 SWAP_LINKS = ("..data", "current")
 
 
@@ -39,17 +41,48 @@ def effective_root(directory: Path) -> Path:
     return directory.resolve(strict=True)
 
 
-def content(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of the bytes, for every policy file under root. Raises OSError on races."""
-    hashes = {}
-    for path in sorted(root.rglob("*")):
-        if path.suffix in POLICY_SUFFIXES and path.is_file():
-            hashes[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashes
+class TreeReader:
+    """Reads the policy files under a root, remembering each file's bytes with its stat signature (device,
+    inode, size, mtime, ctime): a file whose signature is unchanged and whose ctime is older than QUIET_NS is
+    not read again. Why that is safe: every write, truncation, rename or chmod sets ctime to the current time
+    (no caller can set it back), so an unchanged old ctime means no write since the remembered read; the quiet
+    margin covers file systems whose timestamps are coarser than the clock. A file changed recently is always
+    read again, so the reload's "read, check, read again" keeps comparing real contents where it matters."""
+
+    QUIET_NS = 2_000_000_000
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[tuple[int, ...], bytes, str]] = {}
+
+    def read(self, root: Path) -> dict[str, tuple[bytes, str]]:
+        """Relative path -> (bytes, sha256 hex) for every policy file under root, in walk order. Raises OSError
+        on races (a file or directory vanishing mid-walk)."""
+        old_before = time.time_ns() - self.QUIET_NS
+        known: dict[str, tuple[tuple[int, ...], bytes, str]] = {}
+        tree = {}
+        base = str(root) + os.sep
+        for name in walk(root):
+            path = base + name
+            st = os.stat(path)
+            entry = self._known.get(path)
+            if entry is None or entry[0] != _signature(st) or st.st_ctime_ns >= old_before:
+                with open(path, "rb") as f:
+                    signature = _signature(os.fstat(f.fileno()))  # before the read: a later write changes it
+                    data = f.read()
+                entry = (signature, data, hashlib.sha256(data).hexdigest())
+            known[path] = entry
+            tree[name] = entry[1:]
+        self._known = known
+        return tree
+
+
+def _signature(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def fingerprint(directory: Path) -> tuple:
-    """Cheap change detection for the watcher: names, sizes, mtimes, inodes, and where the symlinks point."""
+    """Cheap change detection (the watcher's start, to catch what changed since the first load): names, sizes,
+    mtimes, inodes, and where the symlinks point."""
     entries: list[tuple] = []
     for name in SWAP_LINKS:
         link = directory / name
@@ -57,10 +90,9 @@ def fingerprint(directory: Path) -> tuple:
             entries.append((name, str(link.readlink())))
     try:
         root = effective_root(directory)
-        for path in sorted(root.rglob("*")):
-            if path.suffix in POLICY_SUFFIXES:
-                st = path.stat()
-                entries.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+        for name in walk(root):
+            st = os.stat(os.path.join(root, name))
+            entries.append((name, st.st_mtime_ns, st.st_size, st.st_ino))
     except OSError as exc:
         entries.append(("error", str(exc)))
     return tuple(entries)
@@ -72,11 +104,14 @@ class Settled:
     hashes: dict[str, str]
     outcome: CheckOutcome
 
-    @property
-    def texts(self) -> dict[str, str]:
-        return {str(Path(f.path).relative_to(self.root)): f.text for f in self.outcome.load.files}
+    @cached_property
+    def files(self) -> dict[str, LoadedFile]:
+        """Relative path -> loaded file. The loader hands out the same LoadedFile for the same path and content,
+        so `old.files[name] is new.files[name]` says the file did not change without comparing texts."""
+        prefix = len(str(self.root)) + 1
+        return {f.path[prefix:]: f for f in self.outcome.load.files}
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """What the content is, independent of where it lives (a ConfigMap's timestamped directory)."""
         h = hashlib.sha256()
@@ -85,19 +120,25 @@ class Settled:
         return h.hexdigest()[:16]
 
 
-def read_settled(directory: Path, operations: list[str], settle: float = 0.05, timeout: float = 10.0) -> Settled:
-    """Read, check, read again; retry until the files stop changing (UnsettledError after `timeout`)."""
+def read_settled(directory: Path, operations: list[str], settle: float = 0.05, timeout: float = 10.0,
+                 reader: TreeReader | None = None) -> Settled:
+    """Read, check, read again; retry until the files stop changing (UnsettledError after `timeout`). The
+    files are read once for the check (the loader is handed those bytes) and once more to compare; the second
+    read is at least `settle` seconds after the first (the check's own time counts). `reader`: one kept
+    between reloads skips reading files that provably did not change (TreeReader)."""
+    reader = reader or TreeReader()
     deadline = time.monotonic() + timeout
     while True:
         root = effective_root(directory)
-        before = content(root)
-        outcome = run_check([root], operations=operations)
-        time.sleep(settle)
+        started = time.monotonic()
+        tree = reader.read(root)
+        base = str(root) + os.sep
+        outcome = run_check([root], operations=operations, contents={base + name: data for name, (data, _) in
+                                                                     tree.items()})
+        time.sleep(max(0.0, settle - (time.monotonic() - started)))
         after_root = effective_root(directory)
-        after = content(after_root) if after_root == root else None
-        loaded = {str(Path(f.path).relative_to(root)): hashlib.sha256(f.text.encode()).hexdigest()
-                  for f in outcome.load.files}
-        if after == before and all(before.get(name) == value for name, value in loaded.items()):
+        before = {name: digest for name, (_, digest) in tree.items()}
+        if after_root == root and {name: digest for name, (_, digest) in reader.read(root).items()} == before:
             return Settled(root, before, outcome)
         if time.monotonic() > deadline:
             raise UnsettledError(f"the policy files under {directory} kept changing for {timeout:g} s; "
@@ -105,31 +146,32 @@ def read_settled(directory: Path, operations: list[str], settle: float = 0.05, t
 
 
 def losses(old: Settled, new: Settled) -> list[str]:
-    """What `new` lost compared with the last-known-good `old`, each as one sentence naming file and fix."""
+    """What `new` lost compared with the last-known-good `old`, each as one sentence naming file and fix. Files
+    and policies that are the very same objects in both sets (unchanged) are skipped without a look."""
     found = []
-    old_texts, new_texts = old.texts, new.texts
-    old_policies = {f"{Path(f.path).relative_to(old.root)}": [p.name for p in f.policies]
-                    for f in old.outcome.load.files}
-    new_policies = {f"{Path(f.path).relative_to(new.root)}": [p.name for p in f.policies]
-                    for f in new.outcome.load.files}
-    for name, policies in old_policies.items():
-        if not policies:
+    new_files = new.files
+    for name, before in old.files.items():
+        after = new_files.get(name)
+        if after is before or not before.policies:
             continue
         where = new.root / name
+        policies = ", ".join(p.name for p in before.policies)
         if name not in new.hashes:
-            found.append(f"{where}: the file held policies {', '.join(policies)} and is gone")
-        elif not new_policies.get(name):
-            found.append(f"{where}: the file held policies {', '.join(policies)} and now holds none "
-                         "(empty or cut short?)")
-        elif len(new_texts.get(name, "")) < len(old_texts[name]) and old_texts[name].startswith(
-                new_texts.get(name, "")):
+            found.append(f"{where}: the file held policies {policies} and is gone")
+        elif after is None or not after.policies:
+            found.append(f"{where}: the file held policies {policies} and now holds none (empty or cut short?)")
+        elif len(after.text) < len(before.text) and before.text.startswith(after.text):
             found.append(f"{where}: the file is a truncated copy of its previous content (a write in progress?)")
-    new_rules = {p.name: {r.id for r in p.rules} for p in new.outcome.load.policies}
+    new_policies = {p.name: p for p in new.outcome.load.policies}
     for policy in old.outcome.load.policies:
-        if policy.name not in new_rules:
+        now = new_policies.get(policy.name)
+        if now is policy:
+            continue
+        if now is None:
             found.append(f"{new.root}: policy {policy.name} (was at {policy.location}) is gone")
             continue
+        ids = {r.id for r in now.rules}
         for rule in policy.rules:
-            if rule.id not in new_rules[policy.name]:
+            if rule.id not in ids:
                 found.append(f"{new.root}: rule {rule.qualified_id} (was at {rule.location}) is gone")
     return found

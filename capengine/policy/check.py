@@ -18,7 +18,8 @@ from capengine.policy import lint, overlap
 from capengine.policy import suites as policy_tests
 from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
-from capengine.policy.loader import LoadResult, load_paths
+from capengine.policy.gc_pause import collector_paused
+from capengine.policy.loader import LoadResult, load_contents, load_paths
 from capengine.policy.model import Finding, Location, Rule
 
 
@@ -41,18 +42,28 @@ class CheckOutcome:
 def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
               operations: Iterable[str] | None = None, extensions_dir: str | Path | None = None,
               coverage: bool = False, min_coverage: float | None = None, run_tests: bool = True,
-              schema_dirs: Iterable[str | Path] = ()) -> CheckOutcome:
+              schema_dirs: Iterable[str | Path] = (), contents: Mapping[str, bytes] | None = None) -> CheckOutcome:
     """`schema_dirs`: operation schemas an embedding registers besides the built-in ones (see loader).
     `operations`: names registered besides those the schemas declare; by default exactly the schemas' (the
-    built-in catalogue), so a misspelled operation is an error here as in `capengine check`."""
+    built-in catalogue), so a misspelled operation is an error here as in `capengine check`. `contents`: the
+    files under `paths` already read (path -> bytes, in walk order): loaded instead of reading the disk again."""
     paths = _path_list(paths)
-    load = load_paths(paths, schema_dirs)
+    with collector_paused():
+        return _check(paths, strict, operations, extensions_dir, coverage, min_coverage, run_tests, schema_dirs,
+                      contents)
+
+
+def _check(paths: list[str | Path], strict: bool, operations: Iterable[str] | None,
+           extensions_dir: str | Path | None, coverage: bool, min_coverage: float | None, run_tests: bool,
+           schema_dirs: Iterable[str | Path], contents: Mapping[str, bytes] | None) -> CheckOutcome:
+    load = load_paths(paths, schema_dirs) if contents is None else load_contents(contents, schema_dirs)
     # operations declared by the built-in and extra schema directories count as registered
     operations = sorted(set(operations or ()) | set(load.catalog.names()))
     findings = list(load.findings)
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
-    findings.extend(lint.lint(load.policies, operations, exts, load.catalog, load.programs))
-    policy_set = PolicySet.from_load(load)
+    programs = load.programs  # a property that builds a dict: once
+    findings.extend(lint.lint(load.policies, operations, exts, load.catalog, programs))
+    policy_set = PolicySet(load.policies, programs, load.revision, load.catalog)
     report = None
     findings.extend(lint.test_findings(load.suites, load.policies, operations, load.catalog))
     decided: dict[str, list[Mapping[str, Any]]] = {}
@@ -77,8 +88,6 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
         findings.append(Finding(Location(str(paths[0]) if paths else "."), "error", Code.COVERAGE,
                                 "--min-coverage given but no PolicyTest files were found"))
     if run_tests:  # partial-shadow: with the suites' results, as a tested overlap is an intended one
-        programs = load.programs  # a property that builds a dict: once
-
         def tested(deny: Rule, allow: Rule) -> bool:
             cases = decided.get(deny.qualified_id)
             return cases is not None and overlap.exercised(allow, cases, policy_set, programs)

@@ -7,6 +7,7 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -18,6 +19,7 @@ from capengine.cel.compiler import Program
 from capengine.policy import globs, review
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
+from capengine.policy.memo import IdentityMemo, PerPolicy
 from capengine.policy.model import Finding, Policy, Rule, TestSuite
 from capengine.policy.operations import Catalog, builtin, selector_matches
 
@@ -53,38 +55,69 @@ class _ByExtension:
         return list(found.values())
 
 
+_PER_POLICY: PerPolicy[list[Finding]] = PerPolicy()
+
+
 def lint(policies: list[Policy], operations: Iterable[str] | None = None,
          extension_ids: Iterable[str] | None = None, catalog: Catalog | None = None,
          programs: Mapping[str, Program] | None = None) -> list[Finding]:
     """`programs`: the compiled conditions by qualified rule id, whose ASTs lint reads instead of parsing
-    every condition again (parsing dominates a large check)."""
-    asts = _Asts(programs or {})
-    findings: list[Finding] = []
+    every condition again (parsing dominates a large check). Each policy's findings depend only on it, the
+    policies it can meet (sharing an extension) and the operation names, so they are remembered per policy
+    (memo.py): a reload after one edited file lints that file's policies and their neighbours only."""
     catalog = catalog or builtin()
     ops = sorted(operations) if operations is not None else None
     exts = sorted(extension_ids) if extension_ids is not None else None
+    names = ops if ops is not None else catalog.names()
+    context = (tuple(names), None if exts is None else tuple(exts))
+    selectors = _Selectors.of(names, catalog)
+    revealing = [op for op in names if (info := catalog.get(op)) is not None and CONTENT in info.classes]
     denies_of: dict[int, list[Rule]] = {}
-    for p in policies:
-        denies = [r for r in p.rules if r.effect == "deny" and r.condition is None]
-        if denies:
-            denies_of[id(p)] = denies
-    deny_index = _ByExtension(p for p in policies if id(p) in denies_of)
-    selectors = _Selectors(ops if ops is not None else catalog.names(), catalog)
-    findings.extend(_content_around_deny(policies, catalog, selectors, asts))
-    findings.extend(_nfd_literals(policies, asts))
+    grants_of: dict[int, dict[str, str]] = {}
+    indexes: list[_ByExtension] = []  # (deny holders, granting policies)
+    asts: list[_Asts] = []
+
+    def prepare() -> None:
+        """The whole-set facts, only when some policy is to be linted (none are after an edit elsewhere)."""
+        asts.append(_Asts(programs or {}))
+        for p in policies:
+            denies = [r for r in p.rules if r.effect == "deny" and r.condition is None]
+            if denies:
+                denies_of[id(p)] = denies
+            grants = _GRANTS.get(context, (catalog, p), partial(_grants, p, revealing, selectors))
+            if grants:
+                grants_of[id(p)] = grants
+        indexes.append(_ByExtension(p for p in policies if id(p) in denies_of))
+        indexes.append(_ByExtension(p for p in policies if id(p) in grants_of))
+
+    def compute(policy: Policy) -> list[Finding]:
+        if not indexes:
+            prepare()
+        unconditional = [(d, r) for d in indexes[0].candidates(policy) for r in denies_of[id(d)]]
+        out = _content_around_deny(policy, indexes[1].candidates(policy), grants_of, revealing, selectors, asts[0])
+        out.extend(_nfd_literals(policy, asts[0]))
+        out.extend(_policy_findings(policy, unconditional, exts, names, selectors, asts[0]))
+        return out
+    findings: list[Finding] = []
+    for found in _PER_POLICY.run(context, catalog, policies, compute):
+        findings.extend(found)
     findings.extend(review.set_findings(policies, programs or {}))
-    for policy in policies:
-        if exts is not None:
-            for i, pattern in enumerate(policy.extensions):
-                if not any(globs.glob_match(pattern, e) for e in exts):
-                    at = policy.extension_locations[i] if i < len(policy.extension_locations) else policy.location
-                    findings.append(Finding(at, "warning", Code.UNUSED_EXTENSION_GLOB,
-                                            f"policy '{policy.name}': extensions pattern '{pattern}' matches no "
-                                            "extension in the extensions directory"))
-        unconditional = [(d, r) for d in deny_index.candidates(policy) for r in denies_of[id(d)]]
-        for rule in policy.rules:
-            findings.extend(_rule_findings(policy, rule, unconditional, selectors, asts))
-        findings.extend(_limit_findings(policy, ops if ops is not None else catalog.names()))
+    return findings
+
+
+def _policy_findings(policy: Policy, unconditional: list[tuple[Policy, Rule]], exts: list[str] | None,
+                     names: list[str], selectors: _Selectors, asts: _Asts) -> list[Finding]:
+    findings: list[Finding] = []
+    if exts is not None:
+        for i, pattern in enumerate(policy.extensions):
+            if not any(globs.glob_match(pattern, e) for e in exts):
+                at = policy.extension_locations[i] if i < len(policy.extension_locations) else policy.location
+                findings.append(Finding(at, "warning", Code.UNUSED_EXTENSION_GLOB,
+                                        f"policy '{policy.name}': extensions pattern '{pattern}' matches no "
+                                        "extension in the extensions directory"))
+    for rule in policy.rules:
+        findings.extend(_rule_findings(policy, rule, unconditional, selectors, asts))
+    findings.extend(_limit_findings(policy, names))
     return findings
 
 
@@ -113,7 +146,7 @@ def _rule_findings(policy: Policy, rule: Rule, denies: list[tuple[Policy, Rule]]
         granted = selectors.ops(rule.operations, False)
         allowed = [op for op in names if op in granted]
         order = {id(r): i for i, (_, r) in enumerate(denies)}
-        for deny_policy, deny in sorted(denies, key=lambda pr: (pr[0].location, order[id(pr[1])])):
+        for deny_policy, deny in sorted(denies, key=lambda pr: (_where(pr[0]), order[id(pr[1])])):
             if _covers(deny_policy, deny, policy, rule, allowed, selectors):
                 out.append(Finding(where, "warning", Code.SHADOWED_ALLOW,
                                    f"allow rule {rid} can never take effect: unconditional deny "
@@ -151,6 +184,11 @@ class _Selectors:
         self.names, self.catalog = names, catalog
         self._memo: dict[tuple[tuple[str, ...], bool], frozenset[str]] = {}
 
+    @classmethod
+    def of(cls, names: list[str], catalog: Catalog) -> _Selectors:
+        """The one instance for these operation names and catalog, kept across runs (reloads)."""
+        return _SELECTORS.get(tuple(names), (catalog,), lambda: cls(list(names), catalog))
+
     def ops(self, selectors: Iterable[str], deny: bool) -> frozenset[str]:
         key = (tuple(selectors), deny)
         found = self._memo.get(key)
@@ -158,6 +196,10 @@ class _Selectors:
             found = self._memo[key] = frozenset(op for op in self.names if any(
                 selector_matches(s, op, deny, self.catalog) for s in key[0]))
         return found
+
+
+_SELECTORS: IdentityMemo[_Selectors] = IdentityMemo(64)
+_GRANTS: IdentityMemo[dict[str, str]] = IdentityMemo()
 
 
 @attrs.frozen
@@ -258,60 +300,64 @@ def _extensions_overlap(a: Policy, b: Policy) -> bool:
                for x in a.extensions for y in b.extensions)
 
 
-def _content_around_deny(policies: list[Policy], catalog: Catalog, selectors: _Selectors,
-                         asts: _Asts) -> list[Finding]:
+def _where(policy: Policy) -> tuple[str, int, int]:
+    """A policy's location as a plain tuple: the same order as sorting by Location, without attrs' comparison
+    methods building tuples on every compare (a wildcard policy meets thousands)."""
+    at = policy.location
+    return at.file, at.line, at.column
+
+
+def _grants(policy: Policy, revealing: list[str], selectors: _Selectors) -> dict[str, str]:
+    """Which content-revealing operations some allow rule of the policy grants, and the first rule that does."""
+    grants: dict[str, str] = {}
+    for allow in policy.rules:
+        if allow.effect == "allow":
+            granted = selectors.ops(allow.operations, False)
+            for op in revealing:
+                if op not in grants and op in granted:
+                    grants[op] = allow.qualified_id
+    return grants
+
+
+def _content_around_deny(policy: Policy, granting: list[Policy], grants_of: Mapping[int, dict[str, str]],
+                         revealing: list[str], selectors: _Selectors, asts: _Asts) -> list[Finding]:
     """A deny that hides some files from one content-revealing operation while an allow still lets another
-    content-revealing operation (OCR, sidecars of the file) read them: the deny protects nothing."""
-    revealing = [op for op in selectors.names if (info := catalog.get(op)) is not None and CONTENT in info.classes]
-    # per policy, once: which content-revealing operation some allow rule of it grants (and which rule)
-    allowed: dict[int, dict[str, str]] = {}
-    for other in policies:
-        grants: dict[str, str] = {}
-        for allow in other.rules:
-            if allow.effect == "allow":
-                granted = selectors.ops(allow.operations, False)
-                for op in revealing:
-                    if op not in grants and op in granted:
-                        grants[op] = allow.qualified_id
-        if grants:
-            allowed[id(other)] = grants
-    granting = _ByExtension(p for p in policies if id(p) in allowed)
+    content-revealing operation (OCR, sidecars of the file) read them: the deny protects nothing.
+    `granting`: the policies that may share an extension with `policy` and grant such an operation."""
     out: list[Finding] = []
-    for policy in policies:
-        for deny in policy.rules:
-            if deny.effect != "deny" or not (deny.condition is None or asts.reads_variable(deny.condition, "path")):
-                continue
-            denied_ops = selectors.ops(deny.operations, True)
-            denied = [op for op in revealing if op in denied_ops]
-            if not denied:
-                continue
-            leaks: dict[str, str] = {}
-            for other in sorted(granting.candidates(policy), key=lambda p: p.location):
-                if _extensions_overlap(policy, other):
-                    for op, rule in allowed[id(other)].items():
-                        if op not in denied:
-                            leaks.setdefault(op, rule)
-            if leaks:
-                shown = ", ".join(f"{op} (allowed by {rule})" for op, rule in sorted(leaks.items()))
-                out.append(Finding(deny.location, "warning", Code.CONTENT_REACHABLE,
-                                   f"deny {deny.qualified_id} hides these paths from {', '.join(denied)}, but "
-                                   f"{shown} also reveal file content; deny every operation that reveals it "
-                                   f'with operations: ["class:{CONTENT}"]'))
+    for deny in policy.rules:
+        if deny.effect != "deny" or not (deny.condition is None or asts.reads_variable(deny.condition, "path")):
+            continue
+        denied_ops = selectors.ops(deny.operations, True)
+        denied = [op for op in revealing if op in denied_ops]
+        if not denied:
+            continue
+        leaks: dict[str, str] = {}
+        for other in sorted(granting, key=_where):
+            if _extensions_overlap(policy, other):
+                for op, rule in grants_of[id(other)].items():
+                    if op not in denied:
+                        leaks.setdefault(op, rule)
+        if leaks:
+            shown = ", ".join(f"{op} (allowed by {rule})" for op, rule in sorted(leaks.items()))
+            out.append(Finding(deny.location, "warning", Code.CONTENT_REACHABLE,
+                               f"deny {deny.qualified_id} hides these paths from {', '.join(denied)}, but "
+                               f"{shown} also reveal file content; deny every operation that reveals it "
+                               f'with operations: ["class:{CONTENT}"]'))
     return out
 
 
-def _nfd_literals(policies: list[Policy], asts: _Asts) -> list[Finding]:
+def _nfd_literals(policy: Policy, asts: _Asts) -> list[Finding]:
     """Request paths are NFC-normalised before any rule sees them: a string literal in another normal form
     (typed on macOS, pasted from a decomposed file name) can never be equal to a path."""
     out: list[Finding] = []
-    for policy in policies:
-        for rule in policy.rules:
-            facts = asts.facts(rule.condition)
-            if facts is not None and facts.non_nfc is not None:
-                out.append(Finding(rule.location, "warning", Code.NFD_LITERAL,
-                                   f"rule {rule.qualified_id}: string {facts.non_nfc!r} is not in Unicode NFC, but "
-                                   "every request path is; write it precomposed (path.under and path.glob "
-                                   "normalise their literal themselves)"))
+    for rule in policy.rules:
+        facts = asts.facts(rule.condition)
+        if facts is not None and facts.non_nfc is not None:
+            out.append(Finding(rule.location, "warning", Code.NFD_LITERAL,
+                               f"rule {rule.qualified_id}: string {facts.non_nfc!r} is not in Unicode NFC, but "
+                               "every request path is; write it precomposed (path.under and path.glob "
+                               "normalise their literal themselves)"))
     return out
 
 

@@ -13,7 +13,8 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -31,9 +32,10 @@ from capengine.cel.types import DYN, STRING, Type, map_of
 from capengine.policy import arg_types, globs, operations, paths, review
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
+from capengine.policy.memo import IdentityMemo
 from capengine.policy.model import Finding, Limit, Location, Policy, Rule, Severity, TestCase, TestSuite
 from capengine.policy.operations import Catalog
-from capengine.policy.schemas import validator
+from capengine.policy.schemas import conforms, validator
 from capengine.policy.yaml_source import Document, JsonPath, YamlSourceError, expression_position, load_documents
 
 Json = Any  # a YAML document's plain data, checked against the JSON Schema before it is trusted
@@ -57,6 +59,7 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 class LoadedFile:
     path: str
     text: str
+    digest: bytes = b""  # sha256 of the text (UTF-8): the file's part of the revision, computed once per version
     policies: list[Policy] = attrs.field(factory=list)
     suites: list[TestSuite] = attrs.field(factory=list)
     programs: dict[str, cel_compiler.Program] = attrs.field(factory=dict)  # qualified rule id -> program
@@ -89,8 +92,35 @@ class LoadResult:
         """Content hash of the policy set: the sorted digests of the policy files' texts (test files do not
         change decisions). Paths are left out, so `check policies`, `check /abs/policies` and a daemon reading a
         copy elsewhere agree on the revision their audit records carry."""
-        texts = sorted(hashlib.sha256(f.text.encode()).digest() for f in self.files if f.policies)
+        texts = sorted(f.digest or _digest(f.text) for f in self.files if f.policies)
         return hashlib.sha256(b"capengine-policy-set\0" + b"".join(texts)).hexdigest()[:16]
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+
+def walk(root: str | Path) -> list[str]:
+    """Relative paths of the YAML files under a directory, in the order `sorted(Path.rglob)` gives (by path
+    components), which fixes the order of policies and so which rule a decision names. One scandir per
+    directory: symlinked directories are not descended into (as rglob), symlinked files are included, FIFOs
+    and sockets are not (reading one would block). Raises OSError when the tree changes under the walk."""
+    found: list[str] = []
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(os.path.join(root, rel) if rel else root) as entries:
+            for entry in entries:
+                name = rel + entry.name if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(name + os.sep)
+                elif (dot := entry.name.rfind(".")) > 0 and entry.name[dot:] in POLICY_SUFFIXES and entry.is_file():
+                    found.append(name)  # the test is Path.suffix's: ".yaml" alone is a hidden file, not YAML
+    found.sort(key=lambda name: name.split(os.sep))
+    return found
 
 
 def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
@@ -100,7 +130,7 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found.extend(sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file()))
+            found.extend(p / name for name in walk(p))
         elif p.is_file():
             found.append(p)
         else:
@@ -108,12 +138,7 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
     return found, findings
 
 
-def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = ()) -> LoadResult:
-    """Load every policy and test file under `paths`. `schema_dirs`: extra operation schema directories
-    (operations an embedding registers besides the built-in ones), so rules may name them; by default the
-    directories listed in $CAPENGINE_OPERATION_SCHEMAS (os.pathsep-separated), which reaches `capengine check`
-    and the daemon too."""
-    files, findings = discover(paths)
+def _catalog(schema_dirs: Iterable[str | Path], findings: list[Finding]) -> Catalog:
     catalog = operations.builtin()
     schema_dirs = list(schema_dirs) or [d for d in os.environ.get(SCHEMA_PATH_ENV, "").split(os.pathsep) if d]
     if schema_dirs:
@@ -123,21 +148,50 @@ def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = 
             findings.append(Finding(Location(str(schema_dirs[0])), "error", Code.IO,
                                     f"cannot read operation schemas: {exc}; fix the file or the directory list "
                                     f"(schema_dirs / ${SCHEMA_PATH_ENV})"))
-    result = LoadResult([], findings, catalog)
+    return catalog
+
+
+def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = ()) -> LoadResult:
+    """Load every policy and test file under `paths`. `schema_dirs`: extra operation schema directories
+    (operations an embedding registers besides the built-in ones), so rules may name them; by default the
+    directories listed in $CAPENGINE_OPERATION_SCHEMAS (os.pathsep-separated), which reaches `capengine check`
+    and the daemon too."""
+    files, findings = discover(paths)
+    contents: dict[str, bytes | OSError] = {}
     for path in files:
         try:
             if path.stat().st_size > MAX_FILE_BYTES:
                 raise OSError(f"file larger than {MAX_FILE_BYTES} bytes")
-            text = path.read_text(encoding="utf-8")
+            contents[str(path)] = path.read_bytes()
+        except OSError as exc:
+            contents[str(path)] = exc
+    return load_contents(contents, schema_dirs, findings)
+
+
+def load_contents(contents: Mapping[str, bytes | OSError], schema_dirs: Iterable[str | Path] = (),
+                  findings: Iterable[Finding] = ()) -> LoadResult:
+    """Load files already read, in the mapping's order (the daemon reads them once to compare versions): path
+    -> its bytes, or the OSError reading it raised (reported as a finding)."""
+    findings = list(findings)
+    result = LoadResult([], findings, _catalog(schema_dirs, findings))
+    for path, data in contents.items():
+        if isinstance(data, OSError):
+            result.findings.append(Finding(Location(path), "error", Code.IO, f"cannot read: {data}"))
+            continue
+        if len(data) > MAX_FILE_BYTES:
+            result.findings.append(Finding(Location(path), "error", Code.IO,
+                                           f"cannot read: file larger than {MAX_FILE_BYTES} bytes"))
+            continue
+        try:
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = path.read_bytes()[:exc.start].count(b"\n") + 1
-            result.findings.append(Finding(Location(str(path), line, 1), "error", Code.IO,
+            line = data[:exc.start].count(b"\n") + 1
+            result.findings.append(Finding(Location(path, line, 1), "error", Code.IO,
                                            f"not UTF-8 (byte {exc.start}); save the file as UTF-8"))
             continue
-        except OSError as exc:
-            result.findings.append(Finding(Location(str(path)), "error", Code.IO, f"cannot read: {exc}"))
-            continue
-        loaded, file_findings = _load_cached(str(path), text, catalog)
+        if "\r" in text:  # what reading in text mode did: universal newlines
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        loaded, file_findings = _load_cached(path, data, text, result.catalog)
         result.files.append(loaded)
         result.findings.extend(file_findings)
     result.findings.extend(_cross_file_checks(result))
@@ -145,15 +199,15 @@ def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = 
 
 
 _CACHE_FILES = 16384
-_cache: OrderedDict[tuple[str, str, int], tuple[Catalog, LoadedFile, tuple[Finding, ...]]] = OrderedDict()
+_cache: OrderedDict[tuple[str, bytes, int], tuple[Catalog, LoadedFile, tuple[Finding, ...]]] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _load_cached(path: str, text: str, catalog: Catalog) -> tuple[LoadedFile, list[Finding]]:
+def _load_cached(path: str, data: bytes, text: str, catalog: Catalog) -> tuple[LoadedFile, list[Finding]]:
     """load_text, remembered by (path, content hash, catalog): a reload after one file of a thousand changed
     parses, validates and compiles that one file only. A loaded file is never modified afterwards, so the
-    same LoadedFile may serve several policy sets."""
-    key = (path, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), id(catalog))
+    same LoadedFile may serve several policy sets (and its identity tells later stages it is unchanged)."""
+    key = (path, hashlib.sha256(data).digest(), id(catalog))
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None and hit[0] is catalog:
@@ -169,7 +223,7 @@ def _load_cached(path: str, text: str, catalog: Catalog) -> tuple[LoadedFile, li
 
 def load_text(path: str, text: str, catalog: Catalog | None = None) -> tuple[LoadedFile, list[Finding]]:
     """Load one file's text. On any error in a document, that document contributes nothing."""
-    loaded = LoadedFile(path, text)
+    loaded = LoadedFile(path, text, _digest(text))
     findings: list[Finding] = []
     try:
         documents = list(load_documents(text))
@@ -209,7 +263,8 @@ class _DocumentLoader:
             self.report(("kind",), Code.UNKNOWN_KIND,
                         f"kind must be Policy or PolicyTest, got {kind!r}")
             return
-        for err in sorted(validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        errors = [] if conforms(schema)(data) else validator(schema).iter_errors(data)
+        for err in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
             where = tuple(err.absolute_path)
             if err.validator == "additionalProperties" and isinstance(err.instance, dict):
                 properties: Json = err.schema.get("properties", {}) if isinstance(err.schema, dict) else {}
@@ -303,6 +358,8 @@ class _DocumentLoader:
                                 + ", ".join(f"class:{k}" for k in known))
                     ok = False
                 continue
+            if globs.is_literal(pattern):
+                continue  # names itself: nothing to compile (10,000 distinct extension ids would churn the cache)
             try:
                 globs.compile_glob(pattern, ".")
             except globs.GlobError as exc:
@@ -311,44 +368,31 @@ class _DocumentLoader:
         return ok
 
     def _args_record(self, selectors: list[str]) -> Type | None:
-        """`args` typed from the schemas of the operations these selectors match (None: nothing known)."""
-        matched = [info for op in self.catalog.names()
-                   if any(operations.selector_matches(s, op, False, self.catalog) for s in selectors)
-                   and (info := self.catalog.get(op)) is not None]
-        return arg_types.args_type(matched)
+        """`args` typed from the schemas of the operations these selectors match (None: nothing known); once
+        per (selectors, catalog): thousands of rules repeat the same few operation lists."""
+        return _ARGS_RECORDS.get(tuple(selectors), (self.catalog,), partial(_args_record, self.catalog, selectors))
 
     def _compile(self, source: str, json_path: JsonPath, record: Type | None = None,
                  deny: bool = False, context: review.RuleContext | None = None) -> cel_compiler.Program | None:
-        decls = POLICY_DECLS if record is None else {**POLICY_DECLS, "args": record}
-        program, errors = cel_compiler.compile_expression(source, decls, POLICY_ENVIRONMENT, total=True,
-                                                          costs=POLICY_COSTS)
+        compiled = _COMPILED.get((source, deny), (record,), partial(_compile, source, record, deny))
         node = self.doc.nodes.get(json_path)
-        for err in errors:
+        for err in compiled.errors:
             pos = err.pos if not isinstance(err, cel_ast.CelSyntaxError) else cel_ast.Pos(err.line, err.column)
             line, column = self._expression_position(node, pos)
             code = _ERROR_CODES.get(type(err), Code.CEL_INVALID)
             self.findings.append(Finding(Location(self.path, line, column), "error", code,
                                          f"{err.message} in condition {source.strip()!r}"))
+        program = compiled.program
         if program is not None and program.type not in (Type("bool"), DYN):
             self.report(json_path, Code.CEL_TYPE, f"condition must be bool, but it is {program.type}")
             return None
-        if program is None:
-            return None
-        tree = cel_ast.parse(source, POLICY_ENVIRONMENT.namespaced)
-        for message, pos in arg_types.prefix_tests(tree):
-            line, column = self._expression_position(node, pos)
-            self.findings.append(Finding(Location(self.path, line, column), "warning", Code.PATH_PREFIX, message))
-        for code, message, pos in review.condition_findings(tree, context) if context is not None else ():
+        for code, message, pos in compiled.warnings:
             line, column = self._expression_position(node, pos)
             self.findings.append(Finding(Location(self.path, line, column), "warning", code, message))
-        if deny and record is not None:
-            for field, pos in arg_types.unguarded_optional_reads(tree, record):
+        if program is not None and program.node is not None and context is not None:
+            for code, message, pos in review.condition_findings(program.node, context):  # per rule: its context
                 line, column = self._expression_position(node, pos)
-                self.findings.append(Finding(
-                    Location(self.path, line, column), "warning", Code.UNGUARDED_OPTIONAL,
-                    f"deny reads optional args.{field} without has(): a call without it makes the condition "
-                    f"error, which a deny counts as a match (it denies every such call); write "
-                    f"'args.?{field}.orValue(<default>) ...' or 'has(args.{field}) && ...'"))
+                self.findings.append(Finding(Location(self.path, line, column), "warning", code, message))
         return program
 
     def _expression_position(self, node: yaml.Node | None, pos: cel_ast.Pos) -> tuple[int, int]:
@@ -409,6 +453,49 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
             return f"{where}: {err.instance!r} is not {expected}"
         return f"{where}: {err.instance!r} does not match the required pattern {err.validator_value}"
     return f"{where}: {err.message}"
+
+
+_ARGS_RECORDS: IdentityMemo[Type | None] = IdentityMemo(4096)
+
+
+@attrs.frozen
+class _Compiled:
+    """One condition text compiled for one `args` type and effect, with its file-independent warnings
+    (positions inside the condition; each file maps them onto its own lines)."""
+
+    program: cel_compiler.Program | None
+    errors: tuple[Any, ...]
+    warnings: tuple[tuple[Code, str, cel_ast.Pos], ...]
+
+
+_COMPILED: IdentityMemo[_Compiled] = IdentityMemo(16384)
+"""By (text, effect) and the very `args` type object (_args_record hands out one per operation list; Type's
+equality ignores a record's fields, so equal-looking records must not share): many files repeat the same
+conditions, and a reload recompiles none of them."""
+
+
+def _compile(source: str, record: Type | None, deny: bool) -> _Compiled:
+    decls = POLICY_DECLS if record is None else {**POLICY_DECLS, "args": record}
+    program, errors = cel_compiler.compile_expression(source, decls, POLICY_ENVIRONMENT, total=True,
+                                                      costs=POLICY_COSTS)
+    warnings: list[tuple[Code, str, cel_ast.Pos]] = []
+    if program is not None and program.type in (Type("bool"), DYN):
+        tree = program.node if program.node is not None else cel_ast.parse(source, POLICY_ENVIRONMENT.namespaced)
+        warnings.extend((Code.PATH_PREFIX, message, pos) for message, pos in arg_types.prefix_tests(tree))
+        if deny and record is not None:
+            warnings.extend((Code.UNGUARDED_OPTIONAL,
+                             f"deny reads optional args.{field} without has(): a call without it makes the condition "
+                             f"error, which a deny counts as a match (it denies every such call); write "
+                             f"'args.?{field}.orValue(<default>) ...' or 'has(args.{field}) && ...'", pos)
+                            for field, pos in arg_types.unguarded_optional_reads(tree, record))
+    return _Compiled(program, tuple(errors), tuple(warnings))
+
+
+def _args_record(catalog: Catalog, selectors: list[str]) -> Type | None:
+    matched = [info for op in catalog.names()
+               if any(operations.selector_matches(s, op, False, catalog) for s in selectors)
+               and (info := catalog.get(op)) is not None]
+    return arg_types.args_type(matched)
 
 
 def _cross_file_checks(result: LoadResult) -> list[Finding]:

@@ -15,6 +15,7 @@ message says so; otherwise it is a request of the overlapping shape. An overlap 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import cached_property
 from typing import Any
 
 import attrs
@@ -27,6 +28,7 @@ from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.lint import _ByExtension, _extensions_overlap, _Selectors
+from capengine.policy.memo import PerPolicy
 from capengine.policy.model import Finding, Policy, Request, RequestError, Rule
 from capengine.policy.operations import Catalog
 
@@ -40,7 +42,14 @@ class Overlap:
     request: dict[str, Any]
     confirmed: bool
 
+    @cached_property
+    def _finding(self) -> Finding:  # once: an overlap remembered across reloads is reported on each of them
+        return self._make_finding()
+
     def finding(self) -> Finding:
+        return self._finding
+
+    def _make_finding(self) -> Finding:
         shown = ", ".join(f"{k}: {v!r}" for k, v in self.request.items() if v not in ("", {}))
         how = "both conditions match it" if self.confirmed else \
             "a request of that shape: the conditions test more than the path, which this lint does not solve"
@@ -50,40 +59,75 @@ class Overlap:
                        "narrow one of the rules")
 
 
+_PER_POLICY: PerPolicy[list[Overlap]] = PerPolicy()
+
+
 def find(policies: list[Policy], catalog: Catalog, operations: list[str], programs: Mapping[str, Program],
          tested: Callable[[Rule, Rule], bool] = lambda deny, allow: False) -> list[Overlap]:
-    """At most one overlap per allow rule (the first deny found), so the output stays proportional to the
-    policy set even when an org-wide deny overlaps every allow. Each deny meets only the allows of policies
-    that can share an extension with it (by index), and operation sets are memoised per selector list.
+    """At most one overlap per allow rule (the first deny in policy order), so the output stays proportional
+    to the policy set even when an org-wide deny overlaps every allow. Each allow meets only the denies of
+    policies that can share an extension with it (by index), and operation sets are memoised per selector
+    list. A policy's overlaps depend only on it and the deny-holding policies it meets, so they are remembered
+    per policy (memo.py): a reload after one edited file looks at that file's neighbourhood only.
     `tested(deny, allow)`: the policy tests exercise that overlap (then it is intended, and not reported)."""
-    selectors = _Selectors(operations, catalog)
-    holders = _ByExtension(p for p in policies if any(r.effect == "allow" for r in p.rules))
+    selectors = _Selectors.of(operations, catalog)
+    order: dict[int, int] = {}
+    holders: list[_ByExtension] = []  # built only if some policy is looked at
+    trees: dict[str, ast.Node] = {}
+
+    def meets(policy: Policy) -> list[Policy]:
+        if not holders:
+            trees.update((p.source, p.node) for p in programs.values() if p.node is not None)
+            order.update((id(p), i) for i, p in enumerate(policies))
+            holders.append(_ByExtension(p for p in policies if any(r.effect == "deny" for r in p.rules)))
+        return sorted(holders[0].candidates(policy), key=lambda p: order[id(p)])
+
+    def untested(policy: Policy) -> list[Overlap]:
+        if not any(r.effect == "allow" for r in policy.rules):
+            return []
+        return _overlaps(policy, meets(policy), catalog, selectors, programs, trees, lambda deny, allow: False)
+    found: list[Overlap] = []
+    for policy, overlaps in zip(policies, _PER_POLICY.run(tuple(operations), catalog, policies, untested),
+                                strict=True):
+        if any(tested(o.deny, o.allow) for o in overlaps):  # a tested overlap: look for the next deny
+            overlaps = _overlaps(policy, meets(policy), catalog, selectors, programs, trees, tested)
+        found.extend(overlaps)
+    return found
+
+
+def _overlaps(policy: Policy, meets: list[Policy], catalog: Catalog, selectors: _Selectors,
+              programs: Mapping[str, Program], trees: Mapping[str, ast.Node],
+              tested: Callable[[Rule, Rule], bool]) -> list[Overlap]:
+    """The first overlapping deny (in policy order) of each allow rule of `policy`. `meets`: the policies with
+    deny rules that may share an extension with it, in set order."""
     found: dict[str, Overlap] = {}
-    for policy in policies:
-        for deny in policy.rules:
+    allows = [r for r in policy.rules if r.effect == "allow"]
+    for other in meets:
+        if not _extensions_overlap(other, policy):
+            continue
+        for deny in other.rules:
             if deny.effect != "deny":
                 continue
             denied = selectors.ops(deny.operations, True)
-            for other in sorted(holders.candidates(policy), key=lambda p: p.location):
-                if not _extensions_overlap(policy, other):
+            for allow in allows:
+                if allow.qualified_id in found:
                     continue
-                for allow in other.rules:
-                    if allow.effect != "allow" or allow.qualified_id in found:
-                        continue
-                    common = sorted(denied & selectors.ops(allow.operations, False))
-                    deny_paths, allow_paths = _regions(deny), _regions(allow)
-                    if deny_paths is not None or allow_paths is not None:  # a path test: only ops with a path
-                        common = [op for op in common if _takes_path(catalog, op)]
-                    if not common:
-                        continue
-                    example = _example(deny_paths, allow_paths)
-                    if example is None or tested(deny, allow):
-                        continue  # path literals provably disjoint, or the overlap is tested
-                    request = {"extension": _extension(policy, other), "operation": common[0], "path": example,
-                               "library": _library(deny, allow), "args": {}}
-                    # built from canonical literals: the activation is the request itself
-                    confirmed = _true(programs, deny, request) and _true(programs, allow, request)
-                    found[allow.qualified_id] = Overlap(deny, allow, request, confirmed)
+                common = sorted(denied & selectors.ops(allow.operations, False))
+                deny_paths, allow_paths = _regions(deny, trees), _regions(allow, trees)
+                if deny_paths is not None or allow_paths is not None:  # a path test: only ops with a path
+                    common = [op for op in common if _takes_path(catalog, op)]
+                if not common:
+                    continue
+                example = _example(deny_paths, allow_paths)
+                if example is None or tested(deny, allow):
+                    continue  # path literals provably disjoint, or the overlap is tested
+                request = {"extension": _extension(other, policy), "operation": common[0], "path": example,
+                           "library": _library(trees, deny, allow), "args": {}}
+                # built from canonical literals: the activation is the request itself
+                confirmed = _true(programs, deny, request) and _true(programs, allow, request)
+                found[allow.qualified_id] = Overlap(deny, allow, request, confirmed)
+        if len(found) == len(allows):
+            break
     return list(found.values())
 
 
@@ -141,9 +185,9 @@ def _extension(a: Policy, b: Policy) -> str:
     return "com.example.any"
 
 
-def _library(*rules: Rule) -> str:
+def _library(trees: Mapping[str, ast.Node], *rules: Rule) -> str:
     for rule in rules:
-        if rule.condition is not None and (found := _condition_facts(rule.condition)[1]) is not None:
+        if rule.condition is not None and (found := _condition_facts(rule.condition, trees)[1]) is not None:
             return found
     return "6c1f0e4a-2b3d-4c5e-8f90-a1b2c3d4e5f6" if any(r.condition and "library" in r.condition for r in rules) \
         else ""
@@ -153,11 +197,15 @@ def _is_var(node: ast.Node, name: str) -> bool:
     return isinstance(node, ast.Ident) and node.name == name
 
 
-def _conjuncts(condition: str) -> list[ast.Node]:
-    try:
-        root = ast.parse(condition, POLICY_ENVIRONMENT.namespaced)
-    except ast.CelSyntaxError:
-        return []
+def _conjuncts(condition: str, trees: Mapping[str, ast.Node]) -> list[ast.Node]:
+    """`trees`: the compiled programs' ASTs by source text (parsing again would miss the parse cache on a set
+    with more distinct conditions than it holds)."""
+    root = trees.get(condition)
+    if root is None:
+        try:
+            root = ast.parse(condition, POLICY_ENVIRONMENT.namespaced)
+        except ast.CelSyntaxError:
+            return []
     return _flatten(root, "_&&_")
 
 
@@ -188,7 +236,7 @@ _KEPT = 65536
 _facts: dict[str, tuple[list[Region] | None, str | None]] = {}  # condition text -> (regions, library literal)
 
 
-def _condition_facts(condition: str) -> tuple[list[Region] | None, str | None]:
+def _condition_facts(condition: str, trees: Mapping[str, ast.Node]) -> tuple[list[Region] | None, str | None]:
     """The paths a condition can match as a union of regions (from its first path-constraining `&&` operand;
     None: unconstrained as far as this lint can tell), and the library it requires (`library == "..."`).
     Remembered by text across runs (bounded), so a reload after one edited file re-derives only that file's."""
@@ -197,7 +245,7 @@ def _condition_facts(condition: str) -> tuple[list[Region] | None, str | None]:
         return found
     regions: list[Region] | None = None
     library = None
-    for conjunct in _conjuncts(condition):
+    for conjunct in _conjuncts(condition, trees):
         if isinstance(conjunct, ast.Call) and conjunct.function == "_==_" and _is_var(conjunct.args[0], "library") \
                 and isinstance(conjunct.args[1], ast.Literal) and isinstance(conjunct.args[1].value, str):
             library = library or conjunct.args[1].value
@@ -211,8 +259,8 @@ def _condition_facts(condition: str) -> tuple[list[Region] | None, str | None]:
     return found
 
 
-def _regions(rule: Rule) -> list[Region] | None:
-    return _condition_facts(rule.condition)[0] if rule.condition is not None else None
+def _regions(rule: Rule, trees: Mapping[str, ast.Node]) -> list[Region] | None:
+    return _condition_facts(rule.condition, trees)[0] if rule.condition is not None else None
 
 
 def _prefix(region: Region) -> str:
