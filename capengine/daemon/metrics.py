@@ -42,6 +42,9 @@ class Metrics:
                             registry=r)
         self.policy_age = Gauge("capengine_policy_loaded_timestamp_seconds", "When the active set was loaded",
                                 registry=r)
+        self.workers = Gauge("capengine_worker_processes", "Job worker processes running (workers = N)", registry=r)
+        self.worker_restarts = Counter("capengine_worker_restarts", "Job worker processes that died and were "
+                                       "replaced", registry=r)
         self._server: object | None = None
 
     def observe(self, call: CallRecord) -> None:
@@ -60,6 +63,9 @@ class Metrics:
         self.log_backlog.set_function(backlog)
         self.log_up.set_function(lambda: 1.0 if writable() else 0.0)
         self.policy_age.set_function(loaded_at)
+
+    def worker_gauge(self, alive: Callable[[], int]) -> None:
+        self.workers.set_function(alive)
 
     def serve_http(self, port: int) -> None:
         """Loopback only: metrics name files and extensions; they are not for the network."""
