@@ -332,7 +332,8 @@ class WorkerPool:
             workers = [w for w in self._workers if w.alive]
             return {"size": self.size, "alive": len(workers), "busy": sum(w.job is not None for w in workers),
                     "restarts": self.restarts, "pids": [w.proc.pid for w in workers],
-                    "revisions": sorted({w.revision for w in workers}), "last_error": self.last_error}
+                    "revisions": sorted({w.revision for w in workers}), "last_error": self.last_error,
+                    "running": {str(w.proc.pid): w.job.run.run_id for w in workers if w.job is not None}}
 
 
 def default_size() -> int:
