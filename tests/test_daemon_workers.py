@@ -146,8 +146,9 @@ def test_reload_switches_every_worker_or_none(tmp_path, started):
     # one worker gets texts that do not compile to the announced revision: it says no, so nobody switches
     victim = pool.live()[0]
     honest = victim.send
-    victim.send = lambda m: honest((m[0], m[1], m[2][:-1]) if m[0] == "prepare" else m)  # type: ignore[method-assign]
-    write(daemon.config.policies, "q.yaml", policy_yaml("q", "- {id: other, effect: allow, operations: [vdfs.list_dir]}\n"))
+    victim.send = lambda m: honest((*m[:3], m[3][:-1]) if m[0] == "prepare" else m)  # type: ignore[method-assign]
+    write(daemon.config.policies, "q.yaml",
+          policy_yaml("q", "- {id: other, effect: allow, operations: [vdfs.list_dir]}\n"))
     outcome = daemon.reload()
     assert outcome["reloaded"] is False and "none switched" in outcome["errors"][0], outcome
     assert daemon.status.revision == v2 and daemon.host.policy_set.revision == v2
@@ -222,3 +223,34 @@ def test_workers_config_is_validated_and_zero_keeps_threads(tmp_path, started):
             attrs.evolve(config, workers=bad)
     daemon = started(attrs.evolve(config, workers=0))
     assert daemon.pool is None and "workers" not in call(daemon.config.socket, "health")["result"]
+
+
+def test_a_worker_that_never_answers_a_reload_aborts_it_everywhere(tmp_path, started):
+    """SIGSTOP one worker: the prepare times out, nobody (not the daemon either) switches; once it runs again,
+    its late answer counts for nothing and the next reload switches everyone."""
+    daemon = started(setup(tmp_path, policy_yaml("p", PING), workers=2))
+    pool = daemon.pool
+    assert pool is not None
+    v1 = daemon.status.revision
+    write(daemon.config.policies, "q.yaml", policy_yaml("q", "- {id: other, effect: allow, operations: [vdfs.stat]}\n"))
+    good = daemon.policies.good
+    stalled = pool.live()[1]
+    os.kill(stalled.proc.pid, signal.SIGSTOP)
+    activated = []
+    try:
+        from capengine.daemon.config import DaemonError
+        from capengine.daemon.server import _files
+        from capengine.policy.check import run_check
+
+        outcome = run_check([daemon.config.policies])
+        with pytest.raises(DaemonError, match=f"worker {stalled.proc.pid}: no answer in 1 s"):
+            pool.switch(outcome.policy_set.revision, _files(outcome.load.files), lambda: activated.append(1), 1.0)
+    finally:
+        os.kill(stalled.proc.pid, signal.SIGCONT)
+    assert not activated and pool.state()["revisions"] == [v1] and daemon.policies.good is good
+    results = [run(daemon.config.socket, "com.example.burst") for _ in range(4)]
+    assert {c["code"] for r in results for c in r["calls"]} == {"OK"}
+    assert daemon.decisions.flush()
+    assert {r["revision"] for r in read_log(daemon.config.data_dir)} == {v1}
+    v2 = daemon.reload()
+    assert v2["reloaded"] is True and pool.state()["revisions"] == [v2["revision"]] != [v1]

@@ -417,19 +417,13 @@ class Daemon:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.config.workers > 0 and self.pool is None:  # before the socket: clients find a daemon that can run
             self._start_pool()
-        if self.config.metrics_port is not None:  # before the socket: a busy port must not leave a socket behind
-            try:
-                self.metrics.serve_http(self.config.metrics_port)
-            except OSError as exc:
-                raise DaemonError(f"cannot serve metrics on 127.0.0.1:{self.config.metrics_port}: {exc}") from None
-        server = ControlServer(path, self.answer, is_job=lambda line: any(m in line for m in JOB_METHODS),
-                               max_connections=self.config.max_connections, max_line=self.config.max_line_bytes,
-                               idle_timeout=self.config.idle_timeout, control_workers=self.config.control_workers,
-                               job_workers=self.config.job_workers)
         try:
-            server.bind()
-        except OSError as exc:
-            raise DaemonError(f"cannot listen on {path}: {exc}") from None
+            server = self._listen(path)
+        except DaemonError:
+            if self.pool is not None:  # a start that fails leaves no worker behind
+                self.pool.stop(5.0)
+                self.pool = None
+            raise
         self._server = server
         sup = self.supervisor
         sup.run("control", server.serve)
@@ -444,6 +438,23 @@ class Daemon:
         log.info("serving on %s (policy revision %s)", path, self.status.revision)
         if self.config.resume_interrupted:
             self._resume_interrupted()
+
+    def _listen(self, path: Path) -> ControlServer:
+        """The metrics port (if any), then the bound control socket; DaemonError naming what is in the way."""
+        if self.config.metrics_port is not None:  # before the socket: a busy port must not leave a socket behind
+            try:
+                self.metrics.serve_http(self.config.metrics_port)
+            except OSError as exc:
+                raise DaemonError(f"cannot serve metrics on 127.0.0.1:{self.config.metrics_port}: {exc}") from None
+        server = ControlServer(path, self.answer, is_job=lambda line: any(m in line for m in JOB_METHODS),
+                               max_connections=self.config.max_connections, max_line=self.config.max_line_bytes,
+                               idle_timeout=self.config.idle_timeout, control_workers=self.config.control_workers,
+                               job_workers=self.config.job_workers)
+        try:
+            server.bind()
+        except OSError as exc:
+            raise DaemonError(f"cannot listen on {path}: {exc}") from None
+        return server
 
     def _start_pool(self) -> None:
         """The worker processes, each on the active revision; DaemonError when they cannot all start."""

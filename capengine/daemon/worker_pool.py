@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -57,7 +58,7 @@ class _Worker:
         self.revision = ""
         self.broken: str | None = None
         self.ready = threading.Event()
-        self.prepared: dict[str, str | None] = {}  # revision -> None (loaded) or why not
+        self.prepared: dict[int, str | None] = {}  # reload ticket -> None (loaded) or why not
         self._send_lock = threading.Lock()
         self.reader: threading.Thread | None = None
 
@@ -88,6 +89,7 @@ class WorkerPool:
         self.restarts = 0
         self.last_error: str | None = None
         self._maintainer: threading.Thread | None = None
+        self._tickets = itertools.count(1)  # one per reload attempt: a late answer never counts for another
 
     # lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -278,6 +280,8 @@ class WorkerPool:
                 self._lock.wait(0.5)
             worker.job = job
         worker.send(("job", run.run_id, ext, run.job, input_json, namespace))
+        if run.interrupted:  # cancelled (or the daemon stopping) while it waited for a worker
+            worker.send(("interrupt", run.run_id, False))
         job.done.wait()
         with self._lock:
             if worker.alive and worker.job is job:
@@ -304,27 +308,28 @@ class WorkerPool:
         """Two-phase: every live worker loads the set and acknowledges; only then `activate()` (the daemon's own
         swap) and commit everywhere. Any refusal, death or timeout aborts it everywhere (DaemonError)."""
         with self._reload_lock:
+            ticket = next(self._tickets)
             workers = self.live()
             for worker in workers:
-                worker.send(("prepare", revision, files))
+                worker.send(("prepare", ticket, revision, files))
             deadline = time.monotonic() + timeout
             with self._lock:
-                self._lock.wait_for(lambda: all(revision in w.prepared or not w.alive for w in workers),
+                self._lock.wait_for(lambda: all(ticket in w.prepared or not w.alive for w in workers),
                                     max(0.0, deadline - time.monotonic()))
-                problems = [f"worker {w.proc.pid}: " + (w.prepared[revision] or "") if revision in w.prepared
+                problems = [f"worker {w.proc.pid}: " + (w.prepared[ticket] or "") if ticket in w.prepared
                             else f"worker {w.proc.pid}: " + ("died" if not w.alive else f"no answer in {timeout:g} s")
-                            for w in workers if w.prepared.get(revision, "missing") is not None]
+                            for w in workers if w.prepared.get(ticket, "missing") is not None]
                 for w in workers:
-                    w.prepared.pop(revision, None)
+                    w.prepared.clear()
             if problems:
                 for worker in workers:
-                    worker.send(("abort", revision))
+                    worker.send(("abort", ticket))
                 raise DaemonError("the worker processes could not all load the new set, so none switched: "
                                   + "; ".join(problems))
             activate()
             self._setup = attrs.evolve(self._setup, revision=revision, files=files)  # for replacements
             for worker in workers:
-                worker.send(("commit", revision))
+                worker.send(("commit", ticket))
                 worker.revision = revision
 
     def state(self) -> dict:

@@ -116,8 +116,9 @@ class Worker:
         self._answers: dict[int, tuple[float, str | None]] = {}
         self._answered = threading.Condition()
         self._seq = 0
-        self._pending: dict[str, PolicySet] = {}  # prepared, not yet committed
+        self._pending: dict[int, PolicySet] = {}  # prepared, not yet committed, by the reload's ticket
         self._run: JobRun | None = None
+        self._interrupted: set[str] = set()  # jobs asked to stop before (or while) they reached this worker
         self.refusal: str | None = None  # the daemon's decision log refusal, pushed when it changes
         policy_set = policy_set_from_texts(setup.files, setup.revision)
         self.host = WorkerHost(self._ask, policy_set, setup.data_dir, setup.limits, on_call=self._record,
@@ -153,6 +154,7 @@ class Worker:
                 elif kind == "job":
                     self._jobs.put(message)
                 elif kind == "interrupt":
+                    self._interrupted.add(message[1])
                     run = self._run
                     if run is not None and run.run_id == message[1]:
                         run.interrupt()
@@ -162,7 +164,7 @@ class Worker:
                     self.refusal = message[1]
                 elif kind == "prepare":
                     threading.Thread(target=self._prepare, args=message[1:], daemon=True).start()
-                elif kind == "commit":  # only ever after this worker said "prepared"
+                elif kind == "commit":  # only ever after this worker said "prepared" for this ticket
                     self.host.swap_policies(self._pending.pop(message[1]))
                     self._pending.clear()
                 elif kind == "abort":
@@ -175,13 +177,13 @@ class Worker:
             log.exception("the worker's reader failed; exiting (the daemon fails the job and replaces the worker)")
             os._exit(70)
 
-    def _prepare(self, revision: str, files: tuple[tuple[str, str], ...]) -> None:
+    def _prepare(self, ticket: int, revision: str, files: tuple[tuple[str, str], ...]) -> None:
         try:
-            self._pending[revision] = policy_set_from_texts(files, revision)
+            self._pending[ticket] = policy_set_from_texts(files, revision)
             error = None
         except Exception as exc:  # noqa: BLE001 - any failure is this worker's "no": the reload is aborted
             error = f"{type(exc).__name__}: {exc}"
-        self.send(("prepared", revision, error))
+        self.send(("prepared", ticket, error))
 
     # jobs (the main thread) -------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -196,6 +198,8 @@ class Worker:
         run = JobRun(namespace, job, CheckpointStore(self.host.data_dir), job_id)
         run.on_change = _Progress(self.send)
         self._run = run
+        if job_id in self._interrupted:  # a cancel that overtook the job
+            run.interrupt()
         try:
             result, _ = self.host.run_job(ext, job, input_json, run)
         except Exception as exc:  # noqa: BLE001 - reported as the job's failure, the worker goes on
@@ -203,6 +207,7 @@ class Worker:
             result = JobResult(ext.id, job, "failed", None, f"internal error in the worker: {exc}", ())
         finally:
             self._run = None
+            self._interrupted.discard(job_id)
         self.send(("done", job_id, result, _state(run)))
 
 
