@@ -198,13 +198,14 @@ class WorkerPool:
                 message = worker.conn.recv()
                 kind = message[0]
                 if kind == "call":
+                    record = CallRecord(*message[1])
                     job = worker.job
                     if job is not None:
                         if len(job.calls) < MAX_CALL_RECORDS:
-                            job.calls.append(message[1])
+                            job.calls.append(record)
                         else:
                             job.calls.dropped += 1
-                    self._on_call(message[1])
+                    self._on_call(record)
                 elif kind == "acquire":
                     _, seq, revision, extension, operation, namespace = message
                     limiter = self._limiter_for(revision)
