@@ -174,8 +174,8 @@ def main() -> int:
     for mode, _ in MODES:
         for clients in LEVELS:
             runs = results[(mode, clients)]
-            print(f"{mode:>10} {clients:>7} {spread([r['jobs_s'] for r in runs]):>24} "
-                  f"{statistics.median(r['p50'] for r in runs):>8.1f} {statistics.median(r['p99'] for r in runs):>8.1f} "
+            p50, p99 = statistics.median(r["p50"] for r in runs), statistics.median(r["p99"] for r in runs)
+            print(f"{mode:>10} {clients:>7} {spread([r['jobs_s'] for r in runs]):>24} {p50:>8.1f} {p99:>8.1f} "
                   f"{statistics.median(r['cpu_ms_per_job'] for r in runs):>10.1f} {sum(r['errors'] for r in runs):>6}")
     print("jobs/s ratios, per round (same round, same client count), median (min-max):")
     for clients in LEVELS:
