@@ -254,3 +254,23 @@ def test_a_worker_that_never_answers_a_reload_aborts_it_everywhere(tmp_path, sta
     assert {r["revision"] for r in read_log(daemon.config.data_dir)} == {v1}
     v2 = daemon.reload()
     assert v2["reloaded"] is True and pool.state()["revisions"] == [v2["revision"]] != [v1]
+
+
+def test_when_no_worker_can_be_started_jobs_fail_with_the_reason_instead_of_hanging(tmp_path, started):
+    daemon = started(setup(tmp_path, policy_yaml("p", PING), workers=1, queue_timeout=1.0))
+    pool = daemon.pool
+    assert pool is not None
+    good = pool._setup
+    pool._setup = attrs.evolve(good, revision="0" * 16)  # replacements get texts that are not that revision
+    [pid] = pool.state()["pids"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: pool.last_error is not None)
+    assert "did not start" in pool.last_error and "not " + "0" * 16 in pool.last_error
+    health = call(daemon.config.socket, "health")["result"]
+    assert health["status"] == "degraded" and "0 of 1 worker processes running" in health["problems"]
+    failed = run(daemon.config.socket, "com.example.burst")
+    assert failed["status"] == "failed" and "no worker process could be started" in failed["error"], failed
+    pool._setup = good
+    wait_for(lambda: pool.state()["alive"] == 1)
+    assert run(daemon.config.socket, "com.example.burst")["status"] == "completed"
+    assert call(daemon.config.socket, "health")["result"]["workers"]["restarts"] == 1

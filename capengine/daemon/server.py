@@ -463,6 +463,7 @@ class Daemon:
                             _files(good.outcome.load.files), os.getpid())
         pool = WorkerPool(self.config.workers, setup, self._on_call, self._limiter_for, self.decisions.admit,
                           on_restart=self.metrics.worker_restarts.inc)
+        pool.outage_timeout = self.config.queue_timeout
         pool.start()
         self.pool = pool
         self.metrics.worker_gauge(lambda: len(pool.live()))

@@ -80,6 +80,7 @@ class WorkerPool:
         self.size, self._setup, self._on_restart = size, setup, on_restart
         self._on_call, self._limiter_for, self._admit = on_call, limiter_for, admit
         self.startup_timeout = startup_timeout
+        self.outage_timeout = 30.0  # seconds a job waits while no worker is alive at all, then fails
         self._lock = threading.Condition()
         self._reload_lock = threading.Lock()  # spawning and switching revisions never interleave
         self._workers: list[_Worker] = []
@@ -270,6 +271,7 @@ class WorkerPool:
         """Run one attempt on the next free worker (waiting for one); the result comes back even if the
         worker dies meanwhile."""
         job = _Job(run, ext)
+        none_alive_since: float | None = None
         with self._lock:
             while True:
                 if self._stopping:
@@ -278,6 +280,13 @@ class WorkerPool:
                     worker = self._idle.popleft()
                     if worker.alive:
                         break
+                if any(w.alive for w in self._workers):  # all busy: wait as long as it takes, as for a thread
+                    none_alive_since = None
+                elif none_alive_since is None:
+                    none_alive_since = time.monotonic()
+                elif time.monotonic() - none_alive_since > self.outage_timeout:  # never hang the client
+                    return JobResult(ext.id, run.job, "failed", None, "no worker process could be started for "
+                                     f"{self.outage_timeout:g} s (see health: workers.last_error)", ()), job.calls
                 self._lock.wait(0.5)
             worker.job = job
         worker.send(("job", run.run_id, ext, run.job, input_json, namespace))
