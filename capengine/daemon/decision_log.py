@@ -123,12 +123,28 @@ def _stub(when: float, call_id: str, call: CallRecord, problem: BaseException) -
                         "record_error": f"{type(problem).__name__}: {problem}"[:500]})
 
 
+def encode_call(when: float, call_id: str, call: CallRecord, mask: frozenset[str]) -> bytes:
+    """The record line of one call; a stub naming the call and the problem when it cannot be built. Also used
+    by the daemon's worker processes, which encode their records and send the lines (record_line)."""
+    try:
+        return encode_line(to_record(when, call_id, call, mask))
+    except Exception as exc:  # noqa: BLE001 - one bad record never stops the writer
+        log.exception("decision record for call %s could not be built; writing a stub", call_id)
+        return _stub(when, call_id, call, exc)
+
+
+def refused_by_log(call: CallRecord) -> bool:
+    """A call refused because the log was unavailable: counted into a summary record, not logged one by one."""
+    return not call.decided and call.code == ErrorCode.RESOURCE_EXHAUSTED and call.message.startswith(LOG_UNAVAILABLE)
+
+
 @attrs.frozen
 class _Entry:
     when: float
     call_id: str
-    call: CallRecord | None  # None for a summary of refused calls
+    call: CallRecord | None  # None for a summary of refused calls, or a line encoded elsewhere
     summary: dict | None = None
+    line: bytes | None = None  # encoded by a worker process (record_line)
 
 
 @attrs.frozen
@@ -192,8 +208,7 @@ class DecisionLog:
     def record(self, call: CallRecord) -> None:
         """Stamp the call and queue it; never blocks, never drops. Building and writing the JSON is the
         writer's. Memory stays bounded because `admit()` stops new calls at `high_water`."""
-        if not call.decided and call.code == ErrorCode.RESOURCE_EXHAUSTED and call.message.startswith(
-                LOG_UNAVAILABLE):
+        if refused_by_log(call):
             with self._cond:
                 self._refusals[(call.extension, call.operation)] += 1
                 self._refused += 1
@@ -203,6 +218,14 @@ class DecisionLog:
         # nanoseconds and the writer does not fight it for the GIL on every call. The id is a per-log random
         # prefix and a counter: unique like a uuid4, without a system call per record.
         self._pending.append(_Entry(time.time(), f"{self._id_prefix}{next(self._ids):08x}", call))
+        if len(self._pending) == WAKE_DEPTH:
+            with self._cond:
+                self._cond.notify()
+
+    def record_line(self, line: bytes) -> None:
+        """Queue a record a worker process built and encoded (encode_call, with its own stamp and call id, under
+        the same mask); the same promises as record(): never blocks, never drops, written in arrival order."""
+        self._pending.append(_Entry(0.0, "", None, line=line))
         if len(self._pending) == WAKE_DEPTH:
             with self._cond:
                 self._cond.notify()
@@ -300,14 +323,12 @@ class DecisionLog:
 
     # the writer ----------------------------------------------------------------------------------------
     def _encode(self, entry: _Entry) -> bytes:
+        if entry.line is not None:
+            return entry.line
         if entry.summary is not None:
             return encode_line(entry.summary)
         assert entry.call is not None
-        try:
-            return encode_line(to_record(entry.when, entry.call_id, entry.call, self.mask))
-        except Exception as exc:  # noqa: BLE001 - one bad record never stops the writer
-            log.exception("decision record for call %s could not be built; writing a stub", entry.call_id)
-            return _stub(entry.when, entry.call_id, entry.call, exc)
+        return encode_call(entry.when, entry.call_id, entry.call, self.mask)
 
     def _take_refusals(self) -> None:
         """Turn the counted refusals into summary records at the head of the backlog (caller holds the lock)."""

@@ -56,6 +56,18 @@ class Metrics:
         if call.code == ErrorCode.RATE_LIMITED:
             self.rate_limited.labels(extension, operation).inc()
 
+    def observe_many(self, counts: dict[tuple[str, str, str, bool], int], durations: list[int]) -> None:
+        """What observe() does, for a batch of calls a worker process made: counts by (extension, operation,
+        outcome, rate-limited) and their durations in microseconds."""
+        for (extension, operation, outcome, limited), count in counts.items():
+            operation = operation if operation in self.operations else "other"
+            extension = extension if extension in self.extensions else "other"
+            self.decisions.labels(extension, operation, outcome).inc(count)
+            if limited:
+                self.rate_limited.labels(extension, operation).inc(count)
+        for duration in durations:
+            self.latency.observe(duration / 1e6)
+
     def gauges(self, running: Callable[[], int], queued: Callable[[], int], backlog: Callable[[], int],
                writable: Callable[[], bool], loaded_at: Callable[[], float]) -> None:
         self.in_flight.set_function(running)

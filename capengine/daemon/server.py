@@ -460,9 +460,8 @@ class Daemon:
         """The worker processes, each on the active revision; DaemonError when they cannot all start."""
         good = self.policies.good
         setup = WorkerSetup(self.config.data_dir, self.config.limits, good.outcome.policy_set.revision,
-                            _files(good.outcome.load.files), os.getpid())
-        pool = WorkerPool(self.config.workers, setup, self._on_call, self._limiter_for, self.decisions.admit,
-                          on_restart=self.metrics.worker_restarts.inc)
+                            _files(good.outcome.load.files), os.getpid(), self.decisions.mask)
+        pool = WorkerPool(self.config.workers, setup, self.decisions, self.metrics, self._limiter_for)
         pool.outage_timeout = self.config.queue_timeout
         pool.start()
         self.pool = pool

@@ -17,20 +17,25 @@ import contextlib
 import itertools
 import logging
 import os
+import pickle
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
 
 import attrs
 
 from capengine.daemon.config import DaemonError
+from capengine.daemon.decision_log import DecisionLog
+from capengine.daemon.metrics import Metrics
 from capengine.daemon.worker_process import WorkerSetup
 from capengine.host.envelope import CallRecord
-from capengine.host.extension_host import MAX_CALL_RECORDS, CallRecords
+from capengine.host.extension_host import CallRecords
 from capengine.host.job_run import JobRun
 from capengine.host.manifests import Extension
 from capengine.host.rate_limiter import RateLimiter
@@ -48,6 +53,47 @@ class _Job:
     calls: CallRecords = attrs.field(factory=CallRecords)
     done: threading.Event = attrs.field(factory=threading.Event)
     result: JobResult | None = None
+
+
+class _Frames:
+    """Messages from a worker, read in bulk: one read(2) takes every message waiting (a 100-call job sends 100
+    record lines), where Connection.recv makes two system calls, and a wake-up, per message. The framing is
+    Connection.send's: a 4-byte big-endian length (-1, then 8 bytes, above 2 GiB), then the pickle."""
+
+    CHUNK = 1 << 18
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buffer, self.at = fd, b"", 0
+
+    def _need(self, count: int) -> None:
+        while len(self.buffer) - self.at < count:
+            chunk = os.read(self.fd, max(self.CHUNK, count))
+            if not chunk:
+                raise EOFError
+            self.buffer = self.buffer[self.at:] + chunk
+            self.at = 0
+
+    def recv(self) -> Any:
+        self._need(4)
+        (size,) = struct.unpack_from("!i", self.buffer, self.at)
+        self.at += 4
+        if size == -1:
+            self._need(8)
+            (size,) = struct.unpack_from("!Q", self.buffer, self.at)
+            self.at += 8
+        self._need(size)
+        message = pickle.loads(memoryview(self.buffer)[self.at:self.at + size])
+        self.at += size
+        return message
+
+
+class CallSummary(NamedTuple):
+    """A call as a job's reply lists it (the full record went to the decision log when the call was made)."""
+
+    operation: str
+    path: str
+    code: str
+    rules: tuple[str, ...]
 
 
 class _Worker:
@@ -74,11 +120,13 @@ def _apply(run: JobRun, state: dict) -> None:
 
 
 class WorkerPool:
-    def __init__(self, size: int, setup: WorkerSetup, on_call: Callable[[CallRecord], None],
-                 limiter_for: Callable[[str], RateLimiter | None], admit: Callable[[], str | None],
-                 on_restart: Callable[[], None] = lambda: None, startup_timeout: float = 120.0) -> None:
-        self.size, self._setup, self._on_restart = size, setup, on_restart
-        self._on_call, self._limiter_for, self._admit = on_call, limiter_for, admit
+    def __init__(self, size: int, setup: WorkerSetup, log: DecisionLog, metrics: Metrics,
+                 limiter_for: Callable[[str], RateLimiter | None], startup_timeout: float = 120.0) -> None:
+        self.size, self._setup = size, setup
+        self._on_line, self._admit = log.record_line, log.admit
+        self._log, self._metrics = log, metrics
+        self._on_metrics, self._on_restart = metrics.observe_many, metrics.worker_restarts.inc
+        self._limiter_for = limiter_for
         self.startup_timeout = startup_timeout
         self.outage_timeout = 30.0  # seconds a job waits while no worker is alive at all, then fails
         self._lock = threading.Condition()
@@ -194,19 +242,19 @@ class WorkerPool:
 
     # the reader thread of one worker ---------------------------------------------------------------------------
     def _read(self, worker: _Worker) -> None:
+        frames = _Frames(worker.conn.fileno())
         try:
             while True:
-                message = worker.conn.recv()
+                message = frames.recv()
                 kind = message[0]
-                if kind == "call":
+                if kind == "line":
+                    self._on_line(message[1])
+                elif kind == "call":  # refused because of the log: the log counts it, metrics observe it
                     record = CallRecord(*message[1])
-                    job = worker.job
-                    if job is not None:
-                        if len(job.calls) < MAX_CALL_RECORDS:
-                            job.calls.append(record)
-                        else:
-                            job.calls.dropped += 1
-                    self._on_call(record)
+                    self._metrics.observe(record)
+                    self._log.record(record)
+                elif kind == "metrics":
+                    self._on_metrics(message[1], message[2])
                 elif kind == "acquire":
                     _, seq, revision, extension, operation, namespace = message
                     limiter = self._limiter_for(revision)
@@ -218,7 +266,9 @@ class WorkerPool:
                     if job is not None and job.run.run_id == message[1]:
                         _apply(job.run, message[-1])
                         if kind == "done":
-                            job.result = message[2]
+                            _, _, job.result, calls, job.calls.dropped, counts, durations, _ = message
+                            job.calls.extend(CallSummary(*c) for c in calls)
+                            self._on_metrics(counts, durations)
                             job.done.set()
                 elif kind == "prepared":
                     with self._lock:

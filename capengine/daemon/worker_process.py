@@ -19,8 +19,10 @@ daemon drains it (systemd sends SIGTERM to the whole control group).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
+import itertools
 import logging
 import operator
 import os
@@ -30,6 +32,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -37,10 +40,11 @@ from typing import Any
 
 import attrs
 
+from capengine.daemon.decision_log import encode_call, refused_by_log
 from capengine.host.checkpoints import CheckpointStore
 from capengine.host.dispatcher import ActivePolicies
-from capengine.host.envelope import CallRecord
-from capengine.host.extension_host import Host
+from capengine.host.envelope import CallRecord, ErrorCode
+from capengine.host.extension_host import MAX_CALL_RECORDS, Host
 from capengine.host.job_run import JobRun
 from capengine.host.manifests import Extension
 from capengine.host.rate_limiter import RateLimiter
@@ -50,6 +54,7 @@ from capengine.policy.loader import LoadResult, load_paths, load_text
 
 log = logging.getLogger("capengine.daemon.worker")
 PROGRESS_INTERVAL = 0.05  # seconds between progress reports of one job (jobs.status reads them)
+METRICS_INTERVAL = 1.0  # seconds between metrics reports of a long job (otherwise sent when it ends)
 PR_SET_PDEATHSIG = 1
 record_fields = operator.attrgetter(*(a.name for a in attrs.fields(CallRecord)))  # CallRecord(*fields) rebuilds it
 
@@ -63,6 +68,7 @@ class WorkerSetup:
     revision: str
     files: tuple[tuple[str, str], ...]  # (path, text) of every policy file of the active set
     parent: int  # the daemon's pid: a worker whose parent is gone exits
+    mask: frozenset[str] = frozenset()  # the decision log's: records are encoded here, as the log would
 
 
 def policy_set_from_texts(files: tuple[tuple[str, str], ...], revision: str) -> PolicySet:
@@ -123,6 +129,9 @@ class Worker:
         self._run: JobRun | None = None
         self._interrupted: set[str] = set()  # jobs asked to stop before (or while) they reached this worker
         self.refusal: str | None = None  # the daemon's decision log refusal, pushed when it changes
+        self._calls = JobCalls()
+        self._id_prefix = uuid.uuid4().hex[:24]  # call ids: unique per worker, like the log's own
+        self._ids = itertools.count()
         policy_set = policy_set_from_texts(setup.files, setup.revision)
         self.host = WorkerHost(self._ask, policy_set, setup.data_dir, setup.limits, on_call=self._record,
                                require_installed=True, admit=lambda: self.refusal)
@@ -133,7 +142,17 @@ class Worker:
 
     # calls -------------------------------------------------------------------------------------------------
     def _record(self, record: CallRecord) -> None:
-        self.send(("call", record_fields(record)))  # a tuple pickles in 1 us, the attrs object in 7
+        """Before the call returns to the guest: its record line is in the socket (the kernel) when this returns.
+        Metrics and the job's call list go with the job's end (or every METRICS_INTERVAL)."""
+        if refused_by_log(record):  # the log counts these itself: sent whole (a tuple pickles in 1 us, attrs in 7)
+            self.send(("call", record_fields(record)))
+        else:
+            call_id = f"{self._id_prefix}{next(self._ids):08x}"
+            self.send(("line", encode_call(time.time(), call_id, record, self.setup.mask)))
+            self._calls.observe(record)
+            if self._calls.due():
+                self.send(("metrics", *self._calls.take_metrics()))
+        self._calls.keep(record)
 
     def _ask(self, revision: str, extension: str, operation: str, namespace: str) -> tuple[float, str | None]:
         with self._answered:
@@ -201,6 +220,7 @@ class Worker:
         run = JobRun(namespace, job, CheckpointStore(self.host.data_dir), job_id)
         run.on_change = _Progress(self.send)
         self._run = run
+        self._calls = calls = JobCalls()
         if job_id in self._interrupted:  # a cancel that overtook the job
             run.interrupt()
         try:
@@ -211,7 +231,39 @@ class Worker:
         finally:
             self._run = None
             self._interrupted.discard(job_id)
-        self.send(("done", job_id, result, _state(run)))
+        self.send(("done", job_id, result, calls.calls, calls.dropped, *calls.take_metrics(), _state(run)))
+
+
+class JobCalls:
+    """One job's calls as the daemon needs them besides the log: the summary its client gets (operation, path,
+    code, rules; at most MAX_CALL_RECORDS) and the metrics (counts by extension, operation, outcome and whether
+    rate-limited; durations), sent in bulk."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, tuple[str, ...]]] = []
+        self.dropped = 0
+        self.counts: collections.Counter[tuple[str, str, str, bool]] = collections.Counter()
+        self.durations: list[int] = []
+        self.sent = time.monotonic()
+
+    def keep(self, record: CallRecord) -> None:
+        if len(self.calls) < MAX_CALL_RECORDS:
+            self.calls.append((record.operation, record.path, record.code, record.rules))
+        else:
+            self.dropped += 1
+
+    def observe(self, record: CallRecord) -> None:
+        outcome = ("allow" if record.allowed else "deny") if record.decided else "error"
+        self.counts[(record.extension, record.operation, outcome, record.code == ErrorCode.RATE_LIMITED)] += 1
+        self.durations.append(record.duration_us)
+
+    def due(self) -> bool:
+        return time.monotonic() - self.sent >= METRICS_INTERVAL
+
+    def take_metrics(self) -> tuple[dict, list[int]]:
+        counts, durations = dict(self.counts), self.durations
+        self.counts, self.durations, self.sent = collections.Counter(), [], time.monotonic()
+        return counts, durations
 
 
 class _Progress:
