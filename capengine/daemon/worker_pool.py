@@ -43,6 +43,7 @@ from capengine.host.runtime import JobResult
 
 log = logging.getLogger("capengine.daemon.worker_pool")
 TICK = 0.02  # seconds between the maintainer's checks (decision log admission, dead workers)
+LINGER = 0.001  # seconds the reader waits after a record line: one wake-up per batch, not per record
 RESTART_BACKOFF = 1.0  # seconds after a worker failed to start before the next attempt
 
 
@@ -72,6 +73,9 @@ class _Frames:
                 raise EOFError
             self.buffer = self.buffer[self.at:] + chunk
             self.at = 0
+
+    def empty(self) -> bool:
+        return self.at == len(self.buffer)
 
     def recv(self) -> Any:
         self._need(4)
@@ -155,16 +159,22 @@ class WorkerPool:
         self._maintainer.start()
 
     def _spawn(self) -> _Worker:
-        ours, theirs = socket.socketpair()
+        (ours, theirs), (our_limits, their_limits) = socket.socketpair(), socket.socketpair()
+        fds = (theirs.fileno(), their_limits.fileno())
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "capengine.daemon.worker_process", str(theirs.fileno())],
-                                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            proc = subprocess.Popen([sys.executable, "-m", "capengine.daemon.worker_process", *map(str, fds)],
+                                    pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         except OSError as exc:
             ours.close()
+            our_limits.close()
             raise DaemonError(f"cannot start a worker process: {exc}") from None
         finally:
             theirs.close()
+            their_limits.close()
         worker = _Worker(proc, Connection(ours.detach()))
+        limits = Connection(our_limits.detach())
+        threading.Thread(target=self._serve_limits, args=(limits,), name=f"capengine-limits-{proc.pid}",
+                         daemon=True).start()
         with contextlib.suppress(OSError):  # the first message is the setup itself; a failure shows as EOF
             worker.conn.send(self._setup)
         worker.reader = threading.Thread(target=self._read, args=(worker,), name=f"capengine-worker-{proc.pid}",
@@ -249,18 +259,14 @@ class WorkerPool:
                 kind = message[0]
                 if kind == "line":
                     self._on_line(message[1])
+                    if frames.empty():  # a job is streaming records: let a few more arrive, read them at once
+                        time.sleep(LINGER)
                 elif kind == "call":  # refused because of the log: the log counts it, metrics observe it
                     record = CallRecord(*message[1])
                     self._metrics.observe(record)
                     self._log.record(record)
                 elif kind == "metrics":
                     self._on_metrics(message[1], message[2])
-                elif kind == "acquire":
-                    _, seq, revision, extension, operation, namespace = message
-                    limiter = self._limiter_for(revision)
-                    answer = limiter.acquire(extension, operation, namespace) if limiter is not None else (
-                        1.0, f"(revision {revision} is no longer active)")
-                    worker.send(("granted", seq, *answer))
                 elif kind in ("progress", "done"):
                     job = worker.job
                     if job is not None and job.run.run_id == message[1]:
@@ -283,6 +289,17 @@ class WorkerPool:
         except (EOFError, OSError):
             pass
         self._lost(worker)
+
+    def _serve_limits(self, conn: Connection) -> None:
+        """A worker's token requests, each answered by the buckets of the revision the call was decided under."""
+        try:
+            while True:
+                revision, extension, operation, namespace = conn.recv()
+                limiter = self._limiter_for(revision)
+                conn.send(limiter.acquire(extension, operation, namespace) if limiter is not None else (
+                    1.0, f"(revision {revision} is no longer active)"))
+        except (EOFError, OSError):  # the worker is gone; its main socket's reader reports it
+            conn.close()
 
     def _lost(self, worker: _Worker) -> None:
         """The worker's socket closed: it exited or died. Its job (if any) fails with the reason."""

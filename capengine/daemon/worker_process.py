@@ -118,13 +118,13 @@ class WorkerHost(Host):
 
 
 class Worker:
-    def __init__(self, conn: Connection, setup: WorkerSetup) -> None:
+    def __init__(self, conn: Connection, limits: Connection, setup: WorkerSetup) -> None:
+        """`conn`: everything but rate limits; `limits`: token requests, answered by a daemon thread that does
+        nothing else (a limited call waits for no other message, and no thread hand-off on this side)."""
         self.conn, self.setup = conn, setup
         self._send_lock = threading.Lock()
         self._jobs: queue.Queue[tuple | None] = queue.Queue()
-        self._answers: dict[int, tuple[float, str | None]] = {}
-        self._answered = threading.Condition()
-        self._seq = 0
+        self._limits, self._limits_lock = limits, threading.Lock()
         self._pending: dict[int, PolicySet] = {}  # prepared, not yet committed, by the reload's ticket
         self._run: JobRun | None = None
         self._interrupted: set[str] = set()  # jobs asked to stop before (or while) they reached this worker
@@ -155,13 +155,10 @@ class Worker:
         self._calls.keep(record)
 
     def _ask(self, revision: str, extension: str, operation: str, namespace: str) -> tuple[float, str | None]:
-        with self._answered:
-            self._seq += 1
-            seq = self._seq
-        self.send(("acquire", seq, revision, extension, operation, namespace))
-        with self._answered:
-            self._answered.wait_for(lambda: seq in self._answers)
-            return self._answers.pop(seq)
+        with self._limits_lock:
+            self._limits.send((revision, extension, operation, namespace))
+            wait, limit = self._limits.recv()
+            return wait, limit
 
     # the reader thread: everything the daemon sends ----------------------------------------------------------
     def read(self) -> None:
@@ -169,11 +166,7 @@ class Worker:
             while True:
                 message = self.conn.recv()
                 kind = message[0]
-                if kind == "granted":
-                    with self._answered:
-                        self._answers[message[1]] = (message[2], message[3])
-                        self._answered.notify_all()
-                elif kind == "job":
+                if kind == "job":
                     self._jobs.put(message)
                 elif kind == "interrupt":
                     self._interrupted.add(message[1])
@@ -297,12 +290,11 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)  # the daemon drains and stops its workers
     logging.basicConfig(level=logging.INFO, format="capengine worker %(process)d: %(levelname)s %(message)s")
-    sock = socket.socket(fileno=int(argv[0]))
-    conn = Connection(sock.detach())
+    conn, limits = (Connection(socket.socket(fileno=int(fd)).detach()) for fd in argv[:2])
     setup = conn.recv()
     _die_with_parent(setup.parent)
     try:
-        worker = Worker(conn, setup)
+        worker = Worker(conn, limits, setup)
     except Exception as exc:  # noqa: BLE001 - told to the daemon, which refuses to start or retries
         conn.send(("broken", f"{type(exc).__name__}: {exc}"))
         return 1
