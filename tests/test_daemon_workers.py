@@ -112,8 +112,15 @@ def test_rate_limit_exact_across_worker_processes(tmp_path, started):
     codes = Counter(c["code"] for r in results for c in r["calls"])
     assert codes == {"OK": 50, "RATE_LIMITED": 24 * 40 - 50}
     assert daemon.decisions.flush()
-    logged = Counter(r["code"] for r in read_log(daemon.config.data_dir) if r["operation"] == METHOD)
-    assert logged == codes  # every call recorded exactly once, by the one writer
+    records = [r for r in read_log(daemon.config.data_dir) if r["operation"] == METHOD]
+    assert Counter(r["code"] for r in records) == codes  # every call recorded exactly once, by the one writer
+    assert len({r["call_id"] for r in records}) == len(records)  # ids unique across workers
+    sample = daemon.metrics.registry.get_sample_value
+    assert sample("capengine_decisions_total", {"extension": "com.example.burst", "operation": METHOD,
+                                                "outcome": "allow"}) == 24 * 40
+    assert sample("capengine_rate_limited_total", {"extension": "com.example.burst", "operation": METHOD}) \
+        == 24 * 40 - 50
+    assert sample("capengine_worker_processes") == 3
 
 
 def test_in_flight_limit_holds_across_workers(tmp_path, started):
@@ -274,3 +281,26 @@ def test_when_no_worker_can_be_started_jobs_fail_with_the_reason_instead_of_hang
     wait_for(lambda: pool.state()["alive"] == 1)
     assert run(daemon.config.socket, "com.example.burst")["status"] == "completed"
     assert call(daemon.config.socket, "health")["result"]["workers"]["restarts"] == 1
+
+
+def test_a_log_that_cannot_keep_up_refuses_calls_in_every_worker_and_accounts_for_each(tmp_path, started):
+    """A backlog high-water mark of 2: workers are told the log is throttled and refuse calls with
+    RESOURCE_EXHAUSTED; every call made is either a record or counted in a refusal summary, none is lost."""
+    daemon = started(setup(tmp_path, policy_yaml("p", PING), workers=2, max_jobs_per_extension=4,
+                           log_high_water=2))
+    def attempt(_: int) -> dict:
+        return call(daemon.config.socket, "jobs.run", {"extension": "com.example.burst", "job": "go"}, timeout=120)
+
+    codes: Counter[str] = Counter()
+    for _ in range(20):  # until some calls inside jobs were refused (jobs themselves may be refused: -32002)
+        with ThreadPoolExecutor(4) as clients:
+            replies = list(clients.map(attempt, range(8)))
+        codes.update(c["code"] for r in replies if "result" in r for c in r["result"]["calls"])
+        if codes["RESOURCE_EXHAUSTED"]:
+            break
+    assert codes["RESOURCE_EXHAUSTED"] > 0 and set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    daemon.stop()  # the refusal summaries are written when the log drains
+    records = read_log(daemon.config.data_dir)
+    logged = sum(1 for r in records if r["operation"] == METHOD and "refused_calls" not in r)
+    refused = sum(r["refused_calls"] for r in records if "refused_calls" in r)
+    assert logged == codes["OK"] and refused == codes["RESOURCE_EXHAUSTED"]
