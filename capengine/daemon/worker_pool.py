@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import attrs
@@ -163,7 +164,7 @@ class WorkerPool:
         fds = (theirs.fileno(), their_limits.fileno())
         try:
             proc = subprocess.Popen([sys.executable, "-m", "capengine.daemon.worker_process", *map(str, fds)],
-                                    pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                                    pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=_env())
         except OSError as exc:
             ours.close()
             our_limits.close()
@@ -416,6 +417,15 @@ class WorkerPool:
                     "restarts": self.restarts, "pids": [w.proc.pid for w in workers],
                     "revisions": sorted({w.revision for w in workers}), "last_error": self.last_error,
                     "running": {str(w.proc.pid): w.job.run.run_id for w in workers if w.job is not None}}
+
+
+def _env() -> dict[str, str]:
+    """The daemon's environment, with the directory this capengine was imported from first on the path: a
+    worker runs exactly the daemon's code, whatever the working directory or the installed version."""
+    import capengine
+
+    root = str(Path(capengine.__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
 
 
 def default_size() -> int:
