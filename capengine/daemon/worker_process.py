@@ -50,7 +50,7 @@ from capengine.host.manifests import Extension
 from capengine.host.rate_limiter import RateLimiter
 from capengine.host.runtime import JobResult, Limits
 from capengine.policy.engine import PolicySet
-from capengine.policy.loader import LoadResult, load_paths, load_text
+from capengine.policy.loader import LoadResult, load_paths, load_text_cached
 
 log = logging.getLogger("capengine.daemon.worker")
 PROGRESS_INTERVAL = 0.05  # seconds between progress reports of one job (jobs.status reads them)
@@ -77,7 +77,7 @@ def policy_set_from_texts(files: tuple[tuple[str, str], ...], revision: str) -> 
     catalog = load_paths([]).catalog  # the built-in operations plus $CAPENGINE_OPERATION_SCHEMAS, as the daemon
     result = LoadResult([], [], catalog)
     for path, text in files:
-        loaded, findings = load_text(path, text, catalog)
+        loaded, findings = load_text_cached(path, text, catalog)  # a reload recompiles changed files only
         errors = [str(f) for f in findings if f.severity == "error"]
         if errors:
             raise ValueError("; ".join(errors))
