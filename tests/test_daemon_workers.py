@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -304,3 +305,22 @@ def test_a_log_that_cannot_keep_up_refuses_calls_in_every_worker_and_accounts_fo
     logged = sum(1 for r in records if r["operation"] == METHOD and "refused_calls" not in r)
     refused = sum(r["refused_calls"] for r in records if "refused_calls" in r)
     assert logged == codes["OK"] and refused == codes["RESOURCE_EXHAUSTED"]
+
+
+def test_workers_that_cannot_start_refuse_the_start_and_leave_no_process(tmp_path, started, monkeypatch):
+    from capengine.daemon import worker_pool
+    from capengine.daemon.config import DaemonError
+
+    config = setup(tmp_path, policy_yaml("p", PING), workers=3)
+    first = tmp_path / "first-failed"
+    python = tmp_path / "python"  # the first worker fails at once; the others start and must not be left behind
+    python.write_text(f"#!/bin/sh\nif mkdir {first} 2>/dev/null; then exit 1; fi\nexec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(worker_pool.sys, "executable", str(python))
+    with pytest.raises(DaemonError, match=r"worker process \d+ did not start: it exited with status 1"):
+        started(config)
+    assert first.is_dir()
+    assert not config.socket.exists()
+    children = [c for task in Path("/proc/self/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    assert all(gone(int(pid)) for pid in children)

@@ -148,12 +148,16 @@ class WorkerPool:
     # lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         """All workers up and on the daemon's revision, or DaemonError (and none left running)."""
+        starting: list[_Worker] = []
         try:
             with self._reload_lock:
-                starting = [self._spawn() for _ in range(self.size)]
+                for _ in range(self.size):
+                    starting.append(self._spawn())
                 for worker in starting:
                     self._admit_worker(worker)
         except DaemonError:
+            for worker in starting:  # also those spawned but not yet admitted
+                self._kill(worker)
             self.stop(5.0)
             raise
         self._maintainer = threading.Thread(target=self._maintain, name="capengine-worker-pool", daemon=True)
