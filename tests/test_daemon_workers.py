@@ -252,7 +252,8 @@ def test_a_worker_that_never_answers_a_reload_aborts_it_everywhere(tmp_path, sta
 
         outcome = run_check([daemon.config.policies])
         with pytest.raises(DaemonError, match=f"worker {stalled.proc.pid}: no answer in 1 s"):
-            pool.switch(outcome.policy_set.revision, _files(outcome.load.files), lambda: activated.append(1), 1.0)
+            pool.switch(outcome.policy_set.revision, _files(outcome.load.files), lambda: activated.append(1),
+                        timeout=1.0)
     finally:
         os.kill(stalled.proc.pid, signal.SIGCONT)
     assert not activated and pool.state()["revisions"] == [v1] and daemon.policies.good is good

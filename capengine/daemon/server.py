@@ -35,6 +35,7 @@ from capengine.daemon.metrics import Metrics
 from capengine.daemon.notify import sd_notify
 from capengine.daemon.reload import PolicyManager, PolicyStatus
 from capengine.daemon.rpc import RpcError, param
+from capengine.daemon.shared_buckets import limit_keys
 from capengine.daemon.socket_server import ControlServer
 from capengine.daemon.supervisor import Supervisor
 from capengine.daemon.worker_pool import WorkerPool
@@ -45,7 +46,6 @@ from capengine.host.extension_host import CallRecords, Host
 from capengine.host.installed import load_installed
 from capengine.host.job_run import JobRun
 from capengine.host.manifests import Extension
-from capengine.host.rate_limiter import RateLimiter
 from capengine.host.runtime import JobResult
 from capengine.policy.check import run_check
 from capengine.policy.engine import PolicySet
@@ -101,10 +101,7 @@ class Daemon:
         self._cancelled: set[str] = set()
         self.supervisor = Supervisor(self._stopped)
         self._server: ControlServer | None = None
-        # workers > 0: jobs run in that many worker processes (worker_pool); this process keeps the buckets of
-        # the active revision and of the one before it (workers still on it ask until the commit reaches them)
-        self.pool: WorkerPool | None = None
-        self._limiters: dict[str, RateLimiter | None] = {self.status.revision: self.host.active().limiter}
+        self.pool: WorkerPool | None = None  # workers > 0: jobs run in that many worker processes (worker_pool)
         self.metrics.gauges(lambda: self.admission.counts()["running"], lambda: self.admission.counts()["queued"],
                             lambda: self.decisions.state().backlog, lambda: self.decisions.admit() is None,
                             lambda: self.policies.status.loaded_at)
@@ -121,15 +118,9 @@ class Daemon:
             return
         incoming = self.policies.incoming
         assert incoming is not None and incoming.outcome.policy_set is policy_set
-        self.pool.switch(policy_set.revision, _files(incoming.outcome.load.files), partial(self._activate, policy_set))
-
-    def _activate(self, policy_set: PolicySet) -> None:
-        old = self.host.active()
-        self.host.swap_policies(policy_set)
-        self._limiters = {old.policy_set.revision: old.limiter, policy_set.revision: self.host.active().limiter}
-
-    def _limiter_for(self, revision: str) -> RateLimiter | None:
-        return self._limiters.get(revision)
+        keep = limit_keys(policy_set.policies) | limit_keys(self.host.policy_set.policies)
+        self.pool.switch(policy_set.revision, _files(incoming.outcome.load.files),
+                         partial(self.host.swap_policies, policy_set), keep)
 
     def _execute(self, ext: Extension, run: JobRun, record: JobRecord) -> tuple[JobResult, CallRecords]:
         input_json = json.dumps(record.input).encode()
@@ -461,7 +452,7 @@ class Daemon:
         good = self.policies.good
         setup = WorkerSetup(self.config.data_dir, self.config.limits, good.outcome.policy_set.revision,
                             _files(good.outcome.load.files), os.getpid(), self.decisions.mask)
-        pool = WorkerPool(self.config.workers, setup, self.decisions, self.metrics, self._limiter_for)
+        pool = WorkerPool(self.config.workers, setup, self.decisions, self.metrics)
         pool.outage_timeout = self.config.queue_timeout
         pool.start()
         self.pool = pool

@@ -1,9 +1,10 @@
 """The daemon's pool of job worker processes (`workers = N`): jobs run on all cores, guarantees stay single.
 
-Each worker (worker_process) has its own Engine and policy set; this side keeps what must be one: the rate
-limit buckets (workers ask for tokens), admission (before a job reaches a worker), the decision log (every
-record a worker sends is handed to the one writer), and the revision (a reload is two-phase: every live worker
-loads the new set and says so, then all commit; any "no", death or timeout aborts it everywhere).
+Each worker (worker_process) has its own Engine and policy set; what must be one stays one: the rate-limit
+buckets (a table in shared memory every worker maps, shared_buckets), admission (before a job reaches a
+worker), the decision log (every record a worker sends is handed to the one writer), and the revision (a reload
+is two-phase: every live worker loads the new set and says so, then all commit; any "no", death or timeout
+aborts it everywhere).
 
 A worker that dies (a crash, kill -9, the OOM killer) fails its job with the reason (resumable from its last
 checkpoint, never hanging its client) and is replaced by the maintainer thread; records it sent before dying
@@ -34,12 +35,12 @@ import attrs
 from capengine.daemon.config import DaemonError
 from capengine.daemon.decision_log import DecisionLog
 from capengine.daemon.metrics import Metrics
+from capengine.daemon.shared_buckets import SharedBuckets
 from capengine.daemon.worker_process import WorkerSetup
 from capengine.host.envelope import CallRecord
 from capengine.host.extension_host import CallRecords
 from capengine.host.job_run import JobRun
 from capengine.host.manifests import Extension
-from capengine.host.rate_limiter import RateLimiter
 from capengine.host.runtime import JobResult
 
 log = logging.getLogger("capengine.daemon.worker_pool")
@@ -126,12 +127,12 @@ def _apply(run: JobRun, state: dict) -> None:
 
 class WorkerPool:
     def __init__(self, size: int, setup: WorkerSetup, log: DecisionLog, metrics: Metrics,
-                 limiter_for: Callable[[str], RateLimiter | None], startup_timeout: float = 120.0) -> None:
+                 startup_timeout: float = 120.0) -> None:
         self.size, self._setup = size, setup
         self._on_line, self._admit = log.record_line, log.admit
         self._log, self._metrics = log, metrics
         self._on_metrics, self._on_restart = metrics.observe_many, metrics.worker_restarts.inc
-        self._limiter_for = limiter_for
+        self.buckets = SharedBuckets.create()
         self.startup_timeout = startup_timeout
         self.outage_timeout = 30.0  # seconds a job waits while no worker is alive at all, then fails
         self._lock = threading.Condition()
@@ -164,22 +165,17 @@ class WorkerPool:
         self._maintainer.start()
 
     def _spawn(self) -> _Worker:
-        (ours, theirs), (our_limits, their_limits) = socket.socketpair(), socket.socketpair()
-        fds = (theirs.fileno(), their_limits.fileno())
+        ours, theirs = socket.socketpair()
+        fds = (theirs.fileno(), self.buckets.fd)
         try:
             proc = subprocess.Popen([sys.executable, "-m", "capengine.daemon.worker_process", *map(str, fds)],
                                     pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=_env())
         except OSError as exc:
             ours.close()
-            our_limits.close()
             raise DaemonError(f"cannot start a worker process: {exc}") from None
         finally:
             theirs.close()
-            their_limits.close()
         worker = _Worker(proc, Connection(ours.detach()))
-        limits = Connection(our_limits.detach())
-        threading.Thread(target=self._serve_limits, args=(limits,), name=f"capengine-limits-{proc.pid}",
-                         daemon=True).start()
         with contextlib.suppress(OSError):  # the first message is the setup itself; a failure shows as EOF
             worker.conn.send(self._setup)
         worker.reader = threading.Thread(target=self._read, args=(worker,), name=f"capengine-worker-{proc.pid}",
@@ -254,6 +250,7 @@ class WorkerPool:
                 worker.reader.join(5.0)
         if self._maintainer is not None:
             self._maintainer.join(5.0)
+        self.buckets.close()
 
     # the reader thread of one worker ---------------------------------------------------------------------------
     def _read(self, worker: _Worker) -> None:
@@ -294,17 +291,6 @@ class WorkerPool:
         except (EOFError, OSError):
             pass
         self._lost(worker)
-
-    def _serve_limits(self, conn: Connection) -> None:
-        """A worker's token requests, each answered by the buckets of the revision the call was decided under."""
-        try:
-            while True:
-                revision, extension, operation, namespace = conn.recv()
-                limiter = self._limiter_for(revision)
-                conn.send(limiter.acquire(extension, operation, namespace) if limiter is not None else (
-                    1.0, f"(revision {revision} is no longer active)"))
-        except (EOFError, OSError):  # the worker is gone; its main socket's reader reports it
-            conn.close()
 
     def _lost(self, worker: _Worker) -> None:
         """The worker's socket closed: it exited or died. Its job (if any) fails with the reason."""
@@ -386,7 +372,7 @@ class WorkerPool:
 
     # reload -------------------------------------------------------------------------------------------------------
     def switch(self, revision: str, files: tuple[tuple[str, str], ...], activate: Callable[[], None],
-               timeout: float = 120.0) -> None:
+               keep: frozenset[int] = frozenset(), timeout: float = 120.0) -> None:
         """Two-phase: every live worker loads the set and acknowledges; only then `activate()` (the daemon's own
         swap) and commit everywhere. Any refusal, death or timeout aborts it everywhere (DaemonError)."""
         with self._reload_lock:
@@ -413,6 +399,7 @@ class WorkerPool:
             for worker in workers:
                 worker.send(("commit", ticket))
                 worker.revision = revision
+            self.buckets.compact(keep)  # the limits of the new and the previous revision keep their buckets
 
     def state(self) -> dict:
         with self._lock:

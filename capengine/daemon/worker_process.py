@@ -7,8 +7,7 @@ epoch thread and the daemon's own threads (and the locks they may hold) are neve
 socket given on the command line crosses over (see docs/daemon.md, "Worker processes").
 
 The daemon stays the one authority for everything that must be exact or single across workers:
-- rate limits: a call that some limit applies to (known locally from the policy set) asks the daemon, which
-  holds the buckets; calls no limit applies to never leave the process;
+- rate limits: the buckets are in shared memory every worker maps (shared_buckets), taken under one lock;
 - the per-extension in-flight limit: admission happens in the daemon before a job reaches a worker;
 - the decision log: each record is written to the socket before the call returns to the guest, so it is in
   the kernel (and reaches the one writer) even if this process is killed the next instant;
@@ -41,6 +40,7 @@ from typing import Any
 import attrs
 
 from capengine.daemon.decision_log import encode_call, refused_by_log
+from capengine.daemon.shared_buckets import Entry, SharedBuckets
 from capengine.host.checkpoints import CheckpointStore
 from capengine.host.dispatcher import ActivePolicies
 from capengine.host.envelope import CallRecord, ErrorCode
@@ -88,43 +88,42 @@ def policy_set_from_texts(files: tuple[tuple[str, str], ...], revision: str) -> 
     return policy_set
 
 
-class RemoteLimiter(RateLimiter):
-    """The policy set's limits, with the buckets in the daemon: which limits apply is known here (no round trip
-    for calls no limit applies to); taking tokens is asked of the daemon, which answers for every worker."""
+class SharedLimiter(RateLimiter):
+    """The policy set's limits, with the buckets in shared memory (shared_buckets): which limits apply is
+    known here; the tokens are taken under the lock every worker takes, so the counts stay exact."""
 
-    def __init__(self, policy_set: PolicySet, ask: Callable[[str, str, str, str], tuple[float, str | None]]) -> None:
+    def __init__(self, policy_set: PolicySet, buckets: SharedBuckets) -> None:
         super().__init__(policy_set.policies)
-        self.revision, self._ask = policy_set.revision, ask
+        self.buckets = buckets
+        self.entries = tuple(Entry.of(s) for s in self.limits)
 
     def acquire(self, extension: str, operation: str, namespace: str | None = None) -> tuple[float, str | None]:
-        if not self._which(extension, operation):
+        which = self._which(extension, operation)
+        if not which:
             return 0.0, None
-        return self._ask(self.revision, extension, operation, extension if namespace is None else namespace)
+        return self.buckets.acquire([self.entries[i] for i in which], extension if namespace is None else namespace,
+                                    self.clock())
 
 
 class WorkerHost(Host):
-    """A Host whose rate limits are decided by the daemon (see RemoteLimiter)."""
+    """A Host whose rate-limit buckets are shared by every worker (see SharedLimiter)."""
 
-    def __init__(self, ask: Callable[[str, str, str, str], tuple[float, str | None]], *args: Any,
-                 **kwargs: Any) -> None:
-        self.ask = ask  # before Host.__init__ builds the first limiter
+    def __init__(self, buckets: SharedBuckets, *args: Any, **kwargs: Any) -> None:
+        self.buckets = buckets  # before Host.__init__ builds the first limiter
         super().__init__(*args, **kwargs)
 
     def _activate(self, policy_set: PolicySet) -> ActivePolicies:
-        return ActivePolicies(policy_set, RemoteLimiter(policy_set, self.ask))
+        return ActivePolicies(policy_set, SharedLimiter(policy_set, self.buckets))
 
     def swap_policies(self, policy_set: PolicySet) -> None:
         self._active = self._activate(policy_set)  # no buckets here to inherit: they live in the daemon
 
 
 class Worker:
-    def __init__(self, conn: Connection, limits: Connection, setup: WorkerSetup) -> None:
-        """`conn`: everything but rate limits; `limits`: token requests, answered by a daemon thread that does
-        nothing else (a limited call waits for no other message, and no thread hand-off on this side)."""
+    def __init__(self, conn: Connection, buckets: SharedBuckets, setup: WorkerSetup) -> None:
         self.conn, self.setup = conn, setup
         self._send_lock = threading.Lock()
         self._jobs: queue.Queue[tuple | None] = queue.Queue()
-        self._limits, self._limits_lock = limits, threading.Lock()
         self._pending: dict[int, PolicySet] = {}  # prepared, not yet committed, by the reload's ticket
         self._run: JobRun | None = None
         self._interrupted: set[str] = set()  # jobs asked to stop before (or while) they reached this worker
@@ -133,7 +132,7 @@ class Worker:
         self._id_prefix = uuid.uuid4().hex[:24]  # call ids: unique per worker, like the log's own
         self._ids = itertools.count()
         policy_set = policy_set_from_texts(setup.files, setup.revision)
-        self.host = WorkerHost(self._ask, policy_set, setup.data_dir, setup.limits, on_call=self._record,
+        self.host = WorkerHost(buckets, policy_set, setup.data_dir, setup.limits, on_call=self._record,
                                require_installed=True, admit=lambda: self.refusal)
 
     def send(self, message: tuple) -> None:
@@ -153,12 +152,6 @@ class Worker:
             if self._calls.due():
                 self.send(("metrics", *self._calls.take_metrics()))
         self._calls.keep(record)
-
-    def _ask(self, revision: str, extension: str, operation: str, namespace: str) -> tuple[float, str | None]:
-        with self._limits_lock:
-            self._limits.send((revision, extension, operation, namespace))
-            wait, limit = self._limits.recv()
-            return wait, limit
 
     # the reader thread: everything the daemon sends ----------------------------------------------------------
     def read(self) -> None:
@@ -290,11 +283,12 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)  # the daemon drains and stops its workers
     logging.basicConfig(level=logging.INFO, format="capengine worker %(process)d: %(levelname)s %(message)s")
-    conn, limits = (Connection(socket.socket(fileno=int(fd)).detach()) for fd in argv[:2])
+    conn = Connection(socket.socket(fileno=int(argv[0])).detach())
+    buckets = SharedBuckets(int(argv[1]))
     setup = conn.recv()
     _die_with_parent(setup.parent)
     try:
-        worker = Worker(conn, limits, setup)
+        worker = Worker(conn, buckets, setup)
     except Exception as exc:  # noqa: BLE001 - told to the daemon, which refuses to start or retries
         conn.send(("broken", f"{type(exc).__name__}: {exc}"))
         return 1
