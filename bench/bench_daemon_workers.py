@@ -6,10 +6,11 @@ records, which is what worker processes spread over cores). Per mode and level: 
 p50/p99, CPU ms per job of the daemon and its workers. The ratio the target is about: jobs/s with 2 workers
 over jobs/s with 1 worker, at the same client count, measured in the same round (rounds interleave the modes,
 so load from other processes hits all of them alike); the spread over rounds is printed, and the load average
-before and after. Also: what a call costs when a rate limit applies to it (a round trip to the daemon for the
-tokens) against the same call with no limit, per call, 1 client.
+before and after. Also: what taking a rate limit's tokens costs, in-process (threads) against the shared-memory
+buckets the worker processes use.
 
-Run: python bench/bench_daemon_workers.py [SECONDS_PER_LEVEL] [ROUNDS] [CALLS]   (default 3 s, 3 rounds, 100)
+Run: python bench/bench_daemon_workers.py [SECONDS_PER_LEVEL] [ROUNDS] [CALLS] [limits]   (default 3 s, 3 rounds,
+100 calls; `limits`: only the cost of taking a rate limit's tokens)
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_soak import level  # noqa: E402 - the same client loop and percentiles as the soak bench
 
+from capengine.daemon.shared_buckets import SharedBuckets  # noqa: E402
+from capengine.daemon.worker_process import SharedLimiter  # noqa: E402
 from capengine.host.installed import InstalledRegistry  # noqa: E402
 from capengine.host.manifests import load_extension  # noqa: E402
+from capengine.host.rate_limiter import RateLimiter  # noqa: E402
+from capengine.policy.engine import PolicySet  # noqa: E402
+from capengine.policy.loader import load_paths  # noqa: E402
 
 LEVELS = (1, 2, 4, 8)
 MODES = (("threads", 0), ("1 worker", 1), ("2 workers", 2))
@@ -120,6 +126,28 @@ class Daemon:
         self.proc.wait(60)
 
 
+ACQUIRES = 100_000
+
+
+def acquire_costs(rounds: int) -> tuple[list[float], list[float]]:
+    """us per acquire of one applicable limit: the in-process limiter (threads) against the shared-memory one
+    every worker process uses (same policy set, same clock)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "p.yaml").write_text(POLICY + LIMIT)
+        policy_set = PolicySet.from_load(load_paths([tmp]))
+    buckets = SharedBuckets.create()
+    limiters = (RateLimiter(policy_set.policies), SharedLimiter(policy_set, buckets))
+    costs: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for limiter, out in zip(limiters, costs):
+            start = time.perf_counter()
+            for _ in range(ACQUIRES):
+                limiter.acquire("com.example.pinger", "test.ping", "com.example.pinger")
+            out.append((time.perf_counter() - start) * 1e6 / ACQUIRES)
+    buckets.close()
+    return costs
+
+
 def request(extension: str) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "jobs.run", "params": {
         "extension": extension, "job": "go", "input": {}}}).encode() + b"\n"
@@ -133,11 +161,11 @@ def main() -> int:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     calls = int(sys.argv[3]) if len(sys.argv) > 3 else 100
+    only_limits = sys.argv[4:5] == ["limits"]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for name, policy in (("plain", POLICY), ("limited", POLICY + LIMIT)):
-            (tmp / name).mkdir()
-            (tmp / name / "p.yaml").write_text(policy)
+        (tmp / "plain").mkdir()
+        (tmp / "plain" / "p.yaml").write_text(POLICY)
         ext = tmp / "extensions" / "pinger"
         ext.mkdir(parents=True)
         (ext / "guest.wat").write_text(guest(calls))
@@ -147,7 +175,7 @@ def main() -> int:
         ping = request("com.example.pinger")
         results: dict[tuple[str, int], list[dict]] = {}
         loads = [os.getloadavg()]
-        for _ in range(rounds):
+        for _ in range(0 if only_limits else rounds):
             for mode, workers in MODES:
                 daemon = Daemon(tmp, workers, tmp / "plain")
                 try:
@@ -157,40 +185,29 @@ def main() -> int:
                 finally:
                     daemon.stop()
             loads.append(os.getloadavg())
-        limited: dict[str, list[float]] = {}
-        for mode, workers in MODES[:2]:
-            for policy in ("plain", "limited"):
-                daemon = Daemon(tmp, workers, tmp / policy)
-                try:
-                    daemon.level(1, 1.0, ping)
-                    limited[f"{mode} {policy}"] = [daemon.level(1, seconds, ping)["p50"] for _ in range(rounds)]
-                finally:
-                    daemon.stop()
     print(f"daemon workers: {calls}-call test.ping jobs, {seconds:g} s per level, {rounds} round(s); "
           f"cpus: {os.cpu_count()}; load average (1/5/15 min) before: {loads[0][0]:.2f}/{loads[0][1]:.2f}/"
           f"{loads[0][2]:.2f}, after each round: " + ", ".join(f"{a:.2f}" for a, _, _ in loads[1:]))
     print(f"{'mode':>10} {'clients':>7} {'jobs/s median (min-max)':>24} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'CPU ms/job':>10} {'errors':>6}")
     for mode, _ in MODES:
-        for clients in LEVELS:
+        for clients in LEVELS if results else ():
             runs = results[(mode, clients)]
             p50, p99 = statistics.median(r["p50"] for r in runs), statistics.median(r["p99"] for r in runs)
             print(f"{mode:>10} {clients:>7} {spread([r['jobs_s'] for r in runs]):>24} {p50:>8.1f} {p99:>8.1f} "
                   f"{statistics.median(r['cpu_ms_per_job'] for r in runs):>10.1f} {sum(r['errors'] for r in runs):>6}")
     print("jobs/s ratios, per round (same round, same client count), median (min-max):")
-    for clients in LEVELS:
+    for clients in LEVELS if results else ():
         two = [r["jobs_s"] for r in results[("2 workers", clients)]]
         one = [r["jobs_s"] for r in results[("1 worker", clients)]]
         threads = [r["jobs_s"] for r in results[("threads", clients)]]
         print(f"  {clients} client(s): 2 workers / 1 worker {spread([a / b for a, b in zip(two, one)], '{:.2f}')}x;"
               f"  2 workers / threads {spread([a / b for a, b in zip(two, threads)], '{:.2f}')}x;"
               f"  1 worker / threads {spread([a / b for a, b in zip(one, threads)], '{:.2f}')}x")
-    print("a rate-limited call (tokens asked of the daemon) vs an unlimited one, 1 client, job p50 / calls:")
-    for mode, _ in MODES[:2]:
-        plain, lim = limited[f"{mode} plain"], limited[f"{mode} limited"]
-        per_call = [(b - a) * 1000 / calls for a, b in zip(plain, lim)]
-        print(f"  {mode:>8}: +{spread(per_call)} us per call (job p50 {statistics.median(plain):.1f} -> "
-              f"{statistics.median(lim):.1f} ms)")
+    in_process, shared = acquire_costs(rounds)
+    print(f"taking a rate limit's tokens, us per call, median (min-max) of {rounds} round(s) of {ACQUIRES:,}: "
+          f"in-process RateLimiter {spread(in_process, '{:.2f}')}, shared-memory buckets (worker processes) "
+          f"{spread(shared, '{:.2f}')}; ratio {spread([b / a for a, b in zip(in_process, shared)], '{:.2f}')}x")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Rate-limit token buckets in shared memory, for the daemon's worker processes: exact across workers at the
 cost of one lock per call, with no round trip to the daemon.
 
-Why not ask the daemon: a round trip to a daemon thread cost 43-265 us per limited call on a busy machine
+Why not ask the daemon: a round trip to a daemon thread added 43-265 us per limited call on a busy machine
 (waiting to be scheduled), against 5.5 us for an in-process bucket. Here every worker maps the same memfd (the
 daemon creates it and passes it at start) and takes tokens under `lockf` on it, plus a thread lock (POSIX
 record locks do not exclude threads of one process).

@@ -1,5 +1,5 @@
 """One job worker process of the daemon's pool (`workers = N`): runs jobs with its own wasmtime Engine and its
-own copy of the policy set, and sends every decision record, rate-limit question and result to the daemon.
+own copy of the policy set, and sends every decision record, its metrics and results to the daemon.
 
 Why a separate interpreter per worker: jobs on threads share one GIL, so the daemon used one core. Why it is
 started with `python -m capengine.daemon.worker_process` (a fresh exec, not a fork): a wasmtime Engine, its
