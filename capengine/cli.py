@@ -362,6 +362,20 @@ def _print_move_hint(catalog: LibraryCatalog, directory: Path, library_id: str |
               f"capengine library move {known.id} {directory}", file=sys.stderr)
 
 
+def _workers(text: str) -> int:
+    from capengine.daemon.worker_pool import default_size
+
+    if text == "auto":
+        return default_size()
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of worker processes (0, 1, 2, ... or auto)")
+    return value
+
+
 def _cmd_daemon(args: argparse.Namespace) -> int:
     import signal
 
@@ -384,7 +398,8 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
                               max_jobs_per_extension=args.max_jobs, queue_timeout=args.queue_timeout,
                               metrics_port=args.metrics_port,
                               metrics_textfile=Path(args.metrics_textfile) if args.metrics_textfile else None,
-                              resume_interrupted=args.resume_interrupted, shutdown_grace=args.shutdown_grace)
+                              resume_interrupted=args.resume_interrupted, shutdown_grace=args.shutdown_grace,
+                              workers=args.workers)
         daemon = Daemon(config)
         daemon.start()
     except (DaemonError, ValueError, OSError) as exc:
@@ -732,6 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resume the jobs a shutdown or crash interrupted, from their last checkpoints")
     daemon.add_argument("--shutdown-grace", type=float, default=2.0, metavar="SECONDS",
                         help="how long running jobs get at shutdown to checkpoint and return before they are stopped")
+    daemon.add_argument("--workers", type=_workers, default=0, metavar="N|auto",
+                        help="run jobs in N worker processes (auto: one per CPU); 0 (default): threads in the daemon")
     daemon.set_defaults(func=_cmd_daemon)
 
     ctl = sub.add_parser("ctl", help="call the daemon's control interface (exit 0 ok, 1 failed, 3 no daemon)")

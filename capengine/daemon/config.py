@@ -49,6 +49,9 @@ class DaemonConfig:
     resume_interrupted: bool = False  # on start, resume the jobs a shutdown (or a crash) interrupted
     # seconds running jobs get at shutdown to see job.interrupted, checkpoint and return before they are stopped
     shutdown_grace: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    # 0: jobs run on threads in the daemon's process (one core: the GIL). N > 0: in N worker processes
+    # (worker_pool), each with its own Engine and policy set; limits, the log and reloads stay single.
+    workers: int = attrs.field(default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)])
 
 
 def check_directories(config: DaemonConfig) -> None:

@@ -120,13 +120,25 @@ class _WriterProcess:
         self.proc.wait(5)
 
 
+def encode_call(when: float, call_id: str, call: CallRecord, mask: frozenset[str]) -> bytes:
+    """The record line of one call (a stub naming the call and the problem when it cannot be built). Used by
+    the daemon's worker processes, which encode their records and send the lines (record_line)."""
+    return log_writer.encode_item((when, call_id, *_fields(call)), mask)
+
+
+def refused_by_log(call: CallRecord) -> bool:
+    """A call refused because the log was unavailable: counted into a summary record, not logged one by one."""
+    return not call.decided and call.code == ErrorCode.RESOURCE_EXHAUSTED and call.message.startswith(LOG_UNAVAILABLE)
+
+
 class _Entry(NamedTuple):
     """A queued record (a tuple: built on the calling thread, where an attrs instance costs twice as much)."""
 
     when: float
     call_id: str
-    call: CallRecord | None  # None for a summary of refused calls
+    call: CallRecord | None  # None for a summary of refused calls, or a line encoded elsewhere
     summary: dict | None = None
+    line: bytes | None = None  # encoded by a worker process (record_line)
 
 
 @attrs.frozen
@@ -192,8 +204,7 @@ class DecisionLog:
     def record(self, call: CallRecord) -> None:
         """Stamp the call and queue it; never blocks, never drops. Building and writing the JSON is the
         writer's. Memory stays bounded because `admit()` stops new calls at `high_water`."""
-        if not call.decided and call.code == ErrorCode.RESOURCE_EXHAUSTED and call.message.startswith(
-                LOG_UNAVAILABLE):
+        if refused_by_log(call):
             with self._cond:
                 self._refusals[(call.extension, call.operation)] += 1
                 self._refused += 1
@@ -203,6 +214,14 @@ class DecisionLog:
         # nanoseconds and the writer does not fight it for the GIL on every call. The id is a per-log random
         # prefix and a counter: unique like a uuid4, without a system call per record.
         self._pending.append(_Entry(time.time(), f"{self._id_prefix}{next(self._ids):08x}", call))
+        if len(self._pending) == WAKE_DEPTH:
+            with self._cond:
+                self._cond.notify()
+
+    def record_line(self, line: bytes) -> None:
+        """Queue a record a worker process built and encoded (encode_call, with its own stamp and call id, under
+        the same mask); the same promises as record(): never blocks, never drops, written in arrival order."""
+        self._pending.append(_Entry(0.0, "", None, line=line))
         if len(self._pending) == WAKE_DEPTH:
             with self._cond:
                 self._cond.notify()
@@ -312,12 +331,11 @@ class DecisionLog:
     # the writer ----------------------------------------------------------------------------------------
     def _encode(self, entry: _Entry) -> bytes:
         """One entry as its line, built here (close() spilling to stderr; a record marshal cannot carry)."""
-        if entry.summary is not None:
-            return encode_line(entry.summary)
-        assert entry.call is not None
-        return log_writer.encode_item((entry.when, entry.call_id, *_fields(entry.call)), self.mask)
+        return log_writer.encode_item(self._item(entry), self.mask)
 
     def _item(self, entry: _Entry) -> bytes | tuple:
+        if entry.line is not None:
+            return entry.line
         if entry.summary is not None:
             return encode_line(entry.summary)
         assert entry.call is not None

@@ -42,6 +42,9 @@ class Metrics:
                             registry=r)
         self.policy_age = Gauge("capengine_policy_loaded_timestamp_seconds", "When the active set was loaded",
                                 registry=r)
+        self.workers = Gauge("capengine_worker_processes", "Job worker processes running (workers = N)", registry=r)
+        self.worker_restarts = Counter("capengine_worker_restarts", "Job worker processes that died and were "
+                                       "replaced", registry=r)
         self._server: object | None = None
 
     def observe(self, call: CallRecord) -> None:
@@ -53,6 +56,18 @@ class Metrics:
         if call.code == ErrorCode.RATE_LIMITED:
             self.rate_limited.labels(extension, operation).inc()
 
+    def observe_many(self, counts: dict[tuple[str, str, str, bool], int], durations: list[int]) -> None:
+        """What observe() does, for a batch of calls a worker process made: counts by (extension, operation,
+        outcome, rate-limited) and their durations in microseconds."""
+        for (extension, operation, outcome, limited), count in counts.items():
+            operation = operation if operation in self.operations else "other"
+            extension = extension if extension in self.extensions else "other"
+            self.decisions.labels(extension, operation, outcome).inc(count)
+            if limited:
+                self.rate_limited.labels(extension, operation).inc(count)
+        for duration in durations:
+            self.latency.observe(duration / 1e6)
+
     def gauges(self, running: Callable[[], int], queued: Callable[[], int], backlog: Callable[[], int],
                writable: Callable[[], bool], loaded_at: Callable[[], float]) -> None:
         self.in_flight.set_function(running)
@@ -60,6 +75,9 @@ class Metrics:
         self.log_backlog.set_function(backlog)
         self.log_up.set_function(lambda: 1.0 if writable() else 0.0)
         self.policy_age.set_function(loaded_at)
+
+    def worker_gauge(self, alive: Callable[[], int]) -> None:
+        self.workers.set_function(alive)
 
     def serve_http(self, port: int) -> None:
         """Loopback only: metrics name files and extensions; they are not for the network."""

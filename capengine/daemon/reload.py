@@ -74,6 +74,7 @@ class PolicyManager:
         self._requested = self._done = 0
         self._accept_removals = False
         self._result: dict = {}
+        self.incoming: Settled | None = None  # during a swap: the set being swapped in
 
     @staticmethod
     def _status(settled: Settled) -> PolicyStatus:
@@ -136,14 +137,16 @@ class PolicyManager:
             log.exception("policy reload failed")
             errors = [f"{self.directory}: internal error during reload: {type(exc).__name__}: {exc}"]
         if errors:
-            self.reloads_failed += 1
-            self._counted(False)
-            self.status = attrs.evolve(self.status, last_error=tuple(errors))
-            log.error("policy reload rejected; keeping revision %s:\n%s", self.status.revision, "\n".join(errors))
-            return {"reloaded": False, "revision": self.status.revision, "errors": errors}
+            return self._rejected(errors)
         unchanged = settled.digest == self.good.digest and settled.root == self.good.root
         if not unchanged:
-            self._swap(settled.outcome.policy_set)
+            self.incoming = settled  # the swap may ship the texts elsewhere (the daemon's worker processes)
+            try:
+                self._swap(settled.outcome.policy_set)
+            except DaemonError as exc:  # the swap could not be applied everywhere, so it was applied nowhere
+                return self._rejected([str(exc)])
+            finally:
+                self.incoming = None
             self.policy_set = settled.outcome.policy_set
             log.info("policies reloaded: revision %s from %s", self.policy_set.revision, settled.root)
         self.good = settled
@@ -152,3 +155,10 @@ class PolicyManager:
         self.reloads_ok += 1
         self._counted(True)
         return {"reloaded": True, "changed": not unchanged, "revision": self.status.revision, "errors": []}
+
+    def _rejected(self, errors: list[str]) -> dict:
+        self.reloads_failed += 1
+        self._counted(False)
+        self.status = attrs.evolve(self.status, last_error=tuple(errors))
+        log.error("policy reload rejected; keeping revision %s:\n%s", self.status.revision, "\n".join(errors))
+        return {"reloaded": False, "revision": self.status.revision, "errors": errors}

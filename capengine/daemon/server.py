@@ -35,14 +35,18 @@ from capengine.daemon.metrics import Metrics
 from capengine.daemon.notify import sd_notify
 from capengine.daemon.reload import PolicyManager, PolicyStatus
 from capengine.daemon.rpc import RpcError, param
+from capengine.daemon.shared_buckets import limit_keys
 from capengine.daemon.socket_server import ControlServer
 from capengine.daemon.supervisor import Supervisor
+from capengine.daemon.worker_pool import WorkerPool
+from capengine.daemon.worker_process import WorkerSetup
 from capengine.errors import CapengineError
 from capengine.host.envelope import CallRecord
-from capengine.host.extension_host import Host
+from capengine.host.extension_host import CallRecords, Host
 from capengine.host.installed import load_installed
 from capengine.host.job_run import JobRun
 from capengine.host.manifests import Extension
+from capengine.host.runtime import JobResult
 from capengine.policy.check import run_check
 from capengine.policy.engine import PolicySet
 
@@ -97,6 +101,7 @@ class Daemon:
         self._cancelled: set[str] = set()
         self.supervisor = Supervisor(self._stopped)
         self._server: ControlServer | None = None
+        self.pool: WorkerPool | None = None  # workers > 0: jobs run in that many worker processes (worker_pool)
         self.metrics.gauges(lambda: self.admission.counts()["running"], lambda: self.admission.counts()["queued"],
                             lambda: self.decisions.state().backlog, lambda: self.decisions.admit() is None,
                             lambda: self.policies.status.loaded_at)
@@ -106,7 +111,22 @@ class Daemon:
         return self.policies.status
 
     def _swap(self, policy_set: PolicySet) -> None:
-        self.host.swap_policies(policy_set)
+        """In-process: one reference assignment. With worker processes: two-phase (WorkerPool.switch); a
+        DaemonError means no worker and not this process switched (the reload is reported rejected)."""
+        if self.pool is None:
+            self.host.swap_policies(policy_set)
+            return
+        incoming = self.policies.incoming
+        assert incoming is not None and incoming.outcome.policy_set is policy_set
+        keep = limit_keys(policy_set.policies) | limit_keys(self.host.policy_set.policies)
+        self.pool.switch(policy_set.revision, _files(incoming.outcome.load.files),
+                         partial(self.host.swap_policies, policy_set), keep)
+
+    def _execute(self, ext: Extension, run: JobRun, record: JobRecord) -> tuple[JobResult, CallRecords]:
+        input_json = json.dumps(record.input).encode()
+        if self.pool is None:
+            return self.host.run_job(ext, run.job, input_json, run)
+        return self.pool.run(ext, run, input_json, run.extension)
 
     def _on_call(self, call_record: CallRecord) -> None:
         self.metrics.observe(call_record)
@@ -199,7 +219,7 @@ class Daemon:
     def _run(self, ext: Extension, run: JobRun, record: JobRecord) -> dict:
         job_id = run.run_id
         try:
-            result, calls = self.host.run_job(ext, run.job, json.dumps(record.input).encode(), run)
+            result, calls = self._execute(ext, run, record)
             # Saved before the job leaves _running (a stop waits for _running to empty, so the record is on disk
             # before the process exits), as a new record: jobs.status may still be adding up the live one.
             interrupted_by = ("cancel" if job_id in self._cancelled else "shutdown") \
@@ -257,6 +277,8 @@ class Daemon:
                 raise RpcError(rpc.INVALID_PARAMS, f"job {job_id} is not running")
             self._cancelled.add(job_id)
         live[0].interrupt()
+        if self.pool is not None:
+            self.pool.interrupt(job_id)
         return {"id": job_id, "status": "cancelling"}
 
     def resume_job(self, job_id: str, wait: float | None = None, detach: bool = False) -> dict:
@@ -345,6 +367,8 @@ class Daemon:
         threads = self.supervisor.states()
         degraded = [] if log_state.state == "ok" else [f"decision log {log_state.state}: {log_state.last_error}"]
         degraded += [f"thread {name} is not running" for name, t in threads.items() if not t["alive"]]
+        if self.pool is not None and len(self.pool.live()) < self.pool.size:
+            degraded.append(f"{len(self.pool.live())} of {self.pool.size} worker processes running")
         if status.last_error:
             degraded.append("the last policy reload was rejected")
         server = self._server
@@ -358,6 +382,7 @@ class Daemon:
             "decision_log": attrs.asdict(log_state),
             "threads": threads,
             "jobs": self.admission.counts(),
+            **({"workers": self.pool.state()} if self.pool is not None else {}),
             "connections": server.connections if server else 0,
             "extensions": {"loaded": len(self.extensions), "broken": len(self.broken_extensions)},
         }
@@ -381,19 +406,15 @@ class Daemon:
             finally:
                 probe.close()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if self.config.metrics_port is not None:  # before the socket: a busy port must not leave a socket behind
-            try:
-                self.metrics.serve_http(self.config.metrics_port)
-            except OSError as exc:
-                raise DaemonError(f"cannot serve metrics on 127.0.0.1:{self.config.metrics_port}: {exc}") from None
-        server = ControlServer(path, self.answer, is_job=lambda line: any(m in line for m in JOB_METHODS),
-                               max_connections=self.config.max_connections, max_line=self.config.max_line_bytes,
-                               idle_timeout=self.config.idle_timeout, control_workers=self.config.control_workers,
-                               job_workers=self.config.job_workers)
+        if self.config.workers > 0 and self.pool is None:  # before the socket: clients find a daemon that can run
+            self._start_pool()
         try:
-            server.bind()
-        except OSError as exc:
-            raise DaemonError(f"cannot listen on {path}: {exc}") from None
+            server = self._listen(path)
+        except DaemonError:
+            if self.pool is not None:  # a start that fails leaves no worker behind
+                self.pool.stop(5.0)
+                self.pool = None
+            raise
         self._server = server
         sup = self.supervisor
         sup.run("control", server.serve)
@@ -408,6 +429,40 @@ class Daemon:
         log.info("serving on %s (policy revision %s)", path, self.status.revision)
         if self.config.resume_interrupted:
             self._resume_interrupted()
+
+    def _listen(self, path: Path) -> ControlServer:
+        """The metrics port (if any), then the bound control socket; DaemonError naming what is in the way."""
+        if self.config.metrics_port is not None:  # before the socket: a busy port must not leave a socket behind
+            try:
+                self.metrics.serve_http(self.config.metrics_port)
+            except OSError as exc:
+                raise DaemonError(f"cannot serve metrics on 127.0.0.1:{self.config.metrics_port}: {exc}") from None
+        server = ControlServer(path, self.answer, is_job=lambda line: any(m in line for m in JOB_METHODS),
+                               max_connections=self.config.max_connections, max_line=self.config.max_line_bytes,
+                               idle_timeout=self.config.idle_timeout, control_workers=self.config.control_workers,
+                               job_workers=self.config.job_workers)
+        try:
+            server.bind()
+        except OSError as exc:
+            raise DaemonError(f"cannot listen on {path}: {exc}") from None
+        return server
+
+    def _start_pool(self) -> None:
+        """The worker processes, each on the active revision; DaemonError when they cannot all start."""
+        good = self.policies.good
+        setup = WorkerSetup(self.config.data_dir, self.config.limits, good.outcome.policy_set.revision,
+                            _files(good.outcome.load.files), os.getpid(), self.decisions.mask)
+        pool = WorkerPool(self.config.workers, setup, self.decisions, self.metrics)
+        pool.outage_timeout = self.config.queue_timeout
+        pool.start()
+        self.pool = pool
+        self.metrics.worker_gauge(lambda: len(pool.live()))
+
+    def _interrupt_all(self) -> None:
+        """Stop every running guest now (after the shutdown grace)."""
+        self.host.runtime.interrupt_all()
+        if self.pool is not None:
+            self.pool.interrupt_all()
 
     def stop(self) -> None:
         """Graceful: stop accepting, interrupt running jobs, deliver every reply in flight, flush the decision
@@ -424,16 +479,20 @@ class Daemon:
             runs = [run for run, _ in self._runs.values()]
         for run in runs:
             run.interrupt()
+            if self.pool is not None:
+                self.pool.interrupt(run.run_id)
         grace = time.monotonic() + self.config.shutdown_grace
         while self._running and time.monotonic() < grace:
             time.sleep(0.01)
-        self.host.runtime.interrupt_all()
+        self._interrupt_all()
         deadline = time.monotonic() + self.config.drain_timeout
         while self._running and time.monotonic() < deadline:
-            self.host.runtime.interrupt_all()
+            self._interrupt_all()
             time.sleep(0.01)
         if server is not None:
             server.shutdown(max(0.1, deadline - time.monotonic()))
+        if self.pool is not None:  # before the log closes: every record a worker sent is read first
+            self.pool.stop(max(1.0, deadline - time.monotonic()))
         self._stopped.set()
         self.supervisor.join()
         if server is not None:
@@ -444,6 +503,11 @@ class Daemon:
         with contextlib.suppress(OSError):
             self.config.socket.unlink(missing_ok=True)
         log.info("stopped")
+
+
+def _files(files: list) -> tuple[tuple[str, str], ...]:
+    """(path, text) of each loaded policy file: what a worker compiles the same set from."""
+    return tuple((f.path, f.text) for f in files)
 
 
 def check_policies(directory: Path, operations: list[str]) -> tuple[PolicySet | None, list[str], int]:

@@ -221,6 +221,12 @@ def _load_cached(path: str, data: bytes, text: str, catalog: Catalog) -> tuple[L
     return loaded, findings
 
 
+def load_text_cached(path: str, text: str, catalog: Catalog) -> tuple[LoadedFile, list[Finding]]:
+    """load_text through the content-hash cache load_paths uses: the daemon's worker processes compile the
+    texts the daemon sends them at each reload, and should recompile only the files that changed."""
+    return _load_cached(path, text, catalog)
+
+
 def load_text(path: str, text: str, catalog: Catalog | None = None) -> tuple[LoadedFile, list[Finding]]:
     """Load one file's text. On any error in a document, that document contributes nothing."""
     loaded = LoadedFile(path, text, _digest(text))

@@ -1,0 +1,427 @@
+"""The daemon's pool of job worker processes (`workers = N`): jobs run on all cores, guarantees stay single.
+
+Each worker (worker_process) has its own Engine and policy set; what must be one stays one: the rate-limit
+buckets (a table in shared memory every worker maps, shared_buckets), admission (before a job reaches a
+worker), the decision log (every record a worker sends is handed to the one writer), and the revision (a reload
+is two-phase: every live worker loads the new set and says so, then all commit; any "no", death or timeout
+aborts it everywhere).
+
+A worker that dies (a crash, kill -9, the OOM killer) fails its job with the reason (resumable from its last
+checkpoint, never hanging its client) and is replaced by the maintainer thread; records it sent before dying
+are in the socket and are all read before the EOF that tells of its death.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import attrs
+
+from capengine.daemon.config import DaemonError
+from capengine.daemon.decision_log import DecisionLog
+from capengine.daemon.metrics import Metrics
+from capengine.daemon.shared_buckets import SharedBuckets
+from capengine.daemon.worker_process import WorkerSetup
+from capengine.host.envelope import CallRecord
+from capengine.host.extension_host import CallRecords
+from capengine.host.job_run import JobRun
+from capengine.host.manifests import Extension
+from capengine.host.runtime import JobResult
+
+log = logging.getLogger("capengine.daemon.worker_pool")
+TICK = 0.02  # seconds between the maintainer's checks (decision log admission, dead workers)
+LINGER = 0.001  # seconds the reader waits after a record line: one wake-up per batch, not per record
+RESTART_BACKOFF = 1.0  # seconds after a worker failed to start before the next attempt
+
+
+@attrs.define(eq=False)
+class _Job:
+    run: JobRun
+    ext: Extension
+    calls: CallRecords = attrs.field(factory=CallRecords)
+    done: threading.Event = attrs.field(factory=threading.Event)
+    result: JobResult | None = None
+
+
+class _Frames:
+    """Messages from a worker, read in bulk: one read(2) takes every message waiting (a 100-call job sends 100
+    record lines), where Connection.recv makes two system calls, and a wake-up, per message. The framing is
+    Connection.send's: a 4-byte big-endian length (-1, then 8 bytes, above 2 GiB), then the pickle."""
+
+    CHUNK = 1 << 18
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buffer, self.at = fd, b"", 0
+
+    def _need(self, count: int) -> None:
+        while len(self.buffer) - self.at < count:
+            chunk = os.read(self.fd, max(self.CHUNK, count))
+            if not chunk:
+                raise EOFError
+            self.buffer = self.buffer[self.at:] + chunk
+            self.at = 0
+
+    def empty(self) -> bool:
+        return self.at == len(self.buffer)
+
+    def recv(self) -> Any:
+        self._need(4)
+        (size,) = struct.unpack_from("!i", self.buffer, self.at)
+        self.at += 4
+        if size == -1:
+            self._need(8)
+            (size,) = struct.unpack_from("!Q", self.buffer, self.at)
+            self.at += 8
+        self._need(size)
+        message = pickle.loads(memoryview(self.buffer)[self.at:self.at + size])
+        self.at += size
+        return message
+
+
+class CallSummary(NamedTuple):
+    """A call as a job's reply lists it (the full record went to the decision log when the call was made)."""
+
+    operation: str
+    path: str
+    code: str
+    rules: tuple[str, ...]
+
+
+class _Worker:
+    def __init__(self, proc: subprocess.Popen, conn: Connection) -> None:
+        self.proc, self.conn = proc, conn
+        self.alive = True
+        self.job: _Job | None = None
+        self.revision = ""
+        self.broken: str | None = None
+        self.ready = threading.Event()
+        self.prepared: dict[int, str | None] = {}  # reload ticket -> None (loaded) or why not
+        self._send_lock = threading.Lock()
+        self.reader: threading.Thread | None = None
+
+    def send(self, message: tuple) -> None:
+        """Best effort: a dead worker's send fails, and its reader thread reports the death."""
+        with self._send_lock, contextlib.suppress(OSError, ValueError):
+            self.conn.send(message)
+
+
+def _apply(run: JobRun, state: dict) -> None:
+    for name, value in state.items():
+        setattr(run, name, value)
+
+
+class WorkerPool:
+    def __init__(self, size: int, setup: WorkerSetup, log: DecisionLog, metrics: Metrics,
+                 startup_timeout: float = 120.0) -> None:
+        self.size, self._setup = size, setup
+        self._on_line, self._admit = log.record_line, log.admit
+        self._log, self._metrics = log, metrics
+        self._on_metrics, self._on_restart = metrics.observe_many, metrics.worker_restarts.inc
+        self.buckets = SharedBuckets.create()
+        self.startup_timeout = startup_timeout
+        self.outage_timeout = 30.0  # seconds a job waits while no worker is alive at all, then fails
+        self._lock = threading.Condition()
+        self._reload_lock = threading.Lock()  # spawning and switching revisions never interleave
+        self._workers: list[_Worker] = []
+        self._idle: collections.deque[_Worker] = collections.deque()
+        self._stopping = False
+        self._refusal: str | None = None
+        self.restarts = 0
+        self.last_error: str | None = None
+        self._maintainer: threading.Thread | None = None
+        self._tickets = itertools.count(1)  # one per reload attempt: a late answer never counts for another
+
+    # lifecycle -------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """All workers up and on the daemon's revision, or DaemonError (and none left running)."""
+        starting: list[_Worker] = []
+        try:
+            with self._reload_lock:
+                for _ in range(self.size):
+                    starting.append(self._spawn())
+                for worker in starting:
+                    self._admit_worker(worker)
+        except DaemonError:
+            for worker in starting:  # also those spawned but not yet admitted
+                self._kill(worker)
+            self.stop(5.0)
+            raise
+        self._maintainer = threading.Thread(target=self._maintain, name="capengine-worker-pool", daemon=True)
+        self._maintainer.start()
+
+    def _spawn(self) -> _Worker:
+        ours, theirs = socket.socketpair()
+        fds = (theirs.fileno(), self.buckets.fd)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "capengine.daemon.worker_process", *map(str, fds)],
+                                    pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=_env())
+        except OSError as exc:
+            ours.close()
+            raise DaemonError(f"cannot start a worker process: {exc}") from None
+        finally:
+            theirs.close()
+        worker = _Worker(proc, Connection(ours.detach()))
+        with contextlib.suppress(OSError):  # the first message is the setup itself; a failure shows as EOF
+            worker.conn.send(self._setup)
+        worker.reader = threading.Thread(target=self._read, args=(worker,), name=f"capengine-worker-{proc.pid}",
+                                         daemon=True)
+        worker.reader.start()
+        return worker
+
+    def _admit_worker(self, worker: _Worker) -> None:
+        """Wait for the worker to say it is ready, then give it jobs (caller holds the reload lock)."""
+        if not worker.ready.wait(self.startup_timeout) or worker.broken is not None or not worker.alive:
+            why = worker.broken or ("it exited with status " + str(worker.proc.poll()) if not worker.alive
+                                    else f"not ready after {self.startup_timeout:g} s")
+            self._kill(worker)
+            raise DaemonError(f"worker process {worker.proc.pid} did not start: {why}")
+        worker.send(("admit", self._refusal))
+        with self._lock:
+            if self._stopping:
+                worker.send(("stop",))
+                return
+            self._workers.append(worker)
+            self._idle.append(worker)
+            self._lock.notify_all()
+
+    @staticmethod
+    def _kill(worker: _Worker) -> None:
+        with contextlib.suppress(OSError):
+            worker.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.proc.wait(10)
+
+    def _maintain(self) -> None:
+        """Replace dead workers (with the current revision) and push the decision log's admission to all."""
+        while not self._stopping:
+            refusal = self._admit()
+            if refusal != self._refusal:
+                self._refusal = refusal
+                for worker in self.live():
+                    worker.send(("admit", refusal))
+            if len(self.live()) < self.size:
+                try:
+                    with self._reload_lock:
+                        if not self._stopping:
+                            self._admit_worker(self._spawn())
+                except DaemonError as exc:
+                    self.last_error = str(exc)
+                    log.error("%s; retrying in %g s", exc, RESTART_BACKOFF)
+                    time.sleep(RESTART_BACKOFF)
+                continue
+            time.sleep(TICK)
+
+    def live(self) -> list[_Worker]:
+        with self._lock:
+            return [w for w in self._workers if w.alive]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Drain: each worker finishes its job (the daemon has interrupted them) and exits; after `timeout`
+        the rest are killed. Every record they sent has been read when this returns."""
+        with self._lock:
+            self._stopping = True
+            workers = list(self._workers)
+            self._lock.notify_all()
+        for worker in workers:
+            worker.send(("stop",))
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            try:
+                worker.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker %d did not stop in %g s; killing it", worker.proc.pid, timeout)
+                self._kill(worker)
+            if worker.reader is not None:
+                worker.reader.join(5.0)
+        if self._maintainer is not None:
+            self._maintainer.join(5.0)
+        self.buckets.close()
+
+    # the reader thread of one worker ---------------------------------------------------------------------------
+    def _read(self, worker: _Worker) -> None:
+        frames = _Frames(worker.conn.fileno())
+        try:
+            while True:
+                message = frames.recv()
+                kind = message[0]
+                if kind == "line":
+                    self._on_line(message[1])
+                    if frames.empty():  # a job is streaming records: let a few more arrive, read them at once
+                        time.sleep(LINGER)
+                elif kind == "call":  # refused because of the log: the log counts it, metrics observe it
+                    record = CallRecord(*message[1])
+                    self._metrics.observe(record)
+                    self._log.record(record)
+                elif kind == "metrics":
+                    self._on_metrics(message[1], message[2])
+                elif kind in ("progress", "done"):
+                    job = worker.job
+                    if job is not None and job.run.run_id == message[1]:
+                        _apply(job.run, message[-1])
+                        if kind == "done":
+                            _, _, job.result, calls, job.calls.dropped, counts, durations, _ = message
+                            job.calls.extend(CallSummary(*c) for c in calls)
+                            self._on_metrics(counts, durations)
+                            job.done.set()
+                elif kind == "prepared":
+                    with self._lock:
+                        worker.prepared[message[1]] = message[2]
+                        self._lock.notify_all()
+                elif kind == "ready":
+                    worker.revision = message[1]
+                    worker.ready.set()
+                elif kind == "broken":
+                    worker.broken = message[1]
+                    worker.ready.set()
+        except (EOFError, OSError):
+            pass
+        self._lost(worker)
+
+    def _lost(self, worker: _Worker) -> None:
+        """The worker's socket closed: it exited or died. Its job (if any) fails with the reason."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.proc.wait(10)
+        status = worker.proc.returncode
+        with self._lock:
+            worker.alive = False
+            job, worker.job = worker.job, None
+            with contextlib.suppress(ValueError):
+                self._idle.remove(worker)
+            with contextlib.suppress(ValueError):
+                self._workers.remove(worker)
+            replaced = not self._stopping and worker.ready.is_set() and worker.broken is None
+            if replaced:
+                self.restarts += 1
+            self._lock.notify_all()
+        if replaced:
+            self._on_restart()
+        worker.ready.set()
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+        how = f"killed by signal {-status}" if status is not None and status < 0 else f"exit status {status}"
+        if job is not None and not job.done.is_set():
+            log.error("worker process %d died (%s) while running job %s (%s/%s)", worker.proc.pid, how,
+                      job.run.run_id, job.ext.id, job.run.job)
+            job.result = JobResult(job.ext.id, job.run.job, "failed", None,
+                                   f"the worker process running the job died ({how}); the job can be resumed from "
+                                   "its last checkpoint (jobs.resume)", ())
+            job.done.set()
+        elif not self._stopping:
+            log.error("worker process %d died (%s); replacing it", worker.proc.pid, how)
+
+    # jobs -------------------------------------------------------------------------------------------------------
+    def run(self, ext: Extension, run: JobRun, input_json: bytes, namespace: str) -> tuple[JobResult, CallRecords]:
+        """Run one attempt on the next free worker (waiting for one); the result comes back even if the
+        worker dies meanwhile."""
+        job = _Job(run, ext)
+        none_alive_since: float | None = None
+        with self._lock:
+            while True:
+                if self._stopping:
+                    return JobResult(ext.id, run.job, "interrupted", None, "the daemon is shutting down", ()), job.calls
+                if self._idle:
+                    worker = self._idle.popleft()
+                    if worker.alive:
+                        break
+                if any(w.alive for w in self._workers):  # all busy: wait as long as it takes, as for a thread
+                    none_alive_since = None
+                elif none_alive_since is None:
+                    none_alive_since = time.monotonic()
+                elif time.monotonic() - none_alive_since > self.outage_timeout:  # never hang the client
+                    return JobResult(ext.id, run.job, "failed", None, "no worker process could be started for "
+                                     f"{self.outage_timeout:g} s (see health: workers.last_error)", ()), job.calls
+                self._lock.wait(0.5)
+            worker.job = job
+        worker.send(("job", run.run_id, ext, run.job, input_json, namespace))
+        if run.interrupted:  # cancelled (or the daemon stopping) while it waited for a worker
+            worker.send(("interrupt", run.run_id, False))
+        job.done.wait()
+        with self._lock:
+            if worker.alive and worker.job is job:
+                worker.job = None
+                self._idle.append(worker)
+                self._lock.notify_all()
+        assert job.result is not None
+        return job.result, job.calls
+
+    def interrupt(self, job_id: str, force: bool = False) -> None:
+        for worker in self.live():
+            job = worker.job
+            if job is not None and job.run.run_id == job_id:
+                worker.send(("interrupt", job_id, force))
+
+    def interrupt_all(self) -> None:
+        """Shutdown, after the grace: every running guest is stopped now."""
+        for worker in self.live():
+            worker.send(("interrupt", "", True))
+
+    # reload -------------------------------------------------------------------------------------------------------
+    def switch(self, revision: str, files: tuple[tuple[str, str], ...], activate: Callable[[], None],
+               keep: frozenset[int] = frozenset(), timeout: float = 120.0) -> None:
+        """Two-phase: every live worker loads the set and acknowledges; only then `activate()` (the daemon's own
+        swap) and commit everywhere. Any refusal, death or timeout aborts it everywhere (DaemonError)."""
+        with self._reload_lock:
+            ticket = next(self._tickets)
+            workers = self.live()
+            for worker in workers:
+                worker.send(("prepare", ticket, revision, files))
+            deadline = time.monotonic() + timeout
+            with self._lock:
+                self._lock.wait_for(lambda: all(ticket in w.prepared or not w.alive for w in workers),
+                                    max(0.0, deadline - time.monotonic()))
+                problems = [f"worker {w.proc.pid}: " + (w.prepared[ticket] or "") if ticket in w.prepared
+                            else f"worker {w.proc.pid}: " + ("died" if not w.alive else f"no answer in {timeout:g} s")
+                            for w in workers if w.prepared.get(ticket, "missing") is not None]
+                for w in workers:
+                    w.prepared.clear()
+            if problems:
+                for worker in workers:
+                    worker.send(("abort", ticket))
+                raise DaemonError("the worker processes could not all load the new set, so none switched: "
+                                  + "; ".join(problems))
+            activate()
+            self._setup = attrs.evolve(self._setup, revision=revision, files=files)  # for replacements
+            for worker in workers:
+                worker.send(("commit", ticket))
+                worker.revision = revision
+            self.buckets.compact(keep)  # the limits of the new and the previous revision keep their buckets
+
+    def state(self) -> dict:
+        with self._lock:
+            workers = [w for w in self._workers if w.alive]
+            return {"size": self.size, "alive": len(workers), "busy": sum(w.job is not None for w in workers),
+                    "restarts": self.restarts, "pids": [w.proc.pid for w in workers],
+                    "revisions": sorted({w.revision for w in workers}), "last_error": self.last_error,
+                    "running": {str(w.proc.pid): w.job.run.run_id for w in workers if w.job is not None}}
+
+
+def _env() -> dict[str, str]:
+    """The daemon's environment, with the directory this capengine was imported from first on the path: a
+    worker runs exactly the daemon's code, whatever the working directory or the installed version."""
+    import capengine
+
+    root = str(Path(capengine.__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+
+
+def default_size() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
