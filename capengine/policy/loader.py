@@ -224,7 +224,7 @@ def _load_cached(path: str, data: bytes, text: str, catalog: Catalog) -> tuple[L
 def load_text_cached(path: str, text: str, catalog: Catalog) -> tuple[LoadedFile, list[Finding]]:
     """load_text through the content-hash cache load_paths uses: the daemon's worker processes compile the
     texts the daemon sends them at each reload, and should recompile only the files that changed."""
-    return _load_cached(path, text, catalog)
+    return _load_cached(path, text.encode("utf-8", "surrogatepass"), text, catalog)
 
 
 def load_text(path: str, text: str, catalog: Catalog | None = None) -> tuple[LoadedFile, list[Finding]]:
