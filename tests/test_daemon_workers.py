@@ -23,7 +23,7 @@ from daemon_helpers import DaemonProcess, read_log
 from helpers import policy_yaml, write
 from wasm_helpers import wat_bytes, wat_module
 
-from capengine.daemon.config import DaemonConfig
+from capengine.daemon.config import DaemonConfig, DaemonError
 from capengine.daemon.server import Daemon, call
 from capengine.host.installed import InstalledRegistry
 from capengine.host.manifests import load_extension
@@ -315,7 +315,9 @@ def test_workers_that_cannot_start_refuse_the_start_and_leave_no_process(tmp_pat
     config = setup(tmp_path, policy_yaml("p", PING), workers=3)
     first = tmp_path / "first-failed"
     python = tmp_path / "python"  # the first worker fails at once; the others start and must not be left behind
-    python.write_text(f"#!/bin/sh\nif mkdir {first} 2>/dev/null; then exit 1; fi\nexec {sys.executable} \"$@\"\n")
+    python.write_text("#!/bin/sh\n"  # only workers fail: the decision-log writer starts as usual
+                      f"case \"$*\" in *worker_process*) if mkdir {first} 2>/dev/null; then exit 1; fi;; esac\n"
+                      f"exec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
     monkeypatch.setattr(worker_pool.sys, "executable", str(python))
     with pytest.raises(DaemonError, match=r"worker process \d+ did not start: it exited with status 1"):
@@ -325,3 +327,15 @@ def test_workers_that_cannot_start_refuse_the_start_and_leave_no_process(tmp_pat
     children = [c for task in Path("/proc/self/task").iterdir()
                 for c in (task / "children").read_text().split()]
     assert all(gone(int(pid)) for pid in children)
+
+
+def test_a_start_refused_for_a_busy_socket_leaves_no_decision_log_writer(tmp_path, started):
+    config = setup(tmp_path, policy_yaml("p", PING))
+    started(config)
+    before = {c for task in Path("/proc/self/task").iterdir() for c in (task / "children").read_text().split()}
+    second = attrs.evolve(config, data_dir=tmp_path / "data2")
+    with pytest.raises(DaemonError, match="another daemon is listening"):
+        started(second)
+    after = {c for task in Path("/proc/self/task").iterdir() for c in (task / "children").read_text().split()}
+    assert all(gone(int(pid)) for pid in after - before)  # its writer process was stopped with the start
+    assert config.socket.exists()  # and the running daemon's socket is untouched

@@ -392,7 +392,18 @@ class Daemon:
 
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Bind the 0600 socket, start the supervised threads, and tell systemd we are ready."""
+        """Bind the 0600 socket, start the supervised threads, and tell systemd we are ready. A start that fails
+        leaves no process behind (workers, the decision-log writer) and never touches another daemon's socket."""
+        try:
+            self._bring_up()
+        except BaseException:
+            if self.pool is not None:
+                self.pool.stop(5.0)
+                self.pool = None
+            self.decisions.close()
+            raise
+
+    def _bring_up(self) -> None:
         path = self.config.socket
         if path.exists() or path.is_symlink():
             probe = socket.socket(socket.AF_UNIX)
@@ -408,13 +419,7 @@ class Daemon:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.config.workers > 0 and self.pool is None:  # before the socket: clients find a daemon that can run
             self._start_pool()
-        try:
-            server = self._listen(path)
-        except DaemonError:
-            if self.pool is not None:  # a start that fails leaves no worker behind
-                self.pool.stop(5.0)
-                self.pool = None
-            raise
+        server = self._listen(path)
         self._server = server
         sup = self.supervisor
         sup.run("control", server.serve)
