@@ -3,8 +3,6 @@ that `analyze permissions` asks the solver about."""
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import attrs
 
 from capengine.analysis.decision import parse_condition
@@ -40,22 +38,14 @@ def collect(rules: list[CompiledRule]) -> Literals:
     for rule in rules:
         if rule.program is None:
             continue
-        stack: list[object] = [parse_condition(rule.program.source)]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, tuple):
-                stack.extend(node)
-                continue
-            if not attrs.has(type(node)) or isinstance(node, ast.Pos):
-                continue
+        for node in ast.walk(parse_condition(rule.program.source)):
             if isinstance(node, ast.Select) and _subject(node) and _subject(node) != "path":
                 out.fields.add(node.field)
-            optional = ast.optional_field(cast(ast.Node, node), "args")  # args.?f, args[?"f"]
+            optional = ast.optional_field(node, "args")  # args.?f, args[?"f"]
             if optional is not None:
                 out.fields.add(optional)
             if isinstance(node, ast.Call):
                 _record(out, node)
-            stack.extend(getattr(node, f.name) for f in attrs.fields(cast(Any, type(node))))
     return out
 
 

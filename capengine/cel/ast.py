@@ -11,6 +11,7 @@ that does not know them sees a function call, never a plain field read.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, cast
 
@@ -124,6 +125,7 @@ class Bind:
 
 
 Node = Literal | Ident | Select | Call | Index | CreateList | CreateMap | Comprehension | Conditional | Bind
+_NODE_TYPES = frozenset(Node.__args__)
 
 _BINARY = {
     "relation_lt": "_<_", "relation_le": "_<=_", "relation_gt": "_>_", "relation_ge": "_>=_",
@@ -375,6 +377,37 @@ def _optional_map(name: str, target: Node, var: str, body: Node, pos: Pos) -> No
 OPTIONAL_TARGET = "@optional"  # the hidden variable of optMap/optFlatMap (not an identifier: no clash)
 
 
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}  # per node class: the fields that may hold nodes
+
+
+def children(node: Node) -> list[Node]:
+    """A node's direct sub-expressions (through tuples such as call arguments and map entries)."""
+    node_type = type(node)
+    names = _CHILD_FIELDS.get(node_type)
+    if names is None:
+        names = _CHILD_FIELDS[node_type] = tuple(f.name for f in attrs.fields(node_type) if f.name != "pos")
+    out: list[Node] = []
+    stack: list[object] = [getattr(node, name) for name in reversed(names)]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, tuple):
+            stack.extend(reversed(value))
+        elif type(value) in _NODE_TYPES:
+            out.append(cast(Node, value))
+    return out
+
+
+def walk(root: Node) -> Iterator[Node]:
+    """Every node of the tree, each before its sub-expressions (iterative: trees nest MAX_DEPTH deep). One walk
+    for every analysis that looks for node shapes: a walk per analysis through attrs' reflection dominated
+    `check` of large sets."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(children(node)))
+
+
 def referenced_fields(node: Node, variable: str) -> frozenset[str] | None:
     """Names read from a map variable as `variable.name` or `variable["name"]` (or optionally, `.?name`,
     `[?"name"]`); None when the expression uses the variable any other way (`size(args)`, `args[k]`), i.e. when it
@@ -396,14 +429,7 @@ def referenced_fields(node: Node, variable: str) -> frozenset[str] | None:
             continue
         if isinstance(n, Ident) and n.name == variable:
             return None
-        for field in attrs.fields(type(n)):
-            value = getattr(n, field.name)
-            children = value if isinstance(value, tuple) else (value,)
-            for child in children:
-                if isinstance(child, tuple):
-                    stack.extend(c for c in child if attrs.has(type(c)) and not isinstance(c, Pos))
-                elif attrs.has(type(child)) and not isinstance(child, Pos):
-                    stack.append(child)
+        stack.extend(children(n))
     return frozenset(found)
 
 

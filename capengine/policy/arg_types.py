@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import attrs
-
 from capengine.cel import ast
 from capengine.cel.types import BOOL, DYN, INT, STRING, Field, Type, list_of, map_of, record_of
 from capengine.policy.operations import OperationInfo
@@ -66,7 +64,7 @@ def unguarded_optional_reads(node: ast.Node, record: Type) -> list[tuple[str, as
     optional = {f.name for f in record.fields or () if not f.required}
     reads: list[tuple[str, ast.Pos]] = []
     guarded: set[str] = set()
-    for n in _walk(node):
+    for n in ast.walk(node):
         if isinstance(n, ast.Select) and isinstance(n.operand, ast.Ident) and n.operand.name == "args" \
                 and n.field in optional:
             (guarded.add(n.field) if n.test_only else reads.append((n.field, n.pos)))
@@ -80,7 +78,7 @@ def prefix_tests(node: ast.Node) -> list[tuple[str, ast.Pos]]:
     """String tests on `path` that are not segment-aware: `path.startsWith("/photos")` also allows
     "/photosecret/id.png", `path.contains("/private")` misses nothing but also hits "/privateer"."""
     found = []
-    for n in _walk(node):
+    for n in ast.walk(node):
         if not (isinstance(n, ast.Call) and isinstance(n.target, ast.Ident) and n.target.name == "path"
                 and len(n.args) == 1 and isinstance(n.args[0], ast.Literal) and isinstance(n.args[0].value, str)):
             continue
@@ -95,13 +93,3 @@ def prefix_tests(node: ast.Node) -> list[tuple[str, ast.Pos]]:
     return found
 
 
-def _walk(node: ast.Node) -> Iterable[ast.Node]:
-    stack: list[object] = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, tuple):
-            stack.extend(n)
-        elif attrs.has(type(n)) and not isinstance(n, ast.Pos):
-            yield n  # type: ignore[misc]
-            node_type: type = type(n)
-            stack.extend(getattr(n, f.name) for f in attrs.fields(node_type))

@@ -248,19 +248,12 @@ class _Asts:
                 return None
         idents: set[str] = set()
         non_nfc = None
-        stack: list[object] = [root]
-        while stack:
-            n = stack.pop()
-            if isinstance(n, tuple):
-                stack.extend(n)
-            elif attrs.has(type(n)) and not isinstance(n, ast.Pos):
-                if isinstance(n, ast.Ident):
-                    idents.add(n.name)
-                elif isinstance(n, Literal) and isinstance(n.value, str) and non_nfc is None \
-                        and unicodedata.normalize("NFC", n.value) != n.value:
-                    non_nfc = n.value
-                node_type: type = type(n)  # an attrs class: attrs.has() said so
-                stack.extend(getattr(n, f.name) for f in attrs.fields(node_type))
+        for n in ast.walk(root):
+            if isinstance(n, ast.Ident):
+                idents.add(n.name)
+            elif isinstance(n, Literal) and isinstance(n.value, str) and non_nfc is None \
+                    and unicodedata.normalize("NFC", n.value) != n.value:
+                non_nfc = n.value
         return _Facts(frozenset(idents), non_nfc, isinstance(root, Literal) and root.value is False)
 
     def reads_variable(self, condition: str | None, name: str) -> bool:

@@ -58,7 +58,7 @@ def condition_findings(root: ast.Node, context: RuleContext) -> list[Issue]:
     out += _impossible_literals(conjuncts, context)
     out += _disjoint_paths(conjuncts)
     out += _path_not_equal(conjuncts, context)
-    for node in _walk(root):
+    for node in ast.walk(root):
         if not context.deny:
             out += _unanchored(node)
         out += _non_canonical(node)
@@ -73,18 +73,6 @@ def _flatten(node: ast.Node, op: str) -> list[ast.Node]:
     if isinstance(node, ast.Call) and node.function == op and node.target is None:
         return [n for arg in node.args for n in _flatten(arg, op)]
     return [node]
-
-
-def _walk(node: ast.Node) -> Iterator[ast.Node]:
-    stack: list[object] = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, tuple):
-            stack.extend(n)
-        elif attrs.has(type(n)) and not isinstance(n, ast.Pos):
-            yield n  # type: ignore[misc]
-            node_type: type = type(n)
-            stack.extend(getattr(n, f.name) for f in attrs.fields(node_type))
 
 
 def _is_var(node: ast.Node, name: str | tuple[str, ...]) -> bool:
@@ -250,7 +238,7 @@ def _path_not_equal(conjuncts: list[ast.Node], context: RuleContext) -> Iterator
     for _, found in tests:
         if found is None or found[0] != "path":
             continue
-        if any(_is_var(n, "path") for c in others for n in _walk(c)):
+        if any(_is_var(n, "path") for c in others for n in ast.walk(c)):
             continue  # another operand narrows the path: `path.under("/a") && path != "/a/b"` is an exclusion
         what = "denies every call on any other path" if context.deny else "allows every other path"
         yield (Code.PATH_NOT_EQUAL, f"path != {_q(found[1])} is the rule's only path test: it {what}; did you mean "
@@ -418,7 +406,7 @@ def _derive_dirs(condition: str, trees: Mapping[str, ast.Node]) -> tuple[str, ..
         except ast.CelSyntaxError:
             return ()
     found = []
-    for node in _walk(root):
+    for node in ast.walk(root):
         region = _region(node)
         if region is not None:
             kind, literal, _ = region
