@@ -413,3 +413,16 @@ def test_a_source_python_refuses_leaves_the_closures(monkeypatch: pytest.MonkeyP
     assert not errors and program is not None and program.generated is None
     activation = {"path": "/a/b", "library": "", "operation": "", "extension": "", "args": {"n": 2}}
     assert program.evaluate(activation) is True
+
+
+def test_check_without_generation_loads_closures_and_passes_the_same_tests():
+    """`capengine check` loads without generated functions (it only decides its test cases); the daemon's
+    load keeps them. Both pass the bundled policy tests."""
+    from capengine.policy.check import run_check
+
+    plain, fast = run_check(ROOT / "policies", generate=False), run_check(ROOT / "policies")
+    assert plain.load.programs and all(p.generated is None for p in plain.load.programs.values())
+    assert any(p.generated is not None for p in fast.load.programs.values())
+    assert plain.tests is not None and fast.tests is not None
+    assert [r.passed for r in plain.tests.results] == [r.passed for r in fast.tests.results]
+    assert all(r.passed for r in plain.tests.results)
