@@ -281,13 +281,7 @@ class _Generator:
         name = node.name
         if name in TYPE_IDENTS and name != "dyn":
             return f"a.get({self.key(name)}, {self.bind(CelType(TYPE_IDENTS[name].name))})"
-        out = self.fresh("t")
-        with self.block("try:"):
-            self.emit(f"{out} = a[{self.key(name)}]")
-        with self.block("except KeyError:"):
-            message = self.bind(f"no such attribute '{name}'")  # compiler._Ident's words
-            self.emit(f"raise _CelError({message}) from None")
-        return out
+        return self.lookup(f"a[{self.key(name)}]", f"no such attribute '{name}'")  # compiler._Ident's words
 
     def _Select(self, node: ast.Select) -> str:
         if node.test_only or not self.compiler._declared_map(node.operand, frozenset()):
@@ -297,12 +291,16 @@ class _Generator:
     def declared_field(self, node: ast.Select) -> str:
         """compiler._declared_map_field: `args.size`."""
         variable = node.operand.name  # type: ignore[union-attr]
+        return self.lookup(f"a[{self.key(variable)}][{self.key(node.field)}]",
+                           f"no such key: '{node.field}'")  # compiler._declared_map_field's words
+
+    def lookup(self, expr: str, message: str) -> str:
+        """`expr` (a subscript) into a local; a missing key is the CEL error `message` (bound, never inlined)."""
         out = self.fresh("t")
         with self.block("try:"):
-            self.emit(f"{out} = a[{self.key(variable)}][{self.key(node.field)}]")
+            self.emit(f"{out} = {expr}")
         with self.block("except KeyError:"):
-            message = self.bind(f"no such key: '{node.field}'")  # compiler._declared_map_field's words
-            self.emit(f"raise _CelError({message}) from None")
+            self.emit(f"raise _CelError({self.bind(message)}) from None")
         return out
 
     def _CreateList(self, node: ast.CreateList) -> str:
