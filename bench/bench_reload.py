@@ -10,7 +10,8 @@ Part 2, a real daemon: the bundled policies plus FILES generated ones, the inoti
 hello-wat jobs back to back, first QUIET seconds with nothing changing, then as long again while a file is
 edited every 0.25 s (each edit is one reload, through inotify). Target: job p99 during reloads <= 2x quiet.
 
-Run: python bench/bench_reload.py [FILES] [SECONDS]   (default 1000 files, 8 s per phase)
+Run: python bench/bench_reload.py [FILES] [SECONDS] [WORKERS]   (default 1000 files, 8 s per phase, 0 workers:
+jobs on the daemon's threads; N: the daemon's --workers N, jobs in worker processes)
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def under_load(files: int, seconds: float) -> None:
+def under_load(files: int, seconds: float, workers: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data, sock, policies = Path(tmp) / "data", Path(tmp) / "ctl.sock", Path(tmp) / "policies"
         shutil.copytree(ROOT / "policies", policies)
@@ -104,7 +105,8 @@ def under_load(files: int, seconds: float) -> None:
         err = (Path(tmp) / "daemon.err").open("w")
         daemon = subprocess.Popen([sys.executable, "-m", "capengine", "daemon", "--policies", str(policies),
                                    "--extensions", str(ROOT / "extensions"), "--data-dir", str(data), "--socket",
-                                   str(sock), "--watch-interval", "1"], env=env, stdout=subprocess.DEVNULL, stderr=err)
+                                   str(sock), "--watch-interval", "1", "--workers", str(workers)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=err)
         try:
             subprocess.run([sys.executable, "-m", "capengine", "ctl", "--socket", str(sock), "--wait", "300",
                             "health"], check=True, env=env, stdout=subprocess.DEVNULL)
@@ -137,7 +139,8 @@ def under_load(files: int, seconds: float) -> None:
             daemon.wait(60)
     reloads = after["reloads_ok"] - before["reloads_ok"]
     failed = after["reloads_failed"] - before["reloads_failed"]
-    print(f"daemon with {files} + bundled policy files, hello-wat jobs back to back, {seconds:g} s each: quiet "
+    print(f"daemon ({workers} worker processes) with {files} + bundled policy files, hello-wat jobs back to back, "
+          f"{seconds:g} s each: quiet "
           f"{len(quiet)} jobs p50 {percentile(quiet, 0.5):.1f} ms p99 {percentile(quiet, 0.99):.1f} ms; during "
           f"{reloads} reloads ({failed} refused) {len(busy)} jobs p50 {percentile(busy, 0.5):.1f} ms p99 "
           f"{percentile(busy, 0.99):.1f} ms; p99 during / quiet {percentile(busy, 0.99) / percentile(quiet, 0.99):.2f}x"
@@ -147,8 +150,9 @@ def under_load(files: int, seconds: float) -> None:
 def main() -> None:
     files = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 8.0
+    workers = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     in_process(files)
-    under_load(files, seconds)
+    under_load(files, seconds, workers)
 
 
 if __name__ == "__main__":
