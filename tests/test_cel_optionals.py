@@ -572,3 +572,26 @@ def test_optional_syntax_errors_in_a_policy_file_point_at_the_token(tmp_path):
         (7, lines[6].index("] == 1") + 1), (13, lines[12].index("2}") + 1)]
     assert "unexpected ']'" in errors[0].message
     assert "map entry value marked with '?' must be an optional, not int" in errors[1].message
+
+
+@pytest.mark.parametrize("expr", [
+    "args.?n.orValue(0) > 100", "args.?n.orValue(0) < 100", "args.?n.orValue(0) + 1 == 2",
+    "args.?n.or(optional.of(0)).value() < 100", "(args.l + [1])[0] < 100", "args.?n.orValue(args.?m.orValue(0)) < 100",
+    "optional.of(0).or(args.?n).value() < 100 && args.?n.orValue(0) < 100",
+])
+@pytest.mark.parametrize("generate", [True, False])
+def test_a_dyn_value_behind_an_optional_is_never_treated_as_the_defaults_type(expr: str, generate: bool) -> None:
+    """`args.?n.orValue(0)` may be any JSON value: a bool there is not the int 1 (`true < 100` has no overload),
+    so a deny reading it fails closed and an allow does not match. The type parameter bound to dyn stays dyn
+    (orValue(optional(dyn), int) is dyn, list(dyn) + list(int) is list(dyn)): the overload is chosen at run
+    time, never a static int one that Python would run on True."""
+    from capengine.policy.functions import POLICY_ENVIRONMENT
+    from capengine.policy.loader import POLICY_COSTS, POLICY_DECLS
+
+    program, errors = compile_expression(expr, POLICY_DECLS, POLICY_ENVIRONMENT, total=True, costs=POLICY_COSTS,
+                                         generate=generate)
+    assert program is not None, errors
+    activation = {"path": "", "library": "", "operation": "", "extension": "",
+                  "args": MappingProxyType({"n": True, "l": [True]})}
+    with pytest.raises(CelError, match="no such overload"):
+        program.evaluate(activation)

@@ -343,3 +343,30 @@ def test_file_size_limit_is_reported_refuses_calls_and_keeps_every_record(tmp_pa
     spilled = run.stderr.count(b"capengine decision log (unwritten): ")
     assert spilled == outcome["spilled"]
     assert len(records) + spilled == outcome["recorded"], outcome  # nothing lost
+
+
+def test_a_killed_writer_resumes_after_a_worker_encoded_line_without_duplicates(tmp_path):
+    """Lines a worker process encoded carry their call id inside the line only: when a killed writer had written
+    a batch ending with such lines, the new writer's last call id is one of them and the daemon must resume after
+    it, not write the whole batch again."""
+    from capengine.daemon.decision_log import encode_call
+
+    path = tmp_path / "d.jsonl"
+    lines = [encode_call(time.time(), f"worker-{i:04d}", _call(n=i), frozenset()) for i in range(5)]
+    import os
+    import signal
+
+    log = DecisionLog(path)
+    process = log._process
+    assert process is not None
+    os.kill(process.proc.pid, signal.SIGSTOP)  # the batch waits in the pipe, unread
+    for line in lines:
+        log.record_line(line)
+    with path.open("ab") as out:  # what the writer wrote before it was killed, unacknowledged
+        out.write(b"".join(lines))
+    os.kill(process.proc.pid, signal.SIGKILL)
+    log.record(_call(n=5))
+    assert log.flush(10)
+    log.close()
+    ids = [record["call_id"] for _, record in read_records(path)]
+    assert ids[:5] == [f"worker-{i:04d}" for i in range(5)] and len(ids) == 6, ids

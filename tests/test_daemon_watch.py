@@ -165,3 +165,29 @@ def test_watcher_of_a_directory_missing_at_times_never_dies(tmp_path: Path):
     finally:
         d.stop()
         d.kill()
+
+
+def test_a_policy_directory_with_a_dotted_name_moved_out_is_seen(tmp_path):
+    """`mv policies/team.v2 elsewhere` is one deleted path whose suffix is not a policy suffix: the rules under
+    it must stop applying, so the watcher requests a reload (the watch itself, on a real inotify instance)."""
+    import threading
+
+    from capengine.daemon.policy_watch import watch
+
+    policies, attic = tmp_path / "policies", tmp_path / "attic"
+    (policies / "team.v2").mkdir(parents=True)
+    attic.mkdir()
+    allow = "- {id: r, effect: allow, operations: [test.ping]}\n"
+    (policies / "team.v2" / "allow.yaml").write_text(policy_yaml("team", allow))
+    requests: list[float] = []
+    stopped = threading.Event()
+    thread = threading.Thread(target=watch, args=(policies, lambda: requests.append(time.monotonic()), stopped, 600.0))
+    thread.start()
+    try:
+        time.sleep(1.5)  # the watch is in place
+        requests.clear()
+        (policies / "team.v2").rename(attic / "team.v2")
+        _wait(lambda: requests, 10)
+    finally:
+        stopped.set()
+        thread.join(20)

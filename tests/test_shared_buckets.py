@@ -72,3 +72,38 @@ def test_a_full_table_refuses_and_says_so():
     wait, limit = buckets.acquire(es, "e", 1000.0)
     assert wait > 0 and "table is full" in limit
     assert buckets.acquire(es, "a", 1000.0) == (0.0, None)  # known buckets still work
+
+
+def test_a_worker_killed_while_holding_the_lock_blocks_no_other():
+    """kill -9 of a process inside the table's lock (mid-update): the kernel drops its lockf lock, so the next
+    process takes tokens at once and the count stays exact (a half-written call charged nothing)."""
+    import signal
+    import threading
+
+    buckets = SharedBuckets.create()
+    es = entries(limited())
+    script = textwrap.dedent("""
+        import sys, time
+        from capengine.daemon.shared_buckets import SharedBuckets
+        buckets = SharedBuckets(int(sys.argv[1]))
+        buckets._locked().__enter__()
+        print("held", flush=True)
+        time.sleep(600)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", script, str(buckets.fd)], pass_fds=(buckets.fd,),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        got: list[tuple[float, str | None]] = []
+        taker = threading.Thread(target=lambda: got.append(buckets.acquire(es, "ns", 1000.0)), daemon=True)
+        taker.start()
+        taker.join(0.5)
+        assert not got  # excluded while the other process holds the lock
+        os.kill(holder.pid, signal.SIGKILL)
+        taker.join(30)
+        assert got == [(0.0, None)]
+    finally:
+        holder.kill()
+        holder.wait()
+    taken = 1 + sum(buckets.acquire(es, "ns", 1000.0)[1] is None for _ in range(100))
+    assert taken == 50

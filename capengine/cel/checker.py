@@ -256,7 +256,9 @@ class Checker:
             if len(overload.params) != len(arg_types):
                 continue
             bindings: dict[str, Type] = {}
-            if all(unify(p, a, bindings) for p, a in zip(overload.params, arg_types)):
+            # optional.none() holds no value: it constrains no type variable (a dyn there would make A dyn)
+            if all((_is_none(n) and p.name == "optional_type") or unify(p, a, bindings)
+                   for p, a, n in zip(overload.params, arg_types, args)):
                 matched.append(overload)
                 results.append(substitute(overload.result, bindings))
         if not matched:

@@ -79,18 +79,37 @@ def parse_decl(text: str) -> Type:
 
 
 def unify(param: Type, arg: Type, bindings: dict[str, Type]) -> bool:
-    """Can `arg` be passed where `param` is expected? Binds type variables in `bindings`."""
+    """Can `arg` be passed where `param` is expected? Binds type variables in `bindings`.
+
+    A variable once bound to dyn stays dyn (and a dyn argument makes the variables of its parameter dyn): in
+    `orValue(optional(A), A)` with `args.?n` (A = dyn) and the default `0`, the result may be any value, not an
+    int. Binding A to int there would let the compiler pick the int overload statically for what follows, and
+    Python would then run `true < 100` as `1 < 100` where CEL has no such overload."""
     if param.is_param:
         bound = bindings.get(param.name)
-        if bound is None or bound == DYN:
+        if bound is None:
             bindings[param.name] = arg
             return True
-        return arg == DYN or unify(bound, arg, {}) or unify(arg, bound, {})
-    if param == DYN or arg == DYN:
+        if bound == DYN or arg == DYN:
+            bindings[param.name] = DYN
+            return True
+        return unify(bound, arg, {}) or unify(arg, bound, {})
+    if arg == DYN:
+        _bind_dyn(param, bindings)
+        return True
+    if param == DYN:
         return True
     if param.name != arg.name or len(param.params) != len(arg.params):
         return False
     return all(unify(p, a, bindings) for p, a in zip(param.params, arg.params))
+
+
+def _bind_dyn(param: Type, bindings: dict[str, Type]) -> None:
+    """A dyn argument for `param` (`list(A)` given a dyn value): each of its variables may be anything."""
+    if param.is_param:
+        bindings[param.name] = DYN
+    for p in param.params:
+        _bind_dyn(p, bindings)
 
 
 def substitute(t: Type, bindings: dict[str, Type]) -> Type:

@@ -126,6 +126,17 @@ def encode_call(when: float, call_id: str, call: CallRecord, mask: frozenset[str
     return log_writer.encode_item((when, call_id, *_fields(call)), mask)
 
 
+def _line_call_id(line: bytes) -> str | None:
+    """The call id inside a line a worker encoded (its _Entry has none): read only when a new writer resumes
+    after a killed one, so that a batch ending in worker lines is not written twice."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    call_id = record.get("call_id") if isinstance(record, dict) else None
+    return call_id if isinstance(call_id, str) else None
+
+
 def refused_by_log(call: CallRecord) -> bool:
     """A call refused because the log was unavailable: counted into a summary record, not logged one by one."""
     return not call.decided and call.code == ErrorCode.RESOURCE_EXHAUSTED and call.message.startswith(LOG_UNAVAILABLE)
@@ -432,7 +443,7 @@ class DecisionLog:
         resume, self._resume_after = self._resume_after, None
         if resume is not None:  # the last writer wrote up to `resume` and died before saying so
             for i, entry in enumerate(batch):
-                if entry.call_id == resume:
+                if (entry.call_id if entry.line is None else _line_call_id(entry.line)) == resume:
                     return i + 1
         items = [self._item(entry) for entry in batch]
         try:

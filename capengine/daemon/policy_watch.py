@@ -43,10 +43,12 @@ def identity(directory: Path) -> Identity | None:
 
 def relevant(changes: set[tuple[watchfiles.Change, str]]) -> bool:
     """Any change that can alter the policy set: a policy file, a directory, a symlink like `..data` (no
-    suffix). An editor's swap and backup files (`.swp`, `~`, `4913`) are not."""
-    for _, path in changes:
+    suffix). An editor's swap and backup files (`.swp`, `~`, `4913`) created or written are not. Any deletion
+    is: a directory moved out of the tree (`mv policies/team.v2 /attic`) is reported as one deleted path, and
+    once gone nothing tells it from a file, so its name (any suffix) cannot decide."""
+    for change, path in changes:
         suffix = os.path.splitext(path)[1]
-        if suffix in POLICY_SUFFIXES or suffix == "" or os.path.isdir(path):
+        if suffix in POLICY_SUFFIXES or suffix == "" or change == watchfiles.Change.deleted or os.path.isdir(path):
             return True
     return False
 
