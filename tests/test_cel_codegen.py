@@ -545,3 +545,14 @@ def test_edge_expressions_agree_on_edge_values(expr: str) -> None:
     for decls in DECLS:
         for activation in activations:
             both(expr, decls, activation)
+
+
+@pytest.mark.parametrize("generate", [True, False])
+@pytest.mark.parametrize("source", ["(-9223372036854775807 - 1) % -1", "uint(-0.5)", "uint(-1e-300)"])
+def test_overflowing_remainder_and_negative_double_to_uint_are_errors(source: str, generate: bool) -> None:
+    """As in cel-go: INT_MIN % -1 overflows like INT_MIN / -1, and a negative double is out of uint's range even
+    when it would truncate to 0 (a policy must not read `uint(args.x)` of -0.5 as 0u)."""
+    program, errors = compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT, total=True, generate=generate)
+    assert program is not None and not errors
+    with pytest.raises(CelError, match="overflow|out of uint range"):
+        program.evaluate({})

@@ -33,6 +33,7 @@ from capengine.cel.types import (
     map_of,
 )
 from capengine.cel.values import (
+    INT_MIN,
     MAP_TYPES,
     CelError,
     CelType,
@@ -66,6 +67,8 @@ def _int_div(x: int, y: int) -> int:
 def _int_mod(x: int, y: int) -> int:
     if y == 0:
         raise CelError("modulus by zero")
+    if x == INT_MIN and y == -1:  # the quotient overflows, so the remainder is an error too (as in cel-go)
+        raise CelError("int overflow")
     r = abs(x) % abs(y)
     return -r if x < 0 else r
 
@@ -250,7 +253,7 @@ def _double_to_int(x: float) -> int:
 
 
 def _double_to_uint(x: float) -> UInt:
-    if math.isnan(x) or not -1.0 < x < 2.0**64:
+    if math.isnan(x) or not 0.0 <= x < 2.0**64:  # a negative double is out of range, even one that truncates to 0
         raise CelError("double out of uint range")
     return UInt(int(x))
 
