@@ -18,10 +18,41 @@ from capengine.policy.model import Location, Policy, Request, Rule
 from capengine.policy.rule_index import guard_of
 
 OTHER = "00000000-0000-4000-8000-000000000001"
-SEGMENTS = ["a", "b", "c", "photos", "private", "x.png", "caf\u00e9"]
+SEGMENTS = ["a", "b", "c", "photos", "private", "x.png", "caf\u00e9", "cafe\u0301", "m1", "m10", "A", "gif", "a.gif",
+            "x.tmp", "", ".", "ca"]
+HUGE = [2**63 - 1, 2**63, 2**64 - 1, -(2**63), 9223372036854775806]
 # (id, effect, condition); args.n / args.kind are untyped here on purpose (programs are compiled directly,
 # so every value type reaches the conditions, including the ones typed args would refuse at load).
 RULES = [
+    # anchored regex prefixes (directory guards), and patterns that must not be indexed
+    ("d-re", "deny", 'path.matches("^/m1/[a-z]+[.]gif$")'),
+    ("a-re-err", "allow", 'path.matches("^/a/b/.*") && int(args.kind) > 0'),
+    ("d-re-or", "deny", 'path.matches("^/c/x[.]png") || args.kind == "doc"'),
+    ("a-re-global", "allow", 'matches(path, "^/m1/(a|b)")'),
+    ("d-re-bar", "deny", 'path.matches("^/m10/x|gif$")'),
+    ("a-re-quant", "allow", 'path.matches("^/m1s?/a") && args.n == 2'),
+    ("a-re-class", "allow", 'path.matches("^/b/[|]|c")'),
+    ("a-re-uni", "allow", 'path.matches("^/photos/caf\u00e9/.") && args.n != 0'),
+    ("a-re-nfd", "allow", 'path.matches("^/photos/cafe\u0301/")'),
+    ("a-re-dslash", "allow", 'path.matches("^/a//b")'),
+    ("a-re-case", "allow", 'path.matches("^/A/b")'),
+    ("a-re-esc", "allow", r'path.matches("^/x\\.png/a")'),
+    ("a-sw", "allow", 'path.startsWith("/photos/ca") && args.n < 3'),
+    # integer ranges and one-sided bounds on args
+    ("d-range", "deny", 'args.n >= 2 && args.n < 2 + 3 && size(path) > 8'),
+    ("a-range", "allow", '3 <= args.n && args.n <= 5 && path.under("/c")'),
+    ("a-range-neg", "allow", 'args.n > -3 && args.n <= -1 && has(args.n)'),
+    ("d-mirror", "deny", '5 > args.n && args.n >= 4 && int(args.kind) == 1'),
+    ("d-huge", "deny", 'args.n >= 9223372036854775806 && size(path) > 2'),
+    ("a-below", "allow", 'args.n < 0 || path.endsWith(".gif")'),
+    # disjunctions of guarded sides, suffixes
+    ("d-above-or", "deny", 'has(args.n) && args.n > 7 || path.endsWith("/x.png") && args.kind == "secret"'),
+    ("a-or-err", "allow", '(path.under("/b") && int(args.kind) > 0) || (path.endsWith(".tmp") && args.n == 1)'),
+    ("d-or-err", "deny", 'path.endsWith("x.png") && int(args.kind) > 2 || args.kind in ["doc", 4]'),
+    ("d-suffix-uni", "deny", 'path.endsWith("caf\u00e9") && args.n > 100'),
+    ("a-suffix-nfd", "allow", 'path.endsWith("cafe\u0301")'),
+    ("a-dup", "allow", 'args.n == 1 || args.n in [1, 6] || args.n > 10 || path.under("/m1") || path.under("/m1")'),
+    ("a-or-mixed", "allow", 'library == "' + OTHER + '" && args.n > 1 || path.matches("^/m10/[.]?") || args.n < -4'),
     ("d-private", "deny", 'path.glob("/photos/**/private/**")'),
     ("d-under-c", "deny", 'path.under("/a/c") && args.n > 3'),
     ("d-kind", "deny", 'args.kind == "secret"'),
@@ -57,18 +88,20 @@ def sets() -> tuple[PolicySet, PolicySet]:
             programs[rule.qualified_id] = program
             closures[rule.qualified_id], _ = compile_expression(rule.condition, POLICY_DECLS, POLICY_ENVIRONMENT,
                                                                 total=True, costs=POLICY_COSTS, generate=False)
-    assert sum(p.generated is not None for p in programs.values()) >= 12  # the comparison is not vacuous
+    assert sum(p.generated is not None for p in programs.values()) >= 30  # the comparison is not vacuous
     indexed = PolicySet([policy], programs, "r", index_threshold=0)
     plain = PolicySet([policy], closures, "r", index_threshold=1_000_000)
     return indexed, plain
 
 
-arg_values = st.one_of(st.integers(-2, 9), st.sampled_from(["doc", "secret", "3", ""]), st.booleans(),
-                       st.floats(allow_nan=False, min_value=-1, max_value=8), st.none(),
-                       st.lists(st.integers(0, 3), max_size=2))
+arg_values = st.one_of(st.integers(-6, 12), st.sampled_from(HUGE), st.sampled_from(["doc", "secret", "3", "1", ""]),
+                       st.booleans(), st.floats(allow_nan=False, min_value=-5, max_value=12),
+                       st.sampled_from([3.0, 4.0, -1.0, 1.0]), st.none(), st.lists(st.integers(0, 3), max_size=2),
+                       st.dictionaries(st.sampled_from(["n", "a"]), st.integers(0, 2), max_size=1))
 requests = st.builds(
-    lambda segs, lib, args: Request.parse("com.example.app", "vdfs.read_file", "/" + "/".join(segs), lib, args),
-    st.lists(st.sampled_from(SEGMENTS), max_size=4), st.sampled_from([LIB, OTHER, ""]),
+    lambda segs, lib, args: Request.parse("com.example.app", "vdfs.read_file",
+                                          "" if segs is None else "/" + "/".join(segs), lib, args),
+    st.one_of(st.none(), st.lists(st.sampled_from(SEGMENTS), max_size=4)), st.sampled_from([LIB, OTHER, ""]),
     st.dictionaries(st.sampled_from(["n", "kind", "other"]), arg_values, max_size=3))
 
 
@@ -90,22 +123,77 @@ def test_the_index_really_selects(sets: tuple[PolicySet, PolicySet]) -> None:
     assert not chosen & {"d-private", "d-under-c", "a-ab", "a-eq", "a-glob", "a-bad"}
 
 
-@pytest.mark.parametrize(("condition", "guard"), [
-    ('path.under("/photos/2024")', ("under", ("/photos/2024",))),
-    ('path.glob("/photos/*/raw/**")', ("under", ("/photos",))),
-    ('path.glob("/cafe\u0301/**")', ("under", ("/caf\u00e9",))),  # NFC, as glob() normalises its pattern
-    ('args.size > 1 && path.under("/a") && path.under("/a/b/c")', ("under", ("/a/b/c",))),
-    ('library == "x" && args.kind == "a"', ("library", ("x",))),
-    ('args.kind in ["a", 1]', ("arg", ((str, "a"), (int, 1)))),
-    ('path.under("/a") || path.under("/b")', None),
+def test_the_new_shapes_are_indexed(sets: tuple[PolicySet, PolicySet]) -> None:
+    """Regex prefixes, ranges, one-sided bounds, suffixes and guarded disjunctions are selected by the index,
+    not evaluated on every call: else the differential test above would not exercise them."""
+    indexed, _ = sets
+    plan = indexed.plan("com.example.app", "vdfs.read_file")
+    assert plan.index is not None
+    unguarded = {r.rule.id for r in plan.index.always}
+    assert unguarded == {"d-re-bar", "a-re-class", "a-root", "a-none"}, unguarded
+    denies, allows = plan.select(Request.parse("com.example.app", "vdfs.read_file", "/q/y.txt", LIB, {"n": 9}))
+    chosen = {r.rule.id for r in [*denies, *allows]}
+    # the unguarded four, LIB's library guard, the bound `n > 7` that 9 passes, and the rules on the absent `kind`
+    assert chosen == {"d-re-bar", "a-re-class", "a-root", "a-none", "a-lib", "d-above-or", "d-kind", "d-or-err",
+                      "d-re-or", "a-kind-in"}, chosen
+    denies, allows = plan.select(Request.parse("com.example.app", "vdfs.read_file", "/m1/q/a.gif", OTHER,
+                                               {"n": "x", "kind": 3}))
+    chosen = {r.rule.id for r in [*denies, *allows]}
+    # a string n selects the rules bounding it (the comparison is an error, not false), not `args.n == 4`;
+    # the regex prefix /m1, the suffix .gif, `kind in [.., 3]`
+    assert chosen == {"d-re-bar", "a-re-class", "a-root", "a-none", "d-re", "a-re-global", "a-dup", "a-below",
+                      "d-range", "a-range-neg", "d-mirror", "d-huge", "d-above-or", "a-or-mixed", "a-kind-in"}, chosen
+
+
+@pytest.mark.parametrize(("condition", "guards"), [
+    ('path.under("/photos/2024")', [("under", ("/photos/2024",))]),
+    ('path.glob("/photos/*/raw/**")', [("under", ("/photos",))]),
+    ('path.glob("/cafe\u0301/**")', [("under", ("/caf\u00e9",))]),  # NFC, as glob() normalises its pattern
+    ('args.size > 1 && path.under("/a") && path.under("/a/b/c")', [("under", ("/a/b/c",))]),
+    ('library == "x" && args.kind == "a"', [("library", ("x",))]),
+    ('args.kind in ["a", 1]', [("arg", ((str, "a"), (int, 1)))]),
+    ('path.under("/a") || path.under("/b")', [("under", ("/a",)), ("under", ("/b",))]),
+    ('path.under("/a") || size(path) > 3', None),
     ('!path.under("/a")', None),
     ('path.glob("/**/x")', None),
     ('path == "/"', None),
     ('args.flag == true', None),
+    # anchored regexes: the literal prefix up to its last '/', conservatively
+    ('path.matches("^/m5/[a-z]+[.]gif$")', [("under", ("/m5",))]),
+    ('matches(path, "^/a/b/c")', [("under", ("/a/b",))]),
+    ('path.matches("^/a\\\\.b/c/")', [("under", ("/a.b/c",))]),
+    ('path.matches("^/a/bc*/")', [("under", ("/a",))]),  # `c*` may be empty: the literal stops before it
+    ('path.matches("^/a/b?/")', [("under", ("/a",))]),
+    ('path.matches("^/a/b{0}/")', [("under", ("/a",))]),
+    ('path.matches("^/a/(x|y)/")', [("under", ("/a",))]),
+    ('path.matches("^/a/x|/b/")', None),  # the `^` binds the first branch only
+    ('path.matches("^/a/[|]|/b/")', None),
+    ('path.matches("^/a/\\\\|/b/")', [("under", ("/a/|/b",))]),  # an escaped `|` is a literal
+    ('path.matches("^/a/\\\\\\\\|/b/")', None),  # an escaped backslash, then a top-level `|`
+    ('path.matches("/a/b/")', None),  # not anchored
+    ('path.matches("(?i)^/a/b/")', None),
+    ('path.matches("^(?i)/a/b/")', None),
+    ('path.matches("^/a\\\\Q/x/\\\\E/")', None),
+    ('path.matches("^/a/[[:alpha:]]/")', None),
+    ('path.matches("^/ab")', None),  # only the root
+    ('path.startsWith("/a/bc")', [("under", ("/a",))]),
+    ('path.endsWith(".gif")', [("suffix", (".gif",))]),
+    ('path.endsWith("")', None),
+    # integer bounds on args
+    ('args.n >= 3 && args.n < 3 + 3', [("arg", ((int, 3), (int, 4), (int, 5)))]),
+    ('3 < args.n && 5 >= args.n', [("arg", ((int, 4), (int, 5)))]),
+    ('args.n > -2 && args.n <= 0', [("arg", ((int, -1), (int, 0)))]),
+    ('args.n >= 0 && args.n < 65', [("above", (0,))]),  # more than 64 values: one side only
+    ('args.n > 10', [("above", (11,))]),
+    ('args.n <= 10', [("below", (11,))]),
+    ('args.n >= 3.0 && args.n < 5', [("below", (5,))]),  # a double bound is not an int bound
+    ('args.n >= 3u && args.n < 5u', None),
+    ('args.n < 9223372036854775807 + 1', None),  # overflow: an error, not a bound
+    ('has(args.offset) && args.offset > 5 || path.endsWith("/x.tmp")', [("above", (6,)), ("suffix", ("/x.tmp",))]),
 ])
-def test_guards(condition: str, guard: tuple[str, tuple[object, ...]] | None) -> None:
+def test_guards(condition: str, guards: list[tuple[str, tuple[object, ...]]] | None) -> None:
     from capengine.cel import ast
     from capengine.policy.functions import POLICY_ENVIRONMENT
 
     found = guard_of(ast.parse(condition, POLICY_ENVIRONMENT.namespaced))
-    assert (None if found is None else (found.kind, found.keys)) == guard
+    assert (None if found is None else [(g.kind, g.keys) for g in found]) == guards
