@@ -103,16 +103,16 @@ def sets() -> tuple[PolicySet, PolicySet]:
     return indexed, plain
 
 
-arg_values = st.one_of(st.integers(-6, 12), st.integers(-6, 12), st.sampled_from(HUGE), st.sampled_from(["doc", "secret", "3", "1", ""]),
-                       st.booleans(), st.floats(allow_nan=False, min_value=-5, max_value=12),
-                       st.sampled_from([3.0, 4.0, -1.0, 1.0]), st.none(), st.lists(st.integers(0, 3), max_size=2),
+arg_values = st.one_of(st.integers(-6, 12), st.integers(-6, 12), st.sampled_from(HUGE),
+                       st.sampled_from(["doc", "secret", "3", "1", ""]), st.booleans(),
+                       st.floats(allow_nan=False, min_value=-5, max_value=12), st.sampled_from([3.0, 4.0, -1.0, 1.0]),
+                       st.none(), st.lists(st.integers(0, 3), max_size=2),
                        st.dictionaries(st.sampled_from(["n", "a"]), st.integers(0, 2), max_size=1))
+paths = st.one_of(st.just(""), st.lists(st.sampled_from(SEGMENTS), max_size=4).map(lambda s: "/" + "/".join(s)),
+                  st.sampled_from(EDGE_PATHS))
 requests = st.builds(
-    lambda segs, lib, args: Request.parse("com.example.app", "vdfs.read_file",
-                                          "" if segs is None else segs[0] if len(segs) == 1 and segs[0][:1] in "/"
-                                          else "/" + "/".join(segs), lib, args),
-    st.one_of(st.none(), st.lists(st.sampled_from(SEGMENTS), max_size=4), st.sampled_from(EDGE_PATHS).map(lambda p: [p])),
-    st.sampled_from([LIB, OTHER, ""]),
+    lambda path, lib, args: Request.parse("com.example.app", "vdfs.read_file", path, lib, args),
+    paths, st.sampled_from([LIB, OTHER, ""]),
     st.dictionaries(st.sampled_from(["n", "kind", "other"]), arg_values, max_size=3))
 
 

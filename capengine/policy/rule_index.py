@@ -230,11 +230,11 @@ def _guard(node: ast.Node) -> Guard | None:
             return None
         return None if directory in ("", "/") else Guard("under", (directory,))
     for function in ("startsWith", "matches"):
-        literal = _path_call(node, function)
-        if literal is not None:
-            prefix = literal if function == "startsWith" else _regex_literal_prefix(literal)
-            directory = None if prefix is None else _prefix_directory(prefix)
-            return None if directory is None else Guard("under", (directory,))
+        argument = _path_call(node, function)
+        if argument is not None:
+            prefix = argument if function == "startsWith" else _regex_literal_prefix(argument)
+            above = None if prefix is None else _prefix_directory(prefix)
+            return None if above is None else Guard("under", (above,))
     suffix = _path_call(node, "endsWith")
     if suffix is not None and node.target is not None:
         return Guard("suffix", (suffix,)) if suffix else None
