@@ -5,6 +5,7 @@ through the closure compiler alone."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from helpers import LIB
 from hypothesis import given, settings
@@ -232,3 +233,27 @@ def test_guards(condition: str, guards: list[tuple[str, tuple[object, ...]]] | N
 
     found = guard_of(ast.parse(condition, POLICY_ENVIRONMENT.namespaced))
     assert (None if found is None else [(g.kind, g.keys) for g in found]) == guards
+
+
+def test_bound_slices_come_back_in_policy_order() -> None:
+    """One-sided bounds are looked up in lists sorted by bound: what select() returns is still policy order,
+    each rule once, even when nothing else is selected."""
+    from capengine.cel import ast
+    from capengine.policy.functions import POLICY_ENVIRONMENT
+    from capengine.policy.rule_index import RuleIndex
+
+    @attrs.frozen
+    class Fake:
+        order: int
+        guard_node: ast.Node
+
+    sources = ["args.n > 8", "args.n > 1 || args.n > 2", "args.n < 20", "args.n >= 0", "args.n < 3"]
+    index = RuleIndex([Fake(k, ast.parse(s, POLICY_ENVIRONMENT.namespaced)) for k, s in enumerate(sources)])
+    assert not index.always
+    assert [r.order for r in index.select("/a", "", {"n": 9})] == [0, 1, 2, 3]
+    assert [r.order for r in index.select("/a", "", {"n": 25})] == [0, 1, 3]  # lower bounds only
+    assert [r.order for r in index.select("/a", "", {"n": -5})] == [2, 4]  # upper bounds only
+    assert [r.order for r in index.select("/a", "", {"n": 2})] == [1, 2, 3, 4]
+    assert [r.order for r in index.select("/a", "", {"n": -1})] == [2, 4]
+    assert [r.order for r in index.select("/a", "", {"n": "x"})] == [0, 1, 2, 3, 4]
+    assert [r.order for r in index.select("/a", "", {})] == [0, 1, 2, 3, 4]

@@ -350,20 +350,6 @@ def guard_of(condition: ast.Node | None) -> tuple[Guard, ...] | None:
     return tuple(guards)
 
 
-def _ancestors(path: str) -> list[str]:
-    """"/a/b/c" -> ["/a", "/a/b", "/a/b/c"]: every directory `path` is under (the root is never a key)."""
-    if not path.startswith("/"):
-        return []
-    out = []
-    end = path.find("/", 1)
-    while end != -1:
-        out.append(path[:end])
-        end = path.find("/", end + 1)
-    if len(path) > 1:
-        out.append(path)
-    return out
-
-
 def _add(bucket: list[Any], rule: Any) -> None:
     """Rules are added in policy order; a rule whose disjuncts land in one bucket is added once."""
     if not bucket or bucket[-1] is not rule:
@@ -398,7 +384,11 @@ class RuleIndex:
                       for f, items in ((f, sorted(v, key=lambda t: t[:2])) for f, v in above.items())}
         self.below = {f: ([b for b, _, _ in items], [r for _, _, r in items])
                       for f, items in ((f, sorted(v, key=lambda t: t[:2])) for f, v in below.items())}
-        self.fields = tuple(dict.fromkeys([*self.by_arg, *self.odd_value]))
+        # per field: (name, equality buckets, rules for other values, for an absent field, for a string value,
+        # (sorted lower bounds, rules), (sorted upper bounds, rules)), unpacked in one step per call
+        self.arg_tables = tuple(
+            (field, self.by_arg.get(field, {}), self.odd_value[field], self.absent.get(field),
+             self.numeric.get(field), self.above.get(field), self.below.get(field)) for field in self.odd_value)
 
     def _add_guard(self, guard: Guard, rule: Any, above: dict[str, list[tuple[int, int, Any]]],
                    below: dict[str, list[tuple[int, int, Any]]]) -> None:
@@ -426,8 +416,16 @@ class RuleIndex:
         """The rules that may match, in policy order."""
         found: list[Any] = list(self.always)
         groups = 1 if found else 0
-        for directory in _ancestors(path):
-            bucket = self.by_directory.get(directory)
+        by_directory = self.by_directory
+        if by_directory and path:
+            end = path.find("/", 1)  # every proper ancestor "/a", "/a/b" (never the root), then the path itself
+            while end != -1:
+                bucket = by_directory.get(path[:end])
+                if bucket:
+                    found.extend(bucket)
+                    groups += 1
+                end = path.find("/", end + 1)
+            bucket = by_directory.get(path)
             if bucket:
                 found.extend(bucket)
                 groups += 1
@@ -440,23 +438,31 @@ class RuleIndex:
             if bucket:
                 found.extend(bucket)
                 groups += 1
-        for field in self.fields:
+        for field, equal, odd, absent, numeric, above, below in self.arg_tables:
             if field not in args:
-                bucket = self.absent.get(field)
+                bucket = absent
             else:
                 value = args[field]
                 kind = type(value)
                 if kind is int:
-                    groups += self._bounded(found, field, value)
-                    bucket = self.by_arg.get(field, {}).get((int, value))
+                    bucket = equal.get((int, value))
+                    if above is not None:
+                        end = bisect.bisect_right(above[0], value)
+                        if end:  # a slice is in the order of its bounds, not policy order: found must be sorted
+                            found.extend(above[1][:end])
+                            groups += 2
+                    if below is not None:
+                        start = bisect.bisect_right(below[0], value)
+                        if start < len(below[1]):
+                            found.extend(below[1][start:])
+                            groups += 2
                 elif kind is str:
-                    bucket = self.by_arg.get(field, {}).get((str, value))
-                    numeric = self.numeric.get(field)
-                    if numeric:
+                    bucket = equal.get((str, value))
+                    if numeric:  # `"a" < 3` is an error, not false
                         found.extend(numeric)
                         groups += 1
                 else:
-                    bucket = self.odd_value[field]
+                    bucket = odd
             if bucket:
                 found.extend(bucket)
                 groups += 1
@@ -465,24 +471,6 @@ class RuleIndex:
             if self.shared:  # a rule in two buckets: its two copies are now adjacent
                 found = [r for i, r in enumerate(found) if i == 0 or found[i - 1] is not r]
         return found
-
-    def _bounded(self, found: list[Any], field: str, value: int) -> int:
-        """Add the rules whose one-sided integer bound `value` satisfies. Returns the number of groups to count:
-        a slice is in the order of its bounds, not policy order, so it counts as two (found must be sorted)."""
-        groups = 0
-        lows = self.above.get(field)
-        if lows is not None:
-            end = bisect.bisect_right(lows[0], value)
-            if end:
-                found.extend(lows[1][:end])
-                groups += 2
-        highs = self.below.get(field)
-        if highs is not None:
-            start = bisect.bisect_right(highs[0], value)
-            if start < len(highs[1]):
-                found.extend(highs[1][start:])
-                groups += 2
-        return groups
 
 
 def _order(rule: Any) -> int:
