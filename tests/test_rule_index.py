@@ -156,7 +156,7 @@ def test_the_index_really_selects(sets: tuple[PolicySet, PolicySet]) -> None:
     assert not chosen & {"d-private", "d-under-c", "a-ab", "a-eq", "a-glob", "a-bad"}
 
 
-UNGUARDED = {"d-re-bar", "a-re-class", "a-re-quant", "a-re-digit", "a-root", "a-none"}
+UNGUARDED = {"d-re-bar", "a-re-class", "a-re-quant", "a-re-digit", "a-root", "a-none", "d-or-err"}
 
 
 def test_the_new_shapes_are_indexed(sets: tuple[PolicySet, PolicySet]) -> None:
@@ -257,3 +257,54 @@ def test_bound_slices_come_back_in_policy_order() -> None:
     assert [r.order for r in index.select("/a", "", {"n": -1})] == [2, 4]
     assert [r.order for r in index.select("/a", "", {"n": "x"})] == [0, 1, 2, 3, 4]
     assert [r.order for r in index.select("/a", "", {})] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("condition", "guards"), [
+    ('int(args.kind) > 0 && path.under("/a")', None),  # int() of a long string may spend the budget first
+    ('path.under("/a") && int(args.kind) > 0', [("under", ("/a",))]),
+    ('has(args.n) && library == "x" && path.endsWith(".x") && int(args.kind) > 0', [("library", ("x",))]),
+    # `"<100 MB>" > 1` is charged by size before the path is tested: only n's bound (a string n is selected)
+    ('args.n > 1 && path.under("/a")', [("above", (2,))]),
+    ('has(args.n) && args.n >= 2 && args.n < 4 && int(args.kind) > 0', [("arg", ((int, 2), (int, 3)))]),
+    ('args.n >= 2 && int(args.kind) > 0 && args.n < 4', [("above", (2,))]),
+    ('args.m >= 2 && args.n >= 2 && args.n < 4', [("above", (2,))]),  # only m's bound leads
+    ('args.kind == "x" && int(args.kind) > 0', None),  # equality charges a long string's size
+    ('path.under("/a") || int(args.kind) > 0 && path.under("/b")', None),
+])
+def test_metered_guards(condition: str, guards: list[tuple[str, tuple[object, ...]]] | None) -> None:
+    """A metered condition's budget error is absorbed by no `&&`: only guards that nothing unbounded can
+    precede count."""
+    from capengine.cel import ast
+    from capengine.policy.functions import POLICY_ENVIRONMENT
+
+    found = guard_of(ast.parse(condition, POLICY_ENVIRONMENT.namespaced), metered=True)
+    assert (None if found is None else [(g.kind, g.keys) for g in found]) == guards
+
+
+def test_a_spent_budget_before_a_false_guard_still_denies() -> None:
+    """A guest-sized value can exhaust a metered condition's budget in a conjunct evaluated before the guard;
+    the plain evaluation then fails closed (the deny matches), and so must the indexed one."""
+    where = Location("budget.yaml", 1, 1)
+    sources = ['int(args.kind) > 0 && path.under("/a")', 'args.n > 1 && path.under("/a")',
+               'args.kind == "x" && path.under("/a")']
+    for source in sources:
+        rules = tuple(Rule("p", f"r{k}", "deny" if k == 0 else "allow", ("vdfs.read_file",),
+                           source if k == 0 else f'path.under("/z{k}") || path == "/b"', None, where)
+                      for k in range(12))
+        programs = {}
+        for rule in rules:
+            program, errors = compile_expression(rule.condition, POLICY_DECLS, POLICY_ENVIRONMENT, total=True,
+                                                 costs=POLICY_COSTS)
+            assert program is not None, errors
+            programs[rule.qualified_id] = program
+        policy = Policy("p", "", ("com.example.*",), rules, (), where)
+        indexed = PolicySet([policy], programs, "r", index_threshold=0)
+        plain = PolicySet([policy], programs, "r", index_threshold=1_000_000)
+        huge = "1" * 110_000_000  # ~107,000 units at one per KiB: past the 100,000-unit budget
+        for args in ({"kind": huge}, {"n": huge}, {"kind": huge, "n": huge}):
+            request = Request.parse("com.example.app", "vdfs.read_file", "/b", LIB, args)
+            assert indexed.decide(request) == plain.decide(request), (source, list(args))
+        request = Request.parse("com.example.app", "vdfs.read_file", "/b", LIB, {"kind": huge, "n": huge})
+        decision = plain.decide(request)
+        if programs["p/r0"].metered:
+            assert not decision.allowed and "budget" in decision.errors[0].message, (source, decision)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 import string
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -322,32 +322,87 @@ def _is_canonical(text: str) -> bool:
 _PREFERENCE = {"under": 0, "library": 1, "suffix": 2, "arg": 3, "above": 4, "below": 4}
 
 
-def _conjunction_guard(condition: ast.Node) -> Guard | None:
+def _is_has(node: ast.Node, field: str | None = None) -> bool:
+    """`has(args.f)` (of `field`, when given): never an error, never charged to a metered budget."""
+    return isinstance(node, ast.Select) and node.test_only and _is_var(node.operand, "args") \
+        and (field is None or node.field == field)
+
+
+_BOUNDED_KINDS = ("under", "library", "suffix")  # tests of the path and library, whose sizes Request bounds
+
+
+def _leading(conjuncts: Sequence[ast.Node], admit: Callable[[ast.Node], bool]) -> list[ast.Node]:
+    run = []
+    for node in conjuncts:
+        if not admit(node):
+            break
+        run.append(node)
+    return run
+
+
+def _metered_guards(conjuncts: Sequence[ast.Node]) -> list[Guard]:
+    """Guards of a metered condition. Its budget running out is the one error no `&&` absorbs
+    (cost.BudgetExceeded): a conjunct evaluated before a false guard could spend it on a guest-sized value
+    (`int(args.s)` of a 100 MB string), and the plain evaluation would then fail closed where a skip would
+    not. So a guard counts only when every conjunct evaluated before it costs a bounded amount whatever the
+    request holds: `has(args.f)`, path and library tests (the path is at most 4 KiB), and for integer bounds
+    on a field, other bounds on that same field (one unit each for the int values the index skips; a value
+    of any other type is never skipped). Argument equality is not used: a long string would be charged."""
+    def bounded(node: ast.Node) -> bool:
+        guard = _guard(node)
+        return _is_has(node) or (guard is not None and guard.kind in _BOUNDED_KINDS)
+
+    guards = [g for g in map(_guard, _leading(conjuncts, bounded)) if g is not None]
+    for field in dict.fromkeys(b[0] for b in map(_bound, conjuncts) if b is not None):
+        def on_field(node: ast.Node, field: str = field) -> bool:
+            bound = _bound(node)
+            return _is_has(node) or (bound is not None and bound[0] == field)
+
+        run = _leading(conjuncts, on_field)
+        guards += [_with_has(g, run) for g in _bound_guards(run)]
+    return guards
+
+
+def _with_has(guard: Guard, conjuncts: Sequence[ast.Node]) -> Guard:
+    if guard.field and any(_is_has(c, guard.field) for c in conjuncts):
+        return attrs.evolve(guard, has_checked=True)
+    return guard
+
+
+def _conjunction_guard(condition: ast.Node, metered: bool) -> Guard | None:
     """The most selective guard among the top-level conjuncts: the deepest directory, else a library,
     else a suffix, else an argument."""
     conjuncts = list(_conjuncts(condition))
-    guards = [g for g in map(_guard, conjuncts) if g is not None] + _bound_guards(conjuncts)
+    if metered:
+        guards = _metered_guards(conjuncts)
+    else:
+        guards = [_with_has(g, conjuncts) for g in map(_guard, conjuncts) if g is not None]
+        guards += [_with_has(g, conjuncts) for g in _bound_guards(conjuncts)]
     if not guards:
         return None
-    best = min(guards, key=lambda g: (_PREFERENCE[g.kind], -max(len(str(k)) for k in g.keys)))
-    if best.field and any(isinstance(c, ast.Select) and c.test_only and _is_var(c.operand, "args")
-                          and c.field == best.field for c in conjuncts):
-        best = attrs.evolve(best, has_checked=True)
-    return best
+    return min(guards, key=lambda g: (_PREFERENCE[g.kind], -max(len(str(k)) for k in g.keys)))
 
 
-def guard_of(condition: ast.Node | None) -> tuple[Guard, ...] | None:
+def guard_of(condition: ast.Node | None, metered: bool = False) -> tuple[Guard, ...] | None:
     """One guard per top-level disjunct (a plain conjunction is one disjunct), or None when a disjunct has
-    none: the rule can match only where one of these guards holds."""
+    none: the rule can match only where one of these guards holds. `metered`: the condition's program is
+    metered at run time (see _metered_guards)."""
     if condition is None:
         return None
     guards = []
     for disjunct in _flatten(condition, "_||_"):
-        guard = _conjunction_guard(disjunct)
+        guard = _conjunction_guard(disjunct, metered)
         if guard is None:
             return None
         guards.append(guard)
     return tuple(guards)
+
+
+def _metered(rule: Any) -> bool:
+    """Whether the rule's program charges a run-time budget (CompiledRule.program.metered); assumed so when
+    the rule does not say."""
+    program = getattr(rule, "program", None)
+    return bool(getattr(program, "metered", True))
 
 
 def _add(bucket: list[Any], rule: Any) -> None:
@@ -372,7 +427,7 @@ class RuleIndex:
         below: dict[str, list[tuple[int, int, Any]]] = {}
         self.shared = False  # some rule is in more than one bucket: select() must drop repeats
         for rule in rules:
-            guards = guard_of(rule.guard_node)
+            guards = guard_of(rule.guard_node, _metered(rule))
             if guards is None:
                 self.always.append(rule)
                 continue
