@@ -61,6 +61,7 @@ RULES = [
     ("d-or-err", "deny", 'path.endsWith("x.png") && int(args.kind) > 2 || args.kind in ["doc", 4]'),
     ("d-suffix-uni", "deny", 'path.endsWith("caf\u00e9") && args.n > 100'),
     ("a-suffix-nfd", "allow", 'path.endsWith("cafe\u0301")'),
+    ("d-nested-or", "deny", '(path.under("/q") || args.n == 3) && size(path) > 0'),  # no guard: `||` inside
     ("a-dup", "allow", 'args.n == 1 || args.n in [1, 6] || args.n > 10 || path.under("/m1") || path.under("/m1")'),
     ("a-or-mixed", "allow", 'library == "' + OTHER + '" && args.n > 1 || path.matches("^/m10/[.]?") || args.n < -4'),
     ("d-private", "deny", 'path.glob("/photos/**/private/**")'),
@@ -156,7 +157,8 @@ def test_the_index_really_selects(sets: tuple[PolicySet, PolicySet]) -> None:
     assert not chosen & {"d-private", "d-under-c", "a-ab", "a-eq", "a-glob", "a-bad"}
 
 
-UNGUARDED = {"d-re-bar", "a-re-class", "a-re-quant", "a-re-digit", "a-root", "a-none", "d-or-err"}
+UNGUARDED = {"d-re-bar", "a-re-class", "a-re-quant", "a-re-digit", "a-root", "a-none", "d-or-err",
+             "d-nested-or"}
 
 
 def test_the_new_shapes_are_indexed(sets: tuple[PolicySet, PolicySet]) -> None:
