@@ -21,6 +21,8 @@ the field is present with a plain string or integer value (not bool, not uint, n
 CEL); otherwise every rule guarded on that field is a candidate and its condition decides, errors included
 — except, for an absent field, the rules that also test `has(args.field)`, which are false without it. A
 string value skips equality-guarded rules, but not rules guarded by integer bounds: `"a" < 3` is an error.
+A metered condition (cost checked at run time) has a stricter rule, since its spent budget is absorbed by
+no `&&`: only guards that no conjunct of unbounded cost precedes (_metered_guards).
 """
 
 from __future__ import annotations
