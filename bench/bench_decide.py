@@ -10,12 +10,13 @@ Decisions must agree across all three (asserted). Also: one condition as a compi
 same condition hand-written as a Python lambda. Timings are per call, from batches; ratios are what count.
 
 Then mixed conditions on ONE (extension, operation), at 1,000 and 10,000 rules: allows cycling through
-indexable shapes (glob, under+matches, `has(args.length) && args.length == K`, library+under+offset) and
-unindexable ones the index must evaluate on every call (`path.matches(...)` alone, `args.offset > K ||
-path.endsWith(...)`, `args.length >= K && args.length < K + 3 && size(path) > 5`), plus denies on
-/dirK/private. Four ways, decisions asserted equal: indexed with generated conditions (what decide() does),
-indexed with closures only, and the plain scan of each. p50/p99 per decide over the requests (a middle
-rule's, the last rule's, no match, the deny).
+seven shapes (glob, under+matches, `has(args.length) && args.length == K`, library+under+offset,
+`path.matches("^/mK/...")` alone, `args.offset > K || path.endsWith(...)`, `args.length >= K && args.length
+< K + 3 && size(path) > 5`), plus denies on /dirK/private. The last three were unindexable until the index
+learnt regex prefixes, suffixes, integer bounds and guarded disjunctions; the table prints how many rules
+are still evaluated on every call ("unguarded"). Four ways, decisions asserted equal: indexed with generated
+conditions (what decide() does), indexed with closures only, and the plain scan of each. p50/p99 per decide
+over the requests (a middle rule's, the last rule's, no match, the deny).
 
 Run: python bench/bench_decide.py [SIZES...]   (default 10 100 1000 10000; mixed: 1000 10000 unless sizes given)
 """
@@ -143,7 +144,7 @@ def mixed_text(n: int) -> str:
         'path.under("/dir{k}") && path.matches("^/dir{k}/[a-z]+[.]jpg$")',
         'has(args.length) && args.length == {k}',
         'library == "' + LIB + '" && path.under("/dir{k}") && has(args.offset) && args.offset < 1000',
-        'path.matches("^/m{k}/[a-z]+[.]gif$")',  # unindexable from here on: evaluated on every call
+        'path.matches("^/m{k}/[a-z]+[.]gif$")',  # from here on: indexed since regex prefixes, bounds, `||`
         'has(args.offset) && args.offset > {big} || path.endsWith("/x{k}.tmp")',
         'has(args.length) && args.length >= {k} && args.length < {k} + 3 && size(path) > 5',
     ]
@@ -158,7 +159,7 @@ def mixed_text(n: int) -> str:
 def mixed(sizes: list[int]) -> None:
     print("\nmixed conditions on one (extension, operation): p50/p99 us per decide")
     print(f"{'rules':>6} {'indexed+generated':>20} {'indexed+closures':>20} {'plain+generated':>20} "
-          f"{'plain+closures':>20} {'closures/generated':>19}")
+          f"{'plain+closures':>20} {'closures/generated':>19} {'unguarded':>10}")
     for n in sizes:
         loaded, findings = load_text("mixed.yaml", mixed_text(n))
         assert not [f for f in findings if f.severity == "error"], findings[:3]
@@ -181,7 +182,10 @@ def mixed(sizes: list[int]) -> None:
             rounds = max(2, 20_000 // n) if plain else 200
             figures.append(percentiles(policy_set.decide, reqs, rounds=rounds, batch=2 if plain else 20))
         cells = " ".join(f"{p50:>9.1f} / {p99:<8.1f}" for p50, p99 in figures)
-        print(f"{n:>6} {cells} {figures[1][0] / figures[0][0]:>10.2f} / {figures[3][0] / figures[2][0]:.2f}")
+        index = sets[0].plan(EXT, OP).index
+        unguarded = len(index.always) if index is not None else n
+        print(f"{n:>6} {cells} {figures[1][0] / figures[0][0]:>10.2f} / {figures[3][0] / figures[2][0]:.2f}"
+              f" {unguarded:>10}")
 
 
 def lambda_vs_compiled() -> None:
