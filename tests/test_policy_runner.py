@@ -70,6 +70,15 @@ def test_failing_case_exits_1_with_expected_and_got(tmp_path, capsys):
     assert "p.test.yaml:" in out
 
 
+def test_a_case_naming_a_rule_the_set_lacks_says_so_with_a_suggestion(tmp_path, capsys):
+    d = make(tmp_path, case("reads", "/docs/a", "allow", "p/read-doc"), case("ok", "/docs/b", "allow", "p/read-docs"))
+    code, out, _ = run(capsys, str(d))
+    assert code == 1
+    assert ("expected deciding rule p/read-doc (the set has no rule p/read-doc; did you mean 'p/read-docs'?), "
+            "got p/read-docs") in out
+    assert out.count("the set has no rule") == 1  # a rule that exists is not called missing
+
+
 def test_verbose_lists_every_case_with_its_deciding_rule(tmp_path, capsys):
     d = make(tmp_path, case("reads", "/docs/a", "allow"), case("other", "/etc/x", "deny"))
     code, out, _ = run(capsys, str(d), "-v")

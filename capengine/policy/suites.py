@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from capengine.cel.checker import did_you_mean
 from capengine.policy.codes import Code
 from capengine.policy.engine import PolicySet
 from capengine.policy.model import Decision, Finding, TestCase, TestSuite
@@ -40,6 +41,7 @@ class TestReport:
 def run_suites(policy_set: PolicySet, suites: list[TestSuite]) -> TestReport:
     results = []
     covered: set[str] = set()
+    known = frozenset(r.qualified_id for r in policy_set.rules)
     for suite in suites:
         for case in suite.cases:
             decision = policy_set.decide_raw(case.request)
@@ -49,7 +51,10 @@ def run_suites(policy_set: PolicySet, suites: list[TestSuite]) -> TestReport:
             if actual != case.expect:
                 problems.append(f"expected {case.expect}, got {actual}")
             if case.rule is not None and case.rule not in decision.rules:
-                problems.append(f"expected deciding rule {case.rule}, got {', '.join(decision.rules) or 'none'}")
+                missing = "" if case.rule in known else \
+                    f" (the set has no rule {case.rule}{did_you_mean(case.rule, known)})"
+                got = ", ".join(decision.rules) or "none"
+                problems.append(f"expected deciding rule {case.rule}{missing}, got {got}")
             results.append(CaseResult(suite.name, case, decision, not problems, "; ".join(problems)))
     return TestReport(tuple(results), frozenset(covered), tuple(r.qualified_id for r in policy_set.rules))
 
