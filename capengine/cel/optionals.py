@@ -70,12 +70,20 @@ def register(define: Define) -> None:
 
 # `x.?f`, `x[?k]`, and plain selection/indexing of an optional (which yields an optional) ------------------
 
+def _empty(container: Value) -> bool:
+    return isinstance(container, OptionalValue) and not container.has_value
+
+
+def _held(container: Value) -> Value:
+    """What selection and indexing apply to: an optional's value (chaining), anything else as it is."""
+    return container.value if isinstance(container, OptionalValue) else container
+
+
 def select(container: Value, field: str) -> OptionalValue:
     """`container.?field`: the field's value, or none when the map lacks it; an empty optional stays empty."""
-    if isinstance(container, OptionalValue):
-        if not container.has_value:
-            return NONE
-        container = container.value
+    if _empty(container):
+        return NONE
+    container = _held(container)
     if isinstance(container, MAP_TYPES):
         mapping = cast(Mapping[Value, Value], container)
         return optional(mapping[field]) if field in mapping else NONE
@@ -84,10 +92,9 @@ def select(container: Value, field: str) -> OptionalValue:
 
 def has(container: Value, field: str) -> bool:
     """`has(o.field)` on an optional: false when it is empty, else presence in the map it holds."""
-    if isinstance(container, OptionalValue):
-        if not container.has_value:
-            return False
-        container = container.value
+    if _empty(container):
+        return False
+    container = _held(container)
     if isinstance(container, MAP_TYPES):
         return field in container
     raise CelError(f"has() on a value of type {type_name(container)}")
@@ -95,10 +102,9 @@ def has(container: Value, field: str) -> bool:
 
 def index(container: Value, key: Value) -> OptionalValue:
     """`container[?key]`: the element or entry, or none when the index is out of range or the key absent."""
-    if isinstance(container, OptionalValue):
-        if not container.has_value:
-            return NONE
-        container = container.value
+    if _empty(container):
+        return NONE
+    container = _held(container)
     if isinstance(container, (list, tuple)):
         if isinstance(key, float) and key.is_integer():
             key = int(key)

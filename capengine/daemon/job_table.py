@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
 from typing import Literal
 
 import attrs
+
+from capengine.host.data_dir import write_atomic
 
 log = logging.getLogger("capengine.daemon.job_table")
 Status = Literal["running", "completed", "interrupted", "failed"]
@@ -75,23 +76,10 @@ class JobTable:
         """Atomic and durable (temp + fsync + rename + fsync of the directory); a failure is logged, never raised
         into the job it describes."""
         path = self._path(record.id)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(record.public(), out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomic(path, json.dumps(record.public()).encode("utf-8"))
         except (OSError, TypeError, ValueError) as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             log.error("cannot save job %s: %s", record.id, exc)
 
     def get(self, job_id: str) -> JobRecord | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import attrs
 
 from capengine.errors import CapengineError
+from capengine.host.data_dir import write_atomic
 
 DEFAULT_MAX_BYTES = 512 * 1024
 # The extension's namespace (manifests.Extension.namespace): its id (schemas/manifest.schema.json) when installed,
@@ -63,22 +64,9 @@ class CheckpointStore:
                                   "checkpoint a smaller state (a cursor, not the data)", exhausted=True)
         path = self._path(extension, run_id)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomic(path, data)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
             raise CheckpointError(f"cannot save the checkpoint ({os.strerror(exc.errno or 0)}); the previous "
                                   "checkpoint is kept", exhausted=full) from None
