@@ -19,6 +19,7 @@ import attrs
 
 from capengine.daemon import policy_watch
 from capengine.daemon.config import DaemonError
+from capengine.daemon.gil_sharing import sharing_the_gil
 from capengine.daemon.policy_source import Settled, TreeReader, UnsettledError, fingerprint, losses, read_settled
 from capengine.policy.engine import PolicySet
 
@@ -110,7 +111,8 @@ class PolicyManager:
                     continue
                 target, accept = self._requested, self._accept_removals
                 self._accept_removals = False
-            result = self.reload_now(accept)
+            with sharing_the_gil():
+                result = self.reload_now(accept)
             with self._cond:
                 self._done, self._result = target, result
                 self._cond.notify_all()
