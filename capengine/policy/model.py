@@ -115,9 +115,14 @@ def canonical_request_path(path: object) -> str:
         raise RequestError(f"invalid path {path!r}: {exc}") from None
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def canonical_library(library: object) -> str:
     if library in ("", None):
         return ""
+    if type(library) is str and _CANONICAL_UUID.fullmatch(library):  # str(UUID(x)) == x: skip 1.5 us per call
+        return library
     if not isinstance(library, str):
         raise RequestError("library must be a UUID string")
     try:
@@ -166,6 +171,12 @@ def _json_object(value: Mapping[Any, Any], where: str, depth: int) -> dict[str, 
     for key, item in value.items():
         if not isinstance(key, str):
             raise RequestError(f"{where} has a key {key!r} that is not a string")
+        if type(key) is str and key.isascii():  # the common case, without the f-strings naming where it is
+            kind = type(item)
+            if (kind is str and item.isascii()) or item is None or kind is bool \
+                    or (kind is int and INT_MIN <= item <= UINT_MAX) or (kind is float and math.isfinite(item)):
+                copy[key] = item
+                continue
         copy[_json_value(key, f"{where} key", depth)] = _json_value(item, f"{where}.{key}", depth)
     return copy
 

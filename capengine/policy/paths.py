@@ -7,6 +7,7 @@ string, so what the policy judged is exactly what gets opened. No percent-decodi
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from capengine.errors import CapengineError
@@ -19,17 +20,33 @@ class PathError(CapengineError, ValueError):
     pass
 
 
+# An already-canonical ASCII path: "/"-separated segments of 1-255 printable characters (no backslash), none
+# of them "." or "..". Such a path is its own canonical form, so the per-character scan below is skipped for
+# it: it ran once in the dispatcher and once more in every Request on every host call (~1.5 us of ~17).
+_CANONICAL_ASCII = re.compile(r"(?:/(?!\.\.?(?:/|\Z))[\x20-\x2e\x30-\x5b\x5d-\x7e]{1,255})+")
+
+# The first character a path may not hold: a backslash, a control character (Unicode's Cc: U+0000-001F,
+# U+007F-009F), a lone surrogate (Cs) or a line/paragraph separator.
+_REFUSED_CHARACTER = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
 def canonical_path(raw: str) -> str:
     """Return "/a/b" for a library-relative path, or "" for none; raise PathError for anything unsafe."""
     if raw == "":
         return ""
+    if type(raw) is str and raw.isascii() and len(raw) <= MAX_PATH_BYTES and _CANONICAL_ASCII.fullmatch(raw):
+        return raw
+    return _canonicalised(raw)
+
+
+def _canonicalised(raw: str) -> str:
     if not isinstance(raw, str):
         raise PathError("path must be a string")
-    for ch in raw:
-        if ch == "\\":
+    bad = _REFUSED_CHARACTER.search(raw)
+    if bad is not None:
+        if bad.group() == "\\":
             raise PathError("path contains a backslash; use '/' as the separator")
-        if unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029":
-            raise PathError(f"path contains a control character U+{ord(ch):04X}")
+        raise PathError(f"path contains a control character U+{ord(bad.group()):04X}")
     text = unicodedata.normalize("NFC", raw)
     parts: list[str] = []
     for seg in text.split("/"):
