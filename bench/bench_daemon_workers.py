@@ -3,11 +3,12 @@
 A real daemon per mode, each client one persistent connection running `jobs.run` back to back. Jobs are WAT
 guests calling test.ping CALLS times (default 100: the per-job work is in the guest, the decisions and the
 records, which is what worker processes spread over cores). Per mode and level: jobs/s (completed only), job
-p50/p99, CPU ms per job of the daemon and its workers. The ratio the target is about: jobs/s with 2 workers
-over jobs/s with 1 worker, at the same client count, measured in the same round (rounds interleave the modes,
-so load from other processes hits all of them alike); the spread over rounds is printed, and the load average
-before and after. Also: what taking a rate limit's tokens costs, in-process (threads) against the shared-memory
-buckets the worker processes use.
+p50/p99, CPU ms per job of the daemon and its workers. The ratios the target is about, at the same client count,
+measured in the same round (rounds interleave the modes, so load from other processes hits all of them alike):
+the same daemon allowed two CPUs against one (`sched_setaffinity`, inherited by its workers), for threads and
+for 2 workers; and jobs/s with 2 workers over jobs/s with 1 worker. The spread over rounds is printed, and the
+load average before and after. Also: what taking a rate limit's tokens costs, in-process (threads) against
+the shared-memory buckets the worker processes use.
 
 Run: python bench/bench_daemon_workers.py [SECONDS_PER_LEVEL] [ROUNDS] [CALLS] [limits]   (default 3 s, 3 rounds,
 100 calls; `limits`: only the cost of taking a rate limit's tokens)
@@ -40,7 +41,11 @@ from capengine.policy.engine import PolicySet  # noqa: E402
 from capengine.policy.loader import load_paths  # noqa: E402
 
 LEVELS = (1, 2, 4, 8)
-MODES = (("threads", 0), ("1 worker", 1), ("2 workers", 2))
+# (name, worker processes, CPUs the daemon and its workers may run on: None for all). The pinned modes are
+# the literal "1 -> 2 cores" of the target: the same daemon on one core against two.
+MODES: tuple[tuple[str, int, set[int] | None], ...] = (
+    ("threads", 0, None), ("1 worker", 1, None), ("2 workers", 2, None),
+    ("threads/1cpu", 0, {0}), ("2 workers/1cpu", 2, {0}))
 POLICY = """apiVersion: capengine/v1
 kind: Policy
 metadata: {name: bench}
@@ -98,7 +103,7 @@ def health(sock: Path) -> dict:
 
 
 class Daemon:
-    def __init__(self, tmp: Path, workers: int, policies: Path) -> None:
+    def __init__(self, tmp: Path, workers: int, policies: Path, cpus: set[int] | None) -> None:
         self.sock = tmp / f"ctl-{workers}-{time.monotonic_ns()}.sock"
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.err = (tmp / "daemon.err").open("a")
@@ -107,9 +112,13 @@ class Daemon:
              str(tmp / "extensions"), "--data-dir", str(tmp / "data"), "--socket", str(self.sock),
              "--watch-interval", "0", "--max-jobs", "16", "--workers", str(workers)],
             env=env, stdout=subprocess.DEVNULL, stderr=self.err)
+        if cpus is not None:  # before it loads its policies and forks its workers, which inherit it
+            os.sched_setaffinity(self.proc.pid, cpus)
         subprocess.run([sys.executable, "-m", "capengine", "ctl", "--socket", str(self.sock), "--wait", "120",
                         "health"], check=True, env=env, stdout=subprocess.DEVNULL)
         self.pids = [self.proc.pid] + health(self.sock).get("workers", {}).get("pids", [])
+        for pid in self.pids if cpus is not None else ():
+            assert os.sched_getaffinity(pid) == cpus, (pid, os.sched_getaffinity(pid))
 
     def level(self, clients: int, seconds: float, request: bytes) -> dict:
         import bench_soak
@@ -176,8 +185,8 @@ def main() -> int:
         results: dict[tuple[str, int], list[dict]] = {}
         loads = [os.getloadavg()]
         for _ in range(0 if only_limits else rounds):
-            for mode, workers in MODES:
-                daemon = Daemon(tmp, workers, tmp / "plain")
+            for mode, workers, cpus in MODES:
+                daemon = Daemon(tmp, workers, tmp / "plain", cpus)
                 try:
                     daemon.level(1, 1.0, ping)  # warm-up: module compiled and cached in every worker
                     for clients in LEVELS:
@@ -190,7 +199,7 @@ def main() -> int:
           f"{loads[0][2]:.2f}, after each round: " + ", ".join(f"{a:.2f}" for a, _, _ in loads[1:]))
     print(f"{'mode':>10} {'clients':>7} {'jobs/s median (min-max)':>24} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'CPU ms/job':>10} {'errors':>6}")
-    for mode, _ in MODES:
+    for mode, _, _ in MODES:
         for clients in LEVELS if results else ():
             runs = results[(mode, clients)]
             p50, p99 = statistics.median(r["p50"] for r in runs), statistics.median(r["p99"] for r in runs)
@@ -204,6 +213,12 @@ def main() -> int:
         print(f"  {clients} client(s): 2 workers / 1 worker {spread([a / b for a, b in zip(two, one)], '{:.2f}')}x;"
               f"  2 workers / threads {spread([a / b for a, b in zip(two, threads)], '{:.2f}')}x;"
               f"  1 worker / threads {spread([a / b for a, b in zip(one, threads)], '{:.2f}')}x")
+    print("1 -> 2 cores (the same mode on two CPUs against one), jobs/s ratios per round, median (min-max):")
+    for clients in LEVELS if results else ():
+        ratios = {mode: [a["jobs_s"] / b["jobs_s"] for a, b in zip(results[(mode, clients)],
+                                                                 results[(f"{mode}/1cpu", clients)])]
+                  for mode in ("threads", "2 workers")}
+        print(f"  {clients} client(s): " + ";  ".join(f"{mode} {spread(r, '{:.2f}')}x" for mode, r in ratios.items()))
     in_process, shared = acquire_costs(rounds)
     print(f"taking a rate limit's tokens, us per call, median (min-max) of {rounds} round(s) of {ACQUIRES:,}: "
           f"in-process RateLimiter {spread(in_process, '{:.2f}')}, shared-memory buckets (worker processes) "
