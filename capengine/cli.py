@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from capengine import bundled
+from capengine.daemon.job_table import DEFAULT_KEEP, DEFAULT_MAX_AGE, Retention
 from capengine.policy import report
 from capengine.policy.branches import cel_text, operand_values
 from capengine.policy.check import run_check
@@ -400,7 +401,8 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
                               metrics_port=args.metrics_port,
                               metrics_textfile=Path(args.metrics_textfile) if args.metrics_textfile else None,
                               resume_interrupted=args.resume_interrupted, shutdown_grace=args.shutdown_grace,
-                              workers=args.workers)
+                              workers=args.workers,
+                              job_retention=Retention(args.keep_jobs, args.keep_jobs_days * 86400))
         daemon = Daemon(config)
         daemon.start()
     except (DaemonError, ValueError, OSError) as exc:
@@ -750,6 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long running jobs get at shutdown to checkpoint and return before they are stopped")
     daemon.add_argument("--workers", type=_workers, default=0, metavar="N|auto",
                         help="run jobs in N worker processes (auto: one per CPU); 0 (default): threads in the daemon")
+    daemon.add_argument("--keep-jobs", type=int, default=DEFAULT_KEEP, metavar="N",
+                        help=f"finished job records kept, the newest first (default {DEFAULT_KEEP:,}); older ones "
+                             "are removed with their checkpoints")
+    daemon.add_argument("--keep-jobs-days", type=float, default=DEFAULT_MAX_AGE / 86400, metavar="DAYS",
+                        help=f"and none older than DAYS (default {DEFAULT_MAX_AGE / 86400:g}); jobs a restart would "
+                             "resume are always kept")
     daemon.set_defaults(func=_cmd_daemon)
 
     ctl = sub.add_parser("ctl", help="call the daemon's control interface (exit 0 ok, 1 failed, 3 no daemon)")

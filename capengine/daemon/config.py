@@ -7,6 +7,7 @@ from pathlib import Path
 import attrs
 
 from capengine.daemon.decision_log import DEFAULT_MASK
+from capengine.daemon.job_table import Retention
 from capengine.errors import CapengineError
 from capengine.host.runtime import Limits
 
@@ -52,6 +53,8 @@ class DaemonConfig:
     # 0: jobs run on threads in the daemon's process (one core: the GIL). N > 0: in N worker processes
     # (worker_pool), each with its own Engine and policy set; limits, the log and reloads stay single.
     workers: int = attrs.field(default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)])
+    # finished job records (and their checkpoints) kept: the newest `keep`, none older than `max_age` seconds
+    job_retention: Retention = Retention()
 
 
 def check_directories(config: DaemonConfig) -> None:

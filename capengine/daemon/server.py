@@ -41,6 +41,7 @@ from capengine.daemon.supervisor import Supervisor
 from capengine.daemon.worker_pool import WorkerPool
 from capengine.daemon.worker_process import WorkerSetup
 from capengine.errors import CapengineError
+from capengine.host.checkpoints import CheckpointStore
 from capengine.host.envelope import CallRecord
 from capengine.host.extension_host import CallRecords, Host
 from capengine.host.installed import load_installed
@@ -94,9 +95,10 @@ class Daemon:
         self.admission = Admission(config.max_jobs_per_extension, config.max_queued_per_extension,
                                    config.queue_timeout)
         self._jobs_lock = threading.Lock()
+        self._pruning = threading.Lock()
         self._running: dict[str, dict] = {}
         self._finished: deque[dict] = deque(maxlen=100)
-        self.jobs = JobTable(config.data_dir / "jobs")
+        self.jobs = JobTable(config.data_dir / "jobs", config.job_retention, CheckpointStore(config.data_dir))
         self._runs: dict[str, tuple[JobRun, JobRecord]] = {}  # running jobs: the live run and its record
         self._cancelled: set[str] = set()
         self.supervisor = Supervisor(self._stopped)
@@ -234,6 +236,8 @@ class Daemon:
                 info = self._running.pop(job_id)
                 self._runs.pop(job_id, None)
                 self._cancelled.discard(job_id)
+        if self.jobs.due(final):
+            self._prune_jobs()
         self.metrics.jobs.labels(result.status).inc()
         summary = {**info, "status": result.status, "code": result.code, "error": result.error,
                    "progress": run.snapshot(),
@@ -300,6 +304,22 @@ class Daemon:
             raise RpcError(rpc.INVALID_PARAMS, f"job {record.id} is {record.status}; only an interrupted or failed "
                                                "job can be resumed")
         return record
+
+    def _prune_jobs(self) -> None:
+        """One prune at a time, in its own thread (a job's reply does not wait for it); each record is removed
+        under the jobs lock, so no job starts or resumes from a record while it may be going (JobTable.prune)."""
+        if not self._pruning.acquire(blocking=False):
+            return
+
+        def prune() -> None:
+            try:
+                self.jobs.prune(self._runs, self._jobs_lock)
+            finally:
+                self._pruning.release()
+        try:
+            threading.Thread(target=prune, name="capengine-prune-jobs", daemon=True).start()
+        except RuntimeError:  # no thread to be had now: the next finished job tries again
+            self._pruning.release()
 
     def _resume_interrupted(self) -> None:
         """--resume-interrupted: each job a shutdown interrupted (or a crash left "running") waits for a slot in
@@ -432,6 +452,7 @@ class Daemon:
                                                 self._stopped))
         sd_notify(f"READY=1\nSTATUS=serving on {path} (policy revision {self.status.revision})\nMAINPID={os.getpid()}")
         log.info("serving on %s (policy revision %s)", path, self.status.revision)
+        self._prune_jobs()
         if self.config.resume_interrupted:
             self._resume_interrupted()
 

@@ -88,3 +88,17 @@ class CheckpointStore:
     def delete(self, extension: str, run_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(extension, run_id).unlink()
+
+    def delete_run(self, run_id: str) -> None:
+        """The run's checkpoint in whichever namespace holds it (a finished job's record being removed knows its
+        extension id, not the namespace its run saved under)."""
+        if not _RUN_ID.fullmatch(run_id):
+            raise CheckpointError(f"bad checkpoint key {run_id!r}")
+        try:
+            with os.scandir(self.data_dir / "checkpoints") as namespaces:
+                for namespace in namespaces:
+                    if _NAMESPACE.fullmatch(namespace.name) and namespace.is_dir(follow_symlinks=False):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(namespace.path, f"{run_id}.json"))
+        except FileNotFoundError:
+            pass
