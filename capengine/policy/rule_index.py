@@ -243,8 +243,10 @@ def _guard(node: ast.Node) -> Guard | None:
     if node.function == "_==_" and len(args) == 2:
         for var, lit in (args, args[::-1]):
             text = _str_literal(lit)
-            if _is_var(var, "path") and text is not None and text != "/" and _is_canonical(text):
-                return Guard("under", (text,))  # equal implies under; the condition still decides
+            # equal implies under; the condition still decides. Not "" (a request without a path, which no
+            # directory probe looks up) and not the root.
+            if _is_var(var, "path") and text is not None and text not in ("", "/") and _is_canonical(text):
+                return Guard("under", (text,))
             if _is_var(var, "library") and text is not None:
                 return Guard("library", (text,))
             field = _arg_field(var)
