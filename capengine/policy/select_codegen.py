@@ -110,7 +110,7 @@ def _pairs(table: dict[Any, list[Any]]) -> dict[Any, Pair]:
     return {key: split(rules) for key, rules in table.items() if rules}
 
 
-def _directories(src: _Source, index: RuleIndex) -> None:
+def _directories(src: _Source, index: RuleIndex, unroll: int) -> None:
     """Probe the path's ancestors "/a", "/a/b", ... and the path itself, as RuleIndex.select does, but only
     where a guarding directory has as many '/' as the prefix: the k-th '/' found after position 0 ends a prefix
     with k of them when the path starts with '/' (every directory key does, so a path that does not can match
@@ -120,7 +120,7 @@ def _directories(src: _Source, index: RuleIndex) -> None:
     table = src.bind(_pairs(index.by_directory), "_dir")
     depths = {key.count("/") for key in index.by_directory}
     deepest = max(depths)
-    if deepest > MAX_UNROLLED_DEPTH:
+    if deepest > unroll:
         wanted = src.bind(frozenset(depths), "_depths")
         src.emit("e = path.find('/', 1)")
         src.emit("k = 1")
@@ -212,13 +212,14 @@ def _arguments(src: _Source, index: RuleIndex) -> None:
             src.emit(f"    h.append({src.bind(split(absent), '_absent')})")
 
 
-def generate(index: RuleIndex) -> Selector:
-    """The index's selector: request -> (deny rules, allow rules) that may match, each in policy order."""
+def generate(index: RuleIndex, unroll: int = MAX_UNROLLED_DEPTH) -> Selector:
+    """The index's selector: request -> (deny rules, allow rules) that may match, each in policy order.
+    `unroll`: directories up to this depth are probed by straight-line code, deeper ones by a loop."""
     src = _Source()
     src.emit(f"h = [{src.bind(split(index.always), '_always')}]" if index.always else "h = []")
     if index.by_directory or index.by_suffix:
         src.emit("path = r.path")
-    _directories(src, index)
+    _directories(src, index, unroll)
     if index.by_library:
         src.hit("r.library", src.bind(_pairs(index.by_library), "_library"))
     if index.by_suffix:
