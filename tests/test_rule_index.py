@@ -176,6 +176,35 @@ def test_the_generated_selector_is_the_reference(sets: tuple[PolicySet, PolicySe
     assert select_codegen.generate(index, unroll=0)(probe) == expected
 
 
+@attrs.frozen
+class _Rule:
+    order: int
+    deny: bool
+    guard_node: object
+
+
+ENDINGS = ['path.endsWith("/x1.tmp")', 'path.endsWith("a/x22.tmp")', 'path.endsWith("1.tmp") && args.n > 1',
+           'path.endsWith(".tmp") || path.under("/a/x1.tmp")', 'path.endsWith("2.tmp") || args.n < 0']
+
+
+@settings(max_examples=500, deadline=None)
+@given(path=st.lists(st.sampled_from(["a", "x1.tmp", "x22.tmp", "1.tmp", "2.tmp", ".tmp", "tmp", "x1.tm", "b"]),
+                     max_size=4).map("/".join), n=st.one_of(st.none(), st.integers(-2, 3), st.just("s")))
+def test_the_selector_on_suffixes_with_a_common_ending(path: str, n: object) -> None:
+    """The suffix probes sit behind one test of the suffixes' common ending (`.tmp` here): a path that ends
+    with a suffix is never turned away by it."""
+    from capengine.cel import ast
+    from capengine.policy.functions import POLICY_ENVIRONMENT
+
+    rules = [_Rule(k, k % 2 == 1, ast.parse(c, POLICY_ENVIRONMENT.namespaced)) for k, c in enumerate(ENDINGS)]
+    index = RuleIndex(rules)
+    assert not index.always and index.suffix_lengths == [4, 5, 7, 9]
+    for probe in (SimpleNamespace(path=path, library="", args={} if n is None else {"n": n}),
+                  SimpleNamespace(path="/" + path, library="", args={})):
+        expected = select_codegen.split(index.select(probe.path, probe.library, probe.args))
+        assert select_codegen.generate(index)(probe) == expected
+
+
 def test_the_selector_is_specialised(sets: tuple[PolicySet, PolicySet]) -> None:
     """Not a vacuous specialisation: a set of path rules only probes directories (no library, suffix or
     argument probes), and one request hitting one bucket gets that bucket's pair itself (nothing rebuilt)."""
@@ -286,25 +315,21 @@ def test_guards(condition: str, guards: list[tuple[str, tuple[object, ...]]] | N
 
 def test_bound_slices_come_back_in_policy_order() -> None:
     """One-sided bounds are looked up in lists sorted by bound: what select() returns is still policy order,
-    each rule once, even when nothing else is selected."""
+    each rule once, even when nothing else is selected; and so is what the generated selector returns."""
     from capengine.cel import ast
     from capengine.policy.functions import POLICY_ENVIRONMENT
 
-    @attrs.frozen
-    class Fake:
-        order: int
-        guard_node: ast.Node
-
     sources = ["args.n > 8", "args.n > 1 || args.n > 2", "args.n < 20", "args.n >= 0", "args.n < 3"]
-    index = RuleIndex([Fake(k, ast.parse(s, POLICY_ENVIRONMENT.namespaced)) for k, s in enumerate(sources)])
+    index = RuleIndex([_Rule(k, k == 3, ast.parse(s, POLICY_ENVIRONMENT.namespaced)) for k, s in enumerate(sources)])
+    select = select_codegen.generate(index)
     assert not index.always
-    assert [r.order for r in index.select("/a", "", {"n": 9})] == [0, 1, 2, 3]
-    assert [r.order for r in index.select("/a", "", {"n": 25})] == [0, 1, 3]  # lower bounds only
-    assert [r.order for r in index.select("/a", "", {"n": -5})] == [2, 4]  # upper bounds only
-    assert [r.order for r in index.select("/a", "", {"n": 2})] == [1, 2, 3, 4]
-    assert [r.order for r in index.select("/a", "", {"n": -1})] == [2, 4]
-    assert [r.order for r in index.select("/a", "", {"n": "x"})] == [0, 1, 2, 3, 4]
-    assert [r.order for r in index.select("/a", "", {})] == [0, 1, 2, 3, 4]
+    for n, expected in ((9, [0, 1, 2, 3]), (25, [0, 1, 3]), (-5, [2, 4]), (2, [1, 2, 3, 4]), (-1, [2, 4]),
+                        ("x", [0, 1, 2, 3, 4]), (None, [0, 1, 2, 3, 4])):
+        args = {} if n is None else {"n": n}
+        assert [r.order for r in index.select("/a", "", args)] == expected, n  # 25: lower bounds only, etc.
+        denies, allows = select(SimpleNamespace(path="/a", library="", args=args))
+        assert ([r.order for r in denies], [r.order for r in allows]) == ([3] if 3 in expected else [],
+                                                                          [k for k in expected if k != 3]), n
 
 
 @pytest.mark.parametrize(("condition", "guards"), [

@@ -45,8 +45,9 @@ def split(rules: Iterable[Any]) -> Pair:
 
 
 def _in_order(rules: Sequence[Any]) -> Pair:
-    """A bound slice (sorted by bound, not by policy order) as a pair in policy order."""
-    return split(sorted(rules, key=_order))
+    """A bound slice (sorted by bound, not by policy order; a rule with two bounds on the field, one per
+    disjunct, is in it twice) as a pair in policy order, each rule once."""
+    return split(_ordered(list(rules)))
 
 
 def _ordered(rules: list[Any]) -> tuple[Any, ...]:
