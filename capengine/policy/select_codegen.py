@@ -25,7 +25,9 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from operator import attrgetter
+from types import CodeType
 from typing import Any
 
 from capengine.policy.rule_index import RuleIndex
@@ -213,6 +215,12 @@ def _arguments(src: _Source, index: RuleIndex) -> None:
             src.emit(f"    h.append({src.bind(split(absent), '_absent')})")
 
 
+@lru_cache(maxsize=1024)
+def _compile(source: str) -> CodeType:
+    """Indexes of one shape (the same probes, the tables differing) have one source: compiled once."""
+    return compile(source, "<rule index>", "exec")
+
+
 def generate(index: RuleIndex, unroll: int = MAX_UNROLLED_DEPTH) -> Selector:
     """The index's selector: request -> (deny rules, allow rules) that may match, each in policy order.
     `unroll`: directories up to this depth are probed by straight-line code, deeper ones by a loop."""
@@ -233,8 +241,7 @@ def generate(index: RuleIndex, unroll: int = MAX_UNROLLED_DEPTH) -> Selector:
     src.emit("if len(h) == 1:")
     src.emit("    return h[0]")
     src.emit("return _merge(h)")
-    source = "def _select(r):\n" + "\n".join(src.lines) + "\n"
-    code = compile(source, "<rule index>", "exec")
+    code = _compile("def _select(r):\n" + "\n".join(src.lines) + "\n")
     exec(code, src.namespace)  # noqa: S102 - our own source: policy text is bound in the namespace, never pasted
     selector: Selector = src.namespace["_select"]
     return selector
