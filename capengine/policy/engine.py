@@ -7,8 +7,10 @@ condition that errors or yields a non-bool counts as matched for deny rules and 
 every class for a deny and in none for an allow). Rules are indexed by exact operation name and by pattern,
 and the candidate list per (extension, operation) is computed once and cached, so deciding a call never
 scans unrelated rules; where many rules share one (extension, operation), a RuleIndex over their literal
-path/library/args guards picks the few that can match (rule_index.py). A PolicySet is never mutated after
-construction: hot reload builds a new one.
+path/library/args guards picks the few that can match (rule_index.py), through a function generated for
+that index (select_codegen.py). What a rule decides, and the default deny of each (extension, operation), are
+Decisions made once per revision: a call that reports no error returns one of them. A PolicySet is never
+mutated after construction: hot reload builds a new one.
 """
 
 from __future__ import annotations

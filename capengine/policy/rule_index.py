@@ -472,7 +472,8 @@ class RuleIndex:
                 _add(self.absent.setdefault(guard.field, []), rule)
 
     def select(self, path: str, library: str, args: Mapping[str, Any]) -> list[Any]:
-        """The rules that may match, in policy order."""
+        """The rules that may match, in policy order. The reference semantics of the selector that
+        select_codegen.py generates for this index (what decide() calls); tests compare the two."""
         found: list[Any] = list(self.always)
         groups = 1 if found else 0
         by_directory = self.by_directory

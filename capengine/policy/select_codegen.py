@@ -17,7 +17,7 @@ decisions of the indexed set (which uses this function) against the plain set.
 
 Policy text never becomes source (as in cel/codegen.py): directories, suffixes, libraries and argument names
 are bound in the function's namespace under generated names; only integers computed here (suffix lengths,
-bucket counts) are written into the source, via repr() after a type check.
+a directory depth) are written into the source, via repr() after a type check.
 """
 
 from __future__ import annotations
