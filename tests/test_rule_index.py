@@ -5,6 +5,8 @@ through the closure compiler alone."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import attrs
 import pytest
 from helpers import LIB
@@ -13,11 +15,12 @@ from hypothesis import strategies as st
 
 from capengine.cel.compiler import compile_expression
 from capengine.cel.values import CelError
+from capengine.policy import select_codegen
 from capengine.policy.engine import PolicySet
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.loader import POLICY_COSTS, POLICY_DECLS
 from capengine.policy.model import Location, Policy, Request, Rule
-from capengine.policy.rule_index import guard_of
+from capengine.policy.rule_index import RuleIndex, guard_of
 
 OTHER = "00000000-0000-4000-8000-000000000001"
 SEGMENTS = ["a", "b", "c", "photos", "private", "x.png", "caf\u00e9", "cafe\u0301", "m1", "m10", "A", "gif", "a.gif",
@@ -78,6 +81,8 @@ RULES = [
     ("d-has", "deny", 'args.kind == "x" && has(args.kind)'),
     ("a-lib", "allow", f'library == "{LIB}" && args.n >= 5'),
     ("a-root", "allow", 'path == "/" || path.under("/photos/b")'),
+    ("a-empty", "allow", 'path == "" && args.n != 5'),  # no path: no directory probe can select it
+    ("a-deep", "allow", 'path.under("/a/b/c") && args.n != 1'),
     ("a-bad", "allow", 'path.under("/b") && int(args.kind) > 0'),
     ("a-nfd", "allow", 'path.glob("/photos/cafe\u0301/**")'),
     ("a-none", "allow", None),
@@ -128,13 +133,17 @@ def test_index_agrees_with_plain_evaluation(sets: tuple[PolicySet, PolicySet], r
 @settings(max_examples=3000, deadline=None)
 @given(request=requests)
 def test_every_rule_the_index_skips_is_false(sets: tuple[PolicySet, PolicySet], request: Request) -> None:
-    """Per rule, so that no earlier match masks a wrong skip: the candidates come in policy order without
-    repeats, and every rule left out evaluates to exactly false (not true, not an error) on the request."""
+    """Per rule, so that no earlier match masks a wrong skip: the candidates decide() evaluates (the plan's
+    generated selector) come as deny rules then allow rules, each in policy order without repeats, and every
+    rule left out evaluates to exactly false (not true, not an error) on the request."""
     indexed, plain = sets
-    index = indexed.plan(request.extension, request.operation).index
-    assert index is not None
-    orders = [r.order for r in index.select(request.path, request.library, request.args)]
-    assert orders == sorted(set(orders))
+    plan = indexed.plan(request.extension, request.operation)
+    assert plan.index is not None and plan.select.__code__.co_filename == "<rule index>"  # the generated one
+    denies, allows = plan.select(request)
+    assert all(r.deny for r in denies) and not any(r.deny for r in allows)
+    for side in (denies, allows):
+        assert [r.order for r in side] == sorted({r.order for r in side})
+    orders = [r.order for r in [*denies, *allows]]
     activation = request.activation()
     for rule in plain.rules:
         if rule.order not in orders:
@@ -144,6 +153,72 @@ def test_every_rule_the_index_skips_is_false(sets: tuple[PolicySet, PolicySet], 
             except CelError as exc:
                 value = exc
             assert value is False, (rule.rule.id, value)
+
+
+RAW_PATHS = ["", "/", "a", "a/b", "/a//b", "/a//b/c", "/a/", "/a/b/", "/a/b/c/d/e", "//a", "/a/./b", "x.png",
+             "/photos/cafe\u0301/x", "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p", "/c/x.png/", "/m1/", "/m10/x.gif"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(request=requests, raw=st.one_of(st.none(), st.sampled_from(RAW_PATHS),
+                                       st.lists(st.sampled_from([*SEGMENTS, "/"]), max_size=6).map("/".join)))
+def test_the_generated_selector_is_the_reference(sets: tuple[PolicySet, PolicySet], request: Request,
+                                                 raw: str | None) -> None:
+    """select_codegen's function returns exactly RuleIndex.select's rules split by effect, for canonical
+    requests and for any path string at all (its directory probes skip depths by counting '/', which must not
+    depend on the path being canonical), in both its shapes: directory probes unrolled, and in a loop."""
+    indexed, _ = sets
+    index = indexed.plan(request.extension, request.operation).index
+    assert index is not None
+    probe = request if raw is None else SimpleNamespace(path=raw, library=request.library, args=request.args)
+    expected = select_codegen.split(index.select(probe.path, probe.library, probe.args))
+    assert indexed.plan(request.extension, request.operation).select(probe) == expected
+    assert select_codegen.generate(index, unroll=0)(probe) == expected
+
+
+@attrs.frozen
+class _Rule:
+    order: int
+    deny: bool
+    guard_node: object
+
+
+ENDINGS = ['path.endsWith("/x1.tmp")', 'path.endsWith("a/x22.tmp")', 'path.endsWith("1.tmp") && args.n > 1',
+           'path.endsWith(".tmp") || path.under("/a/x1.tmp")', 'path.endsWith("2.tmp") || args.n < 0']
+
+
+@settings(max_examples=500, deadline=None)
+@given(path=st.lists(st.sampled_from(["a", "x1.tmp", "x22.tmp", "1.tmp", "2.tmp", ".tmp", "tmp", "x1.tm", "b"]),
+                     max_size=4).map("/".join), n=st.one_of(st.none(), st.integers(-2, 3), st.just("s")))
+def test_the_selector_on_suffixes_with_a_common_ending(path: str, n: object) -> None:
+    """The suffix probes sit behind one test of the suffixes' common ending (`.tmp` here): a path that ends
+    with a suffix is never turned away by it."""
+    from capengine.cel import ast
+    from capengine.policy.functions import POLICY_ENVIRONMENT
+
+    rules = [_Rule(k, k % 2 == 1, ast.parse(c, POLICY_ENVIRONMENT.namespaced)) for k, c in enumerate(ENDINGS)]
+    index = RuleIndex(rules)
+    assert not index.always and index.suffix_lengths == [4, 5, 7, 9]
+    for probe in (SimpleNamespace(path=path, library="", args={} if n is None else {"n": n}),
+                  SimpleNamespace(path="/" + path, library="", args={})):
+        expected = select_codegen.split(index.select(probe.path, probe.library, probe.args))
+        assert select_codegen.generate(index)(probe) == expected
+
+
+def test_the_selector_is_specialised(sets: tuple[PolicySet, PolicySet]) -> None:
+    """Not a vacuous specialisation: a set of path rules only probes directories (no library, suffix or
+    argument probes), and one request hitting one bucket gets that bucket's pair itself (nothing rebuilt)."""
+    _, plain = sets
+    rules = [r for r in plain.rules if r.rule.id in ("a-a", "a-ab", "d-under-c", "d-private", "a-deep")]
+    index = RuleIndex(rules)
+    select = select_codegen.generate(index)
+    names = set(select.__code__.co_names)
+    assert {n for n in names if n.startswith("_dir")} and not {n for n in names if n.startswith(("_suffix",
+                                                                                                 "_library",
+                                                                                                 "_field"))}
+    request = SimpleNamespace(path="/photos/x/private/y", library=LIB, args={})
+    assert select(request) is select(request)
+    assert [r.rule.id for r in select(request)[0]] == ["d-private"]
 
 
 def test_the_index_really_selects(sets: tuple[PolicySet, PolicySet]) -> None:
@@ -158,7 +233,7 @@ def test_the_index_really_selects(sets: tuple[PolicySet, PolicySet]) -> None:
 
 
 UNGUARDED = {"d-re-bar", "a-re-class", "a-re-quant", "a-re-digit", "a-root", "a-none", "d-or-err",
-             "d-nested-or"}
+             "d-nested-or", "a-empty"}
 
 
 def test_the_new_shapes_are_indexed(sets: tuple[PolicySet, PolicySet]) -> None:
@@ -195,6 +270,7 @@ def test_the_new_shapes_are_indexed(sets: tuple[PolicySet, PolicySet]) -> None:
     ('!path.under("/a")', None),
     ('path.glob("/**/x")', None),
     ('path == "/"', None),
+    ('path == ""', None),
     ('args.flag == true', None),
     # anchored regexes: the literal prefix up to its last '/', conservatively
     ('path.matches("^/m5/[a-z]+[.]gif$")', [("under", ("/m5",))]),
@@ -239,26 +315,21 @@ def test_guards(condition: str, guards: list[tuple[str, tuple[object, ...]]] | N
 
 def test_bound_slices_come_back_in_policy_order() -> None:
     """One-sided bounds are looked up in lists sorted by bound: what select() returns is still policy order,
-    each rule once, even when nothing else is selected."""
+    each rule once, even when nothing else is selected; and so is what the generated selector returns."""
     from capengine.cel import ast
     from capengine.policy.functions import POLICY_ENVIRONMENT
-    from capengine.policy.rule_index import RuleIndex
-
-    @attrs.frozen
-    class Fake:
-        order: int
-        guard_node: ast.Node
 
     sources = ["args.n > 8", "args.n > 1 || args.n > 2", "args.n < 20", "args.n >= 0", "args.n < 3"]
-    index = RuleIndex([Fake(k, ast.parse(s, POLICY_ENVIRONMENT.namespaced)) for k, s in enumerate(sources)])
+    index = RuleIndex([_Rule(k, k == 3, ast.parse(s, POLICY_ENVIRONMENT.namespaced)) for k, s in enumerate(sources)])
+    select = select_codegen.generate(index)
     assert not index.always
-    assert [r.order for r in index.select("/a", "", {"n": 9})] == [0, 1, 2, 3]
-    assert [r.order for r in index.select("/a", "", {"n": 25})] == [0, 1, 3]  # lower bounds only
-    assert [r.order for r in index.select("/a", "", {"n": -5})] == [2, 4]  # upper bounds only
-    assert [r.order for r in index.select("/a", "", {"n": 2})] == [1, 2, 3, 4]
-    assert [r.order for r in index.select("/a", "", {"n": -1})] == [2, 4]
-    assert [r.order for r in index.select("/a", "", {"n": "x"})] == [0, 1, 2, 3, 4]
-    assert [r.order for r in index.select("/a", "", {})] == [0, 1, 2, 3, 4]
+    for n, expected in ((9, [0, 1, 2, 3]), (25, [0, 1, 3]), (-5, [2, 4]), (2, [1, 2, 3, 4]), (-1, [2, 4]),
+                        ("x", [0, 1, 2, 3, 4]), (None, [0, 1, 2, 3, 4])):
+        args = {} if n is None else {"n": n}
+        assert [r.order for r in index.select("/a", "", args)] == expected, n  # 25: lower bounds only, etc.
+        denies, allows = select(SimpleNamespace(path="/a", library="", args=args))
+        assert ([r.order for r in denies], [r.order for r in allows]) == ([3] if 3 in expected else [],
+                                                                          [k for k in expected if k != 3]), n
 
 
 @pytest.mark.parametrize(("condition", "guards"), [

@@ -7,13 +7,15 @@ condition that errors or yields a non-bool counts as matched for deny rules and 
 every class for a deny and in none for an allow). Rules are indexed by exact operation name and by pattern,
 and the candidate list per (extension, operation) is computed once and cached, so deciding a call never
 scans unrelated rules; where many rules share one (extension, operation), a RuleIndex over their literal
-path/library/args guards picks the few that can match (rule_index.py). A PolicySet is never mutated after
-construction: hot reload builds a new one.
+path/library/args guards picks the few that can match (rule_index.py), through a function generated for
+that index (select_codegen.py). What a rule decides, and the default deny of each (extension, operation), are
+Decisions made once per revision: a call that reports no error returns one of them. A PolicySet is never
+mutated after construction: hot reload builds a new one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -22,7 +24,7 @@ from capengine.cel import ast
 from capengine.cel.checker import did_you_mean
 from capengine.cel.compiler import Program
 from capengine.cel.values import CelError
-from capengine.policy import globs, operations
+from capengine.policy import globs, operations, select_codegen
 from capengine.policy.model import Decision, EvalError, Policy, Request, RequestError, Rule
 from capengine.policy.operations import Catalog
 from capengine.policy.rule_index import RuleIndex
@@ -42,6 +44,9 @@ class CompiledRule:
     qualified_id: str
     deny: bool
     order: int  # position in the set: candidates are evaluated in this order
+    # what deciding a call by this rule returns when no earlier rule reported an error: a Decision is
+    # immutable, so one is made per rule and revision rather than one per call
+    decision: Decision = attrs.field(eq=False, repr=False)
 
     @property
     def guard_node(self) -> ast.Node | None:
@@ -50,18 +55,15 @@ class CompiledRule:
 
 @attrs.frozen
 class Plan:
-    """How one (extension, operation) is decided: its rules in policy order, and an index over them when
-    there are enough to make one pay."""
+    """How one (extension, operation) is decided: its rules in policy order, an index over them when there
+    are enough to make one pay, and `select`, the request's candidates as (deny rules, allow rules) in policy
+    order: the index's generated selector (select_codegen.py), or every rule."""
 
     denies: tuple[CompiledRule, ...]
     allows: tuple[CompiledRule, ...]
     index: RuleIndex | None
-
-    def select(self, request: Request) -> tuple[Sequence[CompiledRule], Sequence[CompiledRule]]:
-        if self.index is None:
-            return self.denies, self.allows
-        found = self.index.select(request.path, request.library, request.args)
-        return [r for r in found if r.deny], [r for r in found if not r.deny]
+    select: Callable[[Request], tuple[Sequence[CompiledRule], Sequence[CompiledRule]]] = attrs.field(eq=False)
+    refusal: Decision = attrs.field(eq=False)  # the default deny, when no rule reported an error
 
 
 @attrs.frozen
@@ -100,8 +102,11 @@ class PolicySet:
         for policy in self.policies:
             literal = all(globs.is_literal(p) for p in policy.extensions)
             for rule in policy.rules:
+                deny = rule.effect == "deny"
+                decision = Decision(False, (rule.qualified_id,), rule.message or f"denied by {rule.qualified_id}",
+                                    (), revision) if deny else Decision(True, (rule.qualified_id,), "", (), revision)
                 compiled = CompiledRule(rule, programs.get(rule.qualified_id), policy.extensions,
-                                        rule.qualified_id, rule.effect == "deny", len(self.rules))
+                                        rule.qualified_id, deny, len(self.rules), decision)
                 self.rules.append(compiled)
                 if literal:
                     for pattern in dict.fromkeys(policy.extensions):
@@ -143,8 +148,13 @@ class PolicySet:
         pool = self._by_extension.get(extension, []) + [
             r for r in self._any_extension if any(globs.glob_match(p, extension) for p in r.extension_patterns)]
         applicable = sorted((r for r in pool if self._names(r, operation)), key=lambda r: r.order)
-        index = RuleIndex(applicable) if len(applicable) > self.index_threshold else None
-        found = Plan(tuple(r for r in applicable if r.deny), tuple(r for r in applicable if not r.deny), index)
+        denies, allows = select_codegen.split(applicable)
+        refusal = Decision(False, (), f"no policy allows {operation} for {extension}", (), self.revision)
+        if len(applicable) > self.index_threshold:
+            index = RuleIndex(applicable)
+            found = Plan(denies, allows, index, select_codegen.generate(index), refusal)
+        else:
+            found = Plan(denies, allows, None, select_codegen.constant((denies, allows)), refusal)
         if len(self._plans) >= _CACHE_LIMIT:
             self._plans.clear()  # bounded: a hostile stream of operation names cannot grow memory
         self._plans[key] = found
@@ -165,42 +175,46 @@ class PolicySet:
         if not isinstance(request, Request):
             raise RequestError(f"decide() takes a Request, not {type(request).__name__}; build one with "
                                "Request.from_mapping(...) or call decide_raw(...)")
-        denies, allows = self.plan(request.extension, request.operation).select(request)
+        plan = self._plans.get((request.extension, request.operation)) or self.plan(request.extension,
+                                                                                      request.operation)
+        denies, allows = plan.select(request)
+        if not denies and not allows:
+            return plan.refusal
         activation = request.activation()
         errors: list[EvalError] = []
         for rule in denies:
             if rule.program is None:
-                return self._deny(rule, errors)
+                return self._decided(rule, errors)
             try:
                 value = rule.program.evaluate(activation)
             except CelError as exc:
                 errors.append(EvalError(rule.qualified_id, f"{exc} (deny rule treated as matched)"))
-                return self._deny(rule, errors)
+                return self._decided(rule, errors)
             if value is True:
-                return self._deny(rule, errors)
+                return self._decided(rule, errors)
             if value is not False:
                 errors.append(EvalError(rule.qualified_id, f"condition returned {value!r}, not bool "
                                                            "(deny rule treated as matched)"))
-                return self._deny(rule, errors)
+                return self._decided(rule, errors)
         for rule in allows:
             if rule.program is None:
-                return Decision(True, (rule.qualified_id,), "", tuple(errors), self.revision)
+                return self._decided(rule, errors)
             try:
                 value = rule.program.evaluate(activation)
             except CelError as exc:
                 errors.append(EvalError(rule.qualified_id, f"{exc} (allow rule treated as not matched)"))
                 continue
             if value is True:
-                return Decision(True, (rule.qualified_id,), "", tuple(errors), self.revision)
+                return self._decided(rule, errors)
             if value is not False:
                 errors.append(EvalError(rule.qualified_id, f"condition returned {value!r}, not bool "
                                                            "(allow rule treated as not matched)"))
-        return Decision(False, (), f"no policy allows {request.operation} for {request.extension}",
-                        tuple(errors), self.revision)
+        return attrs.evolve(plan.refusal, errors=tuple(errors)) if errors else plan.refusal
 
-    def _deny(self, rule: CompiledRule, errors: list[EvalError]) -> Decision:
-        message = rule.rule.message or f"denied by {rule.qualified_id}"
-        return Decision(False, (rule.qualified_id,), message, tuple(errors), self.revision)
+    @staticmethod
+    def _decided(rule: CompiledRule, errors: list[EvalError]) -> Decision:
+        """The rule's decision, with the errors reported by the rules evaluated before it."""
+        return attrs.evolve(rule.decision, errors=tuple(errors)) if errors else rule.decision
 
     def decide_raw(self, raw: object) -> Decision:
         """Decide a request given as JSON; anything malformed (not an object, a path escaping the root, a NaN

@@ -243,8 +243,10 @@ def _guard(node: ast.Node) -> Guard | None:
     if node.function == "_==_" and len(args) == 2:
         for var, lit in (args, args[::-1]):
             text = _str_literal(lit)
-            if _is_var(var, "path") and text is not None and text != "/" and _is_canonical(text):
-                return Guard("under", (text,))  # equal implies under; the condition still decides
+            # equal implies under; the condition still decides. Not "" (a request without a path, which no
+            # directory probe looks up) and not the root.
+            if _is_var(var, "path") and text is not None and text not in ("", "/") and _is_canonical(text):
+                return Guard("under", (text,))
             if _is_var(var, "library") and text is not None:
                 return Guard("library", (text,))
             field = _arg_field(var)
@@ -470,7 +472,8 @@ class RuleIndex:
                 _add(self.absent.setdefault(guard.field, []), rule)
 
     def select(self, path: str, library: str, args: Mapping[str, Any]) -> list[Any]:
-        """The rules that may match, in policy order."""
+        """The rules that may match, in policy order. The reference semantics of the selector that
+        select_codegen.py generates for this index (what decide() calls); tests compare the two."""
         found: list[Any] = list(self.always)
         groups = 1 if found else 0
         by_directory = self.by_directory
