@@ -61,7 +61,10 @@ def test_burst_of_writes_is_one_reload_and_broken_edit_keeps_revision(tmp_path):
         _wait(lambda: _policy(d)["reloads_ok"] > start["reloads_ok"])
         time.sleep(1.5)
         after = _policy(d)
-        assert after["reloads_ok"] == start["reloads_ok"] + 1 and after["reloads_failed"] == start["reloads_failed"]
+        # One reload, or two or three where this process was descheduled for over the 50 ms debounce between
+        # writes (a loaded CI machine): never one per write, and never a failed one.
+        assert start["reloads_ok"] + 1 <= after["reloads_ok"] <= start["reloads_ok"] + 3, (start, after)
+        assert after["reloads_failed"] == start["reloads_failed"]
         assert after["revision"] != start["revision"]
 
         deny.write_text(_deny(MORE) + "    - {id: broken, effect: deny, operations: [vdfs.stat], condition: 'path ==\n")
