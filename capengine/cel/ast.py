@@ -125,7 +125,7 @@ class Bind:
 
 
 Node = Literal | Ident | Select | Call | Index | CreateList | CreateMap | Comprehension | Conditional | Bind
-_NODE_TYPES = frozenset(Node.__args__)
+NODE_TYPES = frozenset(Node.__args__)
 
 _BINARY = {
     "relation_lt": "_<_", "relation_le": "_<=_", "relation_gt": "_>_", "relation_ge": "_>=_",
@@ -392,7 +392,7 @@ def children(node: Node) -> list[Node]:
         value = stack.pop()
         if isinstance(value, tuple):
             stack.extend(reversed(value))
-        elif type(value) in _NODE_TYPES:
+        elif type(value) in NODE_TYPES:
             out.append(cast(Node, value))
     return out
 
