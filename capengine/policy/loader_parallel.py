@@ -41,24 +41,32 @@ MIN_FILES_PER_PROCESS = 500
 
 def processes_for(files: int, requested: int | None) -> int:
     """How many processes to load `files` files with. `requested`: a number of processes, used as given (tests
-    fork for tiny sets); None: ${PROCESSES_ENV} if set, else the usable cores, at most one per
+    fork for tiny sets); None: ${PROCESSES_ENV} if set, else the idle usable cores, at most one per
     MIN_FILES_PER_PROCESS files. 1 wherever forking is impossible or unsafe."""
     if requested is None:
         wanted = os.environ.get(PROCESSES_ENV, "").strip()
         if wanted:
             requested = int(wanted) if wanted.isdigit() else 1  # a malformed value never fails a check
         else:
-            requested = min(_usable_cores(), files // MIN_FILES_PER_PROCESS)
+            requested = min(_idle_cores(), files // MIN_FILES_PER_PROCESS)
     if requested <= 1 or files < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
         return 1
     return min(requested, files)
 
 
-def _usable_cores() -> int:
+def _idle_cores() -> int:
+    """The usable cores that other work leaves idle (by the 1-minute load average), this process's included.
+    On a busy machine a second process gains little wall time and costs everyone CPU: two processes of the
+    check competing with others for the same cores measured a third more CPU time in all."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - platforms without affinity masks
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0])
+    except (AttributeError, OSError):  # no load average (or none on this platform): count every core idle
+        busy = 0
+    return max(1, cores - busy)
 
 
 def map_chunks(work: Callable[[Sequence[T]], list[R]], items: Sequence[T], processes: int,
