@@ -137,8 +137,18 @@ def test_forks_really_happen(policy_dir, monkeypatch):
     monkeypatch.setattr(os, "fork", counting_fork)
     serial = _outcome(policy_dir, 1)
     assert not forks
+    parent, real, loaded_here = os.getpid(), loader._load_items, []
+
+    def counting_load(items, *args, **kwargs):
+        if os.getpid() == parent:
+            loaded_here.append(len(items))
+        return real(items, *args, **kwargs)
+
+    monkeypatch.setattr(loader, "_load_items", counting_load)
     assert _outcome(policy_dir, 3) == serial
     assert len(forks) == 2
+    # the children's results were used (they pickled), not loaded again here: the caller loaded its third only
+    assert loaded_here == [61 // 3]
 
 
 def test_no_fork_means_one_process(policy_dir, monkeypatch):

@@ -575,7 +575,7 @@ _REDUCERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {
     **{cls: loader_parallel.attrs_reducer(cls) for cls in (
         *cel_ast.NODE_TYPES, cel_ast.Pos, cel_compiler.Program, _CompileOnCall, Type, Field, LoadedFile, Policy,
         Rule, Limit, Location, Finding, TestSuite, TestCase)},
-    MappingProxyType: lambda proxy: (MappingProxyType, (dict(proxy),)),
+    MappingProxyType: loader_parallel.read_only_reducer,
 }
 """How a child of loader_parallel pickles what it loaded: attrs instances as their init arguments."""
 

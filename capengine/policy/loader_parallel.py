@@ -26,6 +26,7 @@ import pickle
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar, cast
 
 import attrs
@@ -175,3 +176,12 @@ def attrs_reducer(cls: type) -> Callable[[Any], tuple[Any, ...]]:
     if len(names) == 1:
         return lambda obj: (cls, (get(obj),))
     return lambda obj: (cls, get(obj))
+
+
+def read_only_reducer(proxy: MappingProxyType[Any, Any]) -> tuple[Any, ...]:
+    """A pickle reduction of a read-only mapping (MappingProxyType cannot be pickled, not even by reference)."""
+    return _read_only, (dict(proxy),)
+
+
+def _read_only(data: dict[Any, Any]) -> MappingProxyType[Any, Any]:
+    return MappingProxyType(data)
