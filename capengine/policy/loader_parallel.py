@@ -78,11 +78,14 @@ def map_chunks(work: Callable[[Sequence[T]], list[R]], items: Sequence[T], proce
     if processes <= 1 or len(items) < 2:
         return work(items)
     bounds = _bounds(len(items), processes)
+    # The first item first, here: what every process would set up once (the parser's tables, the compiled
+    # schema validators, memos) is then set up once, before the fork, and inherited.
+    results = work(items[:1])
     children: list[_Child[T]] = []
     try:
         for start, end in bounds[1:]:
             children.append(_Child.fork(work, items[start:end], reducers))
-        results = work(items[bounds[0][0]:bounds[0][1]])
+        results.extend(work(items[1:bounds[0][1]]))
         for child in children:
             results.extend(child.collect(work))
         return results
