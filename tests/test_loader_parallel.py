@@ -207,31 +207,39 @@ def test_an_interrupted_load_leaves_no_child_behind(policy_dir, monkeypatch):
     assert _children() == []
 
 
-def test_how_many_processes(monkeypatch):
+def test_how_many_processes(monkeypatch, tmp_path):
     assert loader_parallel.processes_for(100, 1) == 1
     assert loader_parallel.processes_for(100, 4) == 4
     assert loader_parallel.processes_for(3, 8) == 3
     assert loader_parallel.processes_for(1, 8) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.3, 0.2))
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(loader_parallel, "LOADAVG", str(loadavg))
+    loadavg.write_text("3.20 2.10 1.50 1/88 32084\n")  # only this process runs now (the last minute was busy)
     assert loader_parallel.processes_for(10, None) == 1  # too few files to pay for a fork
     assert loader_parallel.processes_for(1_200, None) == 2  # at most one process per 500 files
     assert loader_parallel.processes_for(100_000, None) == 4
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.7, 0.3, 0.2))
+    loadavg.write_text("3.20 2.10 1.50 3/88 32084\n")  # two others running
     assert loader_parallel.processes_for(100_000, None) == 2  # the idle cores only
-    monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 30.0, 20.0))
+    loadavg.write_text("40.0 30.0 20.0 41/300 32084\n")
     assert loader_parallel.processes_for(100_000, None) == 1
     assert loader_parallel.processes_for(100_000, 3) == 3  # asked for: used as asked
 
 
-def test_no_load_average_counts_cores_idle(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+def test_without_a_run_queue_the_load_average_counts(monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(loader_parallel, "LOADAVG", str(tmp_path / "missing"))
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.7, 0.3, 0.2))
+    assert loader_parallel.processes_for(100_000, None) == 2
+    (tmp_path / "garbled").write_text("not a load average")
+    monkeypatch.setattr(loader_parallel, "LOADAVG", str(tmp_path / "garbled"))
+    assert loader_parallel.processes_for(100_000, None) == 2
 
     def unavailable() -> tuple[float, float, float]:
         raise OSError("no load average")
 
     monkeypatch.setattr(os, "getloadavg", unavailable)
-    assert loader_parallel.processes_for(100_000, None) == 2
+    assert loader_parallel.processes_for(100_000, None) == 4
 
 
 def test_environment_forces_processes(monkeypatch):

@@ -56,18 +56,32 @@ def processes_for(files: int, requested: int | None) -> int:
 
 
 def _idle_cores() -> int:
-    """The usable cores that other work leaves idle (by the 1-minute load average), this process's included.
-    On a busy machine a second process gains little wall time and costs everyone CPU: two processes of the
-    check competing with others for the same cores measured a third more CPU time in all."""
+    """The usable cores that other work leaves idle, this process's included. On a busy machine a second
+    process gains little wall time and costs everyone CPU (two processes of the check competing with others
+    for the same cores measured up to a third more CPU time in all)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - platforms without affinity masks
         cores = os.cpu_count() or 1
+    return max(1, cores - int(_busy()))
+
+
+LOADAVG = "/proc/loadavg"
+
+
+def _busy() -> float:
+    """How many cores other processes keep busy: the processes running now besides this one (Linux's run
+    queue, field 4 of /proc/loadavg: the 1-minute load average would still count the previous `check`), else
+    the 1-minute load average, else none."""
     try:
-        busy = int(os.getloadavg()[0])
+        with open(LOADAVG, encoding="ascii") as file:
+            return max(0, int(file.read().split()[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average (or none on this platform): count every core idle
-        busy = 0
-    return max(1, cores - busy)
+        return 0.0
 
 
 def map_chunks(work: Callable[[Sequence[T]], list[R]], items: Sequence[T], processes: int,
