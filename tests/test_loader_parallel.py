@@ -247,6 +247,8 @@ def test_environment_forces_processes(monkeypatch):
     assert loader_parallel.processes_for(100_000, None) == 1
     monkeypatch.setenv(loader_parallel.PROCESSES_ENV, "3")
     assert loader_parallel.processes_for(10, None) == 3
+    monkeypatch.setenv(loader_parallel.PROCESSES_ENV, "100000")
+    assert loader_parallel.processes_for(100_000, None) == loader_parallel.MAX_PROCESSES
     monkeypatch.setenv(loader_parallel.PROCESSES_ENV, "many")
     assert loader_parallel.processes_for(100_000, None) == 1  # malformed: one process, never a failed check
 

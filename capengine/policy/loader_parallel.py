@@ -38,6 +38,8 @@ PROCESSES_ENV = "CAPENGINE_CHECK_PROCESSES"
 """How many processes a check may load files with: 1 forces one process (e.g. to compare, or to debug)."""
 MIN_FILES_PER_PROCESS = 500
 """Below this many files per process, the fork and the transfer back cost more than the work they share."""
+MAX_PROCESSES = 64
+"""However many are asked for (CAPENGINE_CHECK_PROCESSES=100000 must not fork a process per file)."""
 
 
 def processes_for(files: int, requested: int | None) -> int:
@@ -52,7 +54,7 @@ def processes_for(files: int, requested: int | None) -> int:
             requested = min(_idle_cores(), files // MIN_FILES_PER_PROCESS)
     if requested <= 1 or files < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
         return 1
-    return min(requested, files)
+    return min(requested, files, MAX_PROCESSES)
 
 
 def _idle_cores() -> int:
