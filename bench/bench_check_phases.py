@@ -2,7 +2,8 @@
 
 The same files as bench_check_scale.py. Each phase is the cumulative time of the functions that implement it;
 cProfile inflates pure-Python phases more than C ones, so compare the shares between runs, not the seconds
-with bench_check_scale's whole-process figure.
+with bench_check_scale's whole-process figure. The files load in this one process ($CAPENGINE_CHECK_PROCESSES=1):
+cProfile does not see into the children check would otherwise fork.
 
 Run: python bench/bench_check_phases.py [FILES]   (default 2000)
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import cProfile
 import io
+import os
 import pstats
 import sys
 import tempfile
@@ -41,6 +43,7 @@ PHASES = {
 
 def main() -> None:
     files = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    os.environ["CAPENGINE_CHECK_PROCESSES"] = "1"
     from capengine.cli import main as cli
 
     with tempfile.TemporaryDirectory() as tmp:

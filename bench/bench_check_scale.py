@@ -5,11 +5,17 @@ deny (the shape that made the shadowed-allow lint quadratic). The baseline is th
 timed in the same run; the figure that matters is seconds for N files (target: 10,000 files <= 10 s) and
 the per-file cost.
 
+Each size is checked twice: loading on one process ($CAPENGINE_CHECK_PROCESSES=1) and on one process per usable
+core (what `check` does by itself when the cores are idle; capengine/policy/loader_parallel.py). On a shared
+machine the wall time of the second depends on whether the other cores are free; its CPU time includes the
+children's.
+
 Run: python bench/bench_check_scale.py [FILES...]   (default 1000 10000)
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -33,12 +39,14 @@ def write_policies(directory: Path, files: int) -> None:
             f"    - {{id: no-ocr, effect: deny, operations: [ai.ocr]}}\n", encoding="utf-8")
 
 
-def check_seconds(directory: Path) -> tuple[float, float]:
-    """(wall, CPU) seconds of one `capengine check` process: on a shared machine the CPU time is the steadier
-    figure (the wall time also counts waiting for a core)."""
+def check_seconds(directory: Path, processes: str = "") -> tuple[float, float]:
+    """(wall, CPU) seconds of one `capengine check` process (and its children): on a shared machine the CPU time
+    is the steadier figure (the wall time also counts waiting for a core). `processes`: how many processes
+    load the files."""
+    env = {**os.environ, "CAPENGINE_CHECK_PROCESSES": processes}
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([sys.executable, "-m", "capengine", "check", str(directory)], capture_output=True,
-                          text=True, timeout=3600)
+                          text=True, timeout=3600, env=env)
     elapsed, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"check failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -55,10 +63,13 @@ def main() -> None:
         for n in sizes:
             many = Path(tmp) / f"n{n}"
             write_policies(many, n)
-            seconds, cpu = check_seconds(many)
-            per_file = (cpu - base_cpu) / n * 1000
-            print(f"check of {n} files: {seconds:.1f} s, {cpu:.1f} s CPU ({per_file:.2f} ms CPU/file over the 1-file "
-                  f"run); ratio {seconds / base:.0f}x wall, {cpu / base_cpu:.0f}x CPU for {n}x files")
+            cores = len(os.sched_getaffinity(0))
+            for label, processes in (("one process", "1"), (f"{cores} processes", str(cores))):
+                seconds, cpu = check_seconds(many, processes)
+                per_file = (cpu - base_cpu) / n * 1000
+                print(f"check of {n} files, {label}: {seconds:.1f} s, {cpu:.1f} s CPU ({per_file:.2f} ms CPU/file "
+                      f"over the 1-file run); ratio {seconds / base:.0f}x wall, {cpu / base_cpu:.0f}x CPU for {n}x "
+                      "files")
 
 
 if __name__ == "__main__":

@@ -48,9 +48,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.extensions and not Path(args.extensions).is_dir():
         print(f"capengine check: --extensions {args.extensions} is not a directory", file=sys.stderr)
         return EXIT_USAGE
+    gc.disable()  # the process ends after the report: no collection when the check ends (see below)
     outcome = run_check(args.paths, strict=args.strict, operations=_operations(),
                         extensions_dir=args.extensions, coverage=args.coverage, min_coverage=args.min_coverage,
-                        generate=False)  # it decides test cases only: closures, without generation's load time
+                        generate=False,  # it decides test cases only: closures, without generation's load time
+                        processes=None)  # large sets load on every core ($CAPENGINE_CHECK_PROCESSES=1: one)
     # The process ends after the report: the loaded set (millions of objects, no garbage cycles) need not be
     # walked again by the cyclic collector, after the check nor at exit (27% of a 3,000-file check's CPU).
     gc.freeze()

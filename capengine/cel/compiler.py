@@ -124,6 +124,13 @@ def compile_expression(source: str, decls: dict[str, Type] | None, env: Environm
         node = ast.parse(source, env.namespaced)
     except ast.CelSyntaxError as exc:
         return None, [exc]
+    return compile_tree(source, node, decls, env, total, costs, generate)
+
+
+def compile_tree(source: str, node: ast.Node, decls: dict[str, Type] | None, env: Environment,
+                 total: bool = False, costs: CostModel | None = None, generate: bool = True
+                 ) -> tuple[Program | None, list[CompileProblem]]:
+    """compile_expression of `source` already parsed to `node` (e.g. a tree that came from another process)."""
     checked = check(node, decls, env) if decls is not None else None
     if checked is not None and checked.errors:
         return None, list(checked.errors)

@@ -43,23 +43,26 @@ def run_check(paths: str | Path | Iterable[str | Path], *, strict: bool = False,
               operations: Iterable[str] | None = None, extensions_dir: str | Path | None = None,
               coverage: bool = False, min_coverage: float | None = None, run_tests: bool = True,
               schema_dirs: Iterable[str | Path] = (), contents: Mapping[str, bytes] | None = None,
-              generate: bool = True) -> CheckOutcome:
+              generate: bool = True, processes: int | None = 1) -> CheckOutcome:
     """`schema_dirs`: operation schemas an embedding registers besides the built-in ones (see loader).
     `operations`: names registered besides those the schemas declare; by default exactly the schemas' (the
     built-in catalogue), so a misspelled operation is an error here as in `capengine check`. `contents`: the
     files under `paths` already read (path -> bytes, in walk order): loaded instead of reading the disk again.
-    `generate`: conditions get generated functions (loader.load_paths); off where the set only checks (the CLI)."""
+    `generate`: conditions get generated functions (loader.load_paths); off where the set only checks (the CLI).
+    `processes`: load the files on that many processes (None: as many as pay off), without `generate` only
+    (loader.load_paths, loader_parallel); the findings are the same."""
     paths = _path_list(paths)
     with collector_paused():
         return _check(paths, strict, operations, extensions_dir, coverage, min_coverage, run_tests, schema_dirs,
-                      contents, generate)
+                      contents, generate, processes)
 
 
 def _check(paths: list[str | Path], strict: bool, operations: Iterable[str] | None,
            extensions_dir: str | Path | None, coverage: bool, min_coverage: float | None, run_tests: bool,
-           schema_dirs: Iterable[str | Path], contents: Mapping[str, bytes] | None, generate: bool) -> CheckOutcome:
-    load = (load_paths(paths, schema_dirs, generate) if contents is None
-            else load_contents(contents, schema_dirs, generate=generate))
+           schema_dirs: Iterable[str | Path], contents: Mapping[str, bytes] | None, generate: bool,
+           processes: int | None) -> CheckOutcome:
+    load = (load_paths(paths, schema_dirs, generate, processes) if contents is None
+            else load_contents(contents, schema_dirs, generate=generate, processes=processes))
     # operations declared by the built-in and extra schema directories count as registered
     operations = sorted(set(operations or ()) | set(load.catalog.names()))
     findings = list(load.findings)

@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
@@ -28,8 +28,9 @@ from capengine.cel import checker as cel_checker
 from capengine.cel import compiler as cel_compiler
 from capengine.cel.checker import did_you_mean
 from capengine.cel.cost import Bound
-from capengine.cel.types import DYN, STRING, Type, map_of
-from capengine.policy import arg_types, globs, operations, paths, review
+from capengine.cel.types import DYN, STRING, Field, Type, map_of
+from capengine.cel.values import Activation, Value
+from capengine.policy import arg_types, globs, loader_parallel, operations, paths, review
 from capengine.policy.codes import Code
 from capengine.policy.functions import POLICY_ENVIRONMENT
 from capengine.policy.memo import IdentityMemo
@@ -152,12 +153,14 @@ def _catalog(schema_dirs: Iterable[str | Path], findings: list[Finding]) -> Cata
 
 
 def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = (),
-               generate: bool = True) -> LoadResult:
+               generate: bool = True, processes: int | None = 1) -> LoadResult:
     """Load every policy and test file under `paths`. `schema_dirs`: extra operation schema directories
     (operations an embedding registers besides the built-in ones), so rules may name them; by default the
     directories listed in $CAPENGINE_OPERATION_SCHEMAS (os.pathsep-separated), which reaches `capengine check`
     and the daemon too. `generate`: compile conditions to generated functions (fast decisions, ~0.2 ms more
-    per condition to load); `capengine check`, which decides only its test cases, does without."""
+    per condition to load); `capengine check`, which decides only its test cases, does without. `processes`:
+    load the files on that many processes (None: as many as pay off, see loader_parallel), without `generate`
+    only (generated functions do not cross processes)."""
     files, findings = discover(paths)
     contents: dict[str, bytes | OSError] = {}
     for path in files:
@@ -167,37 +170,55 @@ def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = 
             contents[str(path)] = path.read_bytes()
         except OSError as exc:
             contents[str(path)] = exc
-    return load_contents(contents, schema_dirs, findings, generate)
+    return load_contents(contents, schema_dirs, findings, generate, processes)
 
 
 def load_contents(contents: Mapping[str, bytes | OSError], schema_dirs: Iterable[str | Path] = (),
-                  findings: Iterable[Finding] = (), generate: bool = True) -> LoadResult:
+                  findings: Iterable[Finding] = (), generate: bool = True, processes: int | None = 1) -> LoadResult:
     """Load files already read, in the mapping's order (the daemon reads them once to compare versions): path
-    -> its bytes, or the OSError reading it raised (reported as a finding)."""
+    -> its bytes, or the OSError reading it raised (reported as a finding). `processes`: as load_paths."""
     findings = list(findings)
     result = LoadResult([], findings, _catalog(schema_dirs, findings))
-    for path, data in contents.items():
+    items = list(contents.items())
+    count = 1 if generate else loader_parallel.processes_for(len(items), processes)
+    if count > 1:
+        load = partial(_load_items, catalog=result.catalog, generate=generate, portable=True)
+        loaded_files = loader_parallel.map_chunks(load, items, count, _REDUCERS)
+    else:
+        loaded_files = _load_items(items, result.catalog, generate)
+    for loaded, file_findings in loaded_files:
+        if loaded is not None:
+            result.files.append(loaded)
+        result.findings.extend(file_findings)
+    result.findings.extend(_cross_file_checks(result))
+    return result
+
+
+def _load_items(items: Sequence[tuple[str, bytes | OSError]], catalog: Catalog, generate: bool,
+                portable: bool = False) -> list[tuple[LoadedFile | None, list[Finding]]]:
+    """Each file loaded (None: it could not be read), with its findings. `portable`: in a child process of
+    loader_parallel, programs carry what compiles them again in place of their closures (which do not pickle)."""
+    out: list[tuple[LoadedFile | None, list[Finding]]] = []
+    for path, data in items:
         if isinstance(data, OSError):
-            result.findings.append(Finding(Location(path), "error", Code.IO, f"cannot read: {data}"))
+            out.append((None, [Finding(Location(path), "error", Code.IO, f"cannot read: {data}")]))
             continue
         if len(data) > MAX_FILE_BYTES:
-            result.findings.append(Finding(Location(path), "error", Code.IO,
-                                           f"cannot read: file larger than {MAX_FILE_BYTES} bytes"))
+            out.append((None, [Finding(Location(path), "error", Code.IO,
+                                       f"cannot read: file larger than {MAX_FILE_BYTES} bytes")]))
             continue
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = data[:exc.start].count(b"\n") + 1
-            result.findings.append(Finding(Location(path, line, 1), "error", Code.IO,
-                                           f"not UTF-8 (byte {exc.start}); save the file as UTF-8"))
+            out.append((None, [Finding(Location(path, line, 1), "error", Code.IO,
+                                       f"not UTF-8 (byte {exc.start}); save the file as UTF-8")]))
             continue
         if "\r" in text:  # what reading in text mode did: universal newlines
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-        loaded, file_findings = _load_cached(path, data, text, result.catalog, generate)
-        result.files.append(loaded)
-        result.findings.extend(file_findings)
-    result.findings.extend(_cross_file_checks(result))
-    return result
+        loaded, file_findings = _load_cached(path, data, text, catalog, generate)
+        out.append((_portable(loaded, catalog) if portable else loaded, file_findings))
+    return out
 
 
 _CACHE_FILES = 16384
@@ -316,9 +337,8 @@ class _DocumentLoader:
             if condition:
                 selectors = [s for s in _get(raw, "operations", list) if isinstance(s, str)]
                 deny = _get(raw, "effect", str) == "deny"
-                context = review.RuleContext(deny, tuple(op for op in self.catalog.names() if any(
-                    operations.selector_matches(s, op, deny, self.catalog) for s in selectors)),
-                    tuple(e for e in _get(spec, "extensions", list) if isinstance(e, str)))
+                context = review.RuleContext(deny, self._matched_operations(selectors, deny),
+                                             tuple(e for e in _get(spec, "extensions", list) if isinstance(e, str)))
                 program = self._compile(condition, where + ("condition",), self._args_record(selectors), deny,
                                         context)
                 ok &= program is not None
@@ -376,6 +396,12 @@ class _DocumentLoader:
                 self.report(json_path + (i,), Code.BAD_GLOB, str(exc))
                 ok = False
         return ok
+
+    def _matched_operations(self, selectors: list[str], deny: bool) -> tuple[str, ...]:
+        """The catalogue's operations these selectors match; once per (selectors, effect, catalog), as
+        _args_record: matching every operation against every selector of every rule was 3% of a large check."""
+        return _MATCHED_OPERATIONS.get((tuple(selectors), deny), (self.catalog,), partial(
+            _matched_operations, self.catalog, selectors, deny))
 
     def _args_record(self, selectors: list[str]) -> Type | None:
         """`args` typed from the schemas of the operations these selectors match (None: nothing known); once
@@ -467,6 +493,12 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
 
 
 _ARGS_RECORDS: IdentityMemo[Type | None] = IdentityMemo(4096)
+_MATCHED_OPERATIONS: IdentityMemo[tuple[str, ...]] = IdentityMemo(4096)
+
+
+def _matched_operations(catalog: Catalog, selectors: list[str], deny: bool) -> tuple[str, ...]:
+    return tuple(op for op in catalog.names()
+                 if any(operations.selector_matches(s, op, deny, catalog) for s in selectors))
 
 
 @attrs.frozen
@@ -500,6 +532,52 @@ def _compile(source: str, record: Type | None, deny: bool, generate: bool) -> _C
                              f"'args.?{field}.orValue(<default>) ...' or 'has(args.{field}) && ...'", pos)
                             for field, pos in arg_types.unguarded_optional_reads(tree, record))
     return _Compiled(program, tuple(errors), tuple(warnings))
+
+
+@attrs.define(eq=False)
+class _CompileOnCall:
+    """The closures of a program loaded in a child process (loader_parallel), compiled from its tree at the
+    first evaluation: closures do not pickle, and `check` evaluates only the conditions its test cases and
+    overlap examples reach. The same text, tree, types and compiler as in the child: the same closures."""
+
+    source: str
+    node: cel_ast.Node
+    record: Type | None
+    fn: cel_compiler.Fn | None = None
+
+    def __call__(self, activation: Activation) -> Value:
+        if self.fn is None:
+            decls = POLICY_DECLS if self.record is None else {**POLICY_DECLS, "args": self.record}
+            program, errors = cel_compiler.compile_tree(self.source, self.node, decls, POLICY_ENVIRONMENT,
+                                                        total=True, costs=POLICY_COSTS, generate=False)
+            if program is None:  # cannot be: the child compiled this very tree without an error
+                raise RuntimeError(f"condition {self.source!r} no longer compiles: {errors}")
+            self.fn = program.fn
+        return self.fn(activation)
+
+
+def _portable(loaded: LoadedFile, catalog: Catalog) -> LoadedFile:
+    """`loaded` with programs that pickle: each with a _CompileOnCall in place of its closures."""
+    if not loaded.programs:
+        return loaded
+    rules = {r.qualified_id: r for p in loaded.policies for r in p.rules}
+    programs = {}
+    for rid, program in loaded.programs.items():
+        selectors = list(rules[rid].operations)  # _DocumentLoader._policy's: a loaded rule's are all strings
+        record = _ARGS_RECORDS.get(tuple(selectors), (catalog,), partial(_args_record, catalog, selectors))
+        node = program.node if program.node is not None else cel_ast.parse(program.source,
+                                                                           POLICY_ENVIRONMENT.namespaced)
+        programs[rid] = attrs.evolve(program, fn=_CompileOnCall(program.source, node, record))
+    return attrs.evolve(loaded, programs=programs)
+
+
+_REDUCERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {
+    **{cls: loader_parallel.attrs_reducer(cls) for cls in (
+        *cel_ast.NODE_TYPES, cel_ast.Pos, cel_compiler.Program, _CompileOnCall, Type, Field, LoadedFile, Policy,
+        Rule, Limit, Location, Finding, TestSuite, TestCase)},
+    MappingProxyType: loader_parallel.read_only_reducer,
+}
+"""How a child of loader_parallel pickles what it loaded: attrs instances as their init arguments."""
 
 
 def _args_record(catalog: Catalog, selectors: list[str]) -> Type | None:

@@ -47,8 +47,13 @@ class Document:
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
 def _scalar(node: yaml.ScalarNode) -> object:
     """Construct a scalar from its already-resolved tag (int, bool, null, str, ...)."""
+    if node.tag == _STR_TAG:  # most scalars: the constructor would return node.value itself, more slowly
+        return node.value
     construct = _CONSTRUCTOR.yaml_constructors.get(node.tag)
     if construct is None:
         raise YamlSourceError(f"unsupported YAML tag {node.tag}", node.start_mark.line + 1,
@@ -96,8 +101,9 @@ def _convert(node: yaml.Node, path: JsonPath, doc: Document, depth: int) -> obje
             if key in result:
                 doc.duplicates.append((key, key_node.start_mark.line + 1, key_node.start_mark.column + 1))
                 continue  # the first occurrence stands; the duplicate is reported, never silently used
-            doc.key_marks[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            result[key] = _convert(value_node, path + (key,), doc, depth + 1)
+            child = path + (key,)
+            doc.key_marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            result[key] = _convert(value_node, child, doc, depth + 1)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, path + (i,), doc, depth + 1) for i, item in enumerate(node.value)]
