@@ -66,6 +66,10 @@ def _check(paths: list[str | Path], strict: bool, operations: Iterable[str] | No
     # operations declared by the built-in and extra schema directories count as registered
     operations = sorted(set(operations or ()) | set(load.catalog.names()))
     findings = list(load.findings)
+    if paths and not load.policies:  # a wrong path or a renamed suffix must not pass as an (empty) clean set
+        findings.append(Finding(Location(str(paths[0])), "error", Code.NO_POLICIES,
+                                f"no policies under {', '.join(map(str, paths))}: no .yaml/.yml file there holds a "
+                                "'kind: Policy' document, and an empty set denies every call; check the path"))
     exts = lint.extension_ids(extensions_dir) if extensions_dir is not None else None
     programs = load.programs  # a property that builds a dict: once
     findings.extend(lint.lint(load.policies, operations, exts, load.catalog, programs))

@@ -49,6 +49,7 @@ class Code(StrEnum):
     COVERAGE = "coverage"
     IO = "io"
     EMPTY_FILE = "empty-file"
+    NO_POLICIES = "no-policies"
     # proven by the SMT analysis (capengine analyze lint / capengine diff); never-matches, shadowed-allow and
     # content-reachable-around-deny above are shared with the syntactic lints
     REDUNDANT_ALLOW = "redundant-allow"
@@ -107,6 +108,7 @@ _HELP = {
     Code.COVERAGE: "Rule coverage of the policy tests is below the required minimum.",
     Code.IO: "A file could not be read.",
     Code.EMPTY_FILE: "A policy file holds no document.",
+    Code.NO_POLICIES: "The paths checked hold no policy at all: the set would deny every call.",
     Code.REDUNDANT_ALLOW: "Every request an allow rule allows is also allowed by another allow rule (proved).",
     Code.DENY_ONLY_ON_ERROR: "A deny's condition is never true: it fires only when the condition errors (fail "
                              "closed), typically a missing has() guard (proved).",
