@@ -66,7 +66,8 @@ def _check(paths: list[str | Path], strict: bool, operations: Iterable[str] | No
     # operations declared by the built-in and extra schema directories count as registered
     operations = sorted(set(operations or ()) | set(load.catalog.names()))
     findings = list(load.findings)
-    if paths and not load.policies:  # a wrong path or a renamed suffix must not pass as an (empty) clean set
+    # a wrong path or a renamed suffix must not pass as an (empty) clean set; files that failed to load say why
+    if paths and not load.policies and not any(f.severity == "error" for f in findings):
         findings.append(Finding(Location(str(paths[0])), "error", Code.NO_POLICIES,
                                 f"no policies under {', '.join(map(str, paths))}: no .yaml/.yml file there holds a "
                                 "'kind: Policy' document, and an empty set denies every call; check the path"))
