@@ -22,9 +22,16 @@ def test_an_empty_directory_is_an_error(tmp_path):
 def test_files_without_a_policy_document_are_an_error(tmp_path):
     (tmp_path / "notes.txt").write_text("not a policy")
     (tmp_path / "p.yaml.bak").write_text("apiVersion: capengine/v1\nkind: Policy\n")
-    (tmp_path / "only-tests.yaml").write_text("apiVersion: capengine/v1\nkind: PolicyTest\nmetadata: {name: t}\n"
-                                              "spec:\n  cases: []\n")
+    (tmp_path / "only-tests.yaml").write_text(
+        "apiVersion: capengine/v1\nkind: PolicyTest\nmetadata: {name: t}\ncases:\n  - {name: c1, request: "
+        "{extension: com.example.a, operation: vdfs.stat, path: /a}, expect: deny}\n")
     assert ("error", "no-policies") in _codes(run_check([tmp_path]))
+
+
+def test_a_set_whose_files_fail_to_load_reports_why_not_no_policies(tmp_path):
+    (tmp_path / "p.yaml").write_text("apiVersion: capengine/v1\nkind: Policy\n")
+    codes = _codes(run_check([tmp_path]))
+    assert ("error", "schema") in codes and ("error", "no-policies") not in codes
 
 
 def test_one_empty_directory_beside_policies_is_fine(tmp_path):
