@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import socket
 import struct
 import subprocess
@@ -26,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,6 +48,7 @@ log = logging.getLogger("capengine.daemon.worker_pool")
 TICK = 0.02  # seconds between the maintainer's checks (decision log admission, dead workers)
 LINGER = 0.001  # seconds the reader waits after a record line: one wake-up per batch, not per record
 RESTART_BACKOFF = 1.0  # seconds after a worker failed to start before the next attempt
+SEND_TIMEOUT = 10.0  # seconds a message to a worker may wait for room in its socket before the worker is killed
 HANG_GRACE = 30.0  # seconds past a job's wall-clock bound before its worker is taken for hung and killed
 OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"  # recorded (never sent) for an action whose worker died in its handler
 
@@ -104,9 +106,17 @@ class CallSummary(NamedTuple):
     rules: tuple[str, ...]
 
 
+def _frame(message: object) -> bytes:
+    """A message as Connection.send frames it (what the worker's Connection.recv reads)."""
+    payload = ForkingPickler.dumps(message)
+    size = len(payload)
+    header = struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
+    return header + bytes(payload)
+
+
 class _Worker:
-    def __init__(self, proc: subprocess.Popen, conn: Connection) -> None:
-        self.proc, self.conn = proc, conn
+    def __init__(self, proc: subprocess.Popen, sock: socket.socket) -> None:
+        self.proc, self.sock = proc, sock
         self.alive = True
         self.job: _Job | None = None
         self.revision = ""
@@ -118,12 +128,41 @@ class _Worker:
         # The record of the action whose handler is running (its "begin"), until that call's own record arrives:
         # if the worker dies in between, the daemon records the call itself, its outcome unknown.
         self.in_effect: dict | None = None
-        self.killed_because: str | None = None  # set when the daemon killed it (a job past its wall-clock bound)
+        self.killed_because: str | None = None  # why the daemon killed it (hung past its job's bound, stuck)
 
-    def send(self, message: tuple) -> None:
-        """Best effort: a dead worker's send fails, and its reader thread reports the death."""
-        with self._send_lock, contextlib.suppress(OSError, ValueError):
-            self.conn.send(message)
+    def send(self, message: object) -> None:
+        """Best effort, and bounded: a dead worker's send fails (its reader thread reports the death); a worker
+        that takes nothing for SEND_TIMEOUT seconds while its socket is full (SIGSTOP, a wedged reader) is
+        killed, so that no daemon thread (a reload holding the reload lock, the maintainer, a stop) ever blocks
+        on it. A message cut short by the timeout is never completed: the worker is dead by then."""
+        data = memoryview(_frame(message))
+        with self._send_lock:
+            if self.killed_because is not None:
+                return
+            deadline = time.monotonic() + SEND_TIMEOUT
+            poller = select.poll()
+            with contextlib.suppress(OSError, ValueError):
+                poller.register(self.sock, select.POLLOUT)
+            while data:
+                try:
+                    data = data[self.sock.send(data, socket.MSG_DONTWAIT):]
+                    continue
+                except BlockingIOError:
+                    pass
+                except OSError:  # the worker is gone (EPIPE) or the socket closed: the reader reports it
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.kill(f"it took no message from the daemon for {SEND_TIMEOUT:g} s (stopped or wedged)")
+                    return
+                poller.poll(min(left, 1.0) * 1000)
+
+    def kill(self, why: str) -> None:
+        """SIGKILL, with the reason its job's failure and the log give."""
+        self.killed_because = why
+        log.error("worker process %d: %s; killing it", self.proc.pid, why)
+        with contextlib.suppress(OSError):
+            self.proc.kill()
 
 
 def _apply(run: JobRun, state: dict) -> None:
@@ -173,6 +212,7 @@ class WorkerPool:
 
     def _spawn(self) -> _Worker:
         ours, theirs = socket.socketpair()
+        ours.set_inheritable(False)
         fds = (theirs.fileno(), self.buckets.fd)
         try:
             proc = subprocess.Popen([sys.executable, "-m", "capengine.daemon.worker_process", *map(str, fds)],
@@ -182,9 +222,8 @@ class WorkerPool:
             raise DaemonError(f"cannot start a worker process: {exc}") from None
         finally:
             theirs.close()
-        worker = _Worker(proc, Connection(ours.detach()))
-        with contextlib.suppress(OSError):  # the first message is the setup itself; a failure shows as EOF
-            worker.conn.send(self._setup)
+        worker = _Worker(proc, ours)
+        worker.send(self._setup)  # the first message is the setup itself; a failure shows as EOF
         worker.reader = threading.Thread(target=self._read, args=(worker,), name=f"capengine-worker-{proc.pid}",
                                          daemon=True)
         worker.reader.start()
@@ -261,7 +300,7 @@ class WorkerPool:
 
     # the reader thread of one worker ---------------------------------------------------------------------------
     def _read(self, worker: _Worker) -> None:
-        frames = _Frames(worker.conn.fileno())
+        frames = _Frames(worker.sock.fileno())
         try:
             while True:
                 message = frames.recv()
@@ -326,8 +365,8 @@ class WorkerPool:
         if replaced:
             self._on_restart()
         worker.ready.set()
-        with contextlib.suppress(OSError):
-            worker.conn.close()
+        with worker._send_lock, contextlib.suppress(OSError):
+            worker.sock.close()
         how = f"killed by signal {-status}" if status is not None and status < 0 else f"exit status {status}"
         if worker.killed_because is not None:
             how = f"{how}: {worker.killed_because}"
@@ -399,11 +438,8 @@ class WorkerPool:
         starved: it is killed, so its job fails and its client gets an answer, and it is replaced."""
         bound = self._setup.limits.cpu_seconds + self.hang_grace
         if not job.done.wait(bound):
-            worker.killed_because = (f"it had not finished the job {bound:g} s after it started (the job's "
-                                     f"wall-clock bound is {self._setup.limits.cpu_seconds:g} s)")
-            log.error("worker process %d: %s; killing it", worker.proc.pid, worker.killed_because)
-            with contextlib.suppress(OSError):
-                worker.proc.kill()
+            worker.kill(f"it had not finished the job {bound:g} s after it started (the job's wall-clock bound "
+                        f"is {self._setup.limits.cpu_seconds:g} s)")
             job.done.wait()
 
     def interrupt(self, job_id: str, force: bool = False) -> None:
