@@ -3,12 +3,15 @@
 Each worker (worker_process) has its own Engine and policy set; what must be one stays one: the rate-limit
 buckets (a table in shared memory every worker maps, shared_buckets), admission (before a job reaches a
 worker), the decision log (every record a worker sends is handed to the one writer), and the revision (a reload
-is two-phase: every live worker loads the new set and says so, then all commit; any "no", death or timeout
-aborts it everywhere).
+is two-phase: every live worker loads the new set and says so, then the daemon commits by one write to the
+shared table that every call reads; any "no", death or timeout aborts it everywhere).
 
 A worker that dies (a crash, kill -9, the OOM killer) fails its job with the reason (resumable from its last
 checkpoint, never hanging its client) and is replaced by the maintainer thread; records it sent before dying
-are in the socket and are all read before the EOF that tells of its death.
+are in the socket and are all read before the EOF that tells of its death; an action whose handler it was
+running (its "begin" read, its record not) is recorded here as OUTCOME_UNKNOWN. A worker that is alive but
+stuck (past its job's bound, or not reading its socket) is killed and replaced the same way: no daemon thread
+ever waits on a worker without a bound.
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ The daemon stays the one authority for everything that must be exact or single a
 - the per-extension in-flight limit: admission happens in the daemon before a job reaches a worker;
 - the decision log: each record is written to the socket before the call returns to the guest, so it is in
   the kernel (and reaches the one writer) even if this process is killed the next instant;
-- reloads: a new set is loaded and acknowledged ("prepare"), and activated only on "commit".
+- reloads: a new set is loaded and acknowledged ("prepare"), and activated at the commit, which is the epoch
+  word in the shared table (WorkerHost.active): one instant for every worker;
+- effects: an allowed action's record (without its outcome) is sent before its handler runs ("begin"), so a
+  worker killed after the effect and before the record leaves the call recorded (OUTCOME_UNKNOWN) by the daemon.
 The process dies with the daemon (PR_SET_PDEATHSIG, and EOF on the socket) and ignores SIGTERM/SIGINT: the
 daemon drains it (systemd sends SIGTERM to the whole control group).
 """
