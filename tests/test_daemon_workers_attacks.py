@@ -393,3 +393,57 @@ def test_a_full_disk_with_workers_refuses_calls_and_every_call_that_ran_is_logge
         records += spilled
         # >=: a job whose calls ran may still have been answered -32603 (its job record could not be saved)
         assert sum(r.get("code") == "OK" for r in records if r.get("operation") == "test.ping") >= ok["OK"]
+
+
+def test_reloads_flipping_allow_and_deny_race_jobs_and_worker_kills(tmp_path, started):
+    """Twelve reloads alternate test.ping between allow and deny while two clients stream jobs and workers are
+    SIGKILLed at random (some mid-prepare, some mid-job): each reload either switches everyone or is rejected
+    with a reason; every record's decision is the one its own revision gives; at the end every worker is on
+    the daemon's revision; every client got an answer."""
+    config = setup(tmp_path, policy_yaml("p", PING_ALLOW), workers=2, max_jobs_per_extension=4)
+    daemon = started(config)
+    pool = daemon.pool
+    assert pool is not None
+    allows = {daemon.status.revision: True}
+    rng = random.Random(1515)
+    stop = threading.Event()
+    answers: list[dict] = []
+
+    def stream() -> None:
+        while not stop.is_set():
+            answers.append(job(config.socket, "com.example.burst"))
+
+    clients = [threading.Thread(target=stream) for _ in range(2)]
+    for client in clients:
+        client.start()
+    switched = rejected = 0
+    for flip in range(12):
+        allow = flip % 2 == 1
+        write(config.policies, "p.yaml", policy_yaml("p", PING_ALLOW if allow else PING_DENY))
+        if rng.random() < 0.5:  # a kill racing the reload's prepare or the jobs
+            threading.Timer(rng.uniform(0.0, 0.2), lambda: (live := pool.state()["pids"]) and
+                            os.kill(rng.choice(live), signal.SIGKILL)).start()
+        outcome = daemon.reload()
+        if outcome["reloaded"]:
+            switched += 1
+            assert allows.setdefault(outcome["revision"], allow) == allow  # a revision is a hash of the texts
+        else:
+            rejected += 1
+            assert outcome["errors"] and "none switched" in outcome["errors"][0], outcome
+        time.sleep(rng.uniform(0.05, 0.3))
+        wait_for(lambda: pool.state()["alive"] == 2, 30)
+    stop.set()
+    for client in clients:
+        client.join(60)
+    assert {a["status"] for a in answers} <= {"completed", "failed"}
+    assert daemon.decisions.flush()
+    records = [r for r in read_log(config.data_dir) if r["operation"] == "test.ping"]
+    assert records and {r["revision"] for r in records} <= set(allows)
+    for record in records:
+        if record["code"] == "OUTCOME_UNKNOWN":
+            continue
+        expected = ("OK", "allow") if allows[record["revision"]] else ("PERMISSION_DENIED", "deny")
+        assert (record["code"], record["decision"]) == expected, record
+    wait_for(lambda: pool.state()["alive"] == 2, 30)
+    assert pool.state()["revisions"] == [daemon.status.revision]
+    assert switched + rejected == 12 and switched > 0
