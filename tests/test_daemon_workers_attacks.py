@@ -143,6 +143,36 @@ def test_a_worker_killed_after_an_effect_before_its_record_leaves_the_call_recor
     wait_for(lambda: daemon.pool is not None and daemon.pool.state()["alive"] == 1)
 
 
+def test_a_worker_killed_in_the_middle_of_writing_a_record_leaves_the_call_recorded(tmp_path, started, inject,
+                                                                                     caplog):
+    """The worker writes half of the record of a credentials.store that succeeded, then is SIGKILLed: the half
+    record is dropped (the log stays parseable), and the call is still recorded, as OUTCOME_UNKNOWN."""
+    inject("""
+        import os, signal
+        from multiprocessing import connection
+        _send = connection.Connection._send_bytes
+        def send(self, buf):
+            data = bytes(buf)
+            if b'"operation":"credentials.store"' in data and b'"code":"OK"' in data:
+                frame = len(data).to_bytes(4, "big") + data
+                os.write(self.fileno(), frame[: len(frame) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+            return _send(self, buf)
+        connection.Connection._send_bytes = send
+    """)
+    config = setup(tmp_path, policy_yaml("p", PING_ALLOW + STORE_ALLOW), workers=1)
+    ext = add_extension(config, "storer", call_job(STORE, STORE_PAYLOAD, 0), STORE)
+    daemon = started(config)
+    with caplog.at_level("ERROR", logger="capengine.daemon.worker_pool"):
+        result = job(config.socket, ext)
+    assert result["status"] == "failed" and "whose outcome is unknown" in result["error"], result
+    assert "died in the middle of a message" in caplog.text
+    assert stored_secrets(config.data_dir) == 1
+    assert daemon.decisions.flush()
+    [record] = [r for r in read_log(config.data_dir) if r["operation"] == STORE]  # strict: whole JSON lines
+    assert record["code"] == "OUTCOME_UNKNOWN" and record["decision"] == "allow"
+
+
 def test_no_call_after_a_reload_returned_is_decided_under_the_old_revision(tmp_path, started, inject):
     """The workers' reader threads take 3 s to act on a commit message (a busy or starved thread). A reload
     turns the allow of test.ping into a deny while a job keeps pinging: once the reload has returned, none of
