@@ -15,6 +15,7 @@ refuses the call (fail closed) and says so.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -97,6 +98,9 @@ class SharedBuckets:
         if HEADER.unpack_from(self._map, 0)[0] != MAGIC:
             self._map.close()
             raise TableError(f"the rate-limit table (fd {fd}) does not start with the table's magic number")
+        # The epoch word, read on every call of a worker: a ctypes view is one aligned 8-byte load (about 50 ns)
+        # where struct.unpack_from builds a tuple (about 300 ns).
+        self._epoch = ctypes.c_uint64.from_buffer(self._map, 8)
         self._lock = threading.Lock()
         self._owners: dict[str, int] = {}
         self._complained = 0.0
@@ -112,13 +116,14 @@ class SharedBuckets:
 
     # the reload epoch (worker_process: a commit is this one write, seen by every worker's next call) ----------
     def epoch(self) -> int:
-        while True:  # an 8-byte read is not promised atomic against the writer: read until two reads agree
-            first = HEADER.unpack_from(self._map, 0)[1]
-            if HEADER.unpack_from(self._map, 0)[1] == first:
+        word = self._epoch
+        while True:  # an 8-byte load is not promised atomic by Python: read until two reads agree
+            first = word.value
+            if word.value == first:
                 return first
 
     def set_epoch(self, epoch: int) -> None:
-        HEADER.pack_into(self._map, 0, MAGIC, epoch)
+        self._epoch.value = epoch
 
     # buckets ------------------------------------------------------------------------------------------------
     def _owner(self, owner: str) -> int:
@@ -222,6 +227,7 @@ class SharedBuckets:
     def close(self) -> None:
         with self._lock:
             if not self._map.closed:
+                del self._epoch  # the view pins the mapping
                 self._map.close()
                 os.close(self.fd)
 
