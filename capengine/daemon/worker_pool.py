@@ -135,7 +135,7 @@ class _Worker:
 
     def send(self, message: object) -> None:
         """Best effort, and bounded: a dead worker's send fails (its reader thread reports the death); a worker
-        that takes nothing for SEND_TIMEOUT seconds while its socket is full (SIGSTOP, a wedged reader) is
+        that reads nothing for SEND_TIMEOUT seconds while its socket is full (SIGSTOP, a wedged reader) is
         killed, so that no daemon thread (a reload holding the reload lock, the maintainer, a stop) ever blocks
         on it. A message cut short by the timeout is never completed: the worker is dead by then."""
         data = memoryview(_frame(message))
@@ -149,6 +149,7 @@ class _Worker:
             while data:
                 try:
                     data = data[self.sock.send(data, socket.MSG_DONTWAIT):]
+                    deadline = time.monotonic() + SEND_TIMEOUT  # it reads: a large message may take long
                     continue
                 except BlockingIOError:
                     pass
