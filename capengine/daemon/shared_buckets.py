@@ -9,8 +9,14 @@ record locks do not exclude threads of one process).
 A bucket is a slot keyed by the limit's identity (its policy, extensions, operations, rate, burst and cost, not
 where it is written: the same identity RateLimiter.inherit uses) and the namespace it charges. So a reload that
 keeps a limit keeps its buckets, and a new or changed limit starts full, as in-process. At each reload commit
-the daemon drops the slots of limits neither the new nor the previous revision has (compact). A full table
-refuses the call (fail closed) and says so.
+the daemon drops the slots of limits neither the new nor the previous revision has (compact; they become
+tombstones, so no kept bucket moves and none can be lost and start full).
+
+Fail closed, whatever happens to the table: a pair is looked for in at most MAX_PROBES slots, and a call that
+finds them all taken is refused (the table is full for it) at the cost of those reads, never a scan of the
+table under the lock; a lock that a stopped process holds refuses calls after LOCK_TIMEOUT instead of hanging
+every worker; the memfd is sealed against resizing (a shrink would SIGBUS every worker); a file without MAGIC
+is refused; a bucket holding a value no bucket can hold reads as empty, never as full.
 """
 
 from __future__ import annotations
