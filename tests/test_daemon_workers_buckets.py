@@ -39,7 +39,7 @@ def slot_offset(buckets: SharedBuckets, es: list[Entry], owner: str) -> int:
 
 @pytest.mark.parametrize(("tokens", "updated"), [
     (math.nan, 1000.0), (math.inf, 1000.0), (1e9, 1000.0), (-1.0, 1000.0), (51.0, 1000.0),
-    (0.0, -math.inf), (0.0, math.nan), (0.0, 1e18)])
+    (0.0, -math.inf), (0.0, -1e300), (0.0, math.nan), (0.0, 1e18)])
 def test_a_tampered_bucket_is_read_as_empty_never_as_full(tokens, updated):
     """The bucket is exhausted, then its slot is overwritten with a value no bucket can hold: the next call
     must be refused (before: NaN, inf, huge tokens or a stamp at -inf refilled it to the burst)."""

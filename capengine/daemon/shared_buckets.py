@@ -26,7 +26,6 @@ import errno
 import fcntl
 import hashlib
 import logging
-import math
 import mmap
 import os
 import struct
@@ -100,6 +99,7 @@ class SharedBuckets:
             raise TableError(f"the rate-limit table (fd {fd}) is {size} bytes: too small to be a table")
         self.fd = fd
         self.slots = size // SLOT.size - 1
+        self._probes = min(MAX_PROBES, self.slots)
         self._map = mmap.mmap(fd, (self.slots + 1) * SLOT.size)
         if HEADER.unpack_from(self._map, 0)[0] != MAGIC:
             self._map.close()
@@ -145,7 +145,7 @@ class SharedBuckets:
         slots where it may live are all taken (the table is full for it)."""
         start = (limit * 31 + owner) % self.slots
         free = None
-        for probe in range(min(MAX_PROBES, self.slots)):
+        for probe in range(self._probes):
             offset = (1 + (start + probe) % self.slots) * SLOT.size
             key, who, _, _ = SLOT.unpack_from(self._map, offset)
             if key == limit and who == owner:
@@ -166,53 +166,56 @@ class SharedBuckets:
             self._complained = now
             log.error("%s", message)
 
-    def _tokens(self, entry: Entry, offset: int, now: float) -> float:
-        """The bucket's tokens now. A value no bucket can hold (not finite, negative, above the burst, stamped
-        in the future: a corrupted or tampered table) is read as empty, never as full: fail closed."""
-        _, _, tokens, updated = SLOT.unpack_from(self._map, offset)
-        if not (math.isfinite(tokens) and math.isfinite(updated)) or not 0.0 <= tokens <= entry.burst \
-                or updated > now + 1.0:
-            self._complain(f"the shared rate-limit table holds an impossible bucket for {entry.name} (tokens "
-                           f"{tokens!r}, updated {updated!r}); it is treated as empty")
-            return 0.0
-        return min(entry.burst, tokens + (now - updated) * entry.rate)
+    def _impossible(self, entry: Entry, tokens: float, updated: float) -> float:
+        self._complain(f"the shared rate-limit table holds an impossible bucket for {entry.name} (tokens "
+                       f"{tokens!r}, updated {updated!r}); it is treated as empty")
+        return 0.0
 
     def acquire(self, entries: Sequence[Entry], owner: str, now: float) -> tuple[float, str | None]:
         """RateLimiter.acquire's answer for the limits `entries` applying to a call charged to `owner`: all
         the tokens taken and (0.0, None), or none and (seconds to wait, the limit that refused). A table that
-        is full for the call, or whose lock cannot be had, refuses it."""
+        is full for the call, or whose lock cannot be had, refuses it.
+
+        A bucket holding a value no bucket can hold (tokens not in [0, burst], a stamp not in [0, now + 1]: NaN
+        and infinities included; a corrupted or tampered table) is read as empty, never as full: fail closed.
+        One function on purpose: this is every limited call's cost (about 5 us, most of it the two lockf)."""
         who = self._owner(owner)
+        taken: list[tuple[int, float, float]] = []
+        wait, refused = 0.0, None
         try:
             with self._locked():
-                return self._take(entries, who, now)
+                for entry in entries:
+                    found = self._slot(entry.key, who)
+                    if found is None:
+                        message = (f"the shared rate-limit table is full ({self.slots} slots, {MAX_PROBES} probed "
+                                   f"for {entry.name}); see the daemon's log")
+                        self._complain(f"{message}: a call was refused; the limits of the policy set times the "
+                                       "namespaces they charge exceed the table")
+                        return 1.0, f"{entry.name} ({message})"
+                    offset, exists = found
+                    if exists:
+                        _, _, tokens, updated = SLOT.unpack_from(self._map, offset)
+                        if 0.0 <= tokens <= entry.burst and 0.0 <= updated <= now + 1.0:
+                            tokens = min(entry.burst, tokens + (now - updated) * entry.rate)
+                        else:
+                            tokens = self._impossible(entry, tokens, updated)
+                    else:
+                        tokens = entry.burst
+                    if tokens < entry.cost:  # cost <= burst is a load-time check, so waiting always helps
+                        needed = (entry.cost - tokens) / entry.rate
+                        if needed > wait:
+                            wait, refused = needed, entry.name
+                    taken.append((offset, tokens, entry.cost))
+                    SLOT.pack_into(self._map, offset, entry.key, who, tokens, now)  # claims the slot for the next
+                if refused is not None:
+                    return wait, refused
+                for offset, tokens, cost in taken:
+                    SLOT.pack_into(self._map, offset, SLOT.unpack_from(self._map, offset)[0], who, tokens - cost,
+                                   now)
+                return 0.0, None
         except TableError as exc:
             self._complain(str(exc))
             return 1.0, f"{entries[0].name} (refused: {exc})"
-
-    def _take(self, entries: Sequence[Entry], who: int, now: float) -> tuple[float, str | None]:
-        taken: list[tuple[int, float, float]] = []
-        wait, refused = 0.0, None
-        for entry in entries:
-            found = self._slot(entry.key, who)
-            if found is None:
-                message = (f"the shared rate-limit table is full ({self.slots} slots, {MAX_PROBES} probed for "
-                           f"{entry.name}); see the daemon's log")
-                self._complain(f"{message}: a call was refused; the limits of the policy set times the "
-                               "namespaces they charge exceed the table")
-                return 1.0, f"{entry.name} ({message})"
-            offset, exists = found
-            tokens = self._tokens(entry, offset, now) if exists else entry.burst
-            if tokens < entry.cost:  # cost <= burst is a load-time check, so waiting always helps
-                needed = (entry.cost - tokens) / entry.rate
-                if needed > wait:
-                    wait, refused = needed, entry.name
-            taken.append((offset, tokens, entry.cost))
-            SLOT.pack_into(self._map, offset, entry.key, who, tokens, now)  # claims the slot for the next
-        if refused is not None:
-            return wait, refused
-        for offset, tokens, cost in taken:
-            SLOT.pack_into(self._map, offset, SLOT.unpack_from(self._map, offset)[0], who, tokens - cost, now)
-        return 0.0, None
 
     def compact(self, keep: Iterable[int]) -> int:
         """Drop the buckets of every limit not in `keep` (a reload commit: the new and previous revisions'
@@ -247,27 +250,36 @@ class _Held:
         self.buckets = buckets
 
     def __enter__(self) -> None:
-        timeout = self.buckets.lock_timeout
-        if not self.buckets._lock.acquire(timeout=timeout):
+        buckets = self.buckets
+        timeout = buckets.lock_timeout
+        if not buckets._lock.acquire(blocking=False) and not buckets._lock.acquire(timeout=timeout):
             raise TableError(f"its lock was not free within {timeout:g} s in this process")
         try:
-            deadline = time.monotonic() + timeout
-            pause = 0.00005
-            while True:
-                try:
-                    fcntl.lockf(self.buckets.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise TableError(f"cannot lock it: {exc}") from None
-                if time.monotonic() >= deadline:
-                    raise TableError(f"its lock is held by another process that has not let go for {timeout:g} s "
-                                     "(stopped or stuck)")
-                time.sleep(pause)
-                pause = min(pause * 2, 0.002)
-        except BaseException:
-            self.buckets._lock.release()
-            raise
+            fcntl.lockf(buckets.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the common case: free at once
+        except OSError as exc:
+            try:
+                self._wait(exc, timeout)
+            except BaseException:
+                buckets._lock.release()
+                raise
+
+    def _wait(self, exc: OSError, timeout: float) -> None:
+        """Another process holds lockf: poll for it (lockf itself cannot wait with a bound)."""
+        deadline = time.monotonic() + timeout
+        pause = 0.00005
+        while True:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise TableError(f"cannot lock it: {exc}") from None
+            if time.monotonic() >= deadline:
+                raise TableError(f"its lock is held by another process that has not let go for {timeout:g} s "
+                                 "(stopped or stuck)")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
+            try:
+                fcntl.lockf(self.buckets.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as again:
+                exc = again
 
     def __exit__(self, *_: object) -> None:
         try:
