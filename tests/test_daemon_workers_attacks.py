@@ -477,3 +477,35 @@ def test_reloads_flipping_allow_and_deny_race_jobs_and_worker_kills(tmp_path, st
     wait_for(lambda: pool.state()["alive"] == 2, 30)
     assert pool.state()["revisions"] == [daemon.status.revision]
     assert switched + rejected == 12 and switched > 0
+
+
+def test_a_rate_limit_hammered_from_three_workers_stays_exact_while_workers_are_killed(tmp_path, started):
+    """24 jobs of 40 test.ping calls from 6 clients on 3 workers against one bucket of 50 (1/hour), with three
+    SIGKILLs mid-stream: never more than 50 calls pass; a killed worker can take with it at most the one call
+    it was deciding (its token spent, its result never returned), so at least 50 - kills pass and are logged."""
+    from test_daemon_workers import LIMITED
+
+    config = setup(tmp_path, LIMITED, workers=3, max_jobs_per_extension=8)
+    daemon = started(config)
+    pool = daemon.pool
+    assert pool is not None
+    rng = random.Random(3)
+    with ThreadPoolExecutor(6) as clients:
+        futures = [clients.submit(job, config.socket, "com.example.burst") for _ in range(24)]
+        kills = 0
+        while kills < 3 and not all(f.done() for f in futures):  # each kill hits a worker running a job
+            time.sleep(rng.uniform(0.0, 0.05))
+            running = list(pool.state()["running"])
+            if running:
+                os.kill(int(rng.choice(running)), signal.SIGKILL)
+                kills += 1
+                wait_for(lambda: pool.state()["alive"] == 3, 30)
+        results = [f.result(timeout=120) for f in futures]
+    assert sum(r["status"] == "failed" for r in results) >= 1
+    answered = Counter(c["code"] for r in results for c in r["calls"])
+    assert set(answered) <= {"OK", "RATE_LIMITED"}, answered
+    assert daemon.decisions.flush()
+    records = [r for r in read_log(config.data_dir) if r["operation"] == "test.ping"]
+    logged = Counter(r["code"] for r in records)
+    assert 50 - kills <= logged["OK"] <= 50, (logged, kills)
+    assert answered["OK"] <= logged["OK"]  # a failed job's calls are not in its reply, but are in the log
