@@ -3,12 +3,15 @@
 Each worker (worker_process) has its own Engine and policy set; what must be one stays one: the rate-limit
 buckets (a table in shared memory every worker maps, shared_buckets), admission (before a job reaches a
 worker), the decision log (every record a worker sends is handed to the one writer), and the revision (a reload
-is two-phase: every live worker loads the new set and says so, then all commit; any "no", death or timeout
-aborts it everywhere).
+is two-phase: every live worker loads the new set and says so, then the daemon commits by one write to the
+shared table that every call reads; any "no", death or timeout aborts it everywhere).
 
 A worker that dies (a crash, kill -9, the OOM killer) fails its job with the reason (resumable from its last
 checkpoint, never hanging its client) and is replaced by the maintainer thread; records it sent before dying
-are in the socket and are all read before the EOF that tells of its death.
+are in the socket and are all read before the EOF that tells of its death; an action whose handler it was
+running (its "begin" read, its record not) is recorded here as OUTCOME_UNKNOWN. A worker that is alive but
+stuck (past its job's bound, or not reading its socket) is killed and replaced the same way: no daemon thread
+ever waits on a worker without a bound.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import socket
 import struct
 import subprocess
@@ -26,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,7 +39,7 @@ import attrs
 from capengine.daemon.config import DaemonError
 from capengine.daemon.decision_log import DecisionLog
 from capengine.daemon.metrics import Metrics
-from capengine.daemon.shared_buckets import SharedBuckets
+from capengine.daemon.shared_buckets import SharedBuckets, TableError
 from capengine.daemon.worker_process import WorkerSetup
 from capengine.host.envelope import CallRecord
 from capengine.host.extension_host import CallRecords
@@ -47,6 +51,9 @@ log = logging.getLogger("capengine.daemon.worker_pool")
 TICK = 0.02  # seconds between the maintainer's checks (decision log admission, dead workers)
 LINGER = 0.001  # seconds the reader waits after a record line: one wake-up per batch, not per record
 RESTART_BACKOFF = 1.0  # seconds after a worker failed to start before the next attempt
+SEND_TIMEOUT = 10.0  # seconds a message to a worker may wait for room in its socket before the worker is killed
+HANG_GRACE = 30.0  # seconds past a job's wall-clock bound before its worker is taken for hung and killed
+OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"  # recorded (never sent) for an action whose worker died in its handler
 
 
 @attrs.define(eq=False)
@@ -102,9 +109,17 @@ class CallSummary(NamedTuple):
     rules: tuple[str, ...]
 
 
+def _frame(message: object) -> bytes:
+    """A message as Connection.send frames it (what the worker's Connection.recv reads)."""
+    payload = ForkingPickler.dumps(message)
+    size = len(payload)
+    header = struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
+    return header + bytes(payload)
+
+
 class _Worker:
-    def __init__(self, proc: subprocess.Popen, conn: Connection) -> None:
-        self.proc, self.conn = proc, conn
+    def __init__(self, proc: subprocess.Popen, sock: socket.socket) -> None:
+        self.proc, self.sock = proc, sock
         self.alive = True
         self.job: _Job | None = None
         self.revision = ""
@@ -113,11 +128,45 @@ class _Worker:
         self.prepared: dict[int, str | None] = {}  # reload ticket -> None (loaded) or why not
         self._send_lock = threading.Lock()
         self.reader: threading.Thread | None = None
+        # The record of the action whose handler is running (its "begin"), until that call's own record arrives:
+        # if the worker dies in between, the daemon records the call itself, its outcome unknown.
+        self.in_effect: dict | None = None
+        self.killed_because: str | None = None  # why the daemon killed it (hung past its job's bound, stuck)
 
-    def send(self, message: tuple) -> None:
-        """Best effort: a dead worker's send fails, and its reader thread reports the death."""
-        with self._send_lock, contextlib.suppress(OSError, ValueError):
-            self.conn.send(message)
+    def send(self, message: object) -> None:
+        """Best effort, and bounded: a dead worker's send fails (its reader thread reports the death); a worker
+        that reads nothing for SEND_TIMEOUT seconds while its socket is full (SIGSTOP, a wedged reader) is
+        killed, so that no daemon thread (a reload holding the reload lock, the maintainer, a stop) ever blocks
+        on it. A message cut short by the timeout is never completed: the worker is dead by then."""
+        data = memoryview(_frame(message))
+        with self._send_lock:
+            if self.killed_because is not None:
+                return
+            deadline = time.monotonic() + SEND_TIMEOUT
+            poller = select.poll()
+            with contextlib.suppress(OSError, ValueError):
+                poller.register(self.sock, select.POLLOUT)
+            while data:
+                try:
+                    data = data[self.sock.send(data, socket.MSG_DONTWAIT):]
+                    deadline = time.monotonic() + SEND_TIMEOUT  # it reads: a large message may take long
+                    continue
+                except BlockingIOError:
+                    pass
+                except OSError:  # the worker is gone (EPIPE) or the socket closed: the reader reports it
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.kill(f"it took no message from the daemon for {SEND_TIMEOUT:g} s (stopped or wedged)")
+                    return
+                poller.poll(min(left, 1.0) * 1000)
+
+    def kill(self, why: str) -> None:
+        """SIGKILL, with the reason its job's failure and the log give."""
+        self.killed_because = why
+        log.error("worker process %d: %s; killing it", self.proc.pid, why)
+        with contextlib.suppress(OSError):
+            self.proc.kill()
 
 
 def _apply(run: JobRun, state: dict) -> None:
@@ -135,6 +184,7 @@ class WorkerPool:
         self.buckets = SharedBuckets.create()
         self.startup_timeout = startup_timeout
         self.outage_timeout = 30.0  # seconds a job waits while no worker is alive at all, then fails
+        self.hang_grace = HANG_GRACE
         self._lock = threading.Condition()
         self._reload_lock = threading.Lock()  # spawning and switching revisions never interleave
         self._workers: list[_Worker] = []
@@ -166,6 +216,7 @@ class WorkerPool:
 
     def _spawn(self) -> _Worker:
         ours, theirs = socket.socketpair()
+        ours.set_inheritable(False)
         fds = (theirs.fileno(), self.buckets.fd)
         try:
             proc = subprocess.Popen([sys.executable, "-m", "capengine.daemon.worker_process", *map(str, fds)],
@@ -175,9 +226,8 @@ class WorkerPool:
             raise DaemonError(f"cannot start a worker process: {exc}") from None
         finally:
             theirs.close()
-        worker = _Worker(proc, Connection(ours.detach()))
-        with contextlib.suppress(OSError):  # the first message is the setup itself; a failure shows as EOF
-            worker.conn.send(self._setup)
+        worker = _Worker(proc, ours)
+        worker.send(self._setup)  # the first message is the setup itself; a failure shows as EOF
         worker.reader = threading.Thread(target=self._read, args=(worker,), name=f"capengine-worker-{proc.pid}",
                                          daemon=True)
         worker.reader.start()
@@ -254,16 +304,20 @@ class WorkerPool:
 
     # the reader thread of one worker ---------------------------------------------------------------------------
     def _read(self, worker: _Worker) -> None:
-        frames = _Frames(worker.conn.fileno())
+        frames = _Frames(worker.sock.fileno())
         try:
             while True:
                 message = frames.recv()
                 kind = message[0]
                 if kind == "line":
+                    worker.in_effect = None
                     self._on_line(message[1])
                     if frames.empty():  # a job is streaming records: let a few more arrive, read them at once
                         time.sleep(LINGER)
+                elif kind == "begin":
+                    worker.in_effect = message[1]
                 elif kind == "call":  # refused because of the log: the log counts it, metrics observe it
+                    worker.in_effect = None
                     record = CallRecord(*message[1])
                     self._metrics.observe(record)
                     self._log.record(record)
@@ -290,6 +344,10 @@ class WorkerPool:
                     worker.ready.set()
         except (EOFError, OSError):
             pass
+        if not frames.empty():
+            log.error("worker process %d died in the middle of a message: %d bytes of it are dropped (a call "
+                      "record cut short is the call whose handler had run, recorded as %s when it was an action)",
+                      worker.proc.pid, len(frames.buffer) - frames.at, OUTCOME_UNKNOWN)
         self._lost(worker)
 
     def _lost(self, worker: _Worker) -> None:
@@ -311,18 +369,37 @@ class WorkerPool:
         if replaced:
             self._on_restart()
         worker.ready.set()
-        with contextlib.suppress(OSError):
-            worker.conn.close()
+        with worker._send_lock, contextlib.suppress(OSError):
+            worker.sock.close()
         how = f"killed by signal {-status}" if status is not None and status < 0 else f"exit status {status}"
+        if worker.killed_because is not None:
+            how = f"{how}: {worker.killed_because}"
+        unknown = self._record_unknown(worker, how)
         if job is not None and not job.done.is_set():
             log.error("worker process %d died (%s) while running job %s (%s/%s)", worker.proc.pid, how,
                       job.run.run_id, job.ext.id, job.run.job)
+            during = "" if unknown is None else \
+                f" during a call to {unknown.operation}, whose outcome is unknown (recorded as {OUTCOME_UNKNOWN})"
             job.result = JobResult(job.ext.id, job.run.job, "failed", None,
-                                   f"the worker process running the job died ({how}); the job can be resumed from "
-                                   "its last checkpoint (jobs.resume)", ())
+                                   f"the worker process running the job died ({how}){during}; the job can be "
+                                   "resumed from its last checkpoint (jobs.resume)", ())
+            if unknown is not None:
+                job.calls.append(CallSummary(unknown.operation, unknown.path, unknown.code, unknown.rules))
             job.done.set()
         elif not self._stopping:
             log.error("worker process %d died (%s); replacing it", worker.proc.pid, how)
+
+    def _record_unknown(self, worker: _Worker, how: str) -> CallRecord | None:
+        """The action whose handler was running when the worker died: allowed, and its effect may have happened,
+        so it is recorded here (by the one writer), with the code OUTCOME_UNKNOWN, instead of being lost."""
+        begun, worker.in_effect = worker.in_effect, None
+        if begun is None:
+            return None
+        record = CallRecord(**begun, code=OUTCOME_UNKNOWN, message=f"the worker process died ({how}) while the "
+                            "operation's handler ran: its effect may or may not have happened", duration_us=0)
+        self._metrics.observe(record)
+        self._log.record(record)
+        return record
 
     # jobs -------------------------------------------------------------------------------------------------------
     def run(self, ext: Extension, run: JobRun, input_json: bytes, namespace: str) -> tuple[JobResult, CallRecords]:
@@ -350,7 +427,7 @@ class WorkerPool:
         worker.send(("job", run.run_id, ext, run.job, input_json, namespace))
         if run.interrupted:  # cancelled (or the daemon stopping) while it waited for a worker
             worker.send(("interrupt", run.run_id, False))
-        job.done.wait()
+        self._watch(worker, job)
         with self._lock:
             if worker.alive and worker.job is job:
                 worker.job = None
@@ -358,6 +435,16 @@ class WorkerPool:
                 self._lock.notify_all()
         assert job.result is not None
         return job.result, job.calls
+
+    def _watch(self, worker: _Worker, job: _Job) -> None:
+        """Wait for the job; a worker that has not finished it within the job's wall-clock bound (the guest is
+        interrupted at cpu_seconds, handlers included) plus `hang_grace` is stopped (SIGSTOP), wedged or
+        starved: it is killed, so its job fails and its client gets an answer, and it is replaced."""
+        bound = self._setup.limits.cpu_seconds + self.hang_grace
+        if not job.done.wait(bound):
+            worker.kill(f"it had not finished the job {bound:g} s after it started (the job's wall-clock bound "
+                        f"is {self._setup.limits.cpu_seconds:g} s)")
+            job.done.wait()
 
     def interrupt(self, job_id: str, force: bool = False) -> None:
         for worker in self.live():
@@ -395,11 +482,15 @@ class WorkerPool:
                 raise DaemonError("the worker processes could not all load the new set, so none switched: "
                                   + "; ".join(problems))
             activate()
-            self._setup = attrs.evolve(self._setup, revision=revision, files=files)  # for replacements
+            self._setup = attrs.evolve(self._setup, revision=revision, files=files, epoch=ticket)  # replacements
+            self.buckets.set_epoch(ticket)  # the commit instant: every worker's next call decides under the new set
             for worker in workers:
                 worker.send(("commit", ticket))
                 worker.revision = revision
-            self.buckets.compact(keep)  # the limits of the new and the previous revision keep their buckets
+            try:  # the limits of the new and the previous revision keep their buckets
+                self.buckets.compact(keep)
+            except TableError as exc:  # only memory is lost: the dropped limits' slots stay taken until next time
+                log.error("could not drop the buckets of removed limits after the reload: %s", exc)
 
     def state(self) -> dict:
         with self._lock:

@@ -11,7 +11,10 @@ The daemon stays the one authority for everything that must be exact or single a
 - the per-extension in-flight limit: admission happens in the daemon before a job reaches a worker;
 - the decision log: each record is written to the socket before the call returns to the guest, so it is in
   the kernel (and reaches the one writer) even if this process is killed the next instant;
-- reloads: a new set is loaded and acknowledged ("prepare"), and activated only on "commit".
+- reloads: a new set is loaded and acknowledged ("prepare"), and activated at the commit, which is the epoch
+  word in the shared table (WorkerHost.active): one instant for every worker;
+- effects: an allowed action's record (without its outcome) is sent before its handler runs ("begin"), so a
+  worker killed after the effect and before the record leaves the call recorded (OUTCOME_UNKNOWN) by the daemon.
 The process dies with the daemon (PR_SET_PDEATHSIG, and EOF on the socket) and ignores SIGTERM/SIGINT: the
 daemon drains it (systemd sends SIGTERM to the whole control group).
 """
@@ -69,6 +72,7 @@ class WorkerSetup:
     files: tuple[tuple[str, str], ...]  # (path, text) of every policy file of the active set
     parent: int  # the daemon's pid: a worker whose parent is gone exits
     mask: frozenset[str] = frozenset()  # the decision log's: records are encoded here, as the log would
+    epoch: int = 0  # the reload commit `files` belong to (the epoch word of the shared table, WorkerHost)
 
 
 def policy_set_from_texts(files: tuple[tuple[str, str], ...], revision: str) -> PolicySet:
@@ -106,17 +110,53 @@ class SharedLimiter(RateLimiter):
 
 
 class WorkerHost(Host):
-    """A Host whose rate-limit buckets are shared by every worker (see SharedLimiter)."""
+    """A Host whose rate-limit buckets are shared by every worker (see SharedLimiter), and whose policy set
+    follows the daemon's commit instant: the epoch word in the shared table.
 
-    def __init__(self, buckets: SharedBuckets, *args: Any, **kwargs: Any) -> None:
+    Why the epoch and not only the "commit" message: messages reach N workers at N different moments (a busy
+    reader thread, a stopped process), so after a reload returned a worker could still decide calls under the
+    old set. The daemon commits by writing the reload's ticket into the table (one write); every call reads it
+    first (about 0.2 us) and a worker that sees a newer ticket swaps in the set it prepared for it before
+    deciding. So no call read the set after the commit and was decided under the old one, in any worker."""
+
+    def __init__(self, buckets: SharedBuckets, epoch: int, *args: Any, **kwargs: Any) -> None:
         self.buckets = buckets  # before Host.__init__ builds the first limiter
+        self.epoch = epoch  # the commit (reload ticket) the active set belongs to
+        self.pending: dict[int, PolicySet] = {}  # prepared, not yet committed, by the reload's ticket
+        self._switch_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def _activate(self, policy_set: PolicySet) -> ActivePolicies:
         return ActivePolicies(policy_set, SharedLimiter(policy_set, self.buckets))
 
+    def active(self) -> ActivePolicies:
+        if self.buckets.epoch() != self.epoch:
+            self.commit(self.buckets.epoch())
+        return self._active
+
+    def commit(self, ticket: int) -> None:
+        """Switch to the set prepared for `ticket` (the daemon's commit), once, from whichever thread sees it
+        first. A commit this worker did not prepare cannot be (the daemon commits only after every live worker
+        said prepared): if it ever is, deciding under either set would be wrong, so the worker exits and the
+        daemon fails its job and replaces it with one on the committed set."""
+        with self._switch_lock:
+            if ticket <= self.epoch:
+                return
+            policy_set = self.pending.get(ticket)
+            if policy_set is None:
+                log.critical("reload %d was committed but this worker never prepared it; exiting", ticket)
+                os._exit(70)
+            self._active = self._activate(policy_set)  # no buckets here to inherit: they are shared
+            self.epoch = ticket
+            for old in [t for t in self.pending if t <= ticket]:
+                del self.pending[old]
+
+    def abort(self, ticket: int) -> None:
+        with self._switch_lock:
+            self.pending.pop(ticket, None)
+
     def swap_policies(self, policy_set: PolicySet) -> None:
-        self._active = self._activate(policy_set)  # no buckets here to inherit: they live in the daemon
+        self._active = self._activate(policy_set)
 
 
 class Worker:
@@ -124,7 +164,6 @@ class Worker:
         self.conn, self.setup = conn, setup
         self._send_lock = threading.Lock()
         self._jobs: queue.Queue[tuple | None] = queue.Queue()
-        self._pending: dict[int, PolicySet] = {}  # prepared, not yet committed, by the reload's ticket
         self._run: JobRun | None = None
         self._interrupted: set[str] = set()  # jobs asked to stop before (or while) they reached this worker
         self.refusal: str | None = None  # the daemon's decision log refusal, pushed when it changes
@@ -132,8 +171,9 @@ class Worker:
         self._id_prefix = uuid.uuid4().hex[:24]  # call ids: unique per worker, like the log's own
         self._ids = itertools.count()
         policy_set = policy_set_from_texts(setup.files, setup.revision)
-        self.host = WorkerHost(buckets, policy_set, setup.data_dir, setup.limits, on_call=self._record,
+        self.host = WorkerHost(buckets, setup.epoch, policy_set, setup.data_dir, setup.limits, on_call=self._record,
                                require_installed=True, admit=lambda: self.refusal)
+        self.host.before_effect = self._begin
 
     def send(self, message: tuple) -> None:
         with self._send_lock:
@@ -152,6 +192,12 @@ class Worker:
             if self._calls.due():
                 self.send(("metrics", *self._calls.take_metrics()))
         self._calls.keep(record)
+
+    def _begin(self, record: dict[str, Any]) -> None:
+        """An allowed action is about to run its handler: its record (without the outcome) is in the socket
+        first. If this process dies before the call's own record is sent (even half-sent), the daemon records
+        the call as OUTCOME_UNKNOWN: no effect without a record (docs/daemon.md)."""
+        self.send(("begin", record))
 
     # the reader thread: everything the daemon sends ----------------------------------------------------------
     def read(self) -> None:
@@ -173,10 +219,9 @@ class Worker:
                 elif kind == "prepare":
                     threading.Thread(target=self._prepare, args=message[1:], daemon=True).start()
                 elif kind == "commit":  # only ever after this worker said "prepared" for this ticket
-                    self.host.swap_policies(self._pending.pop(message[1]))
-                    self._pending.clear()
+                    self.host.commit(message[1])  # a worker between calls needs no call to notice
                 elif kind == "abort":
-                    self._pending.pop(message[1], None)
+                    self.host.abort(message[1])
                 elif kind == "stop":
                     self._jobs.put(None)
         except (EOFError, OSError):  # the daemon is gone: nothing is left to report to
@@ -187,7 +232,7 @@ class Worker:
 
     def _prepare(self, ticket: int, revision: str, files: tuple[tuple[str, str], ...]) -> None:
         try:
-            self._pending[ticket] = policy_set_from_texts(files, revision)
+            self.host.pending[ticket] = policy_set_from_texts(files, revision)
             error = None
         except Exception as exc:  # noqa: BLE001 - any failure is this worker's "no": the reload is aborted
             error = f"{type(exc).__name__}: {exc}"

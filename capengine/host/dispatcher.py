@@ -47,9 +47,13 @@ class Dispatcher:
 
     def __init__(self, active: Callable[[], ActivePolicies], registry: Registry, catalog: LibraryCatalog,
                  data_dir: Path, on_call: Callable[[CallRecord], None] | None = None,
-                 admit: Callable[[], str | None] | None = None, job: JobRun | None = None) -> None:
+                 admit: Callable[[], str | None] | None = None, job: JobRun | None = None,
+                 before_effect: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.active, self.registry, self.catalog = active, registry, catalog
         self.data_dir, self.on_call, self.admit, self.job = data_dir, on_call, admit, job
+        # Told the record of an allowed action just before its handler runs (the daemon's worker processes send
+        # it out, so a worker killed after the effect and before the record still leaves a trace of the call).
+        self.before_effect = before_effect
         # The handler context of the last call: a job's calls share it (same namespace, library, deadline).
         self._context: CallContext | None = None
 
@@ -182,6 +186,8 @@ class Dispatcher:
                 return error_envelope(ErrorCode.RATE_LIMITED, f"rate limit {limit} reached; retry in {wait:.3f} s",
                                       limit, retry_after_ms=max(1, round(wait * 1000)))
         deadline = deadline or Deadline.after(DEFAULT_SECONDS)
+        if self.before_effect is not None and op.kind == "action" and not op.aggregate:
+            self.before_effect(record)
         try:
             deadline.check(method)
             result = op.handler(self._call_context(ext.namespace, library, deadline), args)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from capengine.host import data_dir as private
 from capengine.host.checkpoints import CheckpointStore
@@ -39,6 +40,8 @@ class Host:
     """`require_installed`: refuse extensions the operator did not install (the daemon); otherwise they run in
     development mode, in a namespace keyed by their module digest (`capengine run`, embedders' tests).
     Raises DataDirError (a CapengineError) when the data dir cannot be used or a key file is damaged."""
+
+    before_effect: Callable[[dict[str, Any]], None] | None = None  # Dispatcher.before_effect, for every job
 
     def __init__(self, policy_set: PolicySet, data_dir: Path, limits: Limits | None = None,
                  registry: Registry | None = None, on_call: Callable[[CallRecord], None] | None = None,
@@ -115,7 +118,8 @@ class Host:
         elif (run.extension, run.job) != (ext.namespace, job):  # checkpoints never cross namespaces
             return JobResult(ext.id, job, "failed", None, f"run {run.run_id} belongs to {run.extension}/{run.job}, "
                              f"not to {ext.namespace}/{job}", ()), calls
-        dispatcher = Dispatcher(self.active, self.registry, self.catalog, self.data_dir, record, self.admit, run)
+        dispatcher = Dispatcher(self.active, self.registry, self.catalog, self.data_dir, record, self.admit, run,
+                                self.before_effect)
         result = self.runtime.run_job(ext, job, dispatcher, input_json)
         for summary in run.flush():
             record(summary)
