@@ -43,6 +43,7 @@ from typing import Any
 import attrs
 
 from capengine.daemon.decision_log import encode_call, refused_by_log
+from capengine.daemon.gil_sharing import sharing_the_gil
 from capengine.daemon.shared_buckets import Entry, SharedBuckets
 from capengine.host.checkpoints import CheckpointStore
 from capengine.host.dispatcher import ActivePolicies
@@ -232,7 +233,8 @@ class Worker:
 
     def _prepare(self, ticket: int, revision: str, files: tuple[tuple[str, str], ...]) -> None:
         try:
-            self.host.pending[ticket] = policy_set_from_texts(files, revision)
+            with sharing_the_gil():  # the worker's job thread keeps getting the GIL while the set loads
+                self.host.pending[ticket] = policy_set_from_texts(files, revision)
             error = None
         except Exception as exc:  # noqa: BLE001 - any failure is this worker's "no": the reload is aborted
             error = f"{type(exc).__name__}: {exc}"
