@@ -155,3 +155,12 @@ def read_log(data: Path) -> list[dict]:
             if line.strip():
                 records.append(json.loads(line.decode("utf-8")))  # strict: every line valid UTF-8 JSON
     return records
+
+
+def child_pids() -> set[int]:
+    """The children of every thread of this process (a thread that ends while they are listed is skipped)."""
+    pids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            pids.update(int(c) for c in (task / "children").read_text().split())
+    return pids

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from daemon_helpers import DaemonProcess, read_log
+from daemon_helpers import DaemonProcess, child_pids, read_log
 from helpers import policy_yaml, write
 from wasm_helpers import wat_bytes, wat_module
 
@@ -324,18 +324,15 @@ def test_workers_that_cannot_start_refuse_the_start_and_leave_no_process(tmp_pat
         started(config)
     assert first.is_dir()
     assert not config.socket.exists()
-    children = [c for task in Path("/proc/self/task").iterdir()
-                for c in (task / "children").read_text().split()]
-    assert all(gone(int(pid)) for pid in children)
+    assert all(gone(pid) for pid in child_pids())
 
 
 def test_a_start_refused_for_a_busy_socket_leaves_no_decision_log_writer(tmp_path, started):
     config = setup(tmp_path, policy_yaml("p", PING))
     started(config)
-    before = {c for task in Path("/proc/self/task").iterdir() for c in (task / "children").read_text().split()}
+    before = child_pids()
     second = attrs.evolve(config, data_dir=tmp_path / "data2")
     with pytest.raises(DaemonError, match="another daemon is listening"):
         started(second)
-    after = {c for task in Path("/proc/self/task").iterdir() for c in (task / "children").read_text().split()}
-    assert all(gone(int(pid)) for pid in after - before)  # its writer process was stopped with the start
+    assert all(gone(pid) for pid in child_pids() - before)  # its writer process was stopped with the start
     assert config.socket.exists()  # and the running daemon's socket is untouched

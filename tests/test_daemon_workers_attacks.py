@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonProcess, fill, read_log, tmpfs
+from daemon_helpers import DaemonProcess, child_pids, fill, read_log, tmpfs
 from helpers import policy_yaml, write
 from test_daemon_workers import gone, pings, setup, wait_for
 from wasm_helpers import call_job, wat_bytes, wat_module
@@ -298,8 +298,7 @@ def test_a_worker_that_cannot_load_the_set_refuses_the_start_and_leaves_no_proce
     monkeypatch.setenv("CAPENGINE_WORKER_TEST_BREAK", "1")
     with pytest.raises(DaemonError, match="did not start: OSError: injected: the policy texts cannot be"):
         started(setup(tmp_path, policy_yaml("p", PING_ALLOW), workers=2))
-    children = [c for task in Path("/proc/self/task").iterdir() for c in (task / "children").read_text().split()]
-    assert all(gone(int(pid)) for pid in children)
+    assert all(gone(pid) for pid in child_pids())
 
 
 def test_a_stopped_worker_never_blocks_a_reload_or_the_daemon_stop(tmp_path, started, monkeypatch):
