@@ -24,7 +24,7 @@ from helpers import policy_yaml, write
 from wasm_helpers import wat_bytes, wat_module
 
 from capengine.daemon.config import DaemonConfig, DaemonError
-from capengine.daemon.server import Daemon, call
+from capengine.daemon.server import call
 from capengine.host.installed import InstalledRegistry
 from capengine.host.manifests import load_extension
 from capengine.host.runtime import Limits
@@ -67,20 +67,6 @@ def setup(tmp_path: Path, policies: str = LIMITED, **config: object) -> DaemonCo
         InstalledRegistry(data).install(load_extension(ext))
     return DaemonConfig(tmp_path / "policies", tmp_path / "extensions", data, tmp_path / "ctl.sock",
                         watch_interval=0, **config)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def started():
-    daemons: list[Daemon] = []
-
-    def start(config: DaemonConfig) -> Daemon:
-        daemon = Daemon(config)
-        daemons.append(daemon)
-        daemon.start()
-        return daemon
-    yield start
-    for daemon in daemons:
-        daemon.stop()
 
 
 def run(sock: Path, extension: str, **params: object) -> dict:

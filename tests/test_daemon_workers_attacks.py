@@ -35,7 +35,7 @@ from test_daemon_workers import gone, pings, setup, wait_for
 from wasm_helpers import call_job, wat_bytes, wat_module
 
 from capengine.daemon.config import DaemonConfig, DaemonError
-from capengine.daemon.server import Daemon, call
+from capengine.daemon.server import call
 from capengine.host.installed import InstalledRegistry
 from capengine.host.manifests import load_extension
 from capengine.host.runtime import Limits
@@ -45,20 +45,6 @@ STORE_PAYLOAD = '{"name": "k", "secret": "s3cret", "replace": true}'
 PING_ALLOW = "- {id: ping, effect: allow, operations: [test.ping]}\n"
 PING_DENY = "- {id: ping, effect: deny, operations: [test.ping]}\n"
 STORE_ALLOW = "- {id: store, effect: allow, operations: [credentials.store]}\n"
-
-
-@pytest.fixture
-def started():
-    daemons: list[Daemon] = []
-
-    def start(config: DaemonConfig) -> Daemon:
-        daemon = Daemon(config)
-        daemons.append(daemon)
-        daemon.start()
-        return daemon
-    yield start
-    for daemon in daemons:
-        daemon.stop()
 
 
 @pytest.fixture

@@ -7,13 +7,11 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 
 import pytest
 from helpers import policy_yaml
+from test_shared_buckets import hold_lock
 from wasm_helpers import policy_set
 
 from capengine.daemon import shared_buckets
@@ -82,18 +80,8 @@ def test_a_stopped_lock_holder_gets_calls_refused_not_hung():
     buckets = SharedBuckets.create(slots=64)
     buckets.lock_timeout = 0.5
     es = entries()
-    script = textwrap.dedent("""
-        import sys, time
-        from capengine.daemon.shared_buckets import SharedBuckets
-        buckets = SharedBuckets(int(sys.argv[1]))
-        buckets._locked().__enter__()
-        print("held", flush=True)
-        time.sleep(600)
-    """)
-    holder = subprocess.Popen([sys.executable, "-c", script, str(buckets.fd)], pass_fds=(buckets.fd,),
-                              stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(buckets)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         os.kill(holder.pid, signal.SIGSTOP)
         got: list[tuple[float, str | None]] = []
         taker = threading.Thread(target=lambda: got.append(buckets.acquire(es, "ns", 1000.0)), daemon=True)

@@ -74,14 +74,8 @@ def test_a_full_table_refuses_and_says_so():
     assert buckets.acquire(es, "a", 1000.0) == (0.0, None)  # known buckets still work
 
 
-def test_a_worker_killed_while_holding_the_lock_blocks_no_other():
-    """kill -9 of a process inside the table's lock (mid-update): the kernel drops its lockf lock, so the next
-    process takes tokens at once and the count stays exact (a half-written call charged nothing)."""
-    import signal
-    import threading
-
-    buckets = SharedBuckets.create()
-    es = entries(limited())
+def hold_lock(buckets: SharedBuckets) -> subprocess.Popen:
+    """Another process inside the table's lock (it says so before returning), as a worker mid-update is."""
     script = textwrap.dedent("""
         import sys, time
         from capengine.daemon.shared_buckets import SharedBuckets
@@ -92,8 +86,23 @@ def test_a_worker_killed_while_holding_the_lock_blocks_no_other():
     """)
     holder = subprocess.Popen([sys.executable, "-c", script, str(buckets.fd)], pass_fds=(buckets.fd,),
                               stdout=subprocess.PIPE, text=True)
+    if holder.stdout is None or holder.stdout.readline() != "held\n":
+        holder.kill()
+        holder.wait()
+        raise AssertionError("the lock holder did not start")
+    return holder
+
+
+def test_a_worker_killed_while_holding_the_lock_blocks_no_other():
+    """kill -9 of a process inside the table's lock (mid-update): the kernel drops its lockf lock, so the next
+    process takes tokens at once and the count stays exact (a half-written call charged nothing)."""
+    import signal
+    import threading
+
+    buckets = SharedBuckets.create()
+    es = entries(limited())
+    holder = hold_lock(buckets)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         got: list[tuple[float, str | None]] = []
         taker = threading.Thread(target=lambda: got.append(buckets.acquire(es, "ns", 1000.0)), daemon=True)
         taker.start()
