@@ -359,7 +359,6 @@ def _conformance_cases() -> list[tuple[str, str, dict]]:
             if not case.get("disable_check")]
 
 
-@pytest.mark.skipif(not conformance_dir().exists(), reason="conformance cases not vendored")
 def test_conformance_cases_agree() -> None:
     """Every checked CEL conformance case, compiled total and unmetered (so generated where the generator
     can), gives the closure compiler's outcome."""
