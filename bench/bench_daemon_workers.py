@@ -29,8 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_soak import level  # noqa: E402 - the same client loop and percentiles as the soak bench
+from wasm_helpers import pings  # noqa: E402 - the guest the worker tests run
 
 from capengine.daemon.shared_buckets import SharedBuckets  # noqa: E402
 from capengine.daemon.worker_process import SharedLimiter  # noqa: E402
@@ -55,31 +57,6 @@ spec:
     - {id: ping, effect: allow, operations: [test.ping]}
 """
 LIMIT = "  limits:\n    - {operations: [test.ping], rate: 1000000/second, burst: 1000000}\n"
-METHOD, PAYLOAD = "test.ping", '{"message": "hi"}'
-
-
-def _bytes(text: str) -> str:
-    return "".join(f"\\{b:02x}" for b in text.encode())
-
-
-def guest(calls: int) -> str:
-    imports = (ROOT / "extensions" / "include" / "spacedrive.wat").read_text()
-    return f"""(module
-{imports}
-  (memory (export "memory") 2)
-  (data (i32.const 1024) "{_bytes(METHOD)}")
-  (data (i32.const 4096) "{_bytes(PAYLOAD)}")
-  (func (export "execute_go") (result i32)
-    (local $i i32) (local $n i32)
-    (block $done (loop $again
-      (br_if $done (i32.ge_u (local.get $i) (i32.const {calls})))
-      (local.set $n (call $spacedrive_call (i32.const 1024) (i32.const {len(METHOD)}) (i32.const 0)
-                                           (i32.const 4096) (i32.const {len(PAYLOAD)})))
-      (if (i32.ge_s (local.get $n) (i32.const 0))
-        (then (drop (call $spacedrive_result (i32.const 32768) (local.get $n)))))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $again)))
-    (i32.const 0)))"""
 
 
 def tree_cpu(pids: list[int]) -> float:
@@ -177,7 +154,7 @@ def main() -> int:
         (tmp / "plain" / "p.yaml").write_text(POLICY)
         ext = tmp / "extensions" / "pinger"
         ext.mkdir(parents=True)
-        (ext / "guest.wat").write_text(guest(calls))
+        (ext / "guest.wat").write_text(pings(calls))
         (ext / "manifest.yaml").write_text("id: com.example.pinger\nname: pinger\nversion: 1.0.0\n"
                                            "module: guest.wat\njobs: [go]\noperations: [test.ping]\n")
         InstalledRegistry(tmp / "data").install(load_extension(ext))

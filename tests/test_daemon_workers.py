@@ -21,7 +21,8 @@ import attrs
 import pytest
 from daemon_helpers import DaemonProcess, child_pids, read_log
 from helpers import policy_yaml, write
-from wasm_helpers import wat_bytes, wat_module
+from wasm_helpers import PING_METHOD as METHOD
+from wasm_helpers import pings
 
 from capengine.daemon.config import DaemonConfig, DaemonError
 from capengine.daemon.server import call
@@ -31,27 +32,6 @@ from capengine.host.runtime import Limits
 
 PING = "- {id: ping, effect: allow, operations: [test.ping]}\n"
 LIMITED = policy_yaml("p", PING) + "  limits:\n    - {operations: [test.*], rate: 1/hour, burst: 50}\n"
-METHOD, PAYLOAD = "test.ping", '{"message": "hi"}'
-
-
-def pings(count: int, spin: bool = False) -> str:
-    """A guest whose job `go` calls test.ping `count` times (reading each reply), then returns, or spins
-    forever when `spin` (a job that is running when the test kills its worker)."""
-    data = f'  (data (i32.const 1024) "{wat_bytes(METHOD)}")\n  (data (i32.const 4096) "{wat_bytes(PAYLOAD)}")'
-    body = f"""
-  (func (export "execute_go") (result i32)
-    (local $i i32) (local $n i32)
-    (block $done (loop $again
-      (br_if $done (i32.ge_u (local.get $i) (i32.const {count})))
-      (local.set $n (call $spacedrive_call (i32.const 1024) (i32.const {len(METHOD)}) (i32.const 0)
-                                           (i32.const 4096) (i32.const {len(PAYLOAD)})))
-      (if (i32.ge_s (local.get $n) (i32.const 0))
-        (then (drop (call $spacedrive_result (i32.const 32768) (local.get $n)))))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $again)))
-    {"(loop $spin (br $spin))" if spin else ""}
-    (i32.const 0))"""
-    return wat_module(body, data)
 
 
 def setup(tmp_path: Path, policies: str = LIMITED, **config: object) -> DaemonConfig:

@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 from daemon_helpers import DaemonProcess, child_pids, fill, read_log, tmpfs
 from helpers import policy_yaml, write
-from test_daemon_workers import gone, pings, setup, wait_for
-from wasm_helpers import call_job, wat_bytes, wat_module
+from test_daemon_workers import gone, setup, wait_for
+from wasm_helpers import call_job, pings, wat_bytes, wat_module
 
 from capengine.daemon.config import DaemonConfig, DaemonError
 from capengine.daemon.server import call

@@ -117,3 +117,27 @@ def make_host(tmp_path: Path, policies: str = ALLOW_DOCS, **limits) -> Host:
 def build_c_example() -> Path:
     subprocess.run(["make", "-s", "-C", str(ROOT / "extensions")], check=True)
     return ROOT / "extensions" / "photo-ocr"
+
+
+PING_METHOD, PING_PAYLOAD = "test.ping", '{"message": "hi"}'
+
+
+def pings(count: int, spin: bool = False) -> str:
+    """A guest whose job `go` calls test.ping `count` times (reading each reply), then returns, or spins
+    forever when `spin` (a job that is running when the test kills its worker)."""
+    data = (f'  (data (i32.const 1024) "{wat_bytes(PING_METHOD)}")\n'
+            f'  (data (i32.const 4096) "{wat_bytes(PING_PAYLOAD)}")')
+    body = f"""
+  (func (export "execute_go") (result i32)
+    (local $i i32) (local $n i32)
+    (block $done (loop $again
+      (br_if $done (i32.ge_u (local.get $i) (i32.const {count})))
+      (local.set $n (call $spacedrive_call (i32.const 1024) (i32.const {len(PING_METHOD)}) (i32.const 0)
+                                           (i32.const 4096) (i32.const {len(PING_PAYLOAD)})))
+      (if (i32.ge_s (local.get $n) (i32.const 0))
+        (then (drop (call $spacedrive_result (i32.const 32768) (local.get $n)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $again)))
+    {"(loop $spin (br $spin))" if spin else ""}
+    (i32.const 0))"""
+    return wat_module(body, data)
