@@ -38,7 +38,8 @@ def setup(tmp_path: Path, policies: str = LIMITED, **config: object) -> DaemonCo
     (tmp_path / "policies").mkdir()
     write(tmp_path / "policies", "p.yaml", policies)
     data = tmp_path / "data"
-    for name, guest in (("burst", pings(40)), ("spinner", pings(1, spin=True))):
+    for name, guest in (("burst", pings(40)), ("spinner", pings(1, spin=True)),
+                        ("steady", pings(20_000, until_refused=True))):
         ext = tmp_path / "extensions" / name
         ext.mkdir(parents=True)
         (ext / "guest.wat").write_text(guest)
@@ -252,21 +253,36 @@ def test_when_no_worker_can_be_started_jobs_fail_with_the_reason_instead_of_hang
 
 
 def test_a_log_that_cannot_keep_up_refuses_calls_in_every_worker_and_accounts_for_each(tmp_path, started):
-    """A backlog high-water mark of 2: workers are told the log is throttled and refuse calls with
-    RESOURCE_EXHAUSTED; every call made is either a record or counted in a refusal summary, none is lost."""
+    """A backlog high-water mark of 2 and a writer process that is stopped (SIGSTOP: it cannot keep up, whatever
+    the machine's speed). Jobs already running in both workers are told the log is throttled and their next
+    call is refused with RESOURCE_EXHAUSTED, new jobs are refused; every call made is either a record or
+    counted in a refusal summary, none is lost, and calls run again once the writer catches up."""
     daemon = started(setup(tmp_path, policy_yaml("p", PING), workers=2, max_jobs_per_extension=4,
                            log_high_water=2))
-    def attempt(_: int) -> dict:
-        return call(daemon.config.socket, "jobs.run", {"extension": "com.example.burst", "job": "go"}, timeout=120)
-
+    wait_for(lambda: daemon.decisions._process is not None)
+    writer = daemon.decisions._process.proc.pid
     codes: Counter[str] = Counter()
-    for _ in range(20):  # until some calls inside jobs were refused (jobs themselves may be refused: -32002)
-        with ThreadPoolExecutor(4) as clients:
-            replies = list(clients.map(attempt, range(8)))
-        codes.update(c["code"] for r in replies if "result" in r for c in r["result"]["calls"])
-        if codes["RESOURCE_EXHAUSTED"]:
-            break
-    assert codes["RESOURCE_EXHAUSTED"] > 0 and set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    os.kill(writer, signal.SIGSTOP)
+    try:  # "steady" calls until a call is refused (20,000 at most): it is running when the refusal starts
+        with ThreadPoolExecutor(2) as clients:
+            replies = list(clients.map(lambda _: call(daemon.config.socket, "jobs.run", {
+                "extension": "com.example.steady", "job": "go"}, timeout=120), range(2)))
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    jobs = [r["result"] for r in replies if "result" in r]
+    assert jobs and all(j["status"] == "completed" and j["calls"][-1]["code"] == "RESOURCE_EXHAUSTED"
+                        for j in jobs), replies
+    assert all("log unavailable" in r["error"]["message"] for r in replies if "result" not in r), replies
+    codes.update(c["code"] for j in jobs for c in j["calls"])
+    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"} and codes["OK"] < 20_000, codes
+
+    def runs_again() -> bool:  # once the writer has caught up, the workers are told and calls run again
+        reply = call(daemon.config.socket, "jobs.run", {"extension": "com.example.burst", "job": "go"}, timeout=120)
+        after = reply.get("result", {"status": "refused", "calls": []})
+        codes.update(c["code"] for c in after["calls"])
+        return after["status"] == "completed" and {c["code"] for c in after["calls"]} == {"OK"}
+
+    wait_for(runs_again)
     daemon.stop()  # the refusal summaries are written when the log drains
     records = read_log(daemon.config.data_dir)
     logged = sum(1 for r in records if r["operation"] == METHOD and "refused_calls" not in r)

@@ -122,9 +122,14 @@ def build_c_example() -> Path:
 PING_METHOD, PING_PAYLOAD = "test.ping", '{"message": "hi"}'
 
 
-def pings(count: int, spin: bool = False) -> str:
+# The reply envelope starts with {"ok": and then t(rue) or f(alse): byte 6 is 'f' (0x66) for a failed call.
+REFUSED_STOPS = "(br_if $done (i32.eq (i32.load8_u (i32.const 32774)) (i32.const 0x66)))"
+
+
+def pings(count: int, spin: bool = False, until_refused: bool = False) -> str:
     """A guest whose job `go` calls test.ping `count` times (reading each reply), then returns, or spins
-    forever when `spin` (a job that is running when the test kills its worker)."""
+    forever when `spin` (a job that is running when the test kills its worker); `until_refused` stops at the
+    first call that fails (a job that runs until the host starts refusing)."""
     data = (f'  (data (i32.const 1024) "{wat_bytes(PING_METHOD)}")\n'
             f'  (data (i32.const 4096) "{wat_bytes(PING_PAYLOAD)}")')
     body = f"""
@@ -136,6 +141,7 @@ def pings(count: int, spin: bool = False) -> str:
                                            (i32.const 4096) (i32.const {len(PING_PAYLOAD)})))
       (if (i32.ge_s (local.get $n) (i32.const 0))
         (then (drop (call $spacedrive_result (i32.const 32768) (local.get $n)))))
+      {REFUSED_STOPS if until_refused else ""}
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $again)))
     {"(loop $spin (br $spin))" if spin else ""}
