@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -55,6 +56,25 @@ def test_lone_surrogate_from_a_guest_is_refused_recorded_and_the_writer_lives(tm
         assert d.stop()[0] == 0
     finally:
         d.kill()
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_daemon_killed_right_after_a_job_replied_has_written_every_record_of_it(tmp_path, workers):
+    """What a client holds, the log holds: a job's reply is sent only after its records are in the file, so a
+    SIGKILL of the daemon the moment the reply arrives (inside the writer's batching delay) loses none of them.
+    Jobs finish while the writer lingers; three daemons, each killed right after its third job."""
+    dirs = make_setup(tmp_path)
+    for attempt in range(3):
+        d = DaemonProcess(dirs, "--watch-interval", "0", "--workers", workers).wait_ready()
+        try:
+            jobs = [d.result("jobs.run", {"extension": "com.example.pinger", "job": "go"}) for _ in range(3)]
+            d.signal(signal.SIGKILL)
+            d.proc.wait(30)
+        finally:
+            d.kill()
+        assert all(j["status"] == "completed" for j in jobs), jobs
+        pings = [r for r in read_log(dirs["data"]) if r["operation"] == "test.ping"]
+        assert len(pings) == 3 * (attempt + 1), (attempt, len(pings))
 
 
 def test_lone_surrogates_in_a_record_are_written_escaped_and_read_back_exact(tmp_path):
@@ -321,9 +341,11 @@ for i in range(2000):
     if i % 50 == 0:
         log.flush(5)
 state = log.state()
+started = time.monotonic()
+waited = log.flush(60, unless_failing=True), time.monotonic() - started  # a job's end: not 60 s on a failing log
 spilled = log.close(timeout=1.0)
 print(json.dumps({"recorded": recorded, "refused": refused, "spilled": spilled, "state": state.state,
-                  "last_error": state.last_error, "written": state.written}))
+                  "last_error": state.last_error, "written": state.written, "waited": waited}))
 """
 
 
@@ -337,6 +359,7 @@ def test_file_size_limit_is_reported_refuses_calls_and_keeps_every_record(tmp_pa
     outcome = json.loads(run.stdout.decode().splitlines()[-1])
     assert outcome["state"] == "failing" and "EFBIG" in outcome["last_error"], outcome
     assert outcome["refused"] > 0
+    assert outcome["waited"][0] is False and outcome["waited"][1] < 60, outcome  # gave up at once, not timed out
     records = [r for _, r in read_records(path)]
     assert all(r is not None for r in records), "a written record was torn"
     assert path.stat().st_size <= 20000

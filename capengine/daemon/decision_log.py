@@ -238,15 +238,19 @@ class DecisionLog:
                 self._cond.notify()
 
     # reading ------------------------------------------------------------------------------------------
-    def flush(self, timeout: float = 2.0) -> bool:
-        """Wait until everything queued so far is written (or the timeout passes). True when written."""
+    def flush(self, timeout: float = 2.0, unless_failing: bool = False) -> bool:
+        """Wait until everything queued so far is written (or the timeout passes). True when written.
+        `unless_failing`: answer False at once while the log is failing (its records are written when it
+        recovers, or spilled at close): the daemon calls it so before a job's end is saved and replied, so a
+        client that holds a job's result holds it after the job's records are in the file (a SIGKILL of the
+        daemon from then on cannot lose them), and a job does not hang on a full disk."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._cond.notify_all()  # the writer may be lingering: write now
             target = self._written + len(self._pending)
             while self._written < target and not self._closed:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (unless_failing and self._last_error is not None):
                     return False
                 self._cond.wait(remaining)
         return True
@@ -391,13 +395,14 @@ class DecisionLog:
                 with self._cond:
                     if self._closed:
                         return
+                    self._cond.notify_all()  # flush() waiters: the log is failing, do not wait for it
                     self._cond.wait(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
                 continue
-            self._commit(written)
             if self._last_error is not None:
                 log.warning("decision log %s writable again", self.path)
                 self._last_error = None
+            self._commit(written)
             delay = 0.1
 
     def _commit(self, count: int) -> None:

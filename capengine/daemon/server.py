@@ -55,6 +55,7 @@ __all__ = ["Daemon", "DaemonConfig", "DaemonError", "PolicyStatus", "RpcError", 
 
 log = logging.getLogger("capengine.daemon.server")
 _JOB_ID = re.compile(r"[0-9a-f]{8,64}")
+JOB_LOG_WAIT = 10.0  # seconds a finished job waits for its decision records to be written (not while it fails)
 JOB_METHODS = (b'"jobs.run"', b'"jobs.resume"')  # may wait for a job slot and run a job: the job worker pool
 
 
@@ -222,6 +223,8 @@ class Daemon:
         job_id = run.run_id
         try:
             result, calls = self._execute(ext, run, record)
+            # The job's records are in the file before its end is saved or told (docs/daemon.md, Durability).
+            self.decisions.flush(JOB_LOG_WAIT, unless_failing=True)
             # Saved before the job leaves _running (a stop waits for _running to empty, so the record is on disk
             # before the process exits), as a new record: jobs.status may still be adding up the live one.
             interrupted_by = ("cancel" if job_id in self._cancelled else "shutdown") \
