@@ -18,7 +18,7 @@ from daemon_helpers import DaemonProcess, fill, install, make_setup, read_log, t
 from helpers import policy_yaml, write
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wasm_helpers import call_job
+from wasm_helpers import call_job, wat_bytes, wat_module
 
 from capengine.daemon.decision_log import DecisionLog, read_records, rfc3339
 from capengine.host.envelope import CallRecord
@@ -75,6 +75,54 @@ def test_a_daemon_killed_right_after_a_job_replied_has_written_every_record_of_i
         assert all(j["status"] == "completed" for j in jobs), jobs
         pings = [r for r in read_log(dirs["data"]) if r["operation"] == "test.ping"]
         assert len(pings) == 3 * (attempt + 1), (attempt, len(pings))
+
+
+def _two_effects_then_spin(first: str, second: str) -> str:
+    """A job that writes the sidecar of `first`, then that of `second`, then spins until it is killed."""
+    method = "vdfs.write_sidecar"
+    payloads = [json.dumps({"path": path, "kind": "k", "data": "x"}) for path in (first, second)]
+    data = (f'  (data (i32.const 1024) "{wat_bytes(method)}")\n'
+            + "".join(f'  (data (i32.const {at}) "{wat_bytes(p)}")\n' for at, p in zip((4096, 8192), payloads)))
+    calls = "".join(f"    (drop (call $spacedrive_call (i32.const 1024) (i32.const {len(method)}) (i32.const 64)"
+                    f" (i32.const {at}) (i32.const {len(p)})))\n" for at, p in zip((4096, 8192), payloads))
+    return wat_module(f'  (func (export "execute_go") (result i32)\n{calls}    (loop $spin (br $spin))\n'
+                      "    (i32.const 0))", data)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_daemon_killed_right_after_an_effect_has_written_its_record(tmp_path, workers):
+    """An allowed action (vdfs.write_sidecar) is not batched: the guest goes on only once its record is in the
+    file. The guest writes a sidecar for /private/secret.txt, then one for /other.txt, then spins; the daemon is
+    SIGKILLed the moment the second sidecar is on disk (well inside the writer's 50 ms batching delay): the
+    record of the first write is in the log, every time."""
+    dirs = make_setup(tmp_path)
+    (dirs["library"] / "other.txt").write_text("other")
+    write(dirs["policies"], "effects.yaml", policy_yaml("effects", "- {id: sidecars, effect: allow, operations: "
+                                                                   "[vdfs.write_sidecar]}\n"))
+    ext = dirs["extensions"] / "effector"
+    ext.mkdir()
+    (ext / "guest.wat").write_text(_two_effects_then_spin("/private/secret.txt", "/other.txt"))
+    (ext / "manifest.yaml").write_text("id: com.example.effector\nname: e\nversion: 1.0.0\nmodule: guest.wat\n"
+                                       "jobs: [go]\noperations: [vdfs.write_sidecar]\n")
+    install(ext, dirs["data"])
+    sidecars = dirs["library"] / ".capengine" / "sidecars"
+    for attempt in range(3):
+        d = DaemonProcess(dirs, "--watch-interval", "0", "--workers", workers).wait_ready()
+        try:
+            assert d.result("jobs.run", {"extension": "com.example.effector", "job": "go", "detach": True})
+            deadline = time.monotonic() + 60
+            while len(list(sidecars.rglob("k"))) < 2:
+                assert time.monotonic() < deadline, "the guest never wrote its sidecars"
+                time.sleep(0.001)
+            d.signal(signal.SIGKILL)
+            d.proc.wait(30)
+        finally:
+            d.kill()
+        for f in sidecars.rglob("k"):
+            f.unlink()
+        firsts = [r for r in read_log(dirs["data"])
+                  if r["operation"] == "vdfs.write_sidecar" and r["path"] == "/private/secret.txt"]
+        assert len(firsts) == attempt + 1 and {r["decision"] for r in firsts} == {"allow"}, (attempt, firsts)
 
 
 def test_lone_surrogates_in_a_record_are_written_escaped_and_read_back_exact(tmp_path):

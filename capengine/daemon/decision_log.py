@@ -59,6 +59,7 @@ log = logging.getLogger("capengine.daemon.decision_log")
 DEFAULT_MASK = ("password", "token", "secret", "api_key", "apikey", "authorization")
 LOG_UNAVAILABLE = "decision log unavailable"  # the message prefix of calls refused because of the log
 BATCH = 1000
+SYNC_WAIT = 10.0  # seconds a job's end or an allowed effect waits for its records to be written (not while failing)
 LINGER = 0.05  # seconds the writer waits for records to accumulate before writing them as one batch
 WAKE_DEPTH = 1024  # records queued at which the writer is woken at once
 MAX_RETRY_DELAY = 5.0

@@ -28,7 +28,7 @@ import attrs
 from capengine.daemon import extension_check, rpc
 from capengine.daemon.client import call
 from capengine.daemon.config import DaemonConfig, DaemonError, check_directories
-from capengine.daemon.decision_log import DecisionLog, rfc3339
+from capengine.daemon.decision_log import SYNC_WAIT, DecisionLog, rfc3339
 from capengine.daemon.job_table import JobRecord, JobTable
 from capengine.daemon.jobs import Admission
 from capengine.daemon.metrics import Metrics
@@ -55,7 +55,6 @@ __all__ = ["Daemon", "DaemonConfig", "DaemonError", "PolicyStatus", "RpcError", 
 
 log = logging.getLogger("capengine.daemon.server")
 _JOB_ID = re.compile(r"[0-9a-f]{8,64}")
-JOB_LOG_WAIT = 10.0  # seconds a finished job waits for its decision records to be written (not while it fails)
 JOB_METHODS = (b'"jobs.run"', b'"jobs.resume"')  # may wait for a job slot and run a job: the job worker pool
 
 
@@ -87,6 +86,7 @@ class Daemon:
         except (CapengineError, OSError) as exc:
             self.decisions.close()
             raise DaemonError(f"refusing to start: {exc}") from None
+        self._effects = self.host.registry.effects()  # not batched: the guest goes on once the record is written
         self.extensions, validation = extension_check.validate(list(installed.values()), self.host.runtime,
                                                                operations)
         self.broken_extensions = broken + validation
@@ -134,6 +134,8 @@ class Daemon:
     def _on_call(self, call_record: CallRecord) -> None:
         self.metrics.observe(call_record)
         self.decisions.record(call_record)
+        if call_record.allowed and call_record.operation in self._effects:
+            self.decisions.flush(SYNC_WAIT, unless_failing=True)
 
     # policies ----------------------------------------------------------------------------------
     def reload(self, accept_removals: bool = False) -> dict:
@@ -224,7 +226,7 @@ class Daemon:
         try:
             result, calls = self._execute(ext, run, record)
             # The job's records are in the file before its end is saved or told (docs/daemon.md, Durability).
-            self.decisions.flush(JOB_LOG_WAIT, unless_failing=True)
+            self.decisions.flush(SYNC_WAIT, unless_failing=True)
             # Saved before the job leaves _running (a stop waits for _running to empty, so the record is on disk
             # before the process exits), as a new record: jobs.status may still be adding up the live one.
             interrupted_by = ("cancel" if job_id in self._cancelled else "shutdown") \

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from capengine.daemon.config import DaemonError
-from capengine.daemon.decision_log import DecisionLog
+from capengine.daemon.decision_log import SYNC_WAIT, DecisionLog
 from capengine.daemon.metrics import Metrics
 from capengine.daemon.shared_buckets import SharedBuckets, TableError
 from capengine.daemon.worker_process import WorkerSetup
@@ -312,7 +312,10 @@ class WorkerPool:
                 if kind == "line":
                     worker.in_effect = None
                     self._on_line(message[1])
-                    if frames.empty():  # a job is streaming records: let a few more arrive, read them at once
+                    if len(message) > 2:  # an allowed effect's: its guest waits until the record is in the file
+                        self._log.flush(SYNC_WAIT, unless_failing=True)
+                        worker.send(("written",))
+                    elif frames.empty():  # a job is streaming records: let a few more arrive, read them at once
                         time.sleep(LINGER)
                 elif kind == "begin":
                     worker.in_effect = message[1]

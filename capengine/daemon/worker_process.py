@@ -14,7 +14,8 @@ The daemon stays the one authority for everything that must be exact or single a
 - reloads: a new set is loaded and acknowledged ("prepare"), and activated at the commit, which is the epoch
   word in the shared table (WorkerHost.active): one instant for every worker;
 - effects: an allowed action's record (without its outcome) is sent before its handler runs ("begin"), so a
-  worker killed after the effect and before the record leaves the call recorded (OUTCOME_UNKNOWN) by the daemon.
+  worker killed after the effect and before the record leaves the call recorded (OUTCOME_UNKNOWN) by the daemon;
+  and the guest goes on only once the daemon says the call's own record is written (a daemon killed then has it).
 The process dies with the daemon (PR_SET_PDEATHSIG, and EOF on the socket) and ignores SIGTERM/SIGINT: the
 daemon drains it (systemd sends SIGTERM to the whole control group).
 """
@@ -42,7 +43,7 @@ from typing import Any
 
 import attrs
 
-from capengine.daemon.decision_log import encode_call, refused_by_log
+from capengine.daemon.decision_log import SYNC_WAIT, encode_call, refused_by_log
 from capengine.daemon.gil_sharing import sharing_the_gil
 from capengine.daemon.shared_buckets import Entry, SharedBuckets
 from capengine.host.checkpoints import CheckpointStore
@@ -175,6 +176,8 @@ class Worker:
         self.host = WorkerHost(buckets, setup.epoch, policy_set, setup.data_dir, setup.limits, on_call=self._record,
                                require_installed=True, admit=lambda: self.refusal)
         self.host.before_effect = self._begin
+        self._effects = self.host.registry.effects()
+        self._written = threading.Event()  # the daemon's "written" for this worker's one effect in flight
 
     def send(self, message: tuple) -> None:
         with self._send_lock:
@@ -188,7 +191,13 @@ class Worker:
             self.send(("call", record_fields(record)))
         else:
             call_id = f"{self._id_prefix}{next(self._ids):08x}"
-            self.send(("line", encode_call(time.time(), call_id, record, self.setup.mask)))
+            line = encode_call(time.time(), call_id, record, self.setup.mask)
+            if record.allowed and record.operation in self._effects:
+                self._written.clear()
+                self.send(("line", line, "sync"))  # answered "written" once it is in the file (or the log fails)
+                self._written.wait(SYNC_WAIT)
+            else:
+                self.send(("line", line))
             self._calls.observe(record)
             if self._calls.due():
                 self.send(("metrics", *self._calls.take_metrics()))
@@ -217,6 +226,8 @@ class Worker:
                         self.host.runtime.interrupt_all()
                 elif kind == "admit":
                     self.refusal = message[1]
+                elif kind == "written":
+                    self._written.set()
                 elif kind == "prepare":
                     threading.Thread(target=self._prepare, args=message[1:], daemon=True).start()
                 elif kind == "commit":  # only ever after this worker said "prepared" for this ticket

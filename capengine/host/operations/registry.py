@@ -107,5 +107,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._ops)
 
+    def effects(self) -> frozenset[str]:
+        """The operations that change something outside the call (actions, not the aggregated lifecycle calls):
+        the daemon lets a guest go on after an allowed one only once its record is written."""
+        return frozenset(op.name for op in self._ops.values() if op.kind == "action" and not op.aggregate)
+
     def __iter__(self):
         return iter(self._ops[name] for name in self.names())
