@@ -25,25 +25,6 @@ def _module_of(manifest: Path) -> str:
     return match.group(1)
 
 
-SCHEMA_HINT = re.compile(r"^(#\s*yaml-language-server:\s*\$schema=)(\S+)", re.M)
-
-
-def _copy_yaml(source: Path, target: Path, package: Path) -> None:
-    """Copy a bundled YAML file, re-pointing its editor hint (`$schema=../schemas/...`, relative to the checkout
-    copy) at the package's own schemas: the bundled copy sits one directory deeper below `capengine/` than
-    the checkout copy below the top, so the hint gains a `../`. A hint that would point nowhere is dropped
-    (replaced by an empty comment, so that line numbers in messages stay those of the checkout copy)."""
-    def repoint(match: re.Match[str]) -> str:
-        hint = "../" + match.group(2)
-        if (target.parent / hint).resolve().is_file() and package in (target.parent / hint).resolve().parents:
-            return match.group(1) + hint
-        return "#"
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(SCHEMA_HINT.sub(repoint, source.read_text(encoding="utf-8")), encoding="utf-8")
-    shutil.copystat(source, target)
-
-
 class BuildWithExamples(build_py):
     def run(self) -> None:
         package = (Path(self.build_lib) / "capengine").resolve()
@@ -56,9 +37,11 @@ class BuildWithExamples(build_py):
             return  # an editable install reads the checkout itself
         target = package / "bundled"
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(HERE / "policies", target / "policies", ignore=shutil.ignore_patterns("*.yaml", "*.yml"))
-        for source in sorted((HERE / "policies").rglob("*.y*ml")):
-            _copy_yaml(source, target / "policies" / source.relative_to(HERE / "policies"), package)
+        # Byte for byte: an extension's manifest digest is what `capengine ext install` vouches for, so the
+        # bundled photo-ocr must be the checkout's own, not a copy with an edited comment. The editor hints
+        # (`$schema=../schemas/...`) resolve because the schemas sit beside the copies as beside the originals.
+        shutil.copytree(HERE / "capengine" / "schemas", target / "schemas")
+        shutil.copytree(HERE / "policies", target / "policies")
         for manifest in sorted((HERE / "extensions").glob("*/manifest.yaml")):
             relative = _module_of(manifest)
             module = manifest.parent / relative
@@ -66,7 +49,7 @@ class BuildWithExamples(build_py):
                 raise SystemExit(f"{module} is missing: build the example extensions first (make -C extensions)")
             out = target / "extensions" / manifest.parent.name
             (out / relative).parent.mkdir(parents=True, exist_ok=True)
-            _copy_yaml(manifest, out / "manifest.yaml", package)
+            shutil.copy2(manifest, out / "manifest.yaml")
             shutil.copy2(module, out / relative)
         shutil.copytree(HERE / "extensions" / "sample-library", target / "extensions" / "sample-library",
                         ignore=shutil.ignore_patterns("sidecars"))

@@ -440,6 +440,9 @@ def test_sdist_and_wheel(tmp_path):
             assert "License-Expression: Apache-2.0" in wheel.read(next(n for n in names if n.endswith("METADATA")))\
                 .decode()
             for name in (n for n in names if n.startswith("capengine/bundled/") and n.endswith(".yaml")):
+                # byte for byte the checkout's (an installed extension's manifest digest must match either copy)
+                original = tree / name.removeprefix("capengine/bundled/")
+                assert wheel.read(name) == original.read_bytes(), name
                 first = wheel.read(name).decode().splitlines()[0]
                 if "$schema=" in first:
                     target = os.path.normpath(os.path.join(os.path.dirname(name), first.split("$schema=")[1]))
