@@ -1,6 +1,7 @@
 """What the decision log costs the daemon per call: on the calling thread, in CPU per record, and in GIL time
 taken from job threads, against an in-process writer thread (what it was before the writer process) and no
-log at all, in the same run.
+log at all, in the same run. Also what an allowed effect, and a job's end, wait for: one record queued and
+waited for until it is in the file.
 
 Workload: a "job" thread does a fixed piece of pure-Python work per call (≈ a host call's Python path) and
 records each call. Measured per call: the job thread's wall time (what the guest feels: it includes waiting
@@ -134,6 +135,18 @@ def run(log, calls: list[CallRecord]) -> dict[str, float]:
             "feeder thread CPU": (thread_cpu(feeder) - feeder_before) / n, "writer process CPU": writer / n}
 
 
+SYNCED = 2000  # records written one by one per round: what an allowed effect or a job's end waits for
+
+
+def synced(log: DecisionLog, calls: list[CallRecord]) -> float:
+    """µs per record queued and then waited for until it is in the file (`flush(unless_failing=True)`)."""
+    start = time.perf_counter()
+    for c in calls[:SYNCED]:
+        log.record(c)
+        log.flush(10, unless_failing=True)
+    return (time.perf_counter() - start) * 1e6 / SYNCED
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):7.2f} ({min(values):.2f}–{max(values):.2f})"
 
@@ -157,6 +170,7 @@ def main() -> None:
                         figures[f"{name}: {key}"].append(value)
                     figures[f"{name}: wall - no log"].append(row["wall"] - none["wall"])
                 figures["no log: wall"].append(none["wall"])
+                figures["writer process: one record written, waited for"].append(synced(process_log, calls))
         finally:
             process_log.close()
             thread_log.close()
