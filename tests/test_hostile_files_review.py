@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import resource
+import shutil
 import threading
 from pathlib import Path
 
@@ -138,9 +139,32 @@ def test_to_bytes_accepts_exactly_the_text_forms_to_text_gives():
 
 # --- deep nesting: one descriptor on the way down ---------------------------------------------------------------
 
-def deep_tree(root: Path, depth: int) -> str:
-    """`depth` directories `a` under root/deep (beyond PATH_MAX for depth > 2,048), with f.txt at the bottom;
-    built relative to descriptors, as no path string could reach the bottom."""
+@pytest.fixture
+def deep_tree():
+    """make(root, depth): `depth` directories `a` under root/deep with f.txt at the bottom, built relative to
+    descriptors; removed afterwards a level at a time (shutil.rmtree, and so pytest's clean-up of old temporary
+    directories, recurses once per level and fails on such a tree)."""
+    made: list[Path] = []
+
+    def make(root: Path, depth: int) -> str:
+        made.append(root / "deep")
+        return _deep_tree(root, depth)
+
+    yield make
+    for top in made:
+        _flatten(top)
+
+
+def _flatten(top: Path) -> None:
+    spare = top.with_name(top.name + ".up")
+    while (top / "a").is_dir():
+        os.rename(top / "a", spare)
+        shutil.rmtree(top)
+        os.rename(spare, top)
+    shutil.rmtree(top)
+
+
+def _deep_tree(root: Path, depth: int) -> str:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     os.mkdir("deep", dir_fd=fd)
     for name in [b"deep"] + [b"a"] * depth:
@@ -164,7 +188,7 @@ def few_descriptors():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_a_path_deeper_than_the_descriptor_limit_is_read(guest, few_descriptors):
+def test_a_path_deeper_than_the_descriptor_limit_is_read(guest, few_descriptors, deep_tree):
     """Before the review each directory on the way stayed open: 1,500 levels ran out of descriptors (INTERNAL),
     and every other thread of the host (the decision log, the socket server) with it."""
     path = deep_tree(guest.root, 1500)
@@ -175,7 +199,7 @@ def test_a_path_deeper_than_the_descriptor_limit_is_read(guest, few_descriptors)
     assert guest.code("vdfs.list_dir", path=path.rsplit("/", 1)[0]) == "OK"
 
 
-def test_open_beneath_holds_one_descriptor_whatever_the_depth(tmp_path):
+def test_open_beneath_holds_one_descriptor_whatever_the_depth(tmp_path, deep_tree):
     path = deep_tree(tmp_path, 300)
     before = len(os.listdir("/proc/self/fd"))
     with safe_fs.open_beneath(tmp_path, path) as fd:
@@ -210,3 +234,65 @@ def test_a_directory_link_on_the_way_is_named_as_a_link(guest, tmp_path):
     assert reply["error"]["code"] == "PERMISSION_DENIED" and "symbolic link" in reply["error"]["message"]
     os.mkfifo(guest.root / "pipe")
     assert guest.code("vdfs.list_dir", path="/pipe") == "NOT_FOUND"
+
+
+# --- writes that fail: a full disk, a read-only volume, a directory in the sidecar's place ----------------------
+
+def sidecar_files(root: Path, kind: str = "k") -> list[Path]:
+    return sorted((root / ".capengine" / "sidecars").glob(f"*/*/{kind}"))
+
+
+def temp_files(root: Path) -> list[Path]:
+    return sorted((root / ".capengine" / "sidecars").glob("*/*/.*.tmp"))
+
+
+@pytest.fixture
+def small_guest(tmp_path):
+    """A guest whose library is a real 1 MiB tmpfs."""
+    from daemon_helpers import tmpfs
+
+    with tmpfs(tmp_path / "lib", "1m"):
+        g = Guest(tmp_path)
+        yield g
+        g.host.close()
+
+
+def test_a_full_disk_fails_the_write_clearly_and_keeps_the_old_sidecar(small_guest):
+    from daemon_helpers import fill
+
+    g = small_guest
+    assert g.code("vdfs.write_sidecar", path="/docs/hello.txt", kind="k", data="old") == "OK"
+    filler = fill(g.root / "docs")
+    try:
+        reply = g("vdfs.write_sidecar", path="/docs/hello.txt", kind="k", data="new" * 100_000)
+        assert reply["error"]["code"] == "RESOURCE_EXHAUSTED" and "No space" in reply["error"]["message"], reply
+        assert g("vdfs.read_sidecar", path="/docs/hello.txt", kind="k")["result"]["data"] == "old"
+        assert temp_files(g.root) == []
+        # a first sidecar for another kind: the same, and nothing half-written is left behind
+        reply = g("vdfs.write_sidecar", path="/docs/hello.txt", kind="other", data="x" * 300_000)
+        assert reply["error"]["code"] == "RESOURCE_EXHAUSTED", reply
+        assert sidecar_files(g.root, "other") == [] and temp_files(g.root) == []
+    finally:
+        filler.unlink()
+    assert g.code("vdfs.write_sidecar", path="/docs/hello.txt", kind="k", data="new") == "OK"
+
+
+def test_a_read_only_library_refuses_writes_and_still_reads(small_guest):
+    import subprocess
+
+    g = small_guest
+    subprocess.run(["mount", "-o", "remount,ro", str(g.root)], check=True)
+    reply = g("vdfs.write_sidecar", path="/docs/hello.txt", kind="k", data="x")
+    assert reply["error"]["code"] == "PERMISSION_DENIED" and "read-only" in reply["error"]["message"], reply
+    assert g.data("/docs/hello.txt") == b"hello bytes"
+
+
+def test_a_directory_in_the_sidecars_place_is_a_clear_error(guest):
+    assert guest.code("vdfs.write_sidecar", path="/docs/hello.txt", kind="k", data="x") == "OK"
+    [stored] = sidecar_files(guest.root)
+    stored.unlink()
+    (stored / "inside").mkdir(parents=True)
+    reply = guest("vdfs.write_sidecar", path="/docs/hello.txt", kind="k", data="y")
+    assert reply["error"]["code"] == "INVALID_ARGUMENT" and "directory" in reply["error"]["message"], reply
+    assert (stored / "inside").is_dir() and temp_files(guest.root) == []
+    assert guest.code("vdfs.read_sidecar", path="/docs/hello.txt", kind="k") == "INVALID_ARGUMENT"

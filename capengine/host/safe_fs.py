@@ -80,10 +80,10 @@ def os_error(exc: OSError, path: str) -> FsError:
         return FsError("PERMISSION_DENIED", f"cannot write {path}: the library's volume is read-only")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return FsError("RESOURCE_EXHAUSTED", f"cannot write {path}: {os.strerror(exc.errno)} on the library's "
-                                             "volume; nothing was replaced")
+                                             "volume")
     if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
         return FsError("RESOURCE_EXHAUSTED", f"cannot open {path} now: {os.strerror(exc.errno)}; try again later")
-    return FsError("INTERNAL", f"cannot open {path}: {os.strerror(exc.errno or 0)}")
+    return FsError("INTERNAL", f"cannot use {path}: {exc.strerror or exc}")
 
 
 def _open_root(root: Path) -> int:
