@@ -296,3 +296,67 @@ def test_a_directory_in_the_sidecars_place_is_a_clear_error(guest):
     assert reply["error"]["code"] == "INVALID_ARGUMENT" and "directory" in reply["error"]["message"], reply
     assert (stored / "inside").is_dir() and temp_files(guest.root) == []
     assert guest.code("vdfs.read_sidecar", path="/docs/hello.txt", kind="k") == "INVALID_ARGUMENT"
+
+
+# --- entries the host may not read (a real unprivileged process) ------------------------------------------------
+
+def as_nobody(guest: Guest, calls: list[tuple[str, dict]]) -> list[dict]:
+    """The replies to `calls` made by a forked child that has dropped to uid/gid 65534 (root reads everything, so
+    permission bits only bite an unprivileged host). Modules are already imported: the child opens only the
+    library."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            replies = [json.loads(guest.dispatcher.reply(guest.ext, m, LIB, p, None, None)) for m, p in calls]
+            os.write(write, json.dumps(replies).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        out = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(out)
+
+
+@pytest.fixture
+def open_guest():
+    """A guest whose library an unprivileged user can reach (pytest's own temporary directories are 0700)."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="capengine-review-"))
+    base.chmod(0o711)
+    g = Guest(base)
+    (g.root / "docs").chmod(0o755)
+    g.root.chmod(0o755)
+    yield g
+    g.host.close()
+    for path in base.rglob("*"):
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o700)
+    shutil.rmtree(base)
+
+
+def test_entries_the_host_may_not_read_are_permission_denied_not_internal(open_guest):
+    g = open_guest
+    for name, mode in (("listable", 0o444), ("closed", 0o000)):
+        (g.root / "docs" / name).mkdir()
+        (g.root / "docs" / name / "x.txt").write_text("x")
+        (g.root / "docs" / name).chmod(mode)
+    (g.root / "docs" / "unreadable.txt").write_text("u")
+    (g.root / "docs" / "unreadable.txt").chmod(0o000)
+    g("vdfs.read_file", path="/docs/hello.txt")  # the catalogue is read (and cached) while still root
+    calls = [("vdfs.list_dir", {"path": "/docs/listable"}),  # names readable, entries not searchable
+             ("vdfs.list_dir", {"path": "/docs/closed"}),
+             ("vdfs.read_file", {"path": "/docs/listable/x.txt"}),
+             ("vdfs.stat", {"path": "/docs/closed/x.txt"}),
+             ("vdfs.read_file", {"path": "/docs/unreadable.txt"}),
+             ("vdfs.write_sidecar", {"path": "/docs/hello.txt", "kind": "k", "data": "x"}),  # .capengine is root's
+             ("vdfs.read_file", {"path": "/docs/hello.txt"})]
+    replies = as_nobody(g, calls)
+    codes = ["OK" if r["ok"] else r["error"]["code"] for r in replies]
+    assert codes == ["PERMISSION_DENIED"] * 6 + ["OK"], replies
