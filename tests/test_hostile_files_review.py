@@ -360,3 +360,100 @@ def test_entries_the_host_may_not_read_are_permission_denied_not_internal(open_g
     replies = as_nobody(g, calls)
     codes = ["OK" if r["ok"] else r["error"]["code"] for r in replies]
     assert codes == ["PERMISSION_DENIED"] * 6 + ["OK"], replies
+
+
+# --- the library's own id file, and re-rooting ------------------------------------------------------------------
+
+def id_file(root: Path) -> Path:
+    (root / ".capengine").mkdir(parents=True, exist_ok=True)
+    return root / ".capengine" / "library-id"
+
+
+HOSTILE_ID_FILES = {
+    "not utf-8": lambda p, tmp: p.write_bytes(b"\xff\xfe" + LIB.encode()),
+    "a link outside": lambda p, tmp: os.symlink(tmp / "outside-id", p),
+    "a link to a device": lambda p, tmp: os.symlink("/dev/zero", p),
+    "a fifo": lambda p, tmp: os.mkfifo(p),
+    "a directory": lambda p, tmp: p.mkdir(),
+    "huge": lambda p, tmp: p.write_bytes(LIB.encode() + b" " * (4 * 1024 * 1024)),
+    "a hard link outside": lambda p, tmp: os.link(tmp / "outside-id", p),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(HOSTILE_ID_FILES))
+@pytest.mark.parametrize("how", ["add", "claim"])
+def test_a_hostile_library_id_file_is_never_followed_waited_on_or_a_traceback(tmp_path, attack, how):
+    from capengine.host.libraries import LibraryCatalog, LibraryError
+
+    root = tmp_path / "lib"
+    (tmp_path / "outside-id").write_text(LIB)
+    HOSTILE_ID_FILES[attack](id_file(root), tmp_path)
+    catalog = LibraryCatalog(tmp_path / "data")
+    box: list = []
+
+    def run() -> None:
+        try:
+            box.append(getattr(catalog, how)(root))
+        except LibraryError as exc:
+            box.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(HANG_BOUND)
+    assert not worker.is_alive(), f"{how} hung on {attack}"
+    [result] = box
+    if isinstance(result, LibraryError):  # refused, naming the file and what to do
+        assert "library-id" in str(result) and "--id" in str(result), result
+    else:  # or ignored: never the id read through a link, a device or a link to another file
+        assert result.id != LIB, attack
+
+
+def test_a_moved_library_keeps_its_settings_and_is_probed_again(tmp_path, monkeypatch):
+    """`library move` to another volume: the case probe runs for the new root (a folding volume there must be
+    judged by on-disk spelling), and --allow-hardlinks is kept. Before the review both were dropped (and the
+    probe's answer for the old volume was kept in the catalogue)."""
+    from capengine.host import libraries
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    catalog = libraries.LibraryCatalog(tmp_path / "data")
+    catalog.add(old, library_id=LIB, allow_hardlinks=True)
+    assert not catalog.get(LIB).case_insensitive
+    probed = []
+    monkeypatch.setattr(libraries, "probe_case_insensitive", lambda root: probed.append(root) or root == new)
+    moved = catalog.move(LIB, new)
+    assert probed == [new]
+    for library in (moved, catalog.get(LIB), libraries.LibraryCatalog(tmp_path / "data").get(LIB)):
+        assert library.root == new and library.case_insensitive and library.allow_hardlinks
+
+
+def test_a_link_planted_as_capengine_cannot_steer_the_case_probe(tmp_path):
+    """The probe creates a file under ROOT/.capengine and looks it up by other spellings. A library on a
+    case-insensitive volume whose .capengine is a link to a case-sensitive directory made the probe answer for
+    that directory (and create a file there): recorded case-sensitive, a deny on /photos/private missed
+    /photos/Private. The probe now never goes through a link, and the deny holds."""
+    from test_hostile_files import DENY_PRIVATE, casefold_mount
+
+    from capengine.host.libraries import LibraryCatalog
+
+    backing, mnt, elsewhere = tmp_path / "backing", tmp_path / "mnt", tmp_path / "elsewhere"
+    for directory in (backing, mnt, elsewhere):
+        directory.mkdir()
+    (backing / "photos" / "private").mkdir(parents=True)
+    (backing / "photos" / "private" / "passport.png").write_text("PASSPORT")
+    os.symlink(elsewhere, backing / ".capengine")
+    with casefold_mount(backing, mnt):
+        assert (mnt / "photos" / "Private" / "passport.png").read_text() == "PASSPORT"  # the volume folds
+        library = LibraryCatalog(tmp_path / "data").add(mnt, library_id=LIB)
+        assert library.case_insensitive and list(elsewhere.iterdir()) == []
+        host = make_host(tmp_path / "h", DENY_PRIVATE)
+        host.catalog._known[LIB] = library
+        dispatcher = Dispatcher(host.active, host.registry, host.catalog, host.data_dir)
+        ext = extension(tmp_path, call_job("test.ping", "{}"))
+        try:
+            for spelling in ("/photos/Private/passport.png", "/PHOTOS/private/PASSPORT.png"):
+                reply = json.loads(dispatcher.reply(ext, "vdfs.read_file", LIB, {"path": spelling}, None, None))
+                assert reply["error"]["code"] == "PERMISSION_DENIED", reply
+        finally:
+            host.close()
