@@ -457,3 +457,69 @@ def test_a_link_planted_as_capengine_cannot_steer_the_case_probe(tmp_path):
                 assert reply["error"]["code"] == "PERMISSION_DENIED", reply
         finally:
             host.close()
+
+
+# --- a zoo of hostile entries, every operation on each, as the entry and as a directory on the way -------------
+
+def hostile_zoo(root: Path, outside: Path) -> dict[str, bytes]:
+    """Every kind of entry a library writer can plant, under /docs/zoo; name -> on-disk name."""
+    import socket
+
+    zoo = root / "docs" / "zoo"
+    zoo.mkdir()
+    (outside / "outside-dir").mkdir(exist_ok=True)
+    (outside / "outside-dir" / "x").write_text("OUTSIDE SECRET")
+    entries = {
+        "fifo": lambda p: os.mkfifo(p),
+        "chardev": lambda p: os.mknod(p, 0o600 | 0o020000, os.makedev(1, 5)),  # a copy of /dev/zero
+        "blockdev": lambda p: os.mknod(p, 0o600 | 0o060000, os.makedev(7, 200)),
+        "link-zero": lambda p: os.symlink("/dev/zero", p),
+        "link-out-file": lambda p: os.symlink(outside / "outside.txt", p),
+        "link-out-dir": lambda p: os.symlink(outside / "outside-dir", p),
+        "link-up": lambda p: os.symlink("../../..", p),
+        "link-dangling": lambda p: os.symlink("nowhere", p),
+        "link-loop": lambda p: os.symlink(p.name, p),
+        "hardlink-out": lambda p: os.link(outside / "outside.txt", p),
+        "sparse": lambda p: open(p, "wb").truncate(16 * 1024 ** 3),
+        "empty": lambda p: p.write_bytes(b""),
+    }
+    names: dict[str, bytes] = {}
+    for label, make in entries.items():
+        make(zoo / label)
+        names[label] = label.encode()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(zoo / "socket"))
+    sock.close()  # the socket file stays
+    names["socket"] = b"socket"
+    for label, raw in (("newline", b"new\nline"), ("latin1", b"caf\xe9"), ("long", b"L" * 255),
+                       ("nfd", "cafe\u0301".encode())):
+        with open(os.path.join(os.fsencode(zoo), raw), "wb") as f:
+            f.write(b"plain " + label.encode())
+        names[label] = raw
+    return names
+
+
+NOT_REGULAR = {"fifo", "chardev", "blockdev", "socket", "link-zero", "link-out-file", "link-out-dir", "link-up",
+               "link-dangling", "link-loop", "hardlink-out"}
+
+
+def test_every_operation_on_every_hostile_entry_fails_closed(guest, tmp_path):
+    names = hostile_zoo(guest.root, tmp_path)
+    listing = guest("vdfs.list_dir", path="/docs/zoo")["result"]["entries"]
+    assert {e["name"] for e in listing} == {fs_names.to_text(n) for n in names.values()}
+    from capengine.policy.paths import canonical_path
+
+    for label, raw in names.items():
+        text = canonical_path("/docs/zoo/" + fs_names.to_text(raw))
+        for method, extra in PATH_OPS:
+            for path in (text, text + "/x"):
+                reply = guest(method, path=path, **extra)  # never a hang, never INTERNAL
+                assert "OUTSIDE" not in json.dumps(reply), (label, method, path)
+                if label in NOT_REGULAR and method in ("vdfs.read_file", "ai.ocr", "vdfs.write_sidecar"):
+                    assert not reply["ok"], (label, method, path, reply)
+        if label not in NOT_REGULAR and label != "sparse":
+            assert guest.data(text) == (b"plain " + label.encode() if label != "empty" else b"")
+    sparse = guest("vdfs.read_file", path="/docs/zoo/sparse")
+    assert sparse["error"]["code"] == "RESOURCE_EXHAUSTED"
+    part = guest("vdfs.read_file", path="/docs/zoo/sparse", offset=16 * 1024 ** 3 - 4, length=100)
+    assert base64.b64decode(part["result"]["data"]) == b"\0" * 4
