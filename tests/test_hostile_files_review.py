@@ -523,3 +523,90 @@ def test_every_operation_on_every_hostile_entry_fails_closed(guest, tmp_path):
     assert sparse["error"]["code"] == "RESOURCE_EXHAUSTED"
     part = guest("vdfs.read_file", path="/docs/zoo/sparse", offset=16 * 1024 ** 3 - 4, length=100)
     assert base64.b64decode(part["result"]["data"]) == b"\0" * 4
+
+
+# --- TOCTOU: the entry is swapped by a racing thread while the guest calls -----------------------------------
+
+def test_an_entry_swapped_between_kinds_while_called_never_leaks_hangs_or_fails_inside(guest, tmp_path):
+    """A racing thread turns /docs/race into a regular file, a link to a file outside, a FIFO, a socket, a hard
+    link to a file outside, a directory, and a link to a directory outside, over and over, while a guest reads,
+    stats, lists and writes sidecars for it (and for a file inside it)."""
+    import socket
+
+    race = guest.root / "docs" / "race"
+    outside = tmp_path / "outside.txt"
+    (tmp_path / "outside-dir").mkdir()
+    (tmp_path / "outside-dir" / "x").write_text("OUTSIDE SECRET")
+
+    def regular(p: Path) -> None:
+        p.write_text("inside")
+
+    def a_socket(p: Path) -> None:
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(p))
+        s.close()
+
+    def a_directory(p: Path) -> None:
+        p.mkdir()
+        (p / "x").write_text("inside")
+
+    kinds = [regular, lambda p: os.symlink(outside, p), os.mkfifo, a_socket, lambda p: os.link(outside, p),
+             a_directory, lambda p: os.symlink(tmp_path / "outside-dir", p)]
+    stop = threading.Event()
+
+    def flip() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                if race.is_dir() and not race.is_symlink():
+                    shutil.rmtree(race)
+                elif race.exists() or race.is_symlink():
+                    race.unlink()
+                kinds[i % len(kinds)](race)
+            except OSError:
+                pass
+            i += 1
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    seen: set[str] = set()
+    try:
+        for i in range(300):
+            for path in ("/docs/race", "/docs/race/x"):
+                for method, extra in PATH_OPS[:5]:
+                    reply = guest(method, path=path, **extra)
+                    assert "OUTSIDE" not in json.dumps(reply) and "T1VUU0lERS" not in json.dumps(reply), reply
+                    seen.add("OK" if reply["ok"] else reply["error"]["code"])
+    finally:
+        stop.set()
+        flipper.join(HANG_BOUND)
+    assert "OK" in seen and len(seen) > 2, seen  # the race really ran through several kinds
+
+
+@pytest.mark.parametrize("kind", ["socket", "fifo", "chardev", "directory"])
+def test_a_special_file_swapped_in_after_the_check_is_refused_as_what_it_is(guest, monkeypatch, kind):
+    """The narrow window of the race above, held open: fstatat saw a regular file, then the open met `kind`.
+    Opening a socket fails with ENXIO, which was INTERNAL ("cannot open")."""
+    import socket
+
+    target = guest.root / "docs" / "swap.png"
+    if kind == "socket":
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(target))
+        s.close()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "chardev":
+        os.mknod(target, 0o600 | 0o020000, os.makedev(1, 5))
+    else:
+        target.mkdir()
+    regular = os.stat(guest.root / "docs" / "hello.txt")
+    real_stat = os.stat
+
+    def stat_says_regular(path, *args, **kwargs):
+        return regular if path == b"swap.png" else real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(safe_fs.os, "stat", stat_says_regular)
+    for method, extra in (PATH_OPS[0], PATH_OPS[3], PATH_OPS[5]):
+        reply = guest(method, path="/docs/swap.png", **extra)
+        assert reply["error"]["code"] in ("INVALID_ARGUMENT", "PERMISSION_DENIED"), reply

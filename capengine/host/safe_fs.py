@@ -74,6 +74,9 @@ def os_error(exc: OSError, path: str) -> FsError:
         return FsError("INVALID_ARGUMENT", f"name too long in {path}")
     if exc.errno == errno.EISDIR:
         return FsError("INVALID_ARGUMENT", f"{path} is a directory")
+    if exc.errno in (errno.ENXIO, errno.ENODEV):  # a socket, or a device node with no device behind it
+        return FsError("INVALID_ARGUMENT", f"{path} is not a regular file (a socket or a device); only regular "
+                                           "files are opened")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return FsError("PERMISSION_DENIED", f"the host may not open {path}")
     if exc.errno == errno.EROFS:
