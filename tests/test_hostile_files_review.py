@@ -610,3 +610,43 @@ def test_a_special_file_swapped_in_after_the_check_is_refused_as_what_it_is(gues
     for method, extra in (PATH_OPS[0], PATH_OPS[3], PATH_OPS[5]):
         reply = guest(method, path="/docs/swap.png", **extra)
         assert reply["error"]["code"] in ("INVALID_ARGUMENT", "PERMISSION_DENIED"), reply
+
+
+# --- the root as an entry, and the lookup index's memory --------------------------------------------------------
+
+def test_stat_of_the_library_root_is_its_directory(guest):
+    reply = guest("vdfs.stat", path="/")
+    assert reply["ok"] and reply["result"]["kind"] == "directory" and reply["result"]["path"] == "/", reply
+
+
+def test_the_lookup_index_is_bounded_in_entries_across_directories(guest, monkeypatch):
+    """Each lookup of a name that does not exist lists its directory (to find an NFD spelling) and caches the
+    listing. The cache was bounded per directory (20,000) and in directories (256), not in total: 256 planted
+    directories of 20,000 long names would hold gigabytes. Now the total is bounded too."""
+    from capengine.host import dir_index
+
+    monkeypatch.setattr(dir_index, "MAX_CACHED_TOTAL", 100)
+    monkeypatch.setattr(dir_index, "_cache", type(dir_index._cache)())
+    monkeypatch.setattr(dir_index, "_cached_total", 0, raising=False)
+    for d in range(12):
+        directory = guest.root / "docs" / f"d{d}"
+        directory.mkdir()
+        for n in range(30):
+            (directory / f"{'n' * 200}{n}").write_text("x")
+        assert guest.code("vdfs.read_file", path=f"/docs/d{d}/missing") == "NOT_FOUND"
+        assert sum(len(listing.names) for _, listing in dir_index._cache.values()) <= 100
+    assert guest.data(f"/docs/d11/{'n' * 200}7") == b"x"
+
+
+def test_a_directory_too_big_to_cache_is_listed_once_per_lookup(guest, monkeypatch):
+    from capengine.host import dir_index
+
+    monkeypatch.setattr(dir_index, "MAX_CACHED_ENTRIES", 10)
+    (guest.root / "docs" / "big").mkdir()
+    for n in range(20):
+        (guest.root / "docs" / "big" / f"f{n}").write_text("x")
+    listed = []
+    real_entries = safe_fs._entries
+    monkeypatch.setattr(safe_fs, "_entries", lambda fd, path: listed.append(path) or real_entries(fd, path))
+    assert guest.code("vdfs.read_file", path="/docs/big/missing") == "NOT_FOUND"
+    assert len(listed) == 1

@@ -161,12 +161,15 @@ def _lookup(parent: int, text: str, path: str) -> bytes:
     except FileNotFoundError:
         pass
     for fresh in (False, True):  # a cached index is a hint: an entry it names must still exist
-        matches = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh).equivalent(text, False)
+        index, read_now = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh)
+        matches = index.equivalent(text, False)
         if len(matches) > 1:
             raise FsError("INVALID_ARGUMENT", f"{path} names {len(matches)} entries that differ only in Unicode "
                                               "normalisation; capengine opens none of them")
         if matches and _inode(parent, matches[0]) is not None:
             return matches[0]
+        if read_now:
+            break
     raise FileNotFoundError(errno.ENOENT, "not found")
 
 
@@ -324,7 +327,7 @@ def _on_disk(parent: int, text: str, path: str) -> bytes | None:
     wanted = fs_names.to_bytes(text)
     resolved = _inode(parent, wanted)  # what the volume opens for this spelling, if anything
     for fresh in (False, True):
-        index = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh)
+        index, _ = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh)
         candidates = (wanted,) if wanted in index.names else index.equivalent(text, True)
         if resolved is None:  # the volume opens nothing: a unique equivalent entry is the one meant
             if len(candidates) > 1:

@@ -123,11 +123,11 @@ def list_dir(ctx: CallContext, args: dict) -> dict:
 
 
 def stat(ctx: CallContext, args: dict) -> dict:
+    if args["path"] == "/":  # the root has no parent to lstat it in; it is a directory or nothing opens
+        with fs_errors("/"), safe_fs.open_beneath(library_root(ctx), "/", directory=True) as fd:
+            return {"path": "/", **_describe(os.fstat(fd))}
     with fs_errors(args["path"]), safe_fs.open_parent(library_root(ctx), args["path"]) as (parent, name):
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except OSError as exc:
-            raise safe_fs.os_error(exc, args["path"]) from None
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
     return {"path": args["path"], **_describe(st)}
 
 
