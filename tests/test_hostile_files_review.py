@@ -650,3 +650,36 @@ def test_a_directory_too_big_to_cache_is_listed_once_per_lookup(guest, monkeypat
     monkeypatch.setattr(safe_fs, "_entries", lambda fd, path: listed.append(path) or real_entries(fd, path))
     assert guest.code("vdfs.read_file", path="/docs/big/missing") == "NOT_FOUND"
     assert len(listed) == 1
+
+
+def test_a_file_that_grows_and_shrinks_while_read_and_hashed(guest):
+    """A writer truncates and appends to the file in a loop: reads return what was there (never more than the
+    cap, never an error inside), and a sidecar is attached only to content that held still while hashed."""
+    path = guest.root / "docs" / "live.log"
+    path.write_bytes(b"x" * 100_000)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            with open(path, "r+b") as f:
+                f.truncate(0)
+                f.write(b"y" * 300_000)
+                f.flush()
+                f.truncate(50_000)
+
+    writer = threading.Thread(target=churn, daemon=True)
+    writer.start()
+    codes: set[str] = set()
+    try:
+        for _ in range(200):
+            reply = guest("vdfs.read_file", path="/docs/live.log")
+            if reply["ok"]:
+                assert len(base64.b64decode(reply["result"]["data"])) <= 300_000
+            reply = guest("vdfs.write_sidecar", path="/docs/live.log", kind="k", data="d")
+            codes.add("OK" if reply["ok"] else reply["error"]["code"])
+            if not reply["ok"]:
+                assert "changed while it was being read" in reply["error"]["message"], reply
+    finally:
+        stop.set()
+        writer.join(HANG_BOUND)
+    assert codes <= {"OK", "INVALID_ARGUMENT"}
