@@ -683,3 +683,27 @@ def test_a_file_that_grows_and_shrinks_while_read_and_hashed(guest):
         stop.set()
         writer.join(HANG_BOUND)
     assert codes <= {"OK", "INVALID_ARGUMENT"}
+
+
+@pytest.mark.parametrize("how", ["add", "claim", "move"])
+@pytest.mark.parametrize("attack", ["link loop", "name too long", "a file", "a fifo"])
+def test_a_hostile_root_given_to_the_catalogue_is_a_library_error(tmp_path, how, attack):
+    """`library add DIR`, `library move ID DIR`, `run --library DIR` with DIR a link loop (RuntimeError from
+    Path.resolve), a name over NAME_MAX (OSError from is_dir), a file or a FIFO: a LibraryError naming DIR."""
+    from capengine.host.libraries import LibraryCatalog, LibraryError
+
+    root = tmp_path / "root"
+    if attack == "link loop":
+        os.symlink("root", root)
+    elif attack == "name too long":
+        root = tmp_path / ("x" * 300)
+    elif attack == "a file":
+        root.write_text("x")
+    else:
+        os.mkfifo(root)
+    catalog = LibraryCatalog(tmp_path / "data")
+    (tmp_path / "ok").mkdir()
+    catalog.add(tmp_path / "ok", library_id=LIB)
+    with pytest.raises(LibraryError) as exc:
+        catalog.move(LIB, root) if how == "move" else getattr(catalog, how)(root)
+    assert root.name[:20] in str(exc.value)

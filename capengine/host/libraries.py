@@ -39,6 +39,18 @@ class LibraryError(CapengineError):
     pass
 
 
+def real_directory(root: str | Path) -> Path:
+    """`root` resolved to the real path of a directory, or a LibraryError naming it: a link loop (which
+    Path.resolve reports as RuntimeError), a name over NAME_MAX, a file or a FIFO is not a library."""
+    try:
+        real = Path(root).resolve(strict=False)
+        if real.is_dir():
+            return real
+    except (OSError, RuntimeError) as exc:
+        raise LibraryError(f"{root} cannot be a library: {getattr(exc, 'strerror', None) or exc}") from None
+    raise LibraryError(f"{root} is not a directory")
+
+
 @attrs.frozen
 class Library:
     id: str  # lowercase canonical UUID
@@ -203,9 +215,7 @@ class LibraryCatalog:
 
     def add(self, root: str | Path, name: str | None = None, library_id: str | None = None,
             allow_hardlinks: bool = False) -> Library:
-        real = Path(root).resolve(strict=False)
-        if not real.is_dir():
-            raise LibraryError(f"{root} is not a directory")
+        real = real_directory(root)
         id_file = real / LIBRARY_ID_FILE
         if library_id is None:
             library_id = read_library_id(real)
@@ -272,9 +282,7 @@ class LibraryCatalog:
         library = self.get(library_id)
         if library is None:
             raise LibraryError(f"no library {library_id} in the catalogue (see capengine library list)")
-        real = Path(root).resolve(strict=False)
-        if not real.is_dir():
-            raise LibraryError(f"{root} is not a directory")
+        real = real_directory(root)
         other = self.find_root(real)
         if other is not None and other.id != library.id:
             raise LibraryError(f"{real} is already library {other.id}; remove that one first")
@@ -290,7 +298,7 @@ class LibraryCatalog:
         """The library at `root`, for a command given that directory explicitly (`capengine run --library`):
         its entry if known; else, when the directory carries the id of a known library (a second clone, a moved
         checkout), that id re-rooted here, said on stderr; else a new entry."""
-        real = Path(root).resolve(strict=False)
+        real = real_directory(root)
         found = self.find_root(real)
         if found is not None:
             return found
