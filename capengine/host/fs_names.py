@@ -25,11 +25,17 @@ canonical component stands for.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 ESCAPE_BASE = 0xEF00
 _ESCAPE_END = ESCAPE_BASE + 0x100
 _UNSAFE = frozenset("\\\u2028\u2029")
+# One regex scan instead of a call per character: both run for every path component of every host call.
+_NEEDS_ESCAPE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\uef00-\uefff]")
+# Text that is its own text form: no escape, nothing that needs one, no surrogate (and, for a name, no "/").
+_PLAIN_TEXT = re.compile("[^\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\uef00-\uefff\ud800-\udfff]*")
+_PLAIN_NAME = re.compile("[^\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\uef00-\uefff\ud800-\udfff/]+")
 
 
 def _needs_escape(ch: str) -> bool:
@@ -43,7 +49,7 @@ def to_text(name: bytes) -> str:
         text = name.decode("utf-8")
     except UnicodeDecodeError:
         return _escape_invalid(name)
-    if not any(_needs_escape(ch) for ch in text):
+    if _NEEDS_ESCAPE.search(text) is None:
         return text
     return "".join(_escape_char(ch) for ch in text)
 
@@ -68,6 +74,12 @@ def _escape_invalid(name: bytes) -> str:
     return "".join(out)
 
 
+def plain(text: str) -> bool:
+    """Whether `text` holds no escape and nothing that needs one: then each of its "/"-separated parts other
+    than "." and ".." is the text form of itself (one regex scan of a whole path, the common case)."""
+    return _PLAIN_TEXT.fullmatch(text) is not None
+
+
 class NotAName(ValueError):
     """A text that is not the text form of any one file name (see the module docstring)."""
 
@@ -75,6 +87,8 @@ class NotAName(ValueError):
 def to_bytes(text: str) -> bytes:
     """The on-disk name a text form stands for: U+EFxx is the byte xx, everything else is UTF-8. Raises
     NotAName unless `text` is exactly `to_text` of the result and the result can be one name."""
+    if _PLAIN_NAME.fullmatch(text) is not None and text not in (".", ".."):
+        return text.encode("utf-8")
     try:
         if not any(ESCAPE_BASE <= ord(ch) < _ESCAPE_END for ch in text):
             name = text.encode("utf-8")

@@ -57,11 +57,12 @@ def _components(canonical: str) -> list[str]:
     parts = [p for p in canonical.split("/") if p]
     if any(p in (".", "..") or "\0" in p for p in parts):
         raise FsError("INVALID_ARGUMENT", "path is not canonical")
-    for part in parts:
-        try:
-            fs_names.to_bytes(part)
-        except fs_names.NotAName as exc:
-            raise FsError("INVALID_ARGUMENT", f"{canonical} is not a path of the library: {exc}") from None
+    if not fs_names.plain(canonical):
+        for part in parts:
+            try:
+                fs_names.to_bytes(part)
+            except fs_names.NotAName as exc:
+                raise FsError("INVALID_ARGUMENT", f"{canonical} is not a path of the library: {exc}") from None
     return parts
 
 
