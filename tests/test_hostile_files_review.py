@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wasm_helpers import LIB, call_job, extension, make_host
 
 from capengine.host import fs_names, safe_fs
@@ -707,3 +709,26 @@ def test_a_hostile_root_given_to_the_catalogue_is_a_library_error(tmp_path, how,
     with pytest.raises(LibraryError) as exc:
         catalog.move(LIB, root) if how == "move" else getattr(catalog, how)(root)
     assert root.name[:20] in str(exc.value)
+
+
+ESCAPES = [chr(fs_names.ESCAPE_BASE + b) for b in (0x00, 0x0A, 0x2E, 0x2F, 0x5C, 0x61, 0x80, 0xA9, 0xBC, 0xC3,
+                                                   0xE2, 0xEF, 0xFF)]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(st.sampled_from(list("a.é/\\\n\u0301\u2028\uef41") + ESCAPES) | st.characters(), max_size=12))
+def test_one_text_one_name_for_any_text(text):
+    """Whatever a guest sends: either refused, or exactly the text form of one name."""
+    try:
+        name = fs_names.to_bytes(text)
+    except fs_names.NotAName:
+        return
+    assert fs_names.to_text(name) == text
+    assert name not in (b"", b".", b"..") and b"/" not in name and b"\0" not in name
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(min_size=1, max_size=16).filter(lambda b: b not in (b".", b"..") and b"/" not in b
+                                                  and b"\0" not in b))
+def test_every_name_on_disk_has_a_text_that_opens_it(name):
+    assert fs_names.to_bytes(fs_names.to_text(name)) == name
