@@ -7,6 +7,7 @@ never see: a hang and INTERNAL (a host bug, logged with a traceback)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -732,3 +733,33 @@ def test_one_text_one_name_for_any_text(text):
                                                   and b"\0" not in b))
 def test_every_name_on_disk_has_a_text_that_opens_it(name):
     assert fs_names.to_bytes(fs_names.to_text(name)) == name
+
+
+def test_the_fallback_probe_reads_a_bounded_number_of_names(tmp_path, monkeypatch):
+    """A planted .capengine link sends the probe to the existing names. It listed the whole root (ten million
+    names planted there: gigabytes); it now looks at a bounded number, and learns from a name whose other case
+    is the same entry (folding) or a different one (both exist: case-sensitive)."""
+    from capengine.host import libraries
+
+    root = tmp_path / "lib"
+    root.mkdir()
+    os.symlink(tmp_path, root / ".capengine")
+    for n in range(200):
+        (root / f"{n:04d}").mkdir()  # names without case: nothing to learn from them
+    monkeypatch.setattr(libraries, "MAX_PROBED_NAMES", 50)
+    real_scandir = os.scandir
+    seen = []
+
+    def counting_scandir(path):
+        with real_scandir(path) as it:
+            for entry in it:
+                seen.append(entry.name)
+                yield entry
+
+    monkeypatch.setattr(libraries.os, "scandir", lambda path: contextlib.closing(counting_scandir(path)))
+    assert libraries.probe_case_insensitive(root) is True  # nothing learnt: the safe answer
+    assert len(seen) <= 51
+    (root / "Photos").mkdir()
+    (root / "photos").mkdir()
+    monkeypatch.setattr(libraries, "MAX_PROBED_NAMES", 1000)
+    assert libraries.probe_case_insensitive(root) is False  # two entries: the volume tells case apart

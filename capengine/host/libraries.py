@@ -7,6 +7,7 @@ root always comes from here, resolved once to an absolute real path when the lib
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -23,6 +24,7 @@ log = logging.getLogger("capengine.host.libraries")
 
 DATA_DIR_ENV = "CAPENGINE_DATA_DIR"
 LIBRARY_ID_FILE = ".capengine/library-id"  # a library directory may carry its own id (the bundled sample does)
+MAX_PROBED_NAMES = 1000  # existing names looked at when the probe cannot create its file
 MAX_ID_FILE_BYTES = 256  # a UUID and some white space; a bigger file is not an id
 _PROBE_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -148,14 +150,23 @@ def read_library_id(root: Path) -> str | None:
 
 
 def _probe_existing(root: Path) -> bool:
+    """Looks up an existing name with its case swapped: the same entry means the volume folds, another entry
+    or none means it does not. At most MAX_PROBED_NAMES names are read (the root is library content: it may
+    hold millions); when none of them has case, nothing is learnt and the answer is True."""
     try:
-        names = set(os.listdir(root))
+        with os.scandir(root) as entries:
+            for entry in itertools.islice(entries, MAX_PROBED_NAMES):
+                swapped = entry.name.swapcase()
+                if swapped == entry.name or entry.name == ".capengine":  # ours may be fresh from the failed probe
+                    continue
+                try:
+                    other = os.stat(root / swapped, follow_symlinks=False)
+                except FileNotFoundError:
+                    return False
+                mine = entry.stat(follow_symlinks=False)
+                return (other.st_dev, other.st_ino) == (mine.st_dev, mine.st_ino)
     except OSError:
-        return True
-    for name in names - {".capengine"}:  # capengine's own directory may be fresh from the failed probe
-        swapped = name.swapcase()
-        if swapped != name and swapped not in names:
-            return os.path.lexists(root / swapped)
+        pass
     return True
 
 
