@@ -763,3 +763,10 @@ def test_the_fallback_probe_reads_a_bounded_number_of_names(tmp_path, monkeypatc
     (root / "photos").mkdir()
     monkeypatch.setattr(libraries, "MAX_PROBED_NAMES", 1000)
     assert libraries.probe_case_insensitive(root) is False  # two entries: the volume tells case apart
+
+
+def test_a_file_where_a_directory_should_be_is_named(guest):
+    os.mkfifo(guest.root / "docs" / "pipe")
+    for path, what in (("/docs/hello.txt", "a regular file"), ("/docs/pipe/x", "a FIFO")):
+        reply = guest("vdfs.list_dir", path=path)
+        assert reply["error"]["code"] == "NOT_FOUND" and what in reply["error"]["message"], reply

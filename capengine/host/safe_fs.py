@@ -107,11 +107,16 @@ def _open_dir(parent: int, name: bytes, path: str) -> int:
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=parent)
     except NotADirectoryError:
-        with contextlib.suppress(OSError):
-            if stat_mod.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
-                raise FsError("PERMISSION_DENIED", f"{path} goes through a symbolic link; links are not "
-                                                   "followed") from None
-        raise
+        try:
+            mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+        except OSError:
+            raise FileNotFoundError(errno.ENOENT, "gone") from None  # removed meanwhile: NOT_FOUND
+        if stat_mod.S_ISLNK(mode):
+            raise FsError("PERMISSION_DENIED", f"{path} goes through a symbolic link; links are not "
+                                               "followed") from None
+        what = "a regular file" if stat_mod.S_ISREG(mode) else _kind_name(mode)
+        raise FsError("NOT_FOUND", f"no such directory: {path} ({fs_names.to_text(name)!r} is {what}, not a "
+                                   "directory)") from None
 
 
 def _descend(fds: list[int], fd: int) -> None:
