@@ -770,3 +770,17 @@ def test_a_file_where_a_directory_should_be_is_named(guest):
     for path, what in (("/docs/hello.txt", "a regular file"), ("/docs/pipe/x", "a FIFO")):
         reply = guest("vdfs.list_dir", path=path)
         assert reply["error"]["code"] == "NOT_FOUND" and what in reply["error"]["message"], reply
+
+
+def test_a_real_guest_cannot_read_the_librarys_parent_through_escapes(tmp_path):
+    """The escape attack from a real WebAssembly guest, through the Host's ABI and the policy."""
+    host = make_host(tmp_path, ALLOW_ALL)
+    (tmp_path / "outside.txt").write_text("OUTSIDE SECRET")
+    try:
+        for path in ("/\\uef2e\\uef2e/outside.txt", "/docs/sub/s\\uef65cret.txt"):
+            ext = extension(tmp_path, call_job("vdfs.read_file", f'{{"path": "{path}"}}'))
+            result, calls = host.run_job(ext, "go", b"{}")
+            assert result.status == "completed" and calls[0].code == "INVALID_ARGUMENT", (result, calls)
+            assert "T1VUU0lERS" not in str(result.logs) and "czNjcmV0" not in str(result.logs)
+    finally:
+        host.close()
