@@ -784,3 +784,19 @@ def test_a_real_guest_cannot_read_the_librarys_parent_through_escapes(tmp_path):
             assert "T1VUU0lERS" not in str(result.logs) and "czNjcmV0" not in str(result.logs)
     finally:
         host.close()
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("/../outside.txt", "INVALID_ARGUMENT"),
+    ("/docs/../../outside.txt", "INVALID_ARGUMENT"),
+    ("/docs/sub/../sub/secret.txt", "PERMISSION_DENIED"),  # judged as the path it is
+    ("//docs//sub/./secret.txt", "PERMISSION_DENIED"),
+    ("/docs/sub/secret.txt\u0000.png", "INVALID_ARGUMENT"),
+    ("/docs\\sub\\secret.txt", "INVALID_ARGUMENT"),
+    ("/docs/sub/SECRET.txt", "NOT_FOUND"),  # a case-sensitive volume: another name, and nothing there
+    ("//docs/./hello.txt/", "OK"),
+])
+def test_literal_path_tricks_through_the_dispatcher(guest, path, expected):
+    reply = guest("vdfs.read_file", path=path)
+    assert ("OK" if reply["ok"] else reply["error"]["code"]) == expected, reply
+    assert "OUTSIDE" not in json.dumps(reply) and "czNjcmV0" not in json.dumps(reply)

@@ -79,7 +79,7 @@ def probe_case_insensitive(root: Path) -> bool:
     a link planted there (to a case-sensitive directory elsewhere) would otherwise make the probe answer for
     that directory, and create its file there."""
     try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return _probe_existing(root)
     try:
