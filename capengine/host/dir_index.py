@@ -6,6 +6,8 @@ directory on every call costs about 1.5 ms. A listing is reused while the direct
 mtime and ctime are unchanged. It is only ever a hint: the caller confirms each answer by inode against what
 the file system itself resolves, and asks for a fresh listing when they disagree, so a stale entry (a
 directory changed twice within a coarse mtime tick, as on FAT) can cost a rescan but never a wrong answer.
+The cache is bounded in directories, in entries per directory and in entries overall: the library's writer
+chooses how many directories and names there are.
 """
 
 from __future__ import annotations
