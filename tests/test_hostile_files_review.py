@@ -800,3 +800,16 @@ def test_literal_path_tricks_through_the_dispatcher(guest, path, expected):
     reply = guest("vdfs.read_file", path=path)
     assert ("OK" if reply["ok"] else reply["error"]["code"]) == expected, reply
     assert "OUTSIDE" not in json.dumps(reply) and "czNjcmV0" not in json.dumps(reply)
+
+
+def test_a_big_library_without_an_id_file_is_added(tmp_path, monkeypatch):
+    """Reading the id file safely must not turn "there is none" into a directory scan that a root with more
+    entries than safe_fs scans for equivalent names (100,000) refuses."""
+    from capengine.host.libraries import LibraryCatalog
+
+    monkeypatch.setattr(safe_fs, "MAX_SCAN", 10)
+    root = tmp_path / "lib"
+    root.mkdir()
+    for n in range(20):
+        (root / f"{n}.jpg").write_text("x")
+    assert LibraryCatalog(tmp_path / "data").add(root).root == root

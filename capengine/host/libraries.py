@@ -132,6 +132,8 @@ def read_library_id(root: Path) -> str | None:
     names the file and the way out."""
     where = root / LIBRARY_ID_FILE
     advice = f"remove {where} or give the id with --id"
+    if not os.path.lexists(where):  # only a filter: what exists is opened safely below; what does not is not
+        return None  # looked for under other Unicode spellings (a scan a huge root would refuse)
     try:
         with safe_fs.open_beneath(root, "/" + LIBRARY_ID_FILE) as fd:
             raw = os.read(fd, MAX_ID_FILE_BYTES + 1)
