@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wasm_helpers import LIB, call_job, extension, make_host
 
@@ -813,3 +813,29 @@ def test_a_big_library_without_an_id_file_is_added(tmp_path, monkeypatch):
     for n in range(20):
         (root / f"{n}.jpg").write_text("x")
     assert LibraryCatalog(tmp_path / "data").add(root).root == root
+
+
+@pytest.fixture(scope="module")
+def zoo_guest(tmp_path_factory):
+    base = tmp_path_factory.mktemp("zoo")
+    g = Guest(base)
+    (base / "outside.txt").write_text("OUTSIDE SECRET")
+    names = hostile_zoo(g.root, base)
+    yield g, [fs_names.to_text(n) for n in names.values()]
+    g.host.close()
+
+
+PIECES = ["docs", "zoo", "sub", "secret.txt", "hello.txt", "outside.txt", "..", ".", "", "\uef2e\uef2e", "\uef2f",
+          "\uef00", "\uef65", "caf\uefe9", "\u00e9", "e\u0301", "DOCS", ".capengine", "sidecars", "x" * 255]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_paths_over_a_hostile_library_never_leak_hang_or_fail_inside(zoo_guest, data):
+    g, zoo_names = zoo_guest
+    parts = data.draw(st.lists(st.sampled_from(PIECES + zoo_names) | st.text(max_size=6), min_size=1, max_size=6))
+    path = "/" + "/".join(parts)
+    method, extra = data.draw(st.sampled_from(PATH_OPS[:5]))
+    reply = g(method, path=path, **extra)  # never a hang, never INTERNAL
+    text = json.dumps(reply)
+    assert "OUTSIDE" not in text and "T1VUU0lERS" not in text and "czNjcmV0" not in text, (path, reply)
