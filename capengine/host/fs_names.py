@@ -12,6 +12,12 @@ block U+EF00..U+EFFF, the character U+EF00 + byte:
 `to_bytes(to_text(b)) == b` for every name b, and the text form always passes canonical_path. Example: the
 Latin-1 name b"caf\\xe9.txt" is listed as "caf\\uefe9.txt"; a guest passes that string back to read it.
 
+The converse is enforced too: `to_bytes` accepts only a text that IS the text form of its bytes, and only bytes
+that can be one name. An escape is a byte only where the name needs it; otherwise "\\uef2e\\uef2e" would be
+the name ".." (the library's parent), "a\\uef2fb" the two components "a/b" (crossing a symbolic link on the
+way, since O_NOFOLLOW guards only the last), "\\uef00" a NUL, and "s\\uef65cret" a second spelling of
+"secret" that a policy denying /secret* does not recognise. One name, one text; one text, one name.
+
 Names differing only in Unicode normalisation (NFC "é" vs NFD "e" + U+0301) are the same name to a policy:
 paths are NFC-normalised before the policy sees them, and `equivalence_key` says which names on disk a
 canonical component stands for.
@@ -19,11 +25,17 @@ canonical component stands for.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 ESCAPE_BASE = 0xEF00
 _ESCAPE_END = ESCAPE_BASE + 0x100
 _UNSAFE = frozenset("\\\u2028\u2029")
+# One regex scan instead of a call per character: both run for every path component of every host call.
+_NEEDS_ESCAPE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\uef00-\uefff]")
+# Text that is its own text form: no escape, nothing that needs one, no surrogate (and, for a name, no "/").
+_PLAIN_TEXT = re.compile("[^\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\uef00-\uefff\ud800-\udfff]*")
+_PLAIN_NAME = re.compile("[^\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\uef00-\uefff\ud800-\udfff/]+")
 
 
 def _needs_escape(ch: str) -> bool:
@@ -37,7 +49,7 @@ def to_text(name: bytes) -> str:
         text = name.decode("utf-8")
     except UnicodeDecodeError:
         return _escape_invalid(name)
-    if not any(_needs_escape(ch) for ch in text):
+    if _NEEDS_ESCAPE.search(text) is None:
         return text
     return "".join(_escape_char(ch) for ch in text)
 
@@ -62,18 +74,39 @@ def _escape_invalid(name: bytes) -> str:
     return "".join(out)
 
 
+def plain(text: str) -> bool:
+    """Whether `text` holds no escape and nothing that needs one: then each of its "/"-separated parts other
+    than "." and ".." is the text form of itself (one regex scan of a whole path, the common case)."""
+    return _PLAIN_TEXT.fullmatch(text) is not None
+
+
+class NotAName(ValueError):
+    """A text that is not the text form of any one file name (see the module docstring)."""
+
+
 def to_bytes(text: str) -> bytes:
-    """The on-disk name a text form stands for: U+EFxx is the byte xx, everything else is UTF-8."""
-    if not any(ESCAPE_BASE <= ord(ch) < _ESCAPE_END for ch in text):
+    """The on-disk name a text form stands for: U+EFxx is the byte xx, everything else is UTF-8. Raises
+    NotAName unless `text` is exactly `to_text` of the result and the result can be one name."""
+    if _PLAIN_NAME.fullmatch(text) is not None and text not in (".", ".."):
         return text.encode("utf-8")
-    out = bytearray()
-    for ch in text:
-        code = ord(ch)
-        if ESCAPE_BASE <= code < _ESCAPE_END:
-            out.append(code - ESCAPE_BASE)
+    try:
+        if not any(ESCAPE_BASE <= ord(ch) < _ESCAPE_END for ch in text):
+            name = text.encode("utf-8")
         else:
-            out += ch.encode("utf-8")
-    return bytes(out)
+            out = bytearray()
+            for ch in text:
+                code = ord(ch)
+                out += bytes((code - ESCAPE_BASE,)) if ESCAPE_BASE <= code < _ESCAPE_END else ch.encode("utf-8")
+            name = bytes(out)
+    except UnicodeEncodeError:  # a lone surrogate
+        raise NotAName(f"{text!a} holds a lone surrogate") from None
+    if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
+        raise NotAName(f"{text!a} stands for {name!r}, which cannot be one name in a directory")
+    if to_text(name) != text:
+        raise NotAName(f"{text!a} spells bytes with U+EF00+byte escapes that need none; a name's text form "
+                       f"escapes only bytes that are not UTF-8 text, controls and backslashes (here: "
+                       f"{to_text(name)!a})")
+    return name
 
 
 # Code points HFS+ and APFS ignore or fold when comparing names (zero-width joiners, variation selectors...).

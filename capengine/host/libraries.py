@@ -7,6 +7,7 @@ root always comes from here, resolved once to an absolute real path when the lib
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -17,11 +18,15 @@ from pathlib import Path
 import attrs
 
 from capengine.errors import CapengineError
+from capengine.host import safe_fs
 
 log = logging.getLogger("capengine.host.libraries")
 
 DATA_DIR_ENV = "CAPENGINE_DATA_DIR"
 LIBRARY_ID_FILE = ".capengine/library-id"  # a library directory may carry its own id (the bundled sample does)
+MAX_PROBED_NAMES = 1000  # existing names looked at when the probe cannot create its file
+MAX_ID_FILE_BYTES = 256  # a UUID and some white space; a bigger file is not an id
+_PROBE_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def default_data_dir() -> Path:
@@ -34,6 +39,18 @@ def default_data_dir() -> Path:
 
 class LibraryError(CapengineError):
     pass
+
+
+def real_directory(root: str | Path) -> Path:
+    """`root` resolved to the real path of a directory, or a LibraryError naming it: a link loop (which
+    Path.resolve reports as RuntimeError), a name over NAME_MAX, a file or a FIFO is not a library."""
+    try:
+        real = Path(root).resolve(strict=False)
+        if real.is_dir():
+            return real
+    except (OSError, RuntimeError) as exc:
+        raise LibraryError(f"{root} cannot be a library: {getattr(exc, 'strerror', None) or exc}") from None
+    raise LibraryError(f"{root} is not a directory")
 
 
 @attrs.frozen
@@ -53,38 +70,105 @@ def probe_case_insensitive(root: Path) -> bool:
     """Whether the volume holding `root` treats names differing in case (or normalisation) as one.
 
     Creates a mixed-case probe file under ROOT/.capengine and looks it up by other spellings (case, NFD, an
-    ignorable U+200C). When the root
-    is not writable, an existing entry is looked up with its case swapped. When nothing can be learned, the
-    answer is True: treating a case-sensitive volume as insensitive only costs directory scans, the other
-    mistake lets "/Private" past a deny on "/private"."""
-    probe_dir = root / ".capengine"
-    token = uuid.uuid4().hex[:12]
-    probe = probe_dir / f"Case-Probe-{token}-\u00c9"
+    ignorable U+200C). When the root is not writable, or its .capengine is not a plain directory on the root's
+    volume, an existing entry is looked up with its case swapped. When nothing can be learned, the answer is
+    True: treating a case-sensitive volume as insensitive only costs directory scans, the other mistake lets
+    "/Private" past a deny on "/private".
+
+    .capengine is library content: everything is done relative to descriptors opened with O_NOFOLLOW, because
+    a link planted there (to a case-sensitive directory elsewhere) would otherwise make the probe answer for
+    that directory, and create its file there."""
     try:
-        probe_dir.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        os.close(fd)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return _probe_existing(root)
     try:
-        variants = (f"case-probe-{token}-\u00e9",  # case
-                    f"Case-Probe-{token}-E\u0301",  # normalisation (APFS, even when case-sensitive)
-                    f"Case-\u200cProbe-{token}-\u00c9")  # an ignorable code point (HFS+)
-        return any(os.path.lexists(probe_dir / variant) for variant in variants)
+        return _probe_beneath(root_fd, root)
     finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
+        os.close(root_fd)
+
+
+def _probe_beneath(root_fd: int, root: Path) -> bool:
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(".capengine", 0o700, dir_fd=root_fd)
+        probe_dir = os.open(".capengine", _PROBE_DIR_FLAGS, dir_fd=root_fd)
+    except OSError:  # not writable, or not a plain directory (a link, a FIFO, a file)
+        return _probe_existing(root)
+    token = uuid.uuid4().hex[:12]
+    probe = f"Case-Probe-{token}-\u00c9".encode()
+    variants = (f"case-probe-{token}-\u00e9",  # case
+                f"Case-Probe-{token}-E\u0301",  # normalisation (APFS, even when case-sensitive)
+                f"Case-\u200cProbe-{token}-\u00c9")  # an ignorable code point (HFS+)
+    try:
+        if os.fstat(probe_dir).st_dev != os.fstat(root_fd).st_dev:  # another volume mounted there
+            return _probe_existing(root)
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=probe_dir))
+        except OSError:
+            return _probe_existing(root)
+        try:
+            return any(_lexists(probe_dir, variant.encode()) for variant in variants)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(probe, dir_fd=probe_dir)
+    finally:
+        os.close(probe_dir)
+
+
+def _lexists(directory: int, name: bytes) -> bool:
+    try:
+        os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def read_library_id(root: Path) -> str | None:
+    """The id a library directory carries in .capengine/library-id, or None when it carries none. The file is
+    library content, so it is opened like any library file (safe_fs: no link followed, never a FIFO or a device,
+    no hard link to a file elsewhere) and only its first bytes are read; anything else is a LibraryError that
+    names the file and the way out."""
+    where = root / LIBRARY_ID_FILE
+    advice = f"remove {where} or give the id with --id"
+    if not os.path.lexists(where):  # only a filter: what exists is opened safely below; what does not is not
+        return None  # looked for under other Unicode spellings (a scan a huge root would refuse)
+    try:
+        with safe_fs.open_beneath(root, "/" + LIBRARY_ID_FILE) as fd:
+            raw = os.read(fd, MAX_ID_FILE_BYTES + 1)
+    except safe_fs.FsError as exc:
+        if exc.code == "NOT_FOUND":
+            return None
+        raise LibraryError(f"cannot use {where} as the library's id: {exc.message}; {advice}") from None
+    except OSError as exc:
+        raise LibraryError(f"cannot read {where}: {exc.strerror}; {advice}") from None
+    if len(raw) > MAX_ID_FILE_BYTES:
+        raise LibraryError(f"{where} is over {MAX_ID_FILE_BYTES} bytes, so it is not a library id; {advice}")
+    try:
+        return raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise LibraryError(f"{where} is not a UUID (it is not even ASCII text); {advice}") from None
 
 
 def _probe_existing(root: Path) -> bool:
+    """Looks up an existing name with its case swapped: the same entry means the volume folds, another entry
+    or none means it does not. At most MAX_PROBED_NAMES names are read (the root is library content: it may
+    hold millions); when none of them has case, nothing is learnt and the answer is True."""
     try:
-        names = set(os.listdir(root))
+        with os.scandir(root) as entries:
+            for entry in itertools.islice(entries, MAX_PROBED_NAMES):
+                swapped = entry.name.swapcase()
+                if swapped == entry.name or entry.name == ".capengine":  # ours may be fresh from the failed probe
+                    continue
+                try:
+                    other = os.stat(root / swapped, follow_symlinks=False)
+                except FileNotFoundError:
+                    return False
+                mine = entry.stat(follow_symlinks=False)
+                return (other.st_dev, other.st_ino) == (mine.st_dev, mine.st_ino)
     except OSError:
-        return True
-    for name in names - {".capengine"}:  # capengine's own directory may be fresh from the failed probe
-        swapped = name.swapcase()
-        if swapped != name and swapped not in names:
-            return os.path.lexists(root / swapped)
+        pass
     return True
 
 
@@ -144,12 +228,10 @@ class LibraryCatalog:
 
     def add(self, root: str | Path, name: str | None = None, library_id: str | None = None,
             allow_hardlinks: bool = False) -> Library:
-        real = Path(root).resolve(strict=False)
-        if not real.is_dir():
-            raise LibraryError(f"{root} is not a directory")
+        real = real_directory(root)
         id_file = real / LIBRARY_ID_FILE
-        if library_id is None and id_file.is_file():
-            library_id = id_file.read_text().strip()
+        if library_id is None:
+            library_id = read_library_id(real)
         try:
             lid = str(uuid.UUID(library_id)) if library_id else str(uuid.uuid4())
         except ValueError:
@@ -207,19 +289,21 @@ class LibraryCatalog:
         return library
 
     def move(self, library_id: str, root: str | Path) -> Library:
-        """Re-root a known id (a moved checkout, a second clone): same id, so policies and data still apply."""
+        """Re-root a known id (a moved checkout, a second clone): same id, so policies and data still apply.
+        The new root may be on another volume, so it is probed again (a folding volume must be judged by on-disk
+        spelling); whether hard links are allowed is the library's setting and is kept."""
         library = self.get(library_id)
         if library is None:
             raise LibraryError(f"no library {library_id} in the catalogue (see capengine library list)")
-        real = Path(root).resolve(strict=False)
-        if not real.is_dir():
-            raise LibraryError(f"{root} is not a directory")
+        real = real_directory(root)
         other = self.find_root(real)
         if other is not None and other.id != library.id:
             raise LibraryError(f"{real} is already library {other.id}; remove that one first")
+        folds = probe_case_insensitive(real)
         with self._connect() as db:
-            db.execute("UPDATE libraries SET root = ? WHERE id = ?", (str(real), library.id))
-        moved = Library(library.id, library.name, real)
+            db.execute("UPDATE libraries SET root = ?, case_insensitive = ? WHERE id = ?", (str(real), folds,
+                                                                                          library.id))
+        moved = Library(library.id, library.name, real, folds, library.allow_hardlinks)
         self._known[library.id] = moved
         return moved
 
@@ -227,16 +311,16 @@ class LibraryCatalog:
         """The library at `root`, for a command given that directory explicitly (`capengine run --library`):
         its entry if known; else, when the directory carries the id of a known library (a second clone, a moved
         checkout), that id re-rooted here, said on stderr; else a new entry."""
-        real = Path(root).resolve(strict=False)
+        real = real_directory(root)
         found = self.find_root(real)
         if found is not None:
             return found
-        id_file = real / LIBRARY_ID_FILE
-        if id_file.is_file():
+        carried = read_library_id(real)
+        if carried:
             try:
-                known = self.get(str(uuid.UUID(id_file.read_text().strip())))
+                known = self.get(str(uuid.UUID(carried)))
             except ValueError:
-                known = None
+                known = None  # `add` says what is wrong with the file
             if known is not None:
                 log.warning("library %s moved from %s to %s (it carries that id in %s)", known.id, known.root,
                             real, LIBRARY_ID_FILE)

@@ -1,9 +1,12 @@
 """Open files beneath a library root, safe against every escape, including races, and against hostile files.
 
-The canonical path (capengine.policy.paths) already has no `..`, NUL or control characters; what remains is
+The canonical path (capengine.policy.paths) already has no `..`, NUL or control characters, and each component
+must be the exact text form of one name (fs_names.to_bytes: no escape spells "..", "/" or NUL); what remains is
 symlinks, including one swapped in between a check and a use. So nothing is checked and then opened by name:
 each component is opened relative to its parent's descriptor with O_NOFOLLOW, so a symlink anywhere, at any
-moment, makes the open fail instead of leaving the root.
+moment, makes the open fail instead of leaving the root. Only the descriptor of the current directory is held
+on the way down: a path 2,000 directories deep costs one descriptor, not 2,000 (a daemon's limit is often 1,024,
+shared by every thread and socket).
 
 Hostile library contents are handled here too, because a path policy cannot see them:
 - only regular files and directories are ever opened. A FIFO, socket or device is refused after an
@@ -54,6 +57,12 @@ def _components(canonical: str) -> list[str]:
     parts = [p for p in canonical.split("/") if p]
     if any(p in (".", "..") or "\0" in p for p in parts):
         raise FsError("INVALID_ARGUMENT", "path is not canonical")
+    if not fs_names.plain(canonical):
+        for part in parts:
+            try:
+                fs_names.to_bytes(part)
+            except fs_names.NotAName as exc:
+                raise FsError("INVALID_ARGUMENT", f"{canonical} is not a path of the library: {exc}") from None
     return parts
 
 
@@ -66,9 +75,55 @@ def os_error(exc: OSError, path: str) -> FsError:
         return FsError("INVALID_ARGUMENT", f"name too long in {path}")
     if exc.errno == errno.EISDIR:
         return FsError("INVALID_ARGUMENT", f"{path} is a directory")
+    if exc.errno in (errno.ENXIO, errno.ENODEV):  # a socket, or a device node with no device behind it
+        return FsError("INVALID_ARGUMENT", f"{path} is not a regular file (a socket or a device); only regular "
+                                           "files are opened")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return FsError("PERMISSION_DENIED", f"the host may not open {path}")
-    return FsError("INTERNAL", f"cannot open {path}: {os.strerror(exc.errno or 0)}")
+    if exc.errno == errno.EROFS:
+        return FsError("PERMISSION_DENIED", f"cannot write {path}: the library's volume is read-only")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return FsError("RESOURCE_EXHAUSTED", f"cannot write {path}: {os.strerror(exc.errno)} on the library's "
+                                             "volume")
+    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+        return FsError("RESOURCE_EXHAUSTED", f"cannot open {path} now: {os.strerror(exc.errno)}; try again later")
+    return FsError("INTERNAL", f"cannot use {path}: {exc.strerror or exc}")
+
+
+def _open_root(root: Path) -> int:
+    """The root recorded in the catalogue, which is a real path (resolved at `library add`): a link or a file
+    there now means the library was replaced, and nothing is opened through it. The guest is not told where
+    the root is on the host."""
+    try:
+        return os.open(root, _DIR_FLAGS)
+    except OSError as exc:
+        raise FsError("NOT_FOUND", f"the library's root directory cannot be opened ({os.strerror(exc.errno or 0)}): "
+                                   "it was removed, or replaced by a link or a file; the operator must restore it "
+                                   "or re-root the library (capengine library move)") from None
+
+
+def _open_dir(parent: int, name: bytes, path: str) -> int:
+    """A directory on the way. O_DIRECTORY | O_NOFOLLOW fails with ENOTDIR on a link: say it is one."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except NotADirectoryError:
+        try:
+            mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+        except OSError:
+            raise FileNotFoundError(errno.ENOENT, "gone") from None  # removed meanwhile: NOT_FOUND
+        if stat_mod.S_ISLNK(mode):
+            raise FsError("PERMISSION_DENIED", f"{path} goes through a symbolic link; links are not "
+                                               "followed") from None
+        what = "a regular file" if stat_mod.S_ISREG(mode) else _kind_name(mode)
+        raise FsError("NOT_FOUND", f"no such directory: {path} ({fs_names.to_text(name)!r} is {what}, not a "
+                                   "directory)") from None
+
+
+def _descend(fds: list[int], fd: int) -> None:
+    """Hold `fd` instead of the descriptor it was opened from (see the module docstring)."""
+    fds.append(fd)
+    while len(fds) > 1:
+        os.close(fds.pop(0))
 
 
 def _close(fds: list[int]) -> None:
@@ -112,12 +167,15 @@ def _lookup(parent: int, text: str, path: str) -> bytes:
     except FileNotFoundError:
         pass
     for fresh in (False, True):  # a cached index is a hint: an entry it names must still exist
-        matches = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh).equivalent(text, False)
+        index, read_now = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh)
+        matches = index.equivalent(text, False)
         if len(matches) > 1:
             raise FsError("INVALID_ARGUMENT", f"{path} names {len(matches)} entries that differ only in Unicode "
                                               "normalisation; capengine opens none of them")
         if matches and _inode(parent, matches[0]) is not None:
             return matches[0]
+        if read_now:
+            break
     raise FileNotFoundError(errno.ENOENT, "not found")
 
 
@@ -168,13 +226,13 @@ def open_beneath(root: Path, canonical: str, directory: bool = False,
         raise FsError("INVALID_ARGUMENT", "/ is the library root, a directory")
     last = len(parts) - 1
     with _descriptors(canonical) as fds:
-        fds.append(os.open(root, _DIR_FLAGS))
+        fds.append(_open_root(root))
         for i, text in enumerate(parts):
             name = _lookup(fds[-1], text, canonical)
             if i == last and not directory:
-                fds.append(_open_file(fds[-1], name, canonical, allow_hardlinks))
+                _descend(fds, _open_file(fds[-1], name, canonical, allow_hardlinks))
             else:
-                fds.append(os.open(name, _DIR_FLAGS, dir_fd=fds[-1]))
+                _descend(fds, _open_dir(fds[-1], name, canonical))
     try:
         yield fds[-1]
     finally:
@@ -189,12 +247,12 @@ def open_parent(root: Path, canonical: str, create: bool = False) -> Iterator[tu
     if not parts:
         raise FsError("INVALID_ARGUMENT", "the library root has no parent")
     with _descriptors(canonical) as fds:
-        fds.append(os.open(root, _DIR_FLAGS))
+        fds.append(_open_root(root))
         for text in parts[:-1]:
             if create:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(fs_names.to_bytes(text), 0o700, dir_fd=fds[-1])
-            fds.append(os.open(_lookup(fds[-1], text, canonical), _DIR_FLAGS, dir_fd=fds[-1]))
+            _descend(fds, _open_dir(fds[-1], _lookup(fds[-1], text, canonical), canonical))
         try:
             final = _lookup(fds[-1], parts[-1], canonical)
         except FileNotFoundError:
@@ -240,7 +298,7 @@ def spelled_path(root: Path, canonical: str, case_insensitive: bool) -> str:
         return canonical
     spelled: list[str] = []
     with _descriptors(canonical) as fds:
-        fds.append(os.open(root, _DIR_FLAGS))
+        fds.append(_open_root(root))
         root_device = os.fstat(fds[0]).st_dev
         folding = case_insensitive
         for i, text in enumerate(parts):
@@ -260,7 +318,7 @@ def spelled_path(root: Path, canonical: str, case_insensitive: bool) -> str:
             if i == len(parts) - 1:
                 break
             try:
-                fds.append(os.open(name, _DIR_FLAGS, dir_fd=fds[-1]))
+                _descend(fds, os.open(name, _DIR_FLAGS, dir_fd=fds[-1]))
             except OSError:  # not a directory, a link, gone: the open that follows reports it
                 spelled.extend(parts[i + 1:])
                 break
@@ -275,7 +333,7 @@ def _on_disk(parent: int, text: str, path: str) -> bytes | None:
     wanted = fs_names.to_bytes(text)
     resolved = _inode(parent, wanted)  # what the volume opens for this spelling, if anything
     for fresh in (False, True):
-        index = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh)
+        index, _ = dir_index.listing(parent, lambda fd: _entries(fd, path), fresh)
         candidates = (wanted,) if wanted in index.names else index.equivalent(text, True)
         if resolved is None:  # the volume opens nothing: a unique equivalent entry is the one meant
             if len(candidates) > 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import mimetypes
 import os
 import re
@@ -51,12 +52,17 @@ def _hardlinks(ctx: CallContext) -> bool:
 
 
 @contextlib.contextmanager
-def fs_errors():
-    """safe_fs failures and an exhausted deadline become the operation errors the guest sees."""
+def fs_errors(path: str):
+    """safe_fs failures, an exhausted deadline and a failing file system (a full disk, a read-only volume, a
+    directory where a file should be, an unsearchable directory) become the operation errors the guest sees,
+    never INTERNAL: the library's contents and its volume are not host bugs."""
     try:
         yield
     except safe_fs.FsError as exc:
         raise OperationError(ErrorCode(exc.code), exc.message) from None
+    except OSError as exc:
+        error = safe_fs.os_error(exc, path)
+        raise OperationError(ErrorCode(error.code), error.message) from None
     except DeadlineExceeded as exc:
         raise OperationError(ErrorCode.RESOURCE_EXHAUSTED, str(exc)) from None
 
@@ -64,7 +70,7 @@ def fs_errors():
 @contextlib.contextmanager
 def open_file(ctx: CallContext, path: str):
     """A regular file of the call's library (never a FIFO or device; hard links per the library's setting)."""
-    with fs_errors(), safe_fs.open_beneath(library_root(ctx), path, allow_hardlinks=_hardlinks(ctx)) as fd:
+    with fs_errors(path), safe_fs.open_beneath(library_root(ctx), path, allow_hardlinks=_hardlinks(ctx)) as fd:
         yield fd
 
 
@@ -99,7 +105,7 @@ def list_dir(ctx: CallContext, args: dict) -> dict:
     """Every entry, whatever its name: a name that is not UTF-8 (or has control characters) is given in the
     text form of fs_names, which vdfs.read_file accepts back."""
     entries: list[dict] = []
-    with fs_errors(), safe_fs.open_beneath(library_root(ctx), args["path"], directory=True) as fd:
+    with fs_errors(args["path"]), safe_fs.open_beneath(library_root(ctx), args["path"], directory=True) as fd:
         hidden = 1 if args["path"] == "/" else 0  # /.capengine is read but not listed
         for name in safe_fs.list_names(fd, MAX_ENTRIES + hidden):
             if args["path"] == "/" and name == b".capengine":
@@ -117,11 +123,11 @@ def list_dir(ctx: CallContext, args: dict) -> dict:
 
 
 def stat(ctx: CallContext, args: dict) -> dict:
-    with fs_errors(), safe_fs.open_parent(library_root(ctx), args["path"]) as (parent, name):
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except OSError as exc:
-            raise safe_fs.os_error(exc, args["path"]) from None
+    if args["path"] == "/":  # the root has no parent to lstat it in; it is a directory or nothing opens
+        with fs_errors("/"), safe_fs.open_beneath(library_root(ctx), "/", directory=True) as fd:
+            return {"path": "/", **_describe(os.fstat(fd))}
+    with fs_errors(args["path"]), safe_fs.open_parent(library_root(ctx), args["path"]) as (parent, name):
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
     return {"path": args["path"], **_describe(st)}
 
 
@@ -168,7 +174,7 @@ def _content_hash(ctx: CallContext, path: str) -> str:
             return cached
         digest = hashlib.sha256()
         done = 0
-        with fs_errors():
+        with fs_errors(path):
             while done <= MAX_HASHED and (chunk := os.read(fd, HASH_CHUNK)):
                 digest.update(chunk)
                 done += len(chunk)
@@ -199,7 +205,7 @@ def write_sidecar(ctx: CallContext, args: dict) -> dict:
     Always into the caller's own namespace."""
     target = _sidecar(ctx, args["path"], args["kind"], ctx.extension)
     data = args["data"].encode("utf-8")
-    with fs_errors(), safe_fs.open_parent(library_root(ctx), target, create=True) as (parent, name):
+    with fs_errors(target), safe_fs.open_parent(library_root(ctx), target, create=True) as (parent, name):
         tmp = b".%s.%d.%s.tmp" % (name, os.getpid(), os.urandom(6).hex().encode())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
         try:
@@ -218,16 +224,21 @@ def write_sidecar(ctx: CallContext, args: dict) -> dict:
 
 
 STALE_TEMP_SECONDS = 600
+MAX_SWEPT = 1000  # entries of a sidecar directory looked at for abandoned temp files, per write
 
 
 def _sweep_stale_temps(parent: int, name: bytes) -> None:
-    """Temp files a killed writer left behind (it never reached the rename), once clearly abandoned."""
+    """Temp files a killed writer left behind (it never reached the rename), once clearly abandoned. Runs after
+    the sidecar is in place, so it never fails the write, and it looks at a bounded number of entries: whoever
+    writes the library can put a million files in a sidecar directory."""
     cutoff = time.time() - STALE_TEMP_SECONDS
-    for entry in safe_fs.list_names(parent):
-        if entry.startswith(b".%s." % name) and entry.endswith(b".tmp"):
-            with contextlib.suppress(OSError):
-                if os.stat(entry, dir_fd=parent, follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(entry, dir_fd=parent)
+    with contextlib.suppress(OSError), os.scandir(parent) as it:
+        for entry in itertools.islice(it, MAX_SWEPT):
+            raw = os.fsencode(entry.name)
+            if raw.startswith(b".%s." % name) and raw.endswith(b".tmp"):
+                with contextlib.suppress(OSError):
+                    if os.stat(raw, dir_fd=parent, follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(raw, dir_fd=parent)
 
 
 def read_sidecar(ctx: CallContext, args: dict) -> dict:
@@ -235,7 +246,7 @@ def read_sidecar(ctx: CallContext, args: dict) -> dict:
     the caller may: it sees args.writer)."""
     writer = args.get("writer", ctx.extension)
     target = _sidecar(ctx, args["path"], args["kind"], writer)
-    with fs_errors(), safe_fs.open_beneath(library_root(ctx), target) as fd:
+    with fs_errors(target), safe_fs.open_beneath(library_root(ctx), target) as fd:
         data = os.read(fd, MAX_READ + 1)
     if len(data) > MAX_READ:
         raise OperationError(ErrorCode.RESOURCE_EXHAUSTED, f"sidecar is over the {MAX_READ}-byte cap")
