@@ -1,0 +1,76 @@
+"""Adversarial review of broken and subtly wrong policy files and CEL cases.
+
+Each test is an attack that once got through: a traceback instead of a finding, a rule silently dropped, a
+limit that could never pass accepted, an error reported at the wrong line. Every one must be refused by
+`capengine check` with a finding naming file:line and what to do, and exit 1 (errors) or 2 (usage / I/O).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import policy_yaml
+
+from capengine.policy.loader import discover, load_paths, load_text, walk
+from capengine.policy.schemas import validator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _check(*paths: Path | str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "capengine", "check", *map(str, paths)], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def _findings(text: str) -> list[tuple[int, int, str, str, str]]:
+    _, findings = load_text("p.yaml", text)
+    return [(f.location.line, f.location.column, f.severity, f.code, f.message) for f in findings]
+
+
+def _limit_policy(limit: str) -> str:
+    return ("apiVersion: capengine/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n  extensions: [com.example.a]\n"
+            "  rules: []\n  limits:\n    - operations: [vdfs.read_file]\n" + limit)
+
+
+# --- a trailing newline is not part of an identifier ------------------------------------------------------
+# Python's `$` also matches before a final "\n" (ECMA-262's, which JSON Schema specifies, does not): the
+# schema accepted "10/second\n" (the loader then raised KeyError), rule ids and policy names with a newline
+# in them (which break every "policy/rule" line of a log), and extension globs that can match nothing.
+
+TRAILING_NEWLINE = [
+    ("rate", _limit_policy('      rate: "10/second\\n"\n'), 9),
+    ("rule id", policy_yaml("p", '- {id: "r\\n", effect: allow, operations: [vdfs.read_file]}\n'), 7),
+    ("policy name", policy_yaml("p", "- {id: r, effect: allow, operations: [vdfs.read_file]}\n")
+     .replace("{name: p}", '{name: "p\\n"}'), 3),
+    ("extension glob", policy_yaml("p", "- {id: r, effect: allow, operations: [vdfs.read_file]}\n",
+                                   '["com.example.a\\n"]'), 5),
+    ("operation", policy_yaml("p", '- {id: r, effect: allow, operations: ["vdfs.read_file\\n"]}\n'), 7),
+]
+
+
+@pytest.mark.parametrize(("what", "text", "line"), TRAILING_NEWLINE, ids=[t[0] for t in TRAILING_NEWLINE])
+def test_a_trailing_newline_is_refused_by_the_schema(what, text, line):
+    found = _findings(text)
+    assert [(f[0], f[3]) for f in found if f[2] == "error"] == [(line, "schema")], found
+
+
+def test_the_schema_pattern_follows_ecma_262_dollar():
+    """The JSON Schema validator itself (also used for extension manifests): "$" is the end of the text."""
+    schema = validator("policy.schema.json")
+    doc = {"apiVersion": "capengine/v1", "kind": "Policy", "metadata": {"name": "p"},
+           "spec": {"extensions": ["com.example.a"], "rules": []}}
+    assert not list(schema.iter_errors(doc))
+    for bad in ("p\n", "p\r\n", "\np"):
+        assert list(schema.iter_errors({**doc, "metadata": {"name": bad}})), repr(bad)
+
+
+def test_a_trailing_newline_in_a_rate_is_a_finding_not_a_traceback(tmp_path):
+    (tmp_path / "p.yaml").write_text(TRAILING_NEWLINE[0][1])
+    run = _check(tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    assert "p.yaml:9:" in run.stdout and "is not a rate" in run.stdout
