@@ -74,3 +74,31 @@ def test_a_trailing_newline_in_a_rate_is_a_finding_not_a_traceback(tmp_path):
     run = _check(tmp_path)
     assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
     assert "p.yaml:9:" in run.stdout and "is not a rate" in run.stdout
+
+
+# --- rate limits the limiter cannot honour ------------------------------------------------------------------
+# JSON Schema's "integer" admits 5.0, so `burst: 5.0` loaded a float and the cost-above-burst check (which
+# looked for ints only) let `cost: 10.0` with `burst: 5` through: a limit no call can ever pass. Numbers beyond
+# what the limiter's float buckets hold (10**400 overflows float()) failed at call time instead of load time.
+
+@pytest.mark.parametrize(("limit", "line", "fragment"), [
+    ("      rate: 10/second\n      burst: 5\n      cost: 10.0\n", 11, "cost 10 is more than burst 5"),
+    ("      rate: 10/second\n      burst: 5.0\n      cost: 10\n", 11, "cost 10 is more than burst 5"),
+    ("      rate: 10/second\n      cost: 11.0\n", 10, "cost 11 is more than burst 10"),
+    ("      rate: 10/second\n      burst: " + "9" * 400 + "\n", 10, "at most 9007199254740992"),
+    ("      rate: 10/second\n      burst: 9007199254740993\n", 10, "at most 9007199254740992"),
+    ("      rate: " + "9" * 400 + "/hour\n", 9, "at most 9007199254740992"),
+    ("      rate: 10/second\n      burst: 20\n      cost: " + "9" * 30 + "\n", 11, "at most 9007199254740992"),
+    ("      rate: 10/second\n      burst: 1e3\n", 10, "integer"),
+])
+def test_a_limit_the_limiter_cannot_honour_is_an_error(limit, line, fragment):
+    found = [f for f in _findings(_limit_policy(limit)) if f[2] == "error"]
+    assert len(found) == 1 and found[0][0] == line and fragment in found[0][4], found
+    assert found[0][3] in ("bad-limit", "schema")
+
+
+def test_integral_float_limits_load_as_ints():
+    loaded, findings = load_text("p.yaml", _limit_policy("      rate: 10/second\n      burst: 5.0\n      cost: 2.0\n"))
+    assert not findings
+    [limit] = loaded.policies[0].limits
+    assert (limit.burst, limit.cost) == (5, 2) and type(limit.burst) is int and type(limit.cost) is int

@@ -347,11 +347,7 @@ class _DocumentLoader:
         ok &= self._check_globs(("spec", "extensions"), _get(spec, "extensions", list))
         for i, raw in enumerate(_get(spec, "limits", list)):
             ok &= self._check_globs(("spec", "limits", i, "operations"), _get(raw, "operations", list))
-            burst, cost = (raw.get(k) if isinstance(raw, dict) else None for k in ("burst", "cost"))
-            if isinstance(burst, int) and isinstance(cost, int) and cost > burst:
-                self.report(("spec", "limits", i, "cost"), Code.BAD_LIMIT,
-                            f"cost {cost} is more than burst {burst}: no call could ever pass; raise burst")
-                ok = False
+            ok &= self._check_limit(i, raw)
         if not ok:
             return
         rules = tuple(Rule(name, raw["id"], raw["effect"], tuple(raw["operations"]), raw.get("condition"),
@@ -360,14 +356,37 @@ class _DocumentLoader:
                       for i, raw in enumerate(spec["rules"]))
         limits = []
         for i, raw in enumerate(spec.get("limits", [])):
-            count, unit = raw["rate"].split("/")
-            limits.append(Limit(tuple(raw["operations"]), int(count), _RATE_UNITS[unit],
-                                raw.get("burst", int(count)), raw.get("cost", 1), self.at(("spec", "limits", i)),
+            count, per_seconds, burst, cost = _limit_numbers(raw)
+            limits.append(Limit(tuple(raw["operations"]), count, per_seconds, burst, cost,
+                                self.at(("spec", "limits", i)),
                                 self._item_locations(("spec", "limits", i, "operations"), raw["operations"])))
         self.out.policies.append(Policy(name, data["metadata"].get("description", ""), tuple(spec["extensions"]),
                                         rules, tuple(limits), self.at(("metadata", "name")),
                                         self._item_locations(("spec", "extensions"), spec["extensions"])))
         self.out.programs.update(programs)
+
+    def _check_limit(self, i: int, raw: Json) -> bool:
+        """A limit the rate limiter can honour: every number at most MAX_LIMIT_NUMBER, and a call's cost at
+        most the burst (the explicit one, else the rate's count): otherwise no call could ever pass. Run on
+        documents that failed the schema too, on the numbers that are numbers."""
+        numbers = _limit_numbers(raw, lenient=True)
+        ok = True
+        for key, value in zip(("rate", "burst", "cost"), (numbers[0], *numbers[2:])):
+            if value is not None and value > MAX_LIMIT_NUMBER and (key == "rate" or key in raw):
+                shown = str(value) if value < 10**30 else f"of {len(str(value))} digits"
+                self.report(("spec", "limits", i, key), Code.BAD_LIMIT,
+                            f"{'the rate count' if key == 'rate' else key} {shown} is too large: at most "
+                            f"{MAX_LIMIT_NUMBER} (2**53, what the limiter's token counts hold exactly); a limit "
+                            "that large limits nothing, so remove it")
+                ok = False
+        _, _, burst, cost = numbers
+        if ok and burst is not None and cost is not None and cost > burst:
+            self.report(("spec", "limits", i, "cost"), Code.BAD_LIMIT,
+                        f"cost {cost} is more than burst {burst}: no call could ever pass; raise burst"
+                        + ("" if isinstance(raw, dict) and "burst" in raw else
+                           " (without `burst:` it is the rate's count)"))
+            ok = False
+        return ok
 
     def _item_locations(self, json_path: JsonPath, items: list[Json]) -> tuple[Location, ...]:
         return tuple(self.at(json_path + (i,)) for i in range(len(items)))
@@ -490,6 +509,30 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
             return f"{where}: {err.instance!r} is not {expected}"
         return f"{where}: {err.instance!r} does not match the required pattern {err.validator_value}"
     return f"{where}: {err.message}"
+
+
+MAX_LIMIT_NUMBER = 2**53
+
+
+def _limit_numbers(raw: Json, lenient: bool = False) -> tuple[Any, ...]:
+    """(count, seconds per period, burst, cost) of a limit, as ints: JSON Schema's "integer" admits 5.0, which
+    loads as a float. `lenient`: for a document the schema may have refused, None for what is not a number."""
+    def number(value: Json) -> int | None:
+        if type(value) is int or (type(value) is float and value.is_integer()):
+            return int(value)
+        if not lenient:
+            raise ValueError(f"not an integer: {value!r}")  # the schema let only integers through
+        return None
+
+    rate = raw.get("rate") if isinstance(raw, dict) else None
+    count, unit = rate.split("/", 1) if isinstance(rate, str) and "/" in rate else (None, None)
+    count = int(count) if count is not None and count.isascii() and count.isdigit() else None
+    if not lenient and (count is None or unit not in _RATE_UNITS):
+        raise ValueError(f"not a rate: {rate!r}")
+    burst = number(raw.get("burst", count)) if isinstance(raw, dict) and (count is not None or "burst" in raw) \
+        else None
+    cost = number(raw.get("cost", 1)) if isinstance(raw, dict) else None
+    return count, _RATE_UNITS.get(str(unit)), burst, cost
 
 
 _ARGS_RECORDS: IdentityMemo[Type | None] = IdentityMemo(4096)
