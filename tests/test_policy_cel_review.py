@@ -102,3 +102,56 @@ def test_integral_float_limits_load_as_ints():
     assert not findings
     [limit] = loaded.policies[0].limits
     assert (limit.burst, limit.cost) == (5, 2) and type(limit.burst) is int and type(limit.cost) is int
+
+
+# --- files that are not regular files -----------------------------------------------------------------------
+# A symlink loop named *.yaml made the directory walk raise (a traceback from `capengine check`); a dangling
+# symlink and a FIFO were skipped without a word, so a policy (an organisation's deny rules, say) behind a
+# broken link simply was not there.
+
+def _tree(tmp_path: Path) -> Path:
+    root = tmp_path / "policies"
+    root.mkdir()
+    (root / "ok.yaml").write_text(policy_yaml("ok", "- {id: r, effect: allow, operations: [vdfs.read_file]}\n"))
+    return root
+
+
+def test_a_symlink_loop_is_a_finding_not_a_traceback(tmp_path):
+    root = _tree(tmp_path)
+    (root / "loop-a.yaml").symlink_to(root / "loop-b.yaml")
+    (root / "loop-b.yaml").symlink_to(root / "loop-a.yaml")
+    assert walk(root) == ["loop-a.yaml", "loop-b.yaml", "ok.yaml"]  # listed: reading them says why they fail
+    run = _check(root)
+    assert run.returncode == 1 and "Traceback" not in run.stdout + run.stderr, run.stderr
+    assert "loop-a.yaml: error io cannot read" in run.stdout and "symbolic links" in run.stdout
+
+
+def test_a_dangling_symlink_is_an_error_not_a_missing_policy(tmp_path):
+    root = _tree(tmp_path)
+    (root / "org-baseline.yaml").symlink_to(tmp_path / "unmounted" / "org-baseline.yaml")
+    result = load_paths([root])
+    errors = [f for f in result.findings if f.severity == "error"]
+    assert [(Path(f.location.file).name, f.code) for f in errors] == [("org-baseline.yaml", "io")], errors
+    run = _check(root)
+    assert run.returncode == 1 and "org-baseline.yaml: error io cannot read" in run.stdout
+
+
+def test_a_fifo_among_the_policies_is_reported_and_never_opened(tmp_path):
+    root = _tree(tmp_path)
+    os.mkfifo(root / "pipe.yaml")  # opening it for reading would block
+    os.mkfifo(tmp_path / "elsewhere.fifo")
+    (root / "linked.yaml").symlink_to(tmp_path / "elsewhere.fifo")
+    files, findings = discover([root])
+    assert [p.name for p in files] == ["ok.yaml"]
+    assert sorted((Path(f.location.file).name, f.severity, f.code) for f in findings) == [
+        ("linked.yaml", "error", "io"), ("pipe.yaml", "error", "io")]
+    assert all("not a regular file" in f.message for f in findings)
+    run = _check(root)
+    assert run.returncode == 1 and "pipe.yaml: error io" in run.stdout
+
+
+def test_a_fifo_named_on_the_command_line_says_what_it_is(tmp_path):
+    os.mkfifo(tmp_path / "p.yaml")
+    files, findings = discover([tmp_path / "p.yaml"])
+    assert not files and len(findings) == 1 and "not a regular file" in findings[0].message
+    assert "no such file" not in findings[0].message

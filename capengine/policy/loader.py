@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -104,11 +105,14 @@ def _digest(text: str) -> bytes:
 POLICY_SUFFIXES = (".yaml", ".yml")
 
 
-def walk(root: str | Path) -> list[str]:
+def walk(root: str | Path, special: list[str] | None = None) -> list[str]:
     """Relative paths of the YAML files under a directory, in the order `sorted(Path.rglob)` gives (by path
     components), which fixes the order of policies and so which rule a decision names. One scandir per
-    directory: symlinked directories are not descended into (as rglob), symlinked files are included, FIFOs
-    and sockets are not (reading one would block). Raises OSError when the tree changes under the walk."""
+    directory: symlinked directories are not descended into (as rglob), symlinked files are included. A
+    symlink that leads nowhere (dangling, or a loop) is included too: reading it fails and says why, where
+    skipping it would quietly drop the policy it stood for. FIFOs, sockets and devices are not (reading one
+    would block); their names go to `special` when given, for the caller to report. Raises OSError when the
+    tree changes under the walk."""
     found: list[str] = []
     pending = [""]
     while pending:
@@ -118,22 +122,66 @@ def walk(root: str | Path) -> list[str]:
                 name = rel + entry.name if rel else entry.name
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(name + os.sep)
-                elif (dot := entry.name.rfind(".")) > 0 and entry.name[dot:] in POLICY_SUFFIXES and entry.is_file():
-                    found.append(name)  # the test is Path.suffix's: ".yaml" alone is a hidden file, not YAML
+                elif (dot := entry.name.rfind(".")) > 0 and entry.name[dot:] in POLICY_SUFFIXES:
+                    # the test is Path.suffix's: ".yaml" alone is a hidden file, not YAML
+                    kind = _entry_kind(entry)
+                    if kind == "file":
+                        found.append(name)
+                    elif kind == "special" and special is not None:
+                        special.append(name)
     found.sort(key=lambda name: name.split(os.sep))
     return found
 
 
+def _entry_kind(entry: os.DirEntry[str]) -> str:
+    """"file" (a regular file, or a link that cannot be followed: read, so that its error is reported), "dir"
+    (a directory, or a link to one: not a policy file, as rglob's is_file() says) or "special"."""
+    try:
+        if entry.is_file():
+            return "file"
+        if entry.is_dir():
+            return "dir"
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            return "file"  # dangling
+    except OSError:  # a symlink loop (ELOOP) or a name the system cannot resolve
+        return "file"
+    return "special"
+
+
+def _not_regular(path: Path) -> str:
+    """Why `path`, which exists but is neither a regular file nor a directory, is not read."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+    return (f"not a regular file ({kind}{', through a symlink' if path.is_symlink() else ''}); policies are read "
+            "from regular files only: replace it with one or remove it")
+
+
 def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
-    """YAML files under the given files/directories, sorted so that results never depend on disk order."""
+    """YAML files under the given files/directories, sorted so that results never depend on disk order. A
+    YAML name that is not a regular file (a FIFO, a socket, a device) is an error, never read nor skipped
+    quietly; a link that leads nowhere is listed, and reading it reports why."""
     found: list[Path] = []
     findings: list[Finding] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found.extend(p / name for name in walk(p))
+            special: list[str] = []
+            found.extend(p / name for name in walk(p, special))
+            findings.extend(Finding(Location(str(p / name)), "error", Code.IO, _not_regular(p / name))
+                            for name in special)
         elif p.is_file():
             found.append(p)
+        elif os.path.lexists(p):
+            try:
+                os.stat(p)
+            except OSError as exc:  # dangling, a loop, no permission to search a directory on the way
+                findings.append(Finding(Location(str(p)), "error", Code.IO, f"cannot read: {exc.strerror or exc}"))
+                continue
+            findings.append(Finding(Location(str(p)), "error", Code.IO, _not_regular(p)))
         else:
             findings.append(Finding(Location(str(p)), "error", Code.IO, "no such file or directory"))
     return found, findings
