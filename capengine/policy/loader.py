@@ -573,8 +573,8 @@ def _limit_numbers(raw: Json, lenient: bool = False) -> tuple[Any, ...]:
         return None
 
     rate = raw.get("rate") if isinstance(raw, dict) else None
-    count, unit = rate.split("/", 1) if isinstance(rate, str) and "/" in rate else (None, None)
-    count = int(count) if count is not None and count.isascii() and count.isdigit() else None
+    digits, unit = rate.split("/", 1) if isinstance(rate, str) and "/" in rate else ("", None)
+    count = int(digits) if digits.isascii() and digits.isdigit() else None
     if not lenient and (count is None or unit not in _RATE_UNITS):
         raise ValueError(f"not a rate: {rate!r}")
     burst = number(raw.get("burst", count)) if isinstance(raw, dict) and (count is not None or "burst" in raw) \
