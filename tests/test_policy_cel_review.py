@@ -155,3 +155,38 @@ def test_a_fifo_named_on_the_command_line_says_what_it_is(tmp_path):
     files, findings = discover([tmp_path / "p.yaml"])
     assert not files and len(findings) == 1 and "not a regular file" in findings[0].message
     assert "no such file" not in findings[0].message
+
+
+# --- characters YAML refuses are reported where they are -------------------------------------------------
+# PyYAML's reader error (NUL, other control characters, U+FFFE) is no MarkedYAMLError: it was reported at
+# 1:1 with "position N" in the message, which leaves the author to count characters.
+
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\x1b", "\ufffe", "\x7f"])
+def test_a_character_yaml_refuses_is_reported_at_its_line_and_column(char):
+    rule = f"- {{id: r, effect: allow, operations: [vdfs.read_file], condition: 'path == \"a{char}\"'}}\n"
+    text = policy_yaml("p", rule)
+    [(line, column, severity, code, message)] = _findings(text)
+    assert (line, severity, code) == (7, "error", "yaml-syntax")
+    assert text.splitlines()[line - 1][column - 1] == char
+    assert f"U+{ord(char):04X}" in message and "position" not in message
+
+
+# --- what YAML 1.1 reads into a plain scalar -----------------------------------------------------------------
+# `effect: yes` is a bool, `message: 2001-12-14` a date, `message: 1:20` the int 80 (sexagesimal): the schema
+# refuses them, and the message must say why the text became something else and what to write.
+
+@pytest.mark.parametrize(("value", "kind"), [("yes", "bool"), ("off", "bool"), ("2001-12-14", "date"),
+                                             ("1:20", "int"), ("1.5", "float"), ("~", "null")])
+def test_an_unquoted_scalar_yaml_reads_as_another_type_gets_a_quoting_hint(value, kind):
+    text = policy_yaml("p", f"- {{id: r, effect: allow, operations: [vdfs.read_file], message: {value}}}\n")
+    [(line, _, severity, code, message)] = _findings(text)
+    assert (line, severity, code) == (7, "error", "schema")
+    assert f"YAML reads the unquoted {value} as a {kind}" in message and "quote it" in message
+
+
+def test_a_merge_key_is_refused_with_what_to_write_instead():
+    text = policy_yaml("p", "- &base {id: r, effect: deny, operations: [vdfs.read_file]}\n"
+                            "- <<: *base\n  id: r2\n  effect: allow\n")
+    [(line, column, severity, code, message)] = _findings(text)
+    assert (line, column, severity, code) == (8, 7, "error", "yaml-syntax")
+    assert "merge key" in message and "write the keys out" in message

@@ -355,12 +355,28 @@ class _DocumentLoader:
                                                      _schema_message(err)))
                         continue
                     where += (extra[0],)
-            self.report(where, Code.SCHEMA, _schema_message(err))
+            self.report(where, Code.SCHEMA, _schema_message(err) + self._quoting_hint(where, err))
         schema_ok = len(self.findings) == errors_before
         if kind == "Policy":
             self._policy(data, schema_ok)
         elif schema_ok:
             self._suite(data)
+
+    def _quoting_hint(self, where: JsonPath, err: jsonschema.ValidationError) -> str:
+        """For text YAML read as something else (YAML 1.1: `yes`/`off` are bools, `2001-12-14` a date, `1:20`
+        the int 80, `~` or nothing null): say so, and that quotes keep it text. Plain scalars only (style ""
+        from the C parser, None from PyYAML's)."""
+        node = self.doc.nodes.get(where)
+        expected: Json = err.validator_value
+        if err.validator != "type" or not isinstance(node, yaml.ScalarNode) or node.style not in (None, "") \
+                or isinstance(err.instance, str) or "string" not in ([expected] if isinstance(expected, str)
+                                                                     else expected):
+            return ""
+        kind = {bool: "bool", int: "int", float: "float", type(None): "null", bytes: "binary"}.get(
+            type(err.instance), "date")
+        if not node.value:
+            return "; YAML reads an empty value as null: write the text, in quotes"
+        return f"; YAML reads the unquoted {node.value} as a {kind}: quote it ('{node.value}') if you meant the text"
 
     def _policy(self, data: Json, schema_ok: bool) -> None:
         """Check every rule even when the schema already failed (report all problems at once); build the
