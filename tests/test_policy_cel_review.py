@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 from helpers import policy_yaml
 
-from capengine.policy.loader import discover, load_paths, load_text, walk
+from capengine.cel import ast as cel_ast
+from capengine.cel.compiler import compile_expression
+from capengine.cel.values import CelError
+from capengine.policy.functions import POLICY_ENVIRONMENT
+from capengine.policy.loader import POLICY_COSTS, POLICY_DECLS, discover, load_paths, load_text, walk
 from capengine.policy.schemas import validator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,3 +194,45 @@ def test_a_merge_key_is_refused_with_what_to_write_instead():
     [(line, column, severity, code, message)] = _findings(text)
     assert (line, column, severity, code) == (8, 7, "error", "yaml-syntax")
     assert "merge key" in message and "write the keys out" in message
+
+
+# --- long `&&` / `||` chains ----------------------------------------------------------------------------------
+# A flat chain of 121 alternatives (`extension == "a" || extension == "b" || ...`) was "nested too deeply":
+# the parser's left-nested tree counted one level per operand. cel-go balances logical chains (their operands
+# commute, errors included), so any length its size limit admits parses; so must these.
+
+@pytest.mark.parametrize("operator", ["||", "&&"])
+@pytest.mark.parametrize("count", [121, 500, 3000])
+def test_a_long_logical_chain_parses_and_keeps_its_meaning(operator, count):
+    terms = [f'path == "/p{i}"' if operator == "||" else f'path != "/p{i}"' for i in range(count)]
+    source = f" {operator} ".join(terms)
+    depth, pending = 0, [(cel_ast.parse(source), 1)]
+    while pending:
+        node, level = pending.pop()
+        depth = max(depth, level)
+        pending.extend((child, level + 1) for child in cel_ast.children(node))
+    assert depth <= 2 + count.bit_length()  # balanced, as cel-go builds it
+    for generate in (True, False):
+        program, errors = compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT, total=True,
+                                             costs=POLICY_COSTS, generate=generate)
+        assert program is not None, errors
+        for path, expected in ((f"/p{count - 1}", operator == "||"), ("/p0", operator == "||"),
+                               ("/q", operator == "&&")):
+            activation = {"path": path, "library": "", "operation": "o", "extension": "e", "args": {}}
+            assert program.evaluate(activation) is expected
+
+
+@pytest.mark.parametrize("generate", [True, False])
+def test_errors_in_a_balanced_chain_are_absorbed_as_in_a_nested_one(generate):
+    """CEL's `||` is commutative over errors: one true operand anywhere wins; false everywhere else and one
+    error is the error. Order of operands and the tree's shape change neither."""
+    terms = ["int(args.s) == 1"] + [f'path == "/p{i}"' for i in range(200)]
+    for rotate in (0, 1, 100, 200):
+        source = " || ".join(terms[rotate:] + terms[:rotate])
+        program, errors = compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT, total=True,
+                                             costs=POLICY_COSTS, generate=generate)
+        assert program is not None, errors
+        activation = {"path": "/p150", "library": "", "operation": "o", "extension": "e", "args": {"s": "x"}}
+        assert program.evaluate(activation) is True
+        with pytest.raises(CelError):
+            program.evaluate({**activation, "path": "/q"})

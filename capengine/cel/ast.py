@@ -199,6 +199,16 @@ def _describe(cause: BaseException | None, source: str) -> str:
     return "syntax error"
 
 
+def _balanced(fn: str, nodes: list[Node], positions: list[Pos], lo: int, hi: int) -> Node:
+    """nodes[lo:hi] joined by `fn` into a balanced tree (cel-go's balancer); each call is placed where its
+    first operand starts, as in the nested tree."""
+    if hi - lo == 1:
+        return nodes[lo]
+    mid = (lo + hi + 1) // 2
+    return Call(fn, None, (_balanced(fn, nodes, positions, lo, mid), _balanced(fn, nodes, positions, mid, hi)),
+                positions[lo])
+
+
 class _Builder:
     def __init__(self, source: str, namespaced: frozenset[str]) -> None:
         self.source = source
@@ -225,8 +235,21 @@ class _Builder:
         return Conditional(self.build(kids[0], d), self.build(kids[1], d), self.build(kids[2], d), _pos(t))
 
     def _logical(self, t: lark.Tree, d: int, fn: str) -> Node:
-        kids = self._kids(t)
-        return Call(fn, None, (self.build(kids[0], d), self.build(kids[1], d)), _pos(t))
+        """A chain `a || b || c ...` (the grammar nests it to the left, one level per operand) as a balanced
+        tree, as cel-go builds it: a chain of any length nests log2(length) levels, not one per operand, so
+        a 500-alternative condition is no "too deep" error. Same meaning: the operands keep their order, and
+        CEL's `&&`/`||` are commutative, errors included (the deciding value wins wherever it is)."""
+        operands: list[lark.Tree] = []
+        node = t
+        while node.data == t.data:
+            left, right = self._kids(node)
+            operands.append(right)
+            node = left
+        operands.append(node)
+        operands.reverse()
+        depth = d + (len(operands) - 1).bit_length()  # the balanced tree's levels above its operands
+        built = [self.build(o, depth) for o in operands]
+        return _balanced(fn, built, [_pos(o) for o in operands], 0, len(built))
 
     def _conditionalor(self, t: lark.Tree, d: int) -> Node:
         return self._logical(t, d, "_||_")
