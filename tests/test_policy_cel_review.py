@@ -236,3 +236,24 @@ def test_errors_in_a_balanced_chain_are_absorbed_as_in_a_nested_one(generate):
         assert program.evaluate(activation) is True
         with pytest.raises(CelError):
             program.evaluate({**activation, "path": "/q"})
+
+
+# --- fmt and the characters YAML 1.1 counts as line breaks -----------------------------------------------------
+# U+0085, U+2028 and U+2029 break lines in YAML 1.1 (and in str.splitlines) but not in most editors: fmt
+# refused a file holding NEL ("internal error") and wrote LS/PS raw, where they shift every later line number
+# a finding names. Such text is written double-quoted, the characters escaped.
+
+@pytest.mark.parametrize("char", ["\\x85", "\\u2028", "\\u2029", "\\x85\\n"])
+@pytest.mark.parametrize("key", ["description", "condition"])
+def test_fmt_escapes_the_yaml_line_breaks_an_editor_does_not_see(char, key):
+    from capengine.policy.fmt import format_text
+    from capengine.policy.yaml_source import load_documents
+
+    text = ("apiVersion: capengine/v1\nkind: Policy\nmetadata:\n  name: p\n  description: \"d" + (
+        char if key == "description" else "") + "x\"\nspec:\n  extensions: [com.example.x]\n  rules:\n"
+            "    - id: r\n      effect: allow\n      operations: [vdfs.read_file]\n      condition: \"path != '/"
+            + (char if key == "condition" else "") + "a'\"\n")
+    out = format_text(text)
+    assert [d.data for d in load_documents(out)] == [d.data for d in load_documents(text)]
+    assert not any(c in out for c in "\x85\u2028\u2029"), out
+    assert format_text(out) == out
