@@ -257,3 +257,46 @@ def test_fmt_escapes_the_yaml_line_breaks_an_editor_does_not_see(char, key):
     assert [d.data for d in load_documents(out)] == [d.data for d in load_documents(text)]
     assert not any(c in out for c in "\x85\u2028\u2029"), out
     assert format_text(out) == out
+
+
+# --- characters a reviewer cannot see -----------------------------------------------------------------------
+# A zero-width space in `path.under("/sec\u200brets")` makes a deny protect nothing while reading exactly like
+# the real one; bidirectional overrides (U+202E, U+2066: "Trojan Source") make a condition display in an
+# order other than it is parsed. An escape (`"\\u200b"` in CEL, `"\\u202e"` in YAML) is visible and fine.
+
+@pytest.mark.parametrize("char", ["\u200b", "\u00ad", "\u200d", "\ufeff", "\u2060", "\u3164", "\u200e"])
+def test_an_invisible_character_in_a_condition_is_flagged_where_it_is(char):
+    text = policy_yaml("p", "- {id: d, effect: deny, operations: [vdfs.read_file], "
+                            f"condition: 'path.under(\"/sec{char}rets\")'}}\n")
+    found = [f for f in _findings(text) if f[3] == "invisible-character"]
+    assert len(found) == 1 and found[0][2] == "warning", _findings(text)
+    line, column = found[0][:2]
+    assert text.splitlines()[line - 1][column - 1] == char
+    assert f"U+{ord(char):04X}" in found[0][4]
+
+
+def test_an_escaped_invisible_character_is_visible_and_not_flagged():
+    text = policy_yaml("p", "- {id: d, effect: deny, operations: [vdfs.read_file], "
+                            "condition: 'path.under(\"/sec\\u200brets\")'}\n")
+    assert not [f for f in _findings(text) if f[3] == "invisible-character"]
+
+
+@pytest.mark.parametrize(("where", "rule"), [
+    ("condition literal", "- {id: d, effect: deny, operations: [vdfs.read_file], "
+                          "condition: 'path == \"/a\u202e\u2066\" || path == \"/b\"'}\n"),
+    ("CEL comment", "- id: d\n  effect: deny\n  operations: [vdfs.read_file]\n"
+                    "  condition: |\n    path == \"/a\" // \u202e } \u2066\n    || path == \"/b\"\n"),
+    ("YAML comment", "- {id: d, effect: deny, operations: [vdfs.read_file]}  # \u2067 allow\n"),
+    ("message", "- {id: d, effect: deny, operations: [vdfs.read_file], message: \"a\u202ab\"}\n"),
+])
+def test_a_bidirectional_control_anywhere_in_a_file_is_an_error(tmp_path, where, rule):
+    text = policy_yaml("p", rule)
+    loaded, findings = load_text("p.yaml", text)
+    errors = [f for f in findings if f.severity == "error"]
+    assert errors and {f.code for f in errors} == {"bidi-control"}, findings
+    for f in errors:
+        assert text.splitlines()[f.location.line - 1][f.location.column - 1] in "\u202a\u202b\u202c\u202d\u202e" \
+            "\u2066\u2067\u2068\u2069"
+    assert not loaded.policies  # a file with an error contributes nothing
+    (tmp_path / "p.yaml").write_text(text)
+    assert _check(tmp_path).returncode == 1

@@ -11,11 +11,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 import stat
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -304,6 +306,10 @@ def load_text(path: str, text: str, catalog: Catalog | None = None,
     """Load one file's text. On any error in a document, that document contributes nothing."""
     loaded = LoadedFile(path, text, _digest(text))
     findings: list[Finding] = []
+    if not text.isascii():
+        bidi = _bidi_controls(path, text)
+        if bidi:
+            return loaded, bidi
     try:
         documents = list(load_documents(text))
     except YamlSourceError as exc:
@@ -316,6 +322,34 @@ def load_text(path: str, text: str, catalog: Catalog | None = None,
     for doc in documents:
         _DocumentLoader(path, lines, doc, loaded, findings, catalog or operations.builtin(), generate).load()
     return loaded, findings
+
+
+_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+@cache
+def _invisible_characters() -> re.Pattern[str]:
+    """What displays as nothing: format characters (Cf: zero-width space and joiners, soft hyphen, BOM,
+    direction marks, tags), Hangul fillers, the grapheme joiner and variation selectors. Built at the first
+    non-ASCII condition (scanning Unicode takes 0.15 s, which no ASCII-only set should pay)."""
+    format_characters = "".join(c for c in map(chr, range(0x80, 0x110000)) if unicodedata.category(c) == "Cf")
+    return re.compile(f"[\u034f\u115f\u1160\u3164\uffa0\ufe00-\ufe0f\U000e0100-\U000e01ef{format_characters}]")
+
+
+def _bidi_controls(path: str, text: str) -> list[Finding]:
+    """A bidirectional embedding, override or isolate anywhere in the file (a condition, a comment, a message)
+    makes the text display in an order other than it is parsed ("Trojan Source", CVE-2021-42574): an error,
+    as rustc makes it. Written as an escape it is visible, and fine."""
+    found = []
+    for match in _BIDI_CONTROL.finditer(text):
+        at = match.start()
+        name = unicodedata.name(match.group(), "bidirectional control")
+        found.append(Finding(Location(path, text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)), "error",
+                             Code.BIDI_CONTROL,
+                             f"U+{ord(match.group()):04X} ({name}) makes the text around it display in an order "
+                             "other than it is read; remove it (in a double-quoted string, write it as "
+                             f"\\u{ord(match.group()):04x} if it is meant)"))
+    return found
 
 
 class _DocumentLoader:
@@ -502,6 +536,8 @@ class _DocumentLoader:
             code = _ERROR_CODES.get(type(err), Code.CEL_INVALID)
             self.findings.append(Finding(Location(self.path, line, column), "error", code,
                                          f"{err.message} in condition {source.strip()!r}"))
+        if not source.isascii():
+            self._invisible(source, node)
         program = compiled.program
         if program is not None and program.type not in (Type("bool"), DYN):
             self.report(json_path, Code.CEL_TYPE, f"condition must be bool, but it is {program.type}")
@@ -514,6 +550,20 @@ class _DocumentLoader:
                 line, column = self._expression_position(node, pos)
                 self.findings.append(Finding(Location(self.path, line, column), "warning", code, message))
         return program
+
+    def _invisible(self, source: str, node: yaml.Node | None) -> None:
+        """Characters that display as nothing, written raw in a condition: `path.under("/sec\u200brets")`
+        with a real zero-width space reads as the real directory and never matches it. An escape is visible."""
+        for match in _invisible_characters().finditer(source):
+            at = match.start()
+            pos = cel_ast.Pos(source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at))
+            line, column = self._expression_position(node, pos)
+            char = match.group()
+            self.findings.append(Finding(
+                Location(self.path, line, column), "warning", Code.INVISIBLE_CHARACTER,
+                f"invisible character U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')}) in the condition: a "
+                f"literal holding it looks like one without it and never equals that; remove it, or write "
+                f"\\u{ord(char):04x} (visible) if it is meant"))
 
     def _expression_position(self, node: yaml.Node | None, pos: cel_ast.Pos) -> tuple[int, int]:
         if not isinstance(node, yaml.ScalarNode):
