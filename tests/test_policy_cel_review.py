@@ -300,3 +300,11 @@ def test_a_bidirectional_control_anywhere_in_a_file_is_an_error(tmp_path, where,
     assert not loaded.policies  # a file with an error contributes nothing
     (tmp_path / "p.yaml").write_text(text)
     assert _check(tmp_path).returncode == 1
+
+
+@pytest.mark.parametrize(("effect", "hint"), [("Allow", "'allow'"), ("DENY", "'deny'"), ("alow", "'allow'"),
+                                              ("denny", "'deny'")])
+def test_an_effect_in_odd_case_or_misspelt_says_which_was_meant(effect, hint):
+    text = policy_yaml("p", f"- {{id: r, effect: {effect}, operations: [vdfs.read_file]}}\n")
+    [(line, _, severity, code, message)] = _findings(text)
+    assert (line, severity, code) == (7, "error", "schema") and f"did you mean {hint}?" in message

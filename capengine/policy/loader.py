@@ -613,7 +613,12 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
         return f"{err.message} in {where}"
     if err.validator == "enum":
         choices: Json = err.validator_value
-        return f"{where}: {err.instance!r} is not one of {', '.join(map(repr, choices))}"
+        hint = ""
+        if isinstance(err.instance, str) and all(isinstance(c, str) for c in choices):
+            folded = [c for c in choices if c.lower() == err.instance.lower()]
+            close = folded or difflib.get_close_matches(err.instance.lower(), choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{where}: {err.instance!r} is not one of {', '.join(map(repr, choices))}{hint}"
     if err.validator == "pattern":
         field = str(err.absolute_path[-1]) if err.absolute_path else ""
         if isinstance(err.absolute_path[-1] if err.absolute_path else None, int) and len(err.absolute_path) > 1:
