@@ -308,3 +308,21 @@ def test_an_effect_in_odd_case_or_misspelt_says_which_was_meant(effect, hint):
     text = policy_yaml("p", f"- {{id: r, effect: {effect}, operations: [vdfs.read_file]}}\n")
     [(line, _, severity, code, message)] = _findings(text)
     assert (line, severity, code) == (7, "error", "schema") and f"did you mean {hint}?" in message
+
+
+# --- double literals out of range ----------------------------------------------------------------------------
+# `1e400` was read as infinity: `args.length < 1e400` is then true for every length, where the author wrote a
+# (mistyped) bound. cel-go refuses such a literal ("invalid double literal"), as this parser refuses an int
+# literal out of range; one that underflows to zero is a valid literal in both.
+
+@pytest.mark.parametrize("literal", ["1e400", "-1e400", "1.8e308", "1234567890e300"])
+def test_a_double_literal_beyond_the_double_range_is_a_syntax_error(literal):
+    program, errors = compile_expression(f"double(1) < {literal}", POLICY_DECLS, POLICY_ENVIRONMENT)
+    assert program is None and "out of range" in errors[0].message and literal.lstrip("-") in errors[0].message
+
+
+@pytest.mark.parametrize(("literal", "value"), [("1.7976931348623157e308", 1.7976931348623157e308),
+                                                ("1e-400", 0.0), ("4.9e-324", 5e-324)])
+def test_a_double_literal_at_the_edge_of_the_range_is_its_value(literal, value):
+    program, errors = compile_expression(literal, POLICY_DECLS, POLICY_ENVIRONMENT)
+    assert not errors and program.evaluate({}) == value

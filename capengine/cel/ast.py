@@ -10,6 +10,7 @@ that does not know them sees a function call, never a plain field read.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -500,7 +501,10 @@ def literal_value(kind: str, text: str) -> Value:
             raise ValueError(f"unsigned integer literal out of range: {text}")
         return UInt(value)
     if kind == "FLOAT_LIT":
-        return float(text)
+        value = float(text)
+        if math.isinf(value):  # cel-go: "invalid double literal"; `x < 1e400` would hold for every x
+            raise ValueError(f"double literal out of range: {text} (the largest double is 1.7976931348623157e308)")
+        return value
     if kind == "BOOL_LIT":
         return text == "true"
     if kind == "NULL_LIT":
