@@ -326,3 +326,24 @@ def test_a_double_literal_beyond_the_double_range_is_a_syntax_error(literal):
 def test_a_double_literal_at_the_edge_of_the_range_is_its_value(literal, value):
     program, errors = compile_expression(literal, POLICY_DECLS, POLICY_ENVIRONMENT)
     assert not errors and program.evaluate({}) == value
+
+
+# --- trailing commas in list and map literals -----------------------------------------------------------------
+# cel-go's grammar (and the spec's) takes `[1, 2,]` and `{"a": 1,}`: a condition copied from cel-go's docs,
+# or a list written one item a line, was a syntax error here.
+
+@pytest.mark.parametrize(("source", "value"), [
+    ("[1, 2,]", (1, 2)), ("[1,]", (1,)), ('{"a": 1,}', {"a": 1}), ('{"a": 1, "b": 2,}', {"a": 1, "b": 2}),
+    ('path in [\n  "/a",\n  "/b",\n]', True), ("[?optional.of(1),]", (1,)), ('{?"a": optional.of(1),}', {"a": 1}),
+])
+def test_a_trailing_comma_in_a_list_or_map_literal_parses(source, value):
+    program, errors = compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT, total=True)
+    assert not errors, errors
+    result = program.evaluate({"path": "/b", "library": "", "operation": "o", "extension": "e", "args": {}})
+    assert (tuple(result) if isinstance(result, (list, tuple)) else result) == value
+
+
+@pytest.mark.parametrize("source", ["[,]", "{,}", "[1,,]", "size(path,)", "[1 2]"])
+def test_a_comma_without_an_element_is_still_a_syntax_error(source):
+    program, errors = compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT)
+    assert program is None and errors[0].message
