@@ -347,3 +347,14 @@ def test_a_trailing_comma_in_a_list_or_map_literal_parses(source, value):
 def test_a_comma_without_an_element_is_still_a_syntax_error(source):
     program, errors = compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT)
     assert program is None and errors[0].message
+
+
+def test_an_expression_longer_than_cel_gos_limit_is_refused_before_parsing():
+    """cel-go refuses an expression over 100,000 code points (ExpressionSizeCodePointLimit); balanced chains
+    would otherwise let a 4 MiB condition take seconds to check."""
+    source = " || ".join(f'path == "/a{i:07d}"' for i in range(4500))  # 4500 * 23 characters
+    assert len(source) > 100_000
+    program, errors = compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT)
+    assert program is None and "100000" in errors[0].message and "characters" in errors[0].message
+    program, errors = compile_expression(source[:99_990].rsplit(" ||", 1)[0], POLICY_DECLS, POLICY_ENVIRONMENT)
+    assert program is not None, errors

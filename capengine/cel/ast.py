@@ -138,6 +138,7 @@ _BINARY = {
 _QUANTIFIER = {2: 1, 3: 2}
 _MACROS = {"all": _QUANTIFIER, "exists": _QUANTIFIER, "exists_one": _QUANTIFIER, "existsOne": _QUANTIFIER,
            "map": {2: 1, 3: 1}, "filter": {2: 1}, "transformList": {3: 2, 4: 2}, "transformMap": {3: 2, 4: 2}}
+MAX_SOURCE_CHARS = 100_000  # cel-go's default ExpressionSizeCodePointLimit
 MAX_DEPTH = 120  # AST levels (each parenthesis counts as one); keeps the checker and compiler within the stack
 RESERVED = {"as", "break", "const", "continue", "else", "for", "function", "if", "import", "let", "loop",
             "package", "namespace", "return", "var", "void", "while", "in"}
@@ -165,6 +166,9 @@ def parse(source: str, namespaced: frozenset[str] = frozenset()) -> Node:
     The AST is immutable, so a parse is cached and shared: loading, lint and checks of one condition (and of
     the same condition in many files) parse it once.
     """
+    if len(source) > MAX_SOURCE_CHARS:
+        raise CelSyntaxError(f"expression longer than {MAX_SOURCE_CHARS} characters ({len(source)}); split the rule "
+                             "up, or test membership with `in [...]` / path.under()")
     try:
         tree = grammar.parser().parse(source)
     except (lark.exceptions.UnexpectedToken, lark.exceptions.UnexpectedCharacters) as exc:
