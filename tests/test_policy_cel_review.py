@@ -358,3 +358,24 @@ def test_an_expression_longer_than_cel_gos_limit_is_refused_before_parsing():
     assert program is None and "100000" in errors[0].message and "characters" in errors[0].message
     program, errors = compile_expression(source[:99_990].rsplit(" ||", 1)[0], POLICY_DECLS, POLICY_ENVIRONMENT)
     assert program is not None, errors
+
+
+# --- empty YAML documents ----------------------------------------------------------------------------------------
+# A file ending with `---` (or with a comment-only document after it), as many YAML writers emit, failed as
+# "kind must be Policy or PolicyTest, got None". An empty document holds nothing; it is skipped, as kubectl
+# does. A document that holds something other than a mapping says so.
+
+BASE = policy_yaml("p", "- {id: r, effect: allow, operations: [vdfs.read_file]}\n")
+
+
+@pytest.mark.parametrize("text", [BASE + "---\n", "---\n---\n" + BASE, BASE + "---\n# only a comment\n",
+                                  BASE + "---\n---\n" + BASE.replace("{name: p}", "{name: q}")])
+def test_an_empty_yaml_document_is_skipped(text):
+    loaded, findings = load_text("p.yaml", text)
+    assert not findings and loaded.policies
+
+
+@pytest.mark.parametrize(("doc", "kind"), [("~\n", "null"), ("- a\n", "list"), ("hello\n", "string")])
+def test_a_document_that_is_not_a_mapping_says_what_it_is(doc, kind):
+    [(line, _, severity, code, message)] = _findings(BASE + "---\n" + doc)
+    assert (line, severity, code) == (9, "error", "unknown-kind") and f"a {kind}" in message

@@ -373,8 +373,15 @@ class _DocumentLoader:
         kind = data.get("kind") if isinstance(data, dict) else None
         schema = {"Policy": "policy.schema.json", "PolicyTest": "policy-test.schema.json"}.get(str(kind))
         if schema is None:
-            self.report(("kind",), Code.UNKNOWN_KIND,
-                        f"kind must be Policy or PolicyTest, got {kind!r}")
+            if not isinstance(data, dict):
+                what = {type(None): "null", list: "list", str: "string", bool: "bool", int: "number",
+                        float: "number"}.get(type(data), type(data).__name__)
+                self.report((), Code.UNKNOWN_KIND, f"a YAML document must be a mapping with kind: Policy or "
+                                                   f"PolicyTest, but this one is a {what}")
+                return
+            close = difflib.get_close_matches(str(kind), ["Policy", "PolicyTest"], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.report(("kind",), Code.UNKNOWN_KIND, f"kind must be Policy or PolicyTest, got {kind!r}{hint}")
             return
         errors = [] if conforms(schema)(data) else validator(schema).iter_errors(data)
         for err in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):

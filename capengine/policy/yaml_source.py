@@ -49,6 +49,7 @@ _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
 
 
 def _scalar(node: yaml.ScalarNode) -> object:
@@ -69,7 +70,7 @@ def _scalar(node: yaml.ScalarNode) -> object:
 def load_documents(text: str) -> Iterator[Document]:
     try:
         for root in yaml.compose_all(text, Loader=_Loader):
-            if root is None:
+            if root is None or _empty(root):
                 continue
             doc = Document(None, {}, {}, [])
             doc.data = _convert(root, (), doc, 0)
@@ -98,6 +99,12 @@ def _refused_character(text: str, exc: yaml.reader.ReaderError) -> YamlSourceErr
     return YamlSourceError(f"character U+{ord(char):04X} is not allowed in YAML ({exc.reason}); remove it, or "
                            f"write it as the escape {escape} inside a double-quoted string",
                            text.count("\n", 0, at) + 1, at - line_start + 1)
+
+
+def _empty(node: yaml.Node) -> bool:
+    """A document with no content at all (after a trailing `---`, or holding only comments): nothing, as
+    kubectl reads it, not a null that fails as a policy. An explicit `~` or `null` is content."""
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG and node.value == "" and not node.style
 
 
 MAX_DEPTH = 64
