@@ -505,10 +505,10 @@ def literal_value(kind: str, text: str) -> Value:
             raise ValueError(f"unsigned integer literal out of range: {text}")
         return UInt(value)
     if kind == "FLOAT_LIT":
-        value = float(text)
-        if math.isinf(value):  # cel-go: "invalid double literal"; `x < 1e400` would hold for every x
+        double = float(text)
+        if math.isinf(double):  # cel-go: "invalid double literal"; `x < 1e400` would hold for every x
             raise ValueError(f"double literal out of range: {text} (the largest double is 1.7976931348623157e308)")
-        return value
+        return double
     if kind == "BOOL_LIT":
         return text == "true"
     if kind == "NULL_LIT":
