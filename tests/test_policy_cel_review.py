@@ -379,3 +379,19 @@ def test_an_empty_yaml_document_is_skipped(text):
 def test_a_document_that_is_not_a_mapping_says_what_it_is(doc, kind):
     [(line, _, severity, code, message)] = _findings(BASE + "---\n" + doc)
     assert (line, severity, code) == (9, "error", "unknown-kind") and f"a {kind}" in message
+
+
+def test_an_editor_lock_link_is_not_a_policy(tmp_path):
+    """Emacs marks a file being edited with a dangling symlink `.#name` -> user@host.pid: not a policy file,
+    and no reason to refuse the set while someone edits one."""
+    root = _tree(tmp_path)
+    (root / ".#ok.yaml").symlink_to("someone@host.1234:1700000000")
+    assert walk(root) == ["ok.yaml"]
+    assert not load_paths([root]).has_errors
+
+
+def test_a_dangling_link_names_its_target(tmp_path):
+    root = _tree(tmp_path)
+    (root / "org.yaml").symlink_to(tmp_path / "gone.yaml")
+    [finding] = [f for f in load_paths([root]).findings if f.severity == "error"]
+    assert "symbolic link to" in finding.message and "gone.yaml" in finding.message

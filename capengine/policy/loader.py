@@ -112,9 +112,9 @@ def walk(root: str | Path, special: list[str] | None = None) -> list[str]:
     components), which fixes the order of policies and so which rule a decision names. One scandir per
     directory: symlinked directories are not descended into (as rglob), symlinked files are included. A
     symlink that leads nowhere (dangling, or a loop) is included too: reading it fails and says why, where
-    skipping it would quietly drop the policy it stood for. FIFOs, sockets and devices are not (reading one
-    would block); their names go to `special` when given, for the caller to report. Raises OSError when the
-    tree changes under the walk."""
+    skipping it would quietly drop the policy it stood for (except an editor's lock link, `.#<name>`). FIFOs,
+    sockets and devices are not (reading one would block); their names go to `special` when given, for the
+    caller to report. Raises OSError when the tree changes under the walk."""
     found: list[str] = []
     pending = [""]
     while pending:
@@ -137,14 +137,16 @@ def walk(root: str | Path, special: list[str] | None = None) -> list[str]:
 
 def _entry_kind(entry: os.DirEntry[str]) -> str:
     """"file" (a regular file, or a link that cannot be followed: read, so that its error is reported), "dir"
-    (a directory, or a link to one: not a policy file, as rglob's is_file() says) or "special"."""
+    (a directory, or a link to one: not a policy file, as rglob's is_file() says; an editor's lock link too)
+    or "special"."""
     try:
         if entry.is_file():
             return "file"
         if entry.is_dir():
             return "dir"
         if entry.is_symlink() and not os.path.exists(entry.path):
-            return "file"  # dangling
+            # dangling; but Emacs marks a file being edited with a dangling link `.#<name>`: not a policy
+            return "dir" if entry.name.startswith(".#") else "file"
     except OSError:  # a symlink loop (ELOOP) or a name the system cannot resolve
         return "file"
     return "special"
@@ -219,8 +221,20 @@ def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = 
                 raise OSError(f"file larger than {MAX_FILE_BYTES} bytes")
             contents[str(path)] = path.read_bytes()
         except OSError as exc:
-            contents[str(path)] = exc
+            contents[str(path)] = _explained(path, exc)
     return load_contents(contents, schema_dirs, findings, generate, processes)
+
+
+def _explained(path: Path, exc: OSError) -> OSError:
+    """`exc`, saying where a symbolic link that cannot be read points."""
+    if not path.is_symlink():
+        return exc
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return exc
+    return OSError(exc.errno, f"it is a symbolic link to {target}, which cannot be read ({exc.strerror}); fix or "
+                              "remove the link")
 
 
 def load_contents(contents: Mapping[str, bytes | OSError], schema_dirs: Iterable[str | Path] = (),
