@@ -395,3 +395,31 @@ def test_a_dangling_link_names_its_target(tmp_path):
     (root / "org.yaml").symlink_to(tmp_path / "gone.yaml")
     [finding] = [f for f in load_paths([root]).findings if f.severity == "error"]
     assert "symbolic link to" in finding.message and "gone.yaml" in finding.message
+
+
+# --- terminal escapes in the text output ----------------------------------------------------------------------
+# A file name, a test case name or a rule message can hold ESC (YAML's "\e" escape) or a bidi control; the
+# text reports printed them raw, so checking a hostile policy tree could rewrite the reviewer's terminal
+# (clear it, retitle it, hide lines). Every character that is not printable is shown escaped.
+
+def test_check_output_never_carries_a_raw_control_character(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "evil\x1b[2J\x1b]0;pwned\x07.yaml").write_text("apiVersion: capengine/v1\nkind: Polcy\n")
+    run = _check(root)
+    assert run.returncode == 1 and "\x1b" not in run.stdout + run.stderr and "\x07" not in run.stdout
+    assert "\\x1b[2J" in run.stdout
+
+
+def test_test_output_never_carries_a_raw_control_character(tmp_path):
+    (tmp_path / "p.yaml").write_text(BASE)
+    (tmp_path / "t.yaml").write_text(
+        'apiVersion: capengine/v1\nkind: PolicyTest\nmetadata: {name: t}\ncases:\n'
+        '  - name: "clear\\e[2J\\u202eeman"\n'
+        '    request: {extension: com.example.a, operation: vdfs.read_file, path: /a}\n    expect: deny\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for extra in ([], ["--verbose"]):
+        run = subprocess.run([sys.executable, "-m", "capengine", "test", str(tmp_path), *extra],
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert "clear" in run.stdout + run.stderr, run.stdout + run.stderr
+        assert not any(c in run.stdout + run.stderr for c in "\x1b\u202e"), run.stdout
