@@ -423,3 +423,70 @@ def test_test_output_never_carries_a_raw_control_character(tmp_path):
                              capture_output=True, text=True, timeout=120, env=env)
         assert "clear" in run.stdout + run.stderr, run.stdout + run.stderr
         assert not any(c in run.stdout + run.stderr for c in "\x1b\u202e"), run.stdout
+
+
+# --- globs in linear time ------------------------------------------------------------------------------------------
+# Globs compiled to Python regexes backtrack: `*a*a*a*a*a*a*b` against 120 a's took 108 s. The name or path
+# matched is the caller's (an operation name a guest sends, a request path of up to 4 KiB), so one rule with
+# such a pattern let a call stall the host. Globs now run on RE2, as CEL's matches() does.
+
+_PATHOLOGICAL = r"""
+import sys
+from capengine.policy import functions, globs
+from capengine.policy.engine import PolicySet
+from capengine.policy.loader import load_text
+name = "a" * 250
+assert not globs.glob_match("*a*a*a*a*a*a*a*a*a*a*b", name)
+assert not globs.glob_match("**.*a*a*a*a*a*a*a*a*b", name + ".x")
+assert not functions._glob("/" + "a" * 250, "/**/*a*a*a*a*a*a*a*a*a*a*b")
+print("done")
+"""
+
+
+def test_a_pathological_glob_is_matched_without_backtracking():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", _PATHOLOGICAL], capture_output=True, text=True, timeout=120, env=env)
+    assert run.stdout.strip() == "done", run.stderr
+
+
+def _reference_glob(pattern: str, sep: str, trailing_zero: bool = False):
+    """The globs' meaning as the Python regexes they were (for names and patterns without backtracking)."""
+    import re
+
+    segments = pattern.split(sep)
+    s, not_sep = re.escape(sep), f"[^{re.escape(sep)}]"
+    out, last = [], len(segments) - 1
+    for i, seg in enumerate(segments):
+        if seg == "**":
+            out.append(".*" if last == 0 else f"(?:{not_sep}+{s})*" if i == 0 else
+                       (f"(?:{s}{not_sep}+)*" if trailing_zero else f"(?:{s}{not_sep}+)+") if i == last else
+                       f"(?:{s}{not_sep}+)*")
+            continue
+        if i > 0 and not (i == 1 and segments[0] == "**"):
+            out.append(s)
+        out.append("".join(f"{not_sep}*" if c == "*" else not_sep if c == "?" else re.escape(c) for c in seg))
+    return re.compile("".join(out), re.S)
+
+
+GLOBS = ["ai.*", "ai.**", "**", "*", "vdfs.read_*", "**.ocr", "a.**.b", "?i.ocr", "*.*", "com.ex-ample.*",
+         "a b.*", "é.*", "x\n*", "[a].*", "(a)|b.*", "a+.*", "\\.*", "$.*", "**.x.**"]
+NAMES = ["ai", "ai.ocr", "ai.ocr.fast", "aix.ocr", "vdfs.read_file", "vdfs.read", "a.b", "a.x.b", "a.x.y.b", "",
+         ".", "..", "a..b", "ai.", ".ocr", "com.ex-ample.x", "a b.c", "é.x", "x\ny", "[a].b", "(a)|b.c", "a+.q",
+         "\\.q", "$.q", "q.x.r", "x.x.x"]
+PATHS = ["/a", "/a/b", "/photos/x.jpg", "/photos/2020/private/x", "", "/", "/a b/c", "/é/x", "/a/.git/x", "/x\ny"]
+PATH_GLOBS = ["/**", "/a/*", "/photos/**/private/**", "/*/x.jpg", "/**/.git/**", "/a b/*", "/é/?", "/x\n*",
+              "/photos/**", "/**/x"]
+
+
+def test_globs_mean_what_they_meant():
+    from capengine.policy import globs
+
+    for pattern in GLOBS:
+        reference = _reference_glob(pattern, ".")
+        for name in NAMES:
+            assert globs.glob_match(pattern, name) == (reference.fullmatch(name) is not None), (pattern, name)
+    for pattern in PATH_GLOBS:
+        reference = _reference_glob(pattern, "/", trailing_zero=True)
+        compiled = globs.compile_glob(pattern, "/", trailing_zero=True)
+        for path in PATHS:
+            assert (compiled.fullmatch(path) is not None) == (reference.fullmatch(path) is not None), (pattern, path)
