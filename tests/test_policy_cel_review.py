@@ -490,3 +490,59 @@ def test_globs_mean_what_they_meant():
         compiled = globs.compile_glob(pattern, "/", trailing_zero=True)
         for path in PATHS:
             assert (compiled.fullmatch(path) is not None) == (reference.fullmatch(path) is not None), (pattern, path)
+
+
+# --- double() of a long string -----------------------------------------------------------------------------------
+# The text a string must look like to convert to double was `[0-9]+\.?[0-9]*...`: two ways to split a run of
+# digits, so a long digit string that fails to match backtracked quadratically (32,000 digits: 20 s; a guest's
+# 1 MB argument in `double(args.s)`: hours).
+
+_LONG_DOUBLE = r"""
+from capengine.cel.compiler import compile_expression
+from capengine.cel.values import CelError
+from capengine.policy.functions import POLICY_ENVIRONMENT
+from capengine.policy.loader import POLICY_COSTS, POLICY_DECLS
+program, errors = compile_expression("double(args.s) > 1.0", POLICY_DECLS, POLICY_ENVIRONMENT, total=True,
+                                     costs=POLICY_COSTS)
+for text in ("1" * 400_000 + "x", "1" * 400_000 + ".5e" + "1" * 1000 + "x", "." + "1" * 400_000 + "e"):
+    try:
+        program.evaluate({"path": "", "library": "", "operation": "o", "extension": "e", "args": {"s": text}})
+    except CelError:
+        pass
+print("done")
+"""
+
+
+def test_double_of_a_long_digit_string_does_not_backtrack():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", _LONG_DOUBLE], capture_output=True, text=True, timeout=120, env=env)
+    assert run.stdout.strip() == "done", run.stderr
+
+
+@pytest.mark.parametrize(("text", "value"), [("1", 1.0), ("1.", 1.0), (".5", 0.5), ("-1.5e3", -1500.0), ("+2E-1", 0.2),
+                                             ("inf", float("inf")), ("-Infinity", float("-inf")), ("1e5", 1e5),
+                                             ("1.5", 1.5), ("00.100", 0.1)])
+def test_double_of_text_still_converts(text, value):
+    program, errors = compile_expression(f'double("{text}")', POLICY_DECLS, POLICY_ENVIRONMENT)
+    assert program.evaluate({}) == value
+
+
+@pytest.mark.parametrize("text", ["", ".", "1..2", "1e", "e5", "1.5.5", " 1", "1_0", "0x10", "--1", "nanx", "1e+"])
+def test_double_of_other_text_is_an_error(text):
+    program, errors = compile_expression(f'double("{text}")', POLICY_DECLS, POLICY_ENVIRONMENT)
+    with pytest.raises(CelError):
+        program.evaluate({})
+
+
+@pytest.mark.parametrize(("source", "fragment"), [
+    (f'int("{"1" * 5000}")', "out of range"), (f'uint("{"1" * 5000}")', "out of range"),
+    ('double("1e400")', "out of range"), (f'double("{"9" * 400}.5")', "out of range"),
+    ('double("-1e400")', "out of range"), (f'duration("{"1" * 5000}s")', "out of range"),
+])
+def test_a_conversion_out_of_range_is_a_cel_error_saying_so(source, fragment):
+    """cel-go: strconv's range error is a conversion error. Python's int() refuses over 4300 digits with a
+    ValueError of its own, and float() returns infinity for a finite number too large."""
+    program, errors = compile_expression(source, POLICY_DECLS, POLICY_ENVIRONMENT)
+    with pytest.raises(CelError) as caught:
+        program.evaluate({})
+    assert fragment in str(caught.value) and "ValueError" not in str(caught.value)
