@@ -546,3 +546,10 @@ def test_a_conversion_out_of_range_is_a_cel_error_saying_so(source, fragment):
     with pytest.raises(CelError) as caught:
         program.evaluate({})
     assert fragment in str(caught.value) and "ValueError" not in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["Kind", "kind ", "KIND", "knd"])
+def test_a_misspelt_kind_key_is_named(key):
+    text = BASE.replace("kind: Policy", f'"{key}": Policy')
+    [(line, _, severity, code, message)] = _findings(text)
+    assert (line, severity, code) == (2, "error", "unknown-kind") and repr(key) in message and "'kind'" in message

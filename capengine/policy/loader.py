@@ -393,6 +393,15 @@ class _DocumentLoader:
                 self.report((), Code.UNKNOWN_KIND, f"a YAML document must be a mapping with kind: Policy or "
                                                    f"PolicyTest, but this one is a {what}")
                 return
+            if "kind" not in data:
+                spelt = [k for k in data if k.strip().lower() == "kind"] or difflib.get_close_matches(
+                    "kind", list(data), n=1)
+                if spelt:
+                    self.findings.append(Finding(Location(self.path, *self.doc.key_marks.get((spelt[0],), (1, 1))),
+                                                 "error", Code.UNKNOWN_KIND,
+                                                 f"key {spelt[0]!r} is not 'kind' (keys are case-sensitive); "
+                                                 "write kind: Policy or kind: PolicyTest"))
+                    return
             close = difflib.get_close_matches(str(kind), ["Policy", "PolicyTest"], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             self.report(("kind",), Code.UNKNOWN_KIND, f"kind must be Policy or PolicyTest, got {kind!r}{hint}")
