@@ -553,3 +553,12 @@ def test_a_misspelt_kind_key_is_named(key):
     text = BASE.replace("kind: Policy", f'"{key}": Policy')
     [(line, _, severity, code, message)] = _findings(text)
     assert (line, severity, code) == (2, "error", "unknown-kind") and repr(key) in message and "'kind'" in message
+
+
+@pytest.mark.parametrize(("key", "kind"), [("on", "bool"), ("no", "bool"), ("1", "int"), ("~", "null"),
+                                           ("1.5", "float")])
+def test_a_key_yaml_reads_as_another_type_gets_a_quoting_hint(key, kind):
+    text = BASE.replace("  extensions:", f"  {key}: x\n  extensions:")
+    [(line, column, severity, code, message)] = _findings(text)
+    assert (line, column, severity, code) == (5, 3, "error", "yaml-syntax")
+    assert f"YAML reads the key {key} as a {kind}" in message and f"'{key}'" in message

@@ -124,7 +124,11 @@ def _convert(node: yaml.Node, path: JsonPath, doc: Document, depth: int) -> obje
         for key_node, value_node in node.value:
             key = _scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
-                raise YamlSourceError("mapping keys must be strings", key_node.start_mark.line + 1,
+                hint = ""
+                if isinstance(key_node, yaml.ScalarNode):  # YAML 1.1: `on`, `no` are bools, `1` an int, `~` null
+                    kind = {bool: "bool", int: "int", float: "float", type(None): "null"}.get(type(key), "value")
+                    hint = f": YAML reads the key {key_node.value} as a {kind}; quote it ('{key_node.value}')"
+                raise YamlSourceError(f"mapping keys must be strings{hint}", key_node.start_mark.line + 1,
                                       key_node.start_mark.column + 1)
             if key in result:
                 doc.duplicates.append((key, key_node.start_mark.line + 1, key_node.start_mark.column + 1))
