@@ -562,3 +562,16 @@ def test_a_key_yaml_reads_as_another_type_gets_a_quoting_hint(key, kind):
     [(line, column, severity, code, message)] = _findings(text)
     assert (line, column, severity, code) == (5, 3, "error", "yaml-syntax")
     assert f"YAML reads the key {key} as a {kind}" in message and f"'{key}'" in message
+
+
+def test_the_daemon_reader_refuses_a_fifo_as_check_does(tmp_path):
+    """check.py's promise: the daemon refusing a set and `capengine check` failing agree. The daemon reads
+    the tree itself (policy_source.TreeReader, through loader.walk) and must not skip a FIFO that check
+    reports as an error: it refuses the tree, naming the file, without opening it."""
+    from capengine.daemon.policy_source import TreeReader
+
+    root = _tree(tmp_path)
+    assert list(TreeReader().read(root)) == ["ok.yaml"]
+    os.mkfifo(root / "pipe.yaml")
+    with pytest.raises(OSError, match="pipe.yaml.*not a regular file"):
+        TreeReader().read(root)

@@ -9,6 +9,7 @@ fail closed (the daemon) refuse the whole set when any error exists.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import os
 import re
@@ -114,7 +115,8 @@ def walk(root: str | Path, special: list[str] | None = None) -> list[str]:
     symlink that leads nowhere (dangling, or a loop) is included too: reading it fails and says why, where
     skipping it would quietly drop the policy it stood for (except an editor's lock link, `.#<name>`). FIFOs,
     sockets and devices are not (reading one would block); their names go to `special` when given, for the
-    caller to report. Raises OSError when the tree changes under the walk."""
+    caller to report, else they raise OSError (the daemon then refuses the tree, as `check` fails on it).
+    Raises OSError when the tree changes under the walk too."""
     found: list[str] = []
     pending = [""]
     while pending:
@@ -131,6 +133,9 @@ def walk(root: str | Path, special: list[str] | None = None) -> list[str]:
                         found.append(name)
                     elif kind == "special" and special is not None:
                         special.append(name)
+                    elif kind == "special":  # a reader of the tree (the daemon) refuses it, as check reports it
+                        where = os.path.join(root, name)
+                        raise OSError(errno.EINVAL, f"{where}: {_not_regular(Path(where))}")
     found.sort(key=lambda name: name.split(os.sep))
     return found
 
