@@ -575,3 +575,19 @@ def test_the_daemon_reader_refuses_a_fifo_as_check_does(tmp_path):
     os.mkfifo(root / "pipe.yaml")
     with pytest.raises(OSError, match="pipe.yaml.*not a regular file"):
         TreeReader().read(root)
+
+
+# --- branch coverage and CEL comments -------------------------------------------------------------------------
+# The operands of a condition were cut at every `&&` outside strings, comments included: a `// x && y` comment
+# produced a bogus operand `y` (reported as never evaluable), and an apostrophe in a comment (`// it's`) was
+# taken for the start of a string, hiding every later operator.
+
+@pytest.mark.parametrize(("condition", "expected"), [
+    ('path == "/a" // x && y\n&& size(path) > 0', ['path == "/a" // x && y', "size(path) > 0"]),
+    ("path == \"/a\" // it's the root\n|| path == \"/b\"", ["path == \"/a\" // it's the root", 'path == "/b"']),
+    ('path == "//x" && size(path) > 0', ['path == "//x"', "size(path) > 0"]),
+])
+def test_branch_operands_ignore_comments(condition, expected):
+    from capengine.policy.branches import operands
+
+    assert operands(condition) == expected
