@@ -244,7 +244,7 @@ def glob_language(pattern: str, sep: str) -> z3.ReRef:
     """The names a segment-aware glob matches (extension ids, operation names): translated from the very
     regex capengine.policy.globs compiles, so the encoding cannot drift from the engine."""
     try:
-        return compiled_language(globs.compile_glob(pattern, sep))
+        return compiled_language(globs.compile_glob(pattern, sep).python)
     except globs.GlobError as exc:
         raise NotAnalysable(f"glob {pattern!r}: {exc}") from None
 
@@ -257,7 +257,8 @@ def path_glob_language(pattern: str) -> z3.ReRef:
         matcher = functions._compile_glob(pattern)
     except CelError as exc:
         raise NotAnalysable(f"glob {pattern!r}: {exc}") from None
-    compiled = getattr(matcher, "__self__", None)  # the bound `fullmatch` of a compiled regex
+    compiled = getattr(matcher, "__self__", None)  # the bound `fullmatch` of a compiled glob
+    compiled = compiled.python if isinstance(compiled, globs.Glob) else compiled
     if not isinstance(compiled, re.Pattern):
         raise NotAnalysable(f"glob {pattern!r}: the matcher is not a regular expression")
     return compiled_language(compiled)

@@ -10,6 +10,7 @@ that does not know them sees a function call, never a plain field read.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -137,6 +138,7 @@ _BINARY = {
 _QUANTIFIER = {2: 1, 3: 2}
 _MACROS = {"all": _QUANTIFIER, "exists": _QUANTIFIER, "exists_one": _QUANTIFIER, "existsOne": _QUANTIFIER,
            "map": {2: 1, 3: 1}, "filter": {2: 1}, "transformList": {3: 2, 4: 2}, "transformMap": {3: 2, 4: 2}}
+MAX_SOURCE_CHARS = 100_000  # cel-go's default ExpressionSizeCodePointLimit
 MAX_DEPTH = 120  # AST levels (each parenthesis counts as one); keeps the checker and compiler within the stack
 RESERVED = {"as", "break", "const", "continue", "else", "for", "function", "if", "import", "let", "loop",
             "package", "namespace", "return", "var", "void", "while", "in"}
@@ -164,6 +166,9 @@ def parse(source: str, namespaced: frozenset[str] = frozenset()) -> Node:
     The AST is immutable, so a parse is cached and shared: loading, lint and checks of one condition (and of
     the same condition in many files) parse it once.
     """
+    if len(source) > MAX_SOURCE_CHARS:
+        raise CelSyntaxError(f"expression longer than {MAX_SOURCE_CHARS} characters ({len(source)}); split the rule "
+                             "up, or test membership with `in [...]` / path.under()")
     try:
         tree = grammar.parser().parse(source)
     except (lark.exceptions.UnexpectedToken, lark.exceptions.UnexpectedCharacters) as exc:
@@ -199,6 +204,16 @@ def _describe(cause: BaseException | None, source: str) -> str:
     return "syntax error"
 
 
+def _balanced(fn: str, nodes: list[Node], positions: list[Pos], lo: int, hi: int) -> Node:
+    """nodes[lo:hi] joined by `fn` into a balanced tree (cel-go's balancer); each call is placed where its
+    first operand starts, as in the nested tree."""
+    if hi - lo == 1:
+        return nodes[lo]
+    mid = (lo + hi + 1) // 2
+    return Call(fn, None, (_balanced(fn, nodes, positions, lo, mid), _balanced(fn, nodes, positions, mid, hi)),
+                positions[lo])
+
+
 class _Builder:
     def __init__(self, source: str, namespaced: frozenset[str]) -> None:
         self.source = source
@@ -225,8 +240,21 @@ class _Builder:
         return Conditional(self.build(kids[0], d), self.build(kids[1], d), self.build(kids[2], d), _pos(t))
 
     def _logical(self, t: lark.Tree, d: int, fn: str) -> Node:
-        kids = self._kids(t)
-        return Call(fn, None, (self.build(kids[0], d), self.build(kids[1], d)), _pos(t))
+        """A chain `a || b || c ...` (the grammar nests it to the left, one level per operand) as a balanced
+        tree, as cel-go builds it: a chain of any length nests log2(length) levels, not one per operand, so
+        a 500-alternative condition is no "too deep" error. Same meaning: the operands keep their order, and
+        CEL's `&&`/`||` are commutative, errors included (the deciding value wins wherever it is)."""
+        operands: list[lark.Tree] = []
+        node = t
+        while node.data == t.data:
+            left, right = self._kids(node)
+            operands.append(right)
+            node = left
+        operands.append(node)
+        operands.reverse()
+        depth = d + (len(operands) - 1).bit_length()  # the balanced tree's levels above its operands
+        built = [self.build(o, depth) for o in operands]
+        return _balanced(fn, built, [_pos(o) for o in operands], 0, len(built))
 
     def _conditionalor(self, t: lark.Tree, d: int) -> Node:
         return self._logical(t, d, "_||_")
@@ -477,7 +505,10 @@ def literal_value(kind: str, text: str) -> Value:
             raise ValueError(f"unsigned integer literal out of range: {text}")
         return UInt(value)
     if kind == "FLOAT_LIT":
-        return float(text)
+        double = float(text)
+        if math.isinf(double):  # cel-go: "invalid double literal"; `x < 1e400` would hold for every x
+            raise ValueError(f"double literal out of range: {text} (the largest double is 1.7976931348623157e308)")
+        return double
     if kind == "BOOL_LIT":
         return text == "true"
     if kind == "NULL_LIT":

@@ -240,8 +240,9 @@ _def("matches", (STRING, STRING), BOOL, _matches, receiver=True, check_literal=_
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _UINT_TEXT = re.compile(r"[0-9]+")
-_DOUBLE_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)",
-                          re.I)
+# One way only to split each run of digits (`[0-9]+\.?[0-9]*` had two): a long digit string that fails to match
+# must not backtrack quadratically (double(args.s) of a guest's 1 MB string).
+_DOUBLE_TEXT = re.compile(r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)", re.I)
 _BOOL_TEXT = {"1": True, "t": True, "true": True, "TRUE": True, "True": True,
               "0": False, "f": False, "false": False, "FALSE": False, "False": False}
 
@@ -260,8 +261,20 @@ def _double_to_uint(x: float) -> UInt:
 
 def _parse(text: str, pattern: re.Pattern, convert: Callable, what: str):
     if not pattern.fullmatch(text):
-        raise CelError(f"cannot convert {text!r} to {what}")
-    return convert(text)
+        raise CelError(f"cannot convert {_shown(text)} to {what}")
+    try:
+        value = convert(text)
+    except ValueError:  # int(): more than 4300 digits, far beyond int64/uint64
+        raise CelError(f"cannot convert {_shown(text)} to {what}: out of range") from None
+    if what == "double" and math.isinf(value) and text.lstrip("+-")[:1] not in ("i", "I"):
+        # a finite number too large for a double; cel-go (strconv's range error) refuses it too
+        raise CelError(f"cannot convert {_shown(text)} to double: out of range")
+    return value
+
+
+def _shown(text: str) -> str:
+    """The text in a message, cut short: a guest's 1 MB argument is no error message."""
+    return repr(text) if len(text) <= 64 else f"{text[:60]!r}... ({len(text)} characters)"
 
 
 def _string_to_bool(text: str) -> bool:

@@ -87,8 +87,11 @@ def parse_duration(text: str) -> Duration:
     while pos < len(body):
         m = _PART.match(body, pos)
         if m is None:
-            raise CelError(f"cannot parse duration {text!r} (e.g. 1.5s, 2h45m, 100ms)")
-        total += Fraction(m.group(1)) * _UNITS[m.group(2)]
+            raise CelError(f"cannot parse duration {text[:64]!r} (e.g. 1.5s, 2h45m, 100ms)")
+        try:
+            total += Fraction(m.group(1)) * _UNITS[m.group(2)]
+        except ValueError:  # Fraction(): more than 4300 digits, far beyond any duration
+            raise CelError(f"duration out of range: {text[:64]!r}") from None
         pos = m.end()
     if not body:
         raise CelError(f"cannot parse duration {text!r}")

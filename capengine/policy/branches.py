@@ -175,10 +175,15 @@ def _split(text: str, op: str) -> list[str]:
 
 
 def _code_chars(text: str) -> Iterable[tuple[int, str]]:
-    """(index, char) of every character outside string literals (CEL: '..', "..", triple-quoted, raw)."""
+    """(index, char) of every character outside string literals (CEL: '..', "..", triple-quoted, raw) and
+    `//` comments (an operator or a quote in a comment is no part of the expression)."""
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
+        if ch == "/" and text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end == -1 else end
+            continue
         if ch not in "'\"":
             yield i, ch
             i += 1

@@ -39,6 +39,8 @@ class Code(StrEnum):
     CONSTANT_CONDITION = "constant-condition"
     NON_CANONICAL_PATH = "non-canonical-path"
     MIXED_SCRIPT = "mixed-script"
+    INVISIBLE_CHARACTER = "invisible-character"
+    BIDI_CONTROL = "bidi-control"
     CASE_MISMATCH = "case-mismatch"
     TEST_UNKNOWN_OPERATION = "test-unknown-operation"
     TEST_UNKNOWN_EXTENSION = "test-unknown-extension"
@@ -97,6 +99,10 @@ _HELP = {
     Code.CONSTANT_CONDITION: "A condition is always true whatever the request (`|| true`, `size(x) >= 0`).",
     Code.NON_CANONICAL_PATH: "A path literal no canonical request path can equal ('..', '//', trailing '/', relative).",
     Code.MIXED_SCRIPT: "A literal mixes Latin letters with look-alikes from another script (a Cyrillic 'о').",
+    Code.INVISIBLE_CHARACTER: "A condition holds a character that displays as nothing (a zero-width space): a "
+                              "literal holding it looks like one it never equals.",
+    Code.BIDI_CONTROL: "A file holds a bidirectional override or isolate (U+202A-202E, U+2066-2069): text then "
+                       "displays in an order other than it is read (Trojan Source).",
     Code.CASE_MISMATCH: "Two rules spell a directory with different letter case; paths are case-sensitive.",
     Code.TEST_UNKNOWN_OPERATION: "A policy test case calls an operation that is not registered: it tests nothing.",
     Code.TEST_UNKNOWN_EXTENSION: "A policy test case names an extension no policy applies to.",

@@ -22,7 +22,12 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark
 from ruamel.yaml.resolver import VersionedResolver
-from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString, SingleQuotedScalarString
+from ruamel.yaml.scalarstring import (
+    DoubleQuotedScalarString,
+    FoldedScalarString,
+    LiteralScalarString,
+    SingleQuotedScalarString,
+)
 from ruamel.yaml.tokens import CommentToken
 
 from capengine.errors import CapengineError
@@ -110,6 +115,11 @@ def _flow_width(value: Any) -> int:
                          allow_unicode=True).rstrip("\n").removesuffix("\n..."))
 
 
+_EDITOR_UNSEEN_BREAKS = ("\x85", "\u2028", "\u2029")
+"""Line breaks to YAML 1.1 (and str.splitlines) that most editors show within a line: written raw, they shift
+the line numbers of findings; in a plain or block scalar ruamel cannot write them back at all."""
+
+
 class _Builder:
     """Builds the ruamel document for one loaded document: canonical order, styles and attached comments."""
 
@@ -147,6 +157,8 @@ class _Builder:
         """Conditions single-quoted (CEL strings use double quotes); text too long for its line folded at
         blanks (`>`), which reads back as written; several lines as a literal block (`|`)."""
         condition = len(path) == 4 and path[:2] == ("spec", "rules") and path[3] == "condition"
+        if any(c in value for c in _EDITOR_UNSEEN_BREAKS):
+            return DoubleQuotedScalarString(value)  # escaped: \N, \L, \P
         line = value[:-1] if value.endswith("\n") else value
         if "\n" in line:
             return LiteralScalarString(value)

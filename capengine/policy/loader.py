@@ -9,12 +9,16 @@ fail closed (the daemon) refuse the whole set when any error exists.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import os
+import re
+import stat
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -104,11 +108,15 @@ def _digest(text: str) -> bytes:
 POLICY_SUFFIXES = (".yaml", ".yml")
 
 
-def walk(root: str | Path) -> list[str]:
+def walk(root: str | Path, special: list[str] | None = None) -> list[str]:
     """Relative paths of the YAML files under a directory, in the order `sorted(Path.rglob)` gives (by path
     components), which fixes the order of policies and so which rule a decision names. One scandir per
-    directory: symlinked directories are not descended into (as rglob), symlinked files are included, FIFOs
-    and sockets are not (reading one would block). Raises OSError when the tree changes under the walk."""
+    directory: symlinked directories are not descended into (as rglob), symlinked files are included. A
+    symlink that leads nowhere (dangling, or a loop) is included too: reading it fails and says why, where
+    skipping it would quietly drop the policy it stood for (except an editor's lock link, `.#<name>`). FIFOs,
+    sockets and devices are not (reading one would block); their names go to `special` when given, for the
+    caller to report, else they raise OSError (the daemon then refuses the tree, as `check` fails on it).
+    Raises OSError when the tree changes under the walk too."""
     found: list[str] = []
     pending = [""]
     while pending:
@@ -118,22 +126,71 @@ def walk(root: str | Path) -> list[str]:
                 name = rel + entry.name if rel else entry.name
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(name + os.sep)
-                elif (dot := entry.name.rfind(".")) > 0 and entry.name[dot:] in POLICY_SUFFIXES and entry.is_file():
-                    found.append(name)  # the test is Path.suffix's: ".yaml" alone is a hidden file, not YAML
+                elif (dot := entry.name.rfind(".")) > 0 and entry.name[dot:] in POLICY_SUFFIXES:
+                    # the test is Path.suffix's: ".yaml" alone is a hidden file, not YAML
+                    kind = _entry_kind(entry)
+                    if kind == "file":
+                        found.append(name)
+                    elif kind == "special" and special is not None:
+                        special.append(name)
+                    elif kind == "special":  # a reader of the tree (the daemon) refuses it, as check reports it
+                        where = os.path.join(root, name)
+                        raise OSError(errno.EINVAL, f"{where}: {_not_regular(Path(where))}")
     found.sort(key=lambda name: name.split(os.sep))
     return found
 
 
+def _entry_kind(entry: os.DirEntry[str]) -> str:
+    """"file" (a regular file, or a link that cannot be followed: read, so that its error is reported), "dir"
+    (a directory, or a link to one: not a policy file, as rglob's is_file() says; an editor's lock link too)
+    or "special"."""
+    try:
+        if entry.is_file():
+            return "file"
+        if entry.is_dir():
+            return "dir"
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            # dangling; but Emacs marks a file being edited with a dangling link `.#<name>`: not a policy
+            return "dir" if entry.name.startswith(".#") else "file"
+    except OSError:  # a symlink loop (ELOOP) or a name the system cannot resolve
+        return "file"
+    return "special"
+
+
+def _not_regular(path: Path) -> str:
+    """Why `path`, which exists but is neither a regular file nor a directory, is not read."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+    return (f"not a regular file ({kind}{', through a symlink' if path.is_symlink() else ''}); policies are read "
+            "from regular files only: replace it with one or remove it")
+
+
 def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
-    """YAML files under the given files/directories, sorted so that results never depend on disk order."""
+    """YAML files under the given files/directories, sorted so that results never depend on disk order. A
+    YAML name that is not a regular file (a FIFO, a socket, a device) is an error, never read nor skipped
+    quietly; a link that leads nowhere is listed, and reading it reports why."""
     found: list[Path] = []
     findings: list[Finding] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found.extend(p / name for name in walk(p))
+            special: list[str] = []
+            found.extend(p / name for name in walk(p, special))
+            findings.extend(Finding(Location(str(p / name)), "error", Code.IO, _not_regular(p / name))
+                            for name in special)
         elif p.is_file():
             found.append(p)
+        elif os.path.lexists(p):
+            try:
+                os.stat(p)
+            except OSError as exc:  # dangling, a loop, no permission to search a directory on the way
+                findings.append(Finding(Location(str(p)), "error", Code.IO, f"cannot read: {exc.strerror or exc}"))
+                continue
+            findings.append(Finding(Location(str(p)), "error", Code.IO, _not_regular(p)))
         else:
             findings.append(Finding(Location(str(p)), "error", Code.IO, "no such file or directory"))
     return found, findings
@@ -169,8 +226,20 @@ def load_paths(paths: Iterable[str | Path], schema_dirs: Iterable[str | Path] = 
                 raise OSError(f"file larger than {MAX_FILE_BYTES} bytes")
             contents[str(path)] = path.read_bytes()
         except OSError as exc:
-            contents[str(path)] = exc
+            contents[str(path)] = _explained(path, exc)
     return load_contents(contents, schema_dirs, findings, generate, processes)
+
+
+def _explained(path: Path, exc: OSError) -> OSError:
+    """`exc`, saying where a symbolic link that cannot be read points."""
+    if not path.is_symlink():
+        return exc
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return exc
+    return OSError(exc.errno, f"it is a symbolic link to {target}, which cannot be read ({exc.strerror}); fix or "
+                              "remove the link")
 
 
 def load_contents(contents: Mapping[str, bytes | OSError], schema_dirs: Iterable[str | Path] = (),
@@ -256,6 +325,10 @@ def load_text(path: str, text: str, catalog: Catalog | None = None,
     """Load one file's text. On any error in a document, that document contributes nothing."""
     loaded = LoadedFile(path, text, _digest(text))
     findings: list[Finding] = []
+    if not text.isascii():
+        bidi = _bidi_controls(path, text)
+        if bidi:
+            return loaded, bidi
     try:
         documents = list(load_documents(text))
     except YamlSourceError as exc:
@@ -268,6 +341,34 @@ def load_text(path: str, text: str, catalog: Catalog | None = None,
     for doc in documents:
         _DocumentLoader(path, lines, doc, loaded, findings, catalog or operations.builtin(), generate).load()
     return loaded, findings
+
+
+_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+@cache
+def _invisible_characters() -> re.Pattern[str]:
+    """What displays as nothing: format characters (Cf: zero-width space and joiners, soft hyphen, BOM,
+    direction marks, tags), Hangul fillers, the grapheme joiner and variation selectors. Built at the first
+    non-ASCII condition (scanning Unicode takes 0.15 s, which no ASCII-only set should pay)."""
+    format_characters = "".join(c for c in map(chr, range(0x80, 0x110000)) if unicodedata.category(c) == "Cf")
+    return re.compile(f"[\u034f\u115f\u1160\u3164\uffa0\ufe00-\ufe0f\U000e0100-\U000e01ef{format_characters}]")
+
+
+def _bidi_controls(path: str, text: str) -> list[Finding]:
+    """A bidirectional embedding, override or isolate anywhere in the file (a condition, a comment, a message)
+    makes the text display in an order other than it is parsed ("Trojan Source", CVE-2021-42574): an error,
+    as rustc makes it. Written as an escape it is visible, and fine."""
+    found = []
+    for match in _BIDI_CONTROL.finditer(text):
+        at = match.start()
+        name = unicodedata.name(match.group(), "bidirectional control")
+        found.append(Finding(Location(path, text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)), "error",
+                             Code.BIDI_CONTROL,
+                             f"U+{ord(match.group()):04X} ({name}) makes the text around it display in an order "
+                             "other than it is read; remove it (in a double-quoted string, write it as "
+                             f"\\u{ord(match.group()):04x} if it is meant)"))
+    return found
 
 
 class _DocumentLoader:
@@ -291,8 +392,24 @@ class _DocumentLoader:
         kind = data.get("kind") if isinstance(data, dict) else None
         schema = {"Policy": "policy.schema.json", "PolicyTest": "policy-test.schema.json"}.get(str(kind))
         if schema is None:
-            self.report(("kind",), Code.UNKNOWN_KIND,
-                        f"kind must be Policy or PolicyTest, got {kind!r}")
+            if not isinstance(data, dict):
+                what = {type(None): "null", list: "list", str: "string", bool: "bool", int: "number",
+                        float: "number"}.get(type(data), type(data).__name__)
+                self.report((), Code.UNKNOWN_KIND, f"a YAML document must be a mapping with kind: Policy or "
+                                                   f"PolicyTest, but this one is a {what}")
+                return
+            if "kind" not in data:
+                spelt = [k for k in data if k.strip().lower() == "kind"] or difflib.get_close_matches(
+                    "kind", list(data), n=1)
+                if spelt:
+                    self.findings.append(Finding(Location(self.path, *self.doc.key_marks.get((spelt[0],), (1, 1))),
+                                                 "error", Code.UNKNOWN_KIND,
+                                                 f"key {spelt[0]!r} is not 'kind' (keys are case-sensitive); "
+                                                 "write kind: Policy or kind: PolicyTest"))
+                    return
+            close = difflib.get_close_matches(str(kind), ["Policy", "PolicyTest"], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.report(("kind",), Code.UNKNOWN_KIND, f"kind must be Policy or PolicyTest, got {kind!r}{hint}")
             return
         errors = [] if conforms(schema)(data) else validator(schema).iter_errors(data)
         for err in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
@@ -307,12 +424,28 @@ class _DocumentLoader:
                                                      _schema_message(err)))
                         continue
                     where += (extra[0],)
-            self.report(where, Code.SCHEMA, _schema_message(err))
+            self.report(where, Code.SCHEMA, _schema_message(err) + self._quoting_hint(where, err))
         schema_ok = len(self.findings) == errors_before
         if kind == "Policy":
             self._policy(data, schema_ok)
         elif schema_ok:
             self._suite(data)
+
+    def _quoting_hint(self, where: JsonPath, err: jsonschema.ValidationError) -> str:
+        """For text YAML read as something else (YAML 1.1: `yes`/`off` are bools, `2001-12-14` a date, `1:20`
+        the int 80, `~` or nothing null): say so, and that quotes keep it text. Plain scalars only (style ""
+        from the C parser, None from PyYAML's)."""
+        node = self.doc.nodes.get(where)
+        expected: Json = err.validator_value
+        if err.validator != "type" or not isinstance(node, yaml.ScalarNode) or node.style not in (None, "") \
+                or isinstance(err.instance, str) or "string" not in ([expected] if isinstance(expected, str)
+                                                                     else expected):
+            return ""
+        kind = {bool: "bool", int: "int", float: "float", type(None): "null", bytes: "binary"}.get(
+            type(err.instance), "date")
+        if not node.value:
+            return "; YAML reads an empty value as null: write the text, in quotes"
+        return f"; YAML reads the unquoted {node.value} as a {kind}: quote it ('{node.value}') if you meant the text"
 
     def _policy(self, data: Json, schema_ok: bool) -> None:
         """Check every rule even when the schema already failed (report all problems at once); build the
@@ -347,11 +480,7 @@ class _DocumentLoader:
         ok &= self._check_globs(("spec", "extensions"), _get(spec, "extensions", list))
         for i, raw in enumerate(_get(spec, "limits", list)):
             ok &= self._check_globs(("spec", "limits", i, "operations"), _get(raw, "operations", list))
-            burst, cost = (raw.get(k) if isinstance(raw, dict) else None for k in ("burst", "cost"))
-            if isinstance(burst, int) and isinstance(cost, int) and cost > burst:
-                self.report(("spec", "limits", i, "cost"), Code.BAD_LIMIT,
-                            f"cost {cost} is more than burst {burst}: no call could ever pass; raise burst")
-                ok = False
+            ok &= self._check_limit(i, raw)
         if not ok:
             return
         rules = tuple(Rule(name, raw["id"], raw["effect"], tuple(raw["operations"]), raw.get("condition"),
@@ -360,14 +489,37 @@ class _DocumentLoader:
                       for i, raw in enumerate(spec["rules"]))
         limits = []
         for i, raw in enumerate(spec.get("limits", [])):
-            count, unit = raw["rate"].split("/")
-            limits.append(Limit(tuple(raw["operations"]), int(count), _RATE_UNITS[unit],
-                                raw.get("burst", int(count)), raw.get("cost", 1), self.at(("spec", "limits", i)),
+            count, per_seconds, burst, cost = _limit_numbers(raw)
+            limits.append(Limit(tuple(raw["operations"]), count, per_seconds, burst, cost,
+                                self.at(("spec", "limits", i)),
                                 self._item_locations(("spec", "limits", i, "operations"), raw["operations"])))
         self.out.policies.append(Policy(name, data["metadata"].get("description", ""), tuple(spec["extensions"]),
                                         rules, tuple(limits), self.at(("metadata", "name")),
                                         self._item_locations(("spec", "extensions"), spec["extensions"])))
         self.out.programs.update(programs)
+
+    def _check_limit(self, i: int, raw: Json) -> bool:
+        """A limit the rate limiter can honour: every number at most MAX_LIMIT_NUMBER, and a call's cost at
+        most the burst (the explicit one, else the rate's count): otherwise no call could ever pass. Run on
+        documents that failed the schema too, on the numbers that are numbers."""
+        numbers = _limit_numbers(raw, lenient=True)
+        ok = True
+        for key, value in zip(("rate", "burst", "cost"), (numbers[0], *numbers[2:])):
+            if value is not None and value > MAX_LIMIT_NUMBER and (key == "rate" or key in raw):
+                shown = str(value) if value < 10**30 else f"of {len(str(value))} digits"
+                self.report(("spec", "limits", i, key), Code.BAD_LIMIT,
+                            f"{'the rate count' if key == 'rate' else key} {shown} is too large: at most "
+                            f"{MAX_LIMIT_NUMBER} (2**53, what the limiter's token counts hold exactly); a limit "
+                            "that large limits nothing, so remove it")
+                ok = False
+        _, _, burst, cost = numbers
+        if ok and burst is not None and cost is not None and cost > burst:
+            self.report(("spec", "limits", i, "cost"), Code.BAD_LIMIT,
+                        f"cost {cost} is more than burst {burst}: no call could ever pass; raise burst"
+                        + ("" if isinstance(raw, dict) and "burst" in raw else
+                           " (without `burst:` it is the rate's count)"))
+            ok = False
+        return ok
 
     def _item_locations(self, json_path: JsonPath, items: list[Json]) -> tuple[Location, ...]:
         return tuple(self.at(json_path + (i,)) for i in range(len(items)))
@@ -419,6 +571,8 @@ class _DocumentLoader:
             code = _ERROR_CODES.get(type(err), Code.CEL_INVALID)
             self.findings.append(Finding(Location(self.path, line, column), "error", code,
                                          f"{err.message} in condition {source.strip()!r}"))
+        if not source.isascii():
+            self._invisible(source, node)
         program = compiled.program
         if program is not None and program.type not in (Type("bool"), DYN):
             self.report(json_path, Code.CEL_TYPE, f"condition must be bool, but it is {program.type}")
@@ -431,6 +585,20 @@ class _DocumentLoader:
                 line, column = self._expression_position(node, pos)
                 self.findings.append(Finding(Location(self.path, line, column), "warning", code, message))
         return program
+
+    def _invisible(self, source: str, node: yaml.Node | None) -> None:
+        """Characters that display as nothing, written raw in a condition: `path.under("/sec\u200brets")`
+        with a real zero-width space reads as the real directory and never matches it. An escape is visible."""
+        for match in _invisible_characters().finditer(source):
+            at = match.start()
+            pos = cel_ast.Pos(source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at))
+            line, column = self._expression_position(node, pos)
+            char = match.group()
+            self.findings.append(Finding(
+                Location(self.path, line, column), "warning", Code.INVISIBLE_CHARACTER,
+                f"invisible character U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')}) in the condition: a "
+                f"literal holding it looks like one without it and never equals that; remove it, or write "
+                f"\\u{ord(char):04x} (visible) if it is meant"))
 
     def _expression_position(self, node: yaml.Node | None, pos: cel_ast.Pos) -> tuple[int, int]:
         if not isinstance(node, yaml.ScalarNode):
@@ -480,7 +648,12 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
         return f"{err.message} in {where}"
     if err.validator == "enum":
         choices: Json = err.validator_value
-        return f"{where}: {err.instance!r} is not one of {', '.join(map(repr, choices))}"
+        hint = ""
+        if isinstance(err.instance, str) and all(isinstance(c, str) for c in choices):
+            folded = [c for c in choices if c.lower() == err.instance.lower()]
+            close = folded or difflib.get_close_matches(err.instance.lower(), choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{where}: {err.instance!r} is not one of {', '.join(map(repr, choices))}{hint}"
     if err.validator == "pattern":
         field = str(err.absolute_path[-1]) if err.absolute_path else ""
         if isinstance(err.absolute_path[-1] if err.absolute_path else None, int) and len(err.absolute_path) > 1:
@@ -490,6 +663,30 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
             return f"{where}: {err.instance!r} is not {expected}"
         return f"{where}: {err.instance!r} does not match the required pattern {err.validator_value}"
     return f"{where}: {err.message}"
+
+
+MAX_LIMIT_NUMBER = 2**53
+
+
+def _limit_numbers(raw: Json, lenient: bool = False) -> tuple[Any, ...]:
+    """(count, seconds per period, burst, cost) of a limit, as ints: JSON Schema's "integer" admits 5.0, which
+    loads as a float. `lenient`: for a document the schema may have refused, None for what is not a number."""
+    def number(value: Json) -> int | None:
+        if type(value) is int or (type(value) is float and value.is_integer()):
+            return int(value)
+        if not lenient:
+            raise ValueError(f"not an integer: {value!r}")  # the schema let only integers through
+        return None
+
+    rate = raw.get("rate") if isinstance(raw, dict) else None
+    digits, unit = rate.split("/", 1) if isinstance(rate, str) and "/" in rate else ("", None)
+    count = int(digits) if digits.isascii() and digits.isdigit() else None
+    if not lenient and (count is None or unit not in _RATE_UNITS):
+        raise ValueError(f"not a rate: {rate!r}")
+    burst = number(raw.get("burst", count)) if isinstance(raw, dict) and (count is not None or "burst" in raw) \
+        else None
+    cost = number(raw.get("cost", 1)) if isinstance(raw, dict) else None
+    return count, _RATE_UNITS.get(str(unit)), burst, cost
 
 
 _ARGS_RECORDS: IdentityMemo[Type | None] = IdentityMemo(4096)

@@ -12,16 +12,25 @@ from capengine.version import __version__
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "note": "note"}
 
 
+def terminal_safe(text: str) -> str:
+    """`text` with every character that is not printable (ESC and the other controls, bidi overrides, zero
+    width characters) shown as its escape: a file name, a case name or a message in a hostile policy tree
+    must not clear, retitle or reorder the terminal of whoever checks it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def as_text(findings: list[Finding], summary: str, source: bool = True) -> str:
     """One line per finding, followed (when `source` and the file can be read) by the source line and a caret
     under the column, as compilers print them."""
     files: dict[str, list[str] | None] = {}
     lines = []
     for f in findings:
-        lines.append(str(f))
+        lines.append(terminal_safe(str(f)))
         if source and f.location.line > 0:
             lines.extend(_excerpt(f, files))
-    lines.append(summary)
+    lines.append(terminal_safe(summary))
     return "\n".join(lines) + "\n"
 
 

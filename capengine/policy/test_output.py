@@ -8,6 +8,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from capengine.policy.report import terminal_safe
 from capengine.policy.suites import CaseResult
 from capengine.policy.testrun import TestRun
 
@@ -64,7 +65,7 @@ def as_text(run: TestRun, verbose: bool) -> str:
     lines.append(f"{s['passed']}/{s['cases']} test cases passed; rule coverage {s['rule_coverage']:.1f}% "
                  f"({s['rules_covered']}/{s['rules']}); branch coverage {s['branch_coverage']:.1f}% "
                  f"({s['branches_covered']}/{s['branches']})")
-    return "\n".join(lines) + "\n"
+    return "\n".join(map(terminal_safe, lines)) + "\n"
 
 
 def as_json(run: TestRun) -> str:

@@ -48,6 +48,8 @@ _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
 
 
 def _scalar(node: yaml.ScalarNode) -> object:
@@ -55,6 +57,10 @@ def _scalar(node: yaml.ScalarNode) -> object:
     if node.tag == _STR_TAG:  # most scalars: the constructor would return node.value itself, more slowly
         return node.value
     construct = _CONSTRUCTOR.yaml_constructors.get(node.tag)
+    if node.tag == _MERGE_TAG:
+        raise YamlSourceError("merge keys (<<) are not supported: write the keys out (a merged mapping hides "
+                              "which value a rule really has, and which of two merges wins)",
+                              node.start_mark.line + 1, node.start_mark.column + 1)
     if construct is None:
         raise YamlSourceError(f"unsupported YAML tag {node.tag}", node.start_mark.line + 1,
                               node.start_mark.column + 1)
@@ -64,7 +70,7 @@ def _scalar(node: yaml.ScalarNode) -> object:
 def load_documents(text: str) -> Iterator[Document]:
     try:
         for root in yaml.compose_all(text, Loader=_Loader):
-            if root is None:
+            if root is None or _empty(root):
                 continue
             doc = Document(None, {}, {}, [])
             doc.data = _convert(root, (), doc, 0)
@@ -75,8 +81,30 @@ def load_documents(text: str) -> Iterator[Document]:
         context = f" ({exc.context})" if exc.context else ""
         raise YamlSourceError(f"{problem}{context}", mark.line + 1 if mark else 1,
                               mark.column + 1 if mark else 1) from None
+    except yaml.reader.ReaderError as exc:
+        raise _refused_character(text, exc) from None
     except yaml.YAMLError as exc:
         raise YamlSourceError(str(exc), 1, 1) from None
+
+
+def _refused_character(text: str, exc: yaml.reader.ReaderError) -> YamlSourceError:
+    """A character YAML does not allow (NUL, another control character, U+FFFE), at its line and column.
+    The reader's own error has a position only (in bytes, from the C parser) and is no MarkedYAMLError; the
+    first character the reader refuses is the first one its NON_PRINTABLE class finds."""
+    found = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    at = found.start() if found is not None else 0
+    char = found.group() if found is not None else chr(exc.character) if isinstance(exc.character, int) else "?"
+    line_start = text.rfind("\n", 0, at) + 1
+    escape = f"\\x{ord(char):02X}" if ord(char) < 256 else f"\\u{ord(char):04X}"
+    return YamlSourceError(f"character U+{ord(char):04X} is not allowed in YAML ({exc.reason}); remove it, or "
+                           f"write it as the escape {escape} inside a double-quoted string",
+                           text.count("\n", 0, at) + 1, at - line_start + 1)
+
+
+def _empty(node: yaml.Node) -> bool:
+    """A document with no content at all (after a trailing `---`, or holding only comments): nothing, as
+    kubectl reads it, not a null that fails as a policy. An explicit `~` or `null` is content."""
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG and node.value == "" and not node.style
 
 
 MAX_DEPTH = 64
@@ -96,7 +124,11 @@ def _convert(node: yaml.Node, path: JsonPath, doc: Document, depth: int) -> obje
         for key_node, value_node in node.value:
             key = _scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
-                raise YamlSourceError("mapping keys must be strings", key_node.start_mark.line + 1,
+                hint = ""
+                if isinstance(key_node, yaml.ScalarNode):  # YAML 1.1: `on`, `no` are bools, `1` an int, `~` null
+                    kind = {bool: "bool", int: "int", float: "float", type(None): "null"}.get(type(key), "value")
+                    hint = f": YAML reads the key {key_node.value} as a {kind}; quote it ('{key_node.value}')"
+                raise YamlSourceError(f"mapping keys must be strings{hint}", key_node.start_mark.line + 1,
                                       key_node.start_mark.column + 1)
             if key in result:
                 doc.duplicates.append((key, key_node.start_mark.line + 1, key_node.start_mark.column + 1))
