@@ -4,7 +4,9 @@ Each worker (worker_process) has its own Engine and policy set; what must be one
 buckets (a table in shared memory every worker maps, shared_buckets), admission (before a job reaches a
 worker), the decision log (every record a worker sends is handed to the one writer), and the revision (a reload
 is two-phase: every live worker loads the new set and says so, then the daemon commits by one write to the
-shared table that every call reads; any "no", death or timeout aborts it everywhere).
+shared table that every call reads; any "no", death or timeout aborts it everywhere; a worker that did not
+answer in time is killed and replaced, and a reload refused only for such worker trouble is retried by the
+reloader once the pool is whole: WorkerTrouble).
 
 A worker that dies (a crash, kill -9, the OOM killer) fails its job with the reason (resumable from its last
 checkpoint, never hanging its client) and is replaced by the maintainer thread; records it sent before dying
@@ -39,6 +41,7 @@ import attrs
 from capengine.daemon.config import DaemonError
 from capengine.daemon.decision_log import DecisionLog
 from capengine.daemon.metrics import Metrics
+from capengine.daemon.reload import RetryLater
 from capengine.daemon.shared_buckets import SharedBuckets, TableError
 from capengine.daemon.worker_process import WorkerSetup
 from capengine.host.envelope import CallRecord
@@ -54,6 +57,14 @@ RESTART_BACKOFF = 1.0  # seconds after a worker failed to start before the next 
 SEND_TIMEOUT = 10.0  # seconds a message to a worker may wait for room in its socket before the worker is killed
 HANG_GRACE = 30.0  # seconds past a job's wall-clock bound before its worker is taken for hung and killed
 OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"  # recorded (never sent) for an action whose worker died in its handler
+PREPARE_TIMEOUT = 120.0  # seconds a worker may take to load a reload's set; then it is killed as unresponsive
+_NO_ANSWER = object()
+
+
+class WorkerTrouble(RetryLater):
+    """A reload refused only because a worker process died, did not answer or was killed, never because one
+    could not load the set: nothing is wrong with the set, so the reloader tries it again once the pool is
+    whole (`ready`), instead of leaving the daemon on the old revision until an operator notices."""
 
 
 @attrs.define(eq=False)
@@ -185,6 +196,7 @@ class WorkerPool:
         self.startup_timeout = startup_timeout
         self.outage_timeout = 30.0  # seconds a job waits while no worker is alive at all, then fails
         self.hang_grace = HANG_GRACE
+        self.prepare_timeout = PREPARE_TIMEOUT
         self._lock = threading.Condition()
         self._reload_lock = threading.Lock()  # spawning and switching revisions never interleave
         self._workers: list[_Worker] = []
@@ -459,9 +471,14 @@ class WorkerPool:
 
     # reload -------------------------------------------------------------------------------------------------------
     def switch(self, revision: str, files: tuple[tuple[str, str], ...], activate: Callable[[], None],
-               keep: frozenset[int] = frozenset(), timeout: float = 120.0) -> None:
+               keep: frozenset[int] = frozenset(), timeout: float | None = None) -> None:
         """Two-phase: every live worker loads the set and acknowledges; only then `activate()` (the daemon's own
-        swap) and commit everywhere. Any refusal, death or timeout aborts it everywhere (DaemonError)."""
+        swap) and commit everywhere. Any refusal, death or timeout aborts it everywhere: DaemonError, or
+        WorkerTrouble when no worker said "no" (one died or did not answer), which the reloader retries once the
+        pool is whole again. A worker that has not answered within `timeout` (prepare_timeout) is stopped
+        (SIGSTOP) or hung: it is killed (its job fails as a dead worker's does) and replaced, so one stalled
+        process cannot refuse every reload for ever."""
+        timeout = self.prepare_timeout if timeout is None else timeout
         with self._reload_lock:
             ticket = next(self._tickets)
             workers = self.live()
@@ -471,16 +488,31 @@ class WorkerPool:
             with self._lock:
                 self._lock.wait_for(lambda: all(ticket in w.prepared or not w.alive for w in workers),
                                     max(0.0, deadline - time.monotonic()))
-                problems = [f"worker {w.proc.pid}: " + (w.prepared[ticket] or "") if ticket in w.prepared
-                            else f"worker {w.proc.pid}: " + ("died" if not w.alive else f"no answer in {timeout:g} s")
-                            for w in workers if w.prepared.get(ticket, "missing") is not None]
+                answers = {w: w.prepared.get(ticket, _NO_ANSWER) for w in workers}
                 for w in workers:
                     w.prepared.clear()
-            if problems:
+                stopping = self._stopping
+            problems, refused = [], False
+            for w, answer in answers.items():
+                if answer is None:
+                    continue
+                if isinstance(answer, str):
+                    refused = True
+                    problems.append(f"worker {w.proc.pid}: {answer}")
+                elif w.alive and w.killed_because is None:
+                    w.kill(f"it did not answer a reload's prepare in {timeout:g} s (stopped or hung)")
+                    problems.append(f"worker {w.proc.pid}: no answer in {timeout:g} s (killed; it is being replaced)")
+                else:
+                    why = f" ({w.killed_because})" if w.killed_because else ""
+                    problems.append(f"worker {w.proc.pid}: died{why}")
+            if problems or stopping:
                 for worker in workers:
                     worker.send(("abort", ticket))
-                raise DaemonError("the worker processes could not all load the new set, so none switched: "
-                                  + "; ".join(problems))
+                if stopping:
+                    raise DaemonError("the daemon is stopping, so no worker switched")
+                message = ("the worker processes could not all load the new set, so none switched: "
+                           + "; ".join(problems))
+                raise DaemonError(message) if refused else WorkerTrouble(message, self.whole)
             activate()
             self._setup = attrs.evolve(self._setup, revision=revision, files=files, epoch=ticket)  # replacements
             self.buckets.set_epoch(ticket)  # the commit instant: every worker's next call decides under the new set
@@ -491,6 +523,12 @@ class WorkerPool:
                 self.buckets.compact(keep)
             except TableError as exc:  # only memory is lost: the dropped limits' slots stay taken until next time
                 log.error("could not drop the buckets of removed limits after the reload: %s", exc)
+
+    def whole(self) -> bool:
+        """Every worker up and taking jobs (no replacement pending): when a reload refused for worker trouble
+        is worth trying again."""
+        with self._lock:
+            return not self._stopping and sum(w.alive for w in self._workers) >= self.size
 
     def state(self) -> dict:
         with self._lock:
