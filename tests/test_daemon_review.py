@@ -3,18 +3,27 @@
 - A worker SIGSTOPped (idle or busy) or SIGKILLed during a reload's prepare: it is killed (its job fails as a
   dead worker's does), the reload is refused everywhere, and the daemon retries it by itself, with backoff,
   once the pool is whole again: the pool converges on the set on disk without an operator.
+- The policy directory holding what no reload can read whole: a FIFO swapped in for a policy file between the
+  walk and the read, a sparse file of a terabyte, a `current` symlink that loops. Each reload is refused with
+  an error naming the file, in bounded time and memory; the daemon, its reloader and watcher stay up; a start
+  on such a directory is refused with a clear message, never a traceback.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
+from daemon_helpers import DaemonProcess, make_setup
 from helpers import policy_yaml, write
 from test_daemon_workers import gone, run, setup, wait_for
 
+from capengine.daemon import policy_source
 from capengine.daemon.server import call
 
 PING = "- {id: ping, effect: allow, operations: [test.ping]}\n"
@@ -91,3 +100,110 @@ def test_a_worker_killed_during_the_prepare_makes_a_reload_that_is_retried(tmp_p
     assert outcome["reloaded"] is False and f"worker {victim.proc.pid}: died" in outcome["errors"][0], outcome
     wait_for(lambda: daemon.status.revision != v1 and pool.state()["revisions"] == [daemon.status.revision], 60)
     assert daemon.policies.reloads_ok >= 1
+
+
+READ = {"extension": "com.example.reader", "job": "go"}
+
+
+def refused_start(dirs: dict[str, Path]) -> str:
+    """Start a daemon that must refuse: its stderr (exit status 1, no traceback)."""
+    proc = subprocess.run([sys.executable, "-m", "capengine", "daemon", "--policies", str(dirs["policies"]),
+                           "--extensions", str(dirs["extensions"]), "--data-dir", str(dirs["data"]),
+                           "--socket", str(dirs["socket"])], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+def test_a_fifo_swapped_in_between_the_walk_and_the_read_is_refused_not_waited_on(tmp_path, monkeypatch, started):
+    """The walk skips FIFOs, but a file can become one after it was listed (`mkfifo x; mv x allow.yaml`): the
+    read must not block on it (before: the reloader hung in open() for ever, every later reload with it)."""
+    daemon = started(setup(tmp_path, policy_yaml("p", PING)))
+    fifo = daemon.config.policies / "later.yaml"
+    os.mkfifo(fifo)
+    listed = policy_source.walk
+    monkeypatch.setattr(policy_source, "walk", lambda root: [*listed(root), "later.yaml"])  # the walk's view
+    outcome: dict = {}
+    reloader = threading.Thread(target=lambda: outcome.update(daemon.reload()), daemon=True)
+    reloader.start()
+    reloader.join(30)
+    if reloader.is_alive():  # unblock the stuck open() so the test ends
+        with open(fifo, "wb"):
+            pass
+    assert not reloader.is_alive(), "the reload blocked on a FIFO"
+    assert outcome["reloaded"] is False and "later.yaml" in outcome["errors"][0], outcome
+    assert "not a regular file" in outcome["errors"][0], outcome
+
+
+def test_files_flipping_between_a_fifo_and_a_policy_under_a_sighup_storm_never_hang_reloads(tmp_path):
+    dirs = make_setup(tmp_path)
+    d = DaemonProcess(dirs, "--watch-interval", "0.01").wait_ready()
+    allow = dirs["policies"] / "allow.yaml"
+    text = allow.read_text()
+    stop = threading.Event()
+
+    def flip() -> None:
+        staged, fifo = dirs["policies"] / ".staged", dirs["policies"] / ".fifo"
+        while not stop.is_set():
+            os.mkfifo(fifo)
+            os.replace(fifo, allow)
+            staged.write_text(text)
+            os.replace(staged, allow)
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            d.signal(signal.SIGHUP)
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        flipper.join()
+    try:
+        assert allow.is_file()
+        outcome = d.call("policies.reload", timeout=60)["result"]
+        assert outcome["reloaded"] is True, outcome
+        assert d.result("jobs.run", READ)["calls"][0]["code"] == "PERMISSION_DENIED"
+        assert all(state["alive"] for state in d.result("health")["threads"].values())
+        assert d.stop()[0] == 0
+    finally:
+        d.kill()
+
+
+def test_a_terabyte_sparse_policy_file_is_refused_by_name_in_bounded_memory(tmp_path):
+    dirs = make_setup(tmp_path)
+    d = DaemonProcess(dirs).wait_ready()
+    try:
+        revision = d.result("policies.status")["revision"]
+        with (dirs["policies"] / "huge.yaml").open("wb") as f:
+            f.truncate(1 << 40)
+        outcome = d.call("policies.reload", timeout=60)["result"]
+        assert outcome["reloaded"] is False and outcome["revision"] == revision, outcome
+        assert any("huge.yaml" in e and "larger than" in e for e in outcome["errors"]), outcome
+        assert "internal error" not in " ".join(outcome["errors"]), outcome
+        assert d.result("jobs.run", READ)["calls"][0]["code"] == "PERMISSION_DENIED"
+        assert d.stop()[0] == 0
+    finally:
+        d.kill()
+    message = refused_start(dirs)
+    assert "huge.yaml" in message and "larger than" in message, message
+
+
+def test_a_current_symlink_that_loops_is_refused_clearly_and_the_watcher_stays_up(tmp_path):
+    dirs = make_setup(tmp_path)
+    d = DaemonProcess(dirs, "--watch-interval", "0.05").wait_ready()
+    loop = dirs["policies"] / "current"
+    try:
+        loop.symlink_to("current")
+        outcome = d.call("policies.reload", timeout=60)["result"]
+        assert outcome["reloaded"] is False, outcome
+        assert "current" in outcome["errors"][0] and "internal error" not in outcome["errors"][0], outcome
+        time.sleep(1)  # the watcher checks the directory's identity every 0.05 s
+        threads = d.result("health")["threads"]
+        assert threads["watcher"]["alive"] and threads["watcher"]["restarts"] == 0, threads
+        assert "Traceback" not in d.stderr()
+        assert d.stop()[0] == 0
+    finally:
+        d.kill()
+    message = refused_start(dirs)
+    assert "current" in message and "symbolic links" in message, message
