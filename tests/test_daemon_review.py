@@ -7,10 +7,18 @@
   walk and the read, a sparse file of a terabyte, a `current` symlink that loops. Each reload is refused with
   an error naming the file, in bounded time and memory; the daemon, its reloader and watcher stay up; a start
   on such a directory is refused with a clear message, never a traceback.
+- A second daemon on the same data directory (another socket): refused, naming the directory and the pid that
+  holds it (before: it started, a second decision-log writer appended to and repaired the first's log, and
+  `--resume-interrupted` re-ran jobs the first was still running). SIGKILL frees the directory at once.
+- Real daemons with worker processes under signals: a SIGHUP storm while policies change and workers are
+  SIGKILLed converges on the set on disk; SIGTERM while a reload waits on a stopped worker exits cleanly and
+  leaves no worker; SIGKILL of the daemon mid-reload, then a restart, serves the set on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -207,3 +215,152 @@ def test_a_current_symlink_that_loops_is_refused_clearly_and_the_watcher_stays_u
         d.kill()
     message = refused_start(dirs)
     assert "current" in message and "symbolic links" in message, message
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused_and_a_killed_one_frees_it(tmp_path):
+    dirs = make_setup(tmp_path)
+    first = DaemonProcess(dirs).wait_ready()
+    try:
+        other = {**dirs, "socket": tmp_path / "other.sock"}
+        message = refused_start(other)
+        assert "data directory" in message and str(dirs["data"]) in message and str(first.proc.pid) in message
+        assert not other["socket"].exists()
+        assert first.result("jobs.run", READ)["calls"][0]["code"] == "PERMISSION_DENIED"
+        first.signal(signal.SIGKILL)
+        first.proc.wait(10)
+        assert dirs["socket"].exists()  # stale, after kill -9
+        again = DaemonProcess(other).wait_ready()  # the lock died with the process; a stale socket elsewhere
+        try:
+            assert again.result("jobs.run", READ)["calls"][0]["code"] == "PERMISSION_DENIED"
+            stale = DaemonProcess(dirs)  # the stale socket of the killed one, but the directory is taken
+            assert stale.proc.wait(120) == 1 and "data directory" in stale.stderr(), stale.stderr()
+            assert again.stop()[0] == 0
+        finally:
+            again.kill()
+        restarted = DaemonProcess(dirs).wait_ready()  # the stale socket file is replaced
+        assert restarted.stop()[0] == 0
+    finally:
+        first.kill()
+
+
+def revision_on_disk(policies: Path) -> str:
+    from capengine.policy.check import run_check
+
+    outcome = run_check([policies])
+    assert outcome.policy_set is not None
+    return outcome.policy_set.revision
+
+
+def converged(d: DaemonProcess, revision: str, workers: int = 2) -> bool:
+    state = d.result("health")
+    return (state["policy"]["revision"] == revision and state["workers"]["alive"] == workers
+            and state["workers"]["revisions"] == [revision])
+
+
+def test_a_sighup_storm_while_policies_change_and_workers_are_killed_converges_on_the_set_on_disk(tmp_path):
+    import random
+
+    dirs = make_setup(tmp_path)
+    d = DaemonProcess(dirs, "--workers", "2", "--watch-interval", "0", "--max-jobs", "4").wait_ready()
+    stop = threading.Event()
+    answers: list[dict] = []
+
+    def jobs() -> None:
+        while not stop.is_set():
+            answers.append(d.call("jobs.run", READ, timeout=120))
+
+    def edits() -> None:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            write(dirs["policies"], f"extra{i % 4}.yaml",
+                  policy_yaml(f"extra{i % 4}", f"- {{id: r{i % 4}, effect: allow, operations: [vdfs.stat],\n"
+                              f"   condition: 'path.under(\"/d{i}\")'}}\n"))  # the same rule ids: nothing lost
+            time.sleep(0.05)
+
+    def kills() -> None:
+        while not stop.wait(random.uniform(0.2, 0.6)):
+            pids = d.result("health")["workers"]["pids"]
+            if pids:
+                os.kill(random.choice(pids), signal.SIGKILL)
+
+    threads = [threading.Thread(target=f) for f in (jobs, jobs, edits, kills)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            d.signal(signal.SIGHUP)
+            time.sleep(0.003)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+    try:
+        assert not any(t.is_alive() for t in threads)
+        for answer in answers:  # every job answered: completed, or failed because its worker was killed
+            assert "result" in answer, answer
+            job = answer["result"]
+            assert job["status"] == "completed" or "worker process running the job died" in job["error"], job
+            assert all(c["code"] in ("PERMISSION_DENIED", "OUTCOME_UNKNOWN") for c in job["calls"]), job
+        final = revision_on_disk(dirs["policies"])
+        d.signal(signal.SIGHUP)  # nothing else: a reload refused for a killed worker is retried by the daemon
+        deadline = time.monotonic() + 90
+        while not converged(d, final):
+            assert time.monotonic() < deadline, (json.dumps(d.result("health")), d.stderr()[-3000:])
+            time.sleep(0.2)
+        assert all(state["alive"] for state in d.result("health")["threads"].values())
+        assert d.stop()[0] == 0
+    finally:
+        d.kill()
+
+
+def worker_pids(d: DaemonProcess) -> list[int]:
+    return d.result("health")["workers"]["pids"]
+
+
+def test_sigterm_while_a_reload_waits_on_a_stopped_worker_exits_cleanly_and_leaves_no_worker(tmp_path):
+    dirs = make_setup(tmp_path)
+    d = DaemonProcess(dirs, "--workers", "2", "--watch-interval", "0").wait_ready()
+    pids = worker_pids(d)
+    try:
+        os.kill(pids[0], signal.SIGSTOP)  # its prepare stays unanswered: the reload waits (up to 120 s)
+        write(dirs["policies"], "more.yaml", policy_yaml("more", OTHER))
+        d.signal(signal.SIGHUP)
+        time.sleep(1.0)
+        started = time.monotonic()
+        code, err = d.stop(60)
+        assert code == 0 and time.monotonic() - started < 30, err
+        assert "Traceback" not in err, err
+        assert not dirs["socket"].exists()
+        for pid in pids:
+            wait_for(lambda pid=pid: gone(pid), 10)
+    finally:
+        d.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_sigkill_of_the_daemon_mid_reload_then_a_restart_serves_the_set_on_disk(tmp_path):
+    dirs = make_setup(tmp_path)
+    d = DaemonProcess(dirs, "--workers", "2", "--watch-interval", "0").wait_ready()
+    pids = worker_pids(d)
+    try:
+        os.kill(pids[1], signal.SIGSTOP)
+        write(dirs["policies"], "more.yaml", policy_yaml("more", OTHER))
+        d.signal(signal.SIGHUP)
+        time.sleep(1.0)
+        d.signal(signal.SIGKILL)
+        d.proc.wait(10)
+        for pid in pids:  # no worker outlives the daemon, the stopped one included
+            wait_for(lambda pid=pid: gone(pid), 10)
+    finally:
+        d.kill()
+    again = DaemonProcess(dirs, "--workers", "2", "--watch-interval", "0").wait_ready()
+    try:
+        assert converged(again, revision_on_disk(dirs["policies"]))
+        assert again.result("jobs.run", READ)["calls"][0]["code"] == "PERMISSION_DENIED"
+        assert again.stop()[0] == 0
+    finally:
+        again.kill()

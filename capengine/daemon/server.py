@@ -29,6 +29,7 @@ from capengine.daemon import extension_check, rpc
 from capengine.daemon.client import call
 from capengine.daemon.config import DaemonConfig, DaemonError, check_directories
 from capengine.daemon.decision_log import DecisionLog, rfc3339
+from capengine.daemon.instance_lock import InstanceLock
 from capengine.daemon.job_table import JobRecord, JobTable
 from capengine.daemon.jobs import Admission
 from capengine.daemon.metrics import Metrics
@@ -79,6 +80,8 @@ class Daemon:
             installed, broken = load_installed(config.extensions, config.data_dir)
         except CapengineError as exc:
             raise DaemonError(f"refusing to start: {exc}") from None
+        # before anything writes to the data directory (the decision log's writer repairs the log's tail)
+        self._locks = [InstanceLock(config.data_dir, f"the data directory {config.data_dir}", directory=True)]
         self.decisions = DecisionLog(config.data_dir / "decisions.jsonl", config.log_max_bytes, config.log_keep,
                                      config.log_mask, config.log_high_water, config.log_fsync_interval)
         try:
@@ -86,6 +89,7 @@ class Daemon:
                              require_installed=True, admit=self.decisions.admit)
         except (CapengineError, OSError) as exc:
             self.decisions.close()
+            self._release()
             raise DaemonError(f"refusing to start: {exc}") from None
         self.extensions, validation = extension_check.validate(list(installed.values()), self.host.runtime,
                                                                operations)
@@ -429,6 +433,9 @@ class Daemon:
 
     def _bring_up(self) -> None:
         path = self.config.socket
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.parent != self.config.data_dir:  # two starts on one socket: the probe and the unlink are atomic
+            self._locks.append(InstanceLock(path.with_name(path.name + ".lock"), f"the socket {path}"))
         if path.exists() or path.is_symlink():
             probe = socket.socket(socket.AF_UNIX)
             try:
@@ -440,7 +447,6 @@ class Daemon:
                 raise DaemonError(f"cannot use {path}: {exc}") from None
             finally:
                 probe.close()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.config.workers > 0 and self.pool is None:  # before the socket: clients find a daemon that can run
             self._start_pool()
         server = self._listen(path)
@@ -532,7 +538,12 @@ class Daemon:
         self.host.close()
         with contextlib.suppress(OSError):
             self.config.socket.unlink(missing_ok=True)
+        self._release()
         log.info("stopped")
+
+    def _release(self) -> None:
+        for lock in self._locks:
+            lock.release()
 
 
 def _files(files: list) -> tuple[tuple[str, str], ...]:
