@@ -13,6 +13,8 @@
 - Real daemons with worker processes under signals: a SIGHUP storm while policies change and workers are
   SIGKILLed converges on the set on disk; SIGTERM while a reload waits on a stopped worker exits cleanly and
   leaves no worker; SIGKILL of the daemon mid-reload, then a restart, serves the set on disk.
+- A replacement worker that hangs while it starts (before: the maintainer held the reload lock for the 120 s
+  start-up bound, so every reload waited that long, again after each attempt): reloads go through at once.
 """
 
 from __future__ import annotations
@@ -364,3 +366,30 @@ def test_sigkill_of_the_daemon_mid_reload_then_a_restart_serves_the_set_on_disk(
         assert again.stop()[0] == 0
     finally:
         again.kill()
+
+
+def test_a_replacement_worker_hanging_at_start_never_holds_up_a_reload(tmp_path, started, monkeypatch):
+    marker = tmp_path / "hang-new-workers"
+    site = tmp_path / "inject"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import os, time\nif os.path.exists({str(marker)!r}):\n"
+                                           "    time.sleep(3600)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(site), os.environ.get("PYTHONPATH")))))
+    daemon = started(setup(tmp_path, policy_yaml("p", PING), workers=2))
+    pool = daemon.pool
+    assert pool is not None
+    v1 = daemon.status.revision
+    marker.touch()  # from now on a new worker never says it is ready
+    victim = pool.live()[0]
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    wait_for(lambda: pool.state()["restarts"] == 1)
+    time.sleep(0.5)  # the maintainer is waiting for the replacement now
+    write(daemon.config.policies, "q.yaml", policy_yaml("q", OTHER))
+    outcome = daemon.policies.reload(timeout=30)
+    assert outcome["reloaded"] is True and outcome["revision"] != v1, outcome
+    assert pool.state()["revisions"] == [outcome["revision"]] and pool.state()["alive"] == 1
+    assert run(daemon.config.socket, "com.example.burst")["status"] == "completed"
+    marker.unlink()  # the hung one is killed at its start-up bound; its replacement starts on the new revision
+    pool.startup_timeout = 1.0
+    wait_for(lambda: pool.state()["alive"] == 2, 180)
+    assert pool.state()["revisions"] == [outcome["revision"]]

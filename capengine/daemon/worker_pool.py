@@ -136,6 +136,7 @@ class _Worker:
         self.revision = ""
         self.broken: str | None = None
         self.ready = threading.Event()
+        self.admitted = False  # taking jobs (a member of the pool), not only started
         self.prepared: dict[int, str | None] = {}  # reload ticket -> None (loaded) or why not
         self._send_lock = threading.Lock()
         self.reader: threading.Thread | None = None
@@ -201,6 +202,7 @@ class WorkerPool:
         self._reload_lock = threading.Lock()  # spawning and switching revisions never interleave
         self._workers: list[_Worker] = []
         self._idle: collections.deque[_Worker] = collections.deque()
+        self._starting: set[_Worker] = set()  # replacements started, not yet admitted (stop kills them)
         self._stopping = False
         self._refusal: str | None = None
         self.restarts = 0
@@ -247,19 +249,51 @@ class WorkerPool:
 
     def _admit_worker(self, worker: _Worker) -> None:
         """Wait for the worker to say it is ready, then give it jobs (caller holds the reload lock)."""
+        self._wait_ready(worker)
+        self._take(worker)
+
+    def _wait_ready(self, worker: _Worker) -> None:
         if not worker.ready.wait(self.startup_timeout) or worker.broken is not None or not worker.alive:
             why = worker.broken or ("it exited with status " + str(worker.proc.poll()) if not worker.alive
                                     else f"not ready after {self.startup_timeout:g} s")
             self._kill(worker)
             raise DaemonError(f"worker process {worker.proc.pid} did not start: {why}")
+
+    def _take(self, worker: _Worker) -> None:
         worker.send(("admit", self._refusal))
         with self._lock:
             if self._stopping:
                 worker.send(("stop",))
                 return
+            worker.admitted = True
             self._workers.append(worker)
             self._idle.append(worker)
             self._lock.notify_all()
+
+    def _replace(self) -> None:
+        """Start one worker on the current revision. The reload lock is not held while it starts (up to
+        startup_timeout): a replacement that hangs at start must not hold up every reload. It is admitted only
+        if no reload committed meanwhile; otherwise it is on a set no longer active, so it is stopped and the
+        next round starts one on the new revision. Starting one and reloading still never interleave."""
+        with self._reload_lock:
+            if self._stopping:
+                return
+            setup = self._setup
+            worker = self._spawn()
+        with self._lock:
+            self._starting.add(worker)
+        try:
+            self._wait_ready(worker)
+            with self._reload_lock:
+                if self._setup is setup:
+                    self._take(worker)
+                    return
+            log.info("worker process %d started on a revision a reload replaced meanwhile; starting another",
+                     worker.proc.pid)
+            worker.send(("stop",))
+        finally:
+            with self._lock:
+                self._starting.discard(worker)
 
     @staticmethod
     def _kill(worker: _Worker) -> None:
@@ -278,9 +312,7 @@ class WorkerPool:
                     worker.send(("admit", refusal))
             if len(self.live()) < self.size:
                 try:
-                    with self._reload_lock:
-                        if not self._stopping:
-                            self._admit_worker(self._spawn())
+                    self._replace()
                 except DaemonError as exc:
                     self.last_error = str(exc)
                     log.error("%s; retrying in %g s", exc, RESTART_BACKOFF)
@@ -298,7 +330,10 @@ class WorkerPool:
         with self._lock:
             self._stopping = True
             workers = list(self._workers)
+            starting = list(self._starting)
             self._lock.notify_all()
+        for worker in starting:  # not on the socket's last revision, and maybe hung: nothing to drain
+            worker.kill("the daemon is stopping while it starts")
         for worker in workers:
             worker.send(("stop",))
         deadline = time.monotonic() + timeout
@@ -374,7 +409,7 @@ class WorkerPool:
                 self._idle.remove(worker)
             with contextlib.suppress(ValueError):
                 self._workers.remove(worker)
-            replaced = not self._stopping and worker.ready.is_set() and worker.broken is None
+            replaced = not self._stopping and worker.admitted
             if replaced:
                 self.restarts += 1
             self._lock.notify_all()
@@ -398,7 +433,7 @@ class WorkerPool:
             if unknown is not None:
                 job.calls.append(CallSummary(unknown.operation, unknown.path, unknown.code, unknown.rules))
             job.done.set()
-        elif not self._stopping:
+        elif replaced:
             log.error("worker process %d died (%s); replacing it", worker.proc.pid, how)
 
     def _record_unknown(self, worker: _Worker, how: str) -> CallRecord | None:
