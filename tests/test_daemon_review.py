@@ -15,6 +15,9 @@
   leaves no worker; SIGKILL of the daemon mid-reload, then a restart, serves the set on disk.
 - A replacement worker that hangs while it starts (before: the maintainer held the reload lock for the 120 s
   start-up bound, so every reload waited that long, again after each attempt): reloads go through at once.
+- Whatever is at the socket path: a stale socket (kill -9) is replaced, but a regular file, a symlink or a
+  directory there is never deleted (before: connect() to a non-socket fails like a stale socket, and the
+  file was unlinked): the start is refused, naming it.
 """
 
 from __future__ import annotations
@@ -393,3 +396,18 @@ def test_a_replacement_worker_hanging_at_start_never_holds_up_a_reload(tmp_path,
     pool.startup_timeout = 1.0
     wait_for(lambda: pool.state()["alive"] == 2, 180)
     assert pool.state()["revisions"] == [outcome["revision"]]
+
+
+def test_a_file_at_the_socket_path_is_never_deleted_as_if_it_were_a_stale_socket(tmp_path):
+    dirs = make_setup(tmp_path)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    for what, make in (("regular file", lambda p: p.write_text("keep me")),
+                       ("symlink", lambda p: p.symlink_to(precious)),
+                       ("directory", lambda p: p.mkdir())):
+        sock = tmp_path / f"taken-{what.replace(' ', '-')}.sock"
+        make(sock)
+        message = refused_start({**dirs, "socket": sock})
+        assert str(sock) in message and "not a socket" in message, (what, message)
+        assert sock.exists() or sock.is_symlink(), what
+    assert precious.read_text() == "keep me"

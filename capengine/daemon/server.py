@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections import deque
@@ -436,7 +437,13 @@ class Daemon:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if path.parent != self.config.data_dir:  # two starts on one socket: the probe and the unlink are atomic
             self._locks.append(InstanceLock(path.with_name(path.name + ".lock"), f"the socket {path}"))
-        if path.exists() or path.is_symlink():
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISSOCK(mode):  # connect() to it fails like a stale socket: never unlink
+            raise DaemonError(f"{path} exists and is not a socket; move it away or choose another --socket")
+        if mode is not None:
             probe = socket.socket(socket.AF_UNIX)
             try:
                 probe.connect(str(path))
