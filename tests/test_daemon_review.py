@@ -18,6 +18,8 @@
 - Whatever is at the socket path: a stale socket (kill -9) is replaced, but a regular file, a symlink or a
   directory there is never deleted (before: connect() to a non-socket fails like a stale socket, and the
   file was unlinked): the start is refused, naming it.
+- Concurrent `policies.reload` calls while a reload waits on a stopped worker: health and the other control
+  methods still answer (before: each waiting call held one of the 4 control threads for up to 60 s).
 """
 
 from __future__ import annotations
@@ -411,3 +413,25 @@ def test_a_file_at_the_socket_path_is_never_deleted_as_if_it_were_a_stale_socket
         assert str(sock) in message and "not a socket" in message, (what, message)
         assert sock.exists() or sock.is_symlink(), what
     assert precious.read_text() == "keep me"
+
+
+def test_reload_calls_waiting_on_a_stuck_reload_leave_the_control_methods_answering(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    dirs = make_setup(tmp_path)
+    d = DaemonProcess(dirs, "--workers", "2", "--watch-interval", "0").wait_ready()
+    pids = worker_pids(d)
+    try:
+        os.kill(pids[0], signal.SIGSTOP)  # the reload waits for its answer (120 s)
+        write(dirs["policies"], "more.yaml", policy_yaml("more", OTHER))
+        with ThreadPoolExecutor(8) as callers:
+            waiting = [callers.submit(d.call, "policies.reload", None, 180) for _ in range(8)]
+            time.sleep(1.0)
+            for method in ("health", "policies.status", "jobs.list"):
+                assert "result" in call(dirs["socket"], method, timeout=10), method
+            for future in waiting:
+                assert "result" in future.result(), future.result()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[0], signal.SIGKILL)
+        d.kill()

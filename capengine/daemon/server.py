@@ -58,7 +58,9 @@ __all__ = ["Daemon", "DaemonConfig", "DaemonError", "PolicyStatus", "RpcError", 
 log = logging.getLogger("capengine.daemon.server")
 _JOB_ID = re.compile(r"[0-9a-f]{8,64}")
 JOB_LOG_WAIT = 10.0  # seconds a finished job waits for its decision records to be written (not while it fails)
-JOB_METHODS = (b'"jobs.run"', b'"jobs.resume"')  # may wait for a job slot and run a job: the job worker pool
+# may wait long (for a job slot and the job; for a reload stuck on a stalled worker): the job worker pool, so that
+# the control threads stay free for health and the other quick methods
+JOB_METHODS = (b'"jobs.run"', b'"jobs.resume"', b'"policies.reload"')
 
 
 def _operation_names() -> list[str]:
