@@ -117,6 +117,34 @@ def test_a_worker_killed_during_the_prepare_makes_a_reload_that_is_retried(tmp_p
     assert daemon.policies.reloads_ok >= 1
 
 
+def test_a_removal_accepted_for_a_reload_refused_by_a_stalled_worker_is_carried_by_its_retry_only(tmp_path, started):
+    """accept_removals was given for that content: the automatic retry of the same content carries it (or it
+    would be refused for the removal and never converge); different content on disk by then does not."""
+    daemon = started(setup(tmp_path, policy_yaml("p", PING), workers=2))
+    pool = daemon.pool
+    assert pool is not None
+    write(daemon.config.policies, "q.yaml", policy_yaml("q", OTHER))
+    assert daemon.reload()["reloaded"] is True
+    with_q = daemon.status.revision
+    pool.prepare_timeout = 1.0
+    os.kill(pool.live()[0].proc.pid, signal.SIGSTOP)
+    (daemon.config.policies / "q.yaml").unlink()
+    assert daemon.reload(accept_removals=True)["reloaded"] is False
+    wait_for(lambda: daemon.status.revision != with_q and pool.state()["revisions"] == [daemon.status.revision], 60)
+    assert daemon.status.files == 1
+
+    write(daemon.config.policies, "q.yaml", policy_yaml("q", OTHER))
+    assert daemon.reload()["reloaded"] is True
+    os.kill(pool.live()[1].proc.pid, signal.SIGSTOP)
+    (daemon.config.policies / "q.yaml").unlink()
+    refused = daemon.reload(accept_removals=True)
+    assert refused["reloaded"] is False
+    write(daemon.config.policies, "r.yaml", policy_yaml("r", OTHER))  # other content before the retry runs
+    wait_for(lambda: daemon.policies.reloads_failed >= 3 and daemon.status.retrying is None, 60)
+    assert any("q.yaml" in e and "accept_removals" in e for e in daemon.status.last_error), daemon.status
+    assert daemon.status.revision == with_q
+
+
 READ = {"extension": "com.example.reader", "job": "go"}
 
 
