@@ -314,6 +314,8 @@ class WorkerPool:
                 try:
                     self._replace()
                 except DaemonError as exc:
+                    if self._stopping:  # killed by the stop while it started
+                        return
                     self.last_error = str(exc)
                     log.error("%s; retrying in %g s", exc, RESTART_BACKOFF)
                     time.sleep(RESTART_BACKOFF)
