@@ -463,3 +463,31 @@ def test_reload_calls_waiting_on_a_stuck_reload_leave_the_control_methods_answer
         with contextlib.suppress(ProcessLookupError):
             os.kill(pids[0], signal.SIGKILL)
         d.kill()
+
+
+def test_daemons_started_at_once_on_one_socket_leave_exactly_one_serving_and_none_orphaned(tmp_path):
+    """Each has its own data directory; all find the socket free (or stale) at once. Before the socket's lock,
+    a later unlink could leave an earlier daemon running with its socket file gone (unreachable, an orphan)."""
+    import shutil
+
+    dirs = make_setup(tmp_path / "a")
+    sock = tmp_path / "shared.sock"
+    racers = []
+    for i in range(4):
+        data = tmp_path / f"data{i}"
+        shutil.copytree(dirs["data"], data)
+        racers.append(DaemonProcess({**dirs, "data": data, "socket": sock}))
+    try:
+        deadline = time.monotonic() + 180
+        while sum(r.proc.poll() is None for r in racers) > 1 or not sock.exists():
+            assert time.monotonic() < deadline, [r.stderr()[-500:] for r in racers]
+            time.sleep(0.1)
+        [winner] = [r for r in racers if r.proc.poll() is None]
+        for loser in racers:
+            if loser is not winner:
+                assert loser.proc.returncode == 1 and "another daemon" in loser.stderr(), loser.stderr()
+        assert winner.wait_ready().result("jobs.run", READ)["calls"][0]["code"] == "PERMISSION_DENIED"
+        assert winner.stop()[0] == 0
+    finally:
+        for r in racers:
+            r.kill()
