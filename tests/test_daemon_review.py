@@ -145,6 +145,35 @@ def test_a_removal_accepted_for_a_reload_refused_by_a_stalled_worker_is_carried_
     assert daemon.status.revision == with_q
 
 
+def test_a_worker_alive_but_slow_to_load_the_set_is_not_killed_and_the_reload_not_retried(tmp_path, started,
+                                                                                           monkeypatch):
+    """Only a silent worker is taken for stopped or hung: one that says it is still loading (a set that takes
+    longer than the timeout to compile) keeps running its job; the reload is refused, not retried (it would
+    take as long again), and nothing is killed over and over."""
+    marker = tmp_path / "slow-prepare"
+    site = tmp_path / "inject"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, time\nfrom capengine.policy import loader\nfast = loader.load_text_cached\n"
+        "def slow(*args, **kwargs):\n"
+        f"    if os.path.exists({str(marker)!r}):\n        time.sleep(4)\n"
+        "    return fast(*args, **kwargs)\nloader.load_text_cached = slow\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(site), os.environ.get("PYTHONPATH")))))
+    daemon = started(setup(tmp_path, policy_yaml("p", PING), workers=2))
+    pool = daemon.pool
+    assert pool is not None
+    pool.prepare_timeout = 1.0
+    pids = pool.state()["pids"]
+    marker.touch()
+    write(daemon.config.policies, "q.yaml", policy_yaml("q", OTHER))
+    outcome = daemon.reload()
+    assert outcome["reloaded"] is False and "still loading" in outcome["errors"][0], outcome
+    assert daemon.status.retrying is None and pool.state()["pids"] == pids and pool.restarts == 0
+    marker.unlink()
+    pool.prepare_timeout = 60.0
+    assert daemon.reload()["reloaded"] is True and pool.state()["pids"] == pids
+
+
 READ = {"extension": "com.example.reader", "job": "go"}
 
 

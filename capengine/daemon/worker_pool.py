@@ -43,7 +43,7 @@ from capengine.daemon.decision_log import DecisionLog
 from capengine.daemon.metrics import Metrics
 from capengine.daemon.reload import RetryLater
 from capengine.daemon.shared_buckets import SharedBuckets, TableError
-from capengine.daemon.worker_process import WorkerSetup
+from capengine.daemon.worker_process import HEARTBEAT, WorkerSetup
 from capengine.host.envelope import CallRecord
 from capengine.host.extension_host import CallRecords
 from capengine.host.job_run import JobRun
@@ -57,7 +57,8 @@ RESTART_BACKOFF = 1.0  # seconds after a worker failed to start before the next 
 SEND_TIMEOUT = 10.0  # seconds a message to a worker may wait for room in its socket before the worker is killed
 HANG_GRACE = 30.0  # seconds past a job's wall-clock bound before its worker is taken for hung and killed
 OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"  # recorded (never sent) for an action whose worker died in its handler
-PREPARE_TIMEOUT = 120.0  # seconds a worker may take to load a reload's set; then it is killed as unresponsive
+PREPARE_TIMEOUT = 120.0  # seconds a worker may take to load a reload's set; then a silent one is killed
+SILENT = 3 * HEARTBEAT  # seconds without a "still loading" after which a preparing worker is taken for stopped
 _NO_ANSWER = object()
 
 
@@ -137,6 +138,7 @@ class _Worker:
         self.broken: str | None = None
         self.ready = threading.Event()
         self.admitted = False  # taking jobs (a member of the pool), not only started
+        self.heard = 0.0  # time.monotonic() of its last "still loading" during a reload's prepare
         self.prepared: dict[int, str | None] = {}  # reload ticket -> None (loaded) or why not
         self._send_lock = threading.Lock()
         self.reader: threading.Thread | None = None
@@ -381,6 +383,8 @@ class WorkerPool:
                             job.calls.extend(CallSummary(*c) for c in calls)
                             self._on_metrics(counts, durations)
                             job.done.set()
+                elif kind == "preparing":
+                    worker.heard = time.monotonic()
                 elif kind == "prepared":
                     with self._lock:
                         worker.prepared[message[1]] = message[2]
@@ -512,9 +516,10 @@ class WorkerPool:
         """Two-phase: every live worker loads the set and acknowledges; only then `activate()` (the daemon's own
         swap) and commit everywhere. Any refusal, death or timeout aborts it everywhere: DaemonError, or
         WorkerTrouble when no worker said "no" (one died or did not answer), which the reloader retries once the
-        pool is whole again. A worker that has not answered within `timeout` (prepare_timeout) is stopped
-        (SIGSTOP) or hung: it is killed (its job fails as a dead worker's does) and replaced, so one stalled
-        process cannot refuse every reload for ever."""
+        pool is whole again. A worker that has not answered within `timeout` (prepare_timeout) and has fallen
+        silent (no "still loading" for SILENT seconds) is stopped (SIGSTOP) or hung: it is killed (its job fails
+        as a dead worker's does) and replaced, so one stalled process cannot refuse every reload for ever; one
+        still loading is alive and slow, a "no" (DaemonError): killing it, or retrying, would only repeat."""
         timeout = self.prepare_timeout if timeout is None else timeout
         with self._reload_lock:
             ticket = next(self._tickets)
@@ -523,8 +528,12 @@ class WorkerPool:
                 worker.send(("prepare", ticket, revision, files))
             deadline = time.monotonic() + timeout
             with self._lock:
-                self._lock.wait_for(lambda: all(ticket in w.prepared or not w.alive for w in workers),
-                                    max(0.0, deadline - time.monotonic()))
+                def answered() -> bool:
+                    return all(ticket in w.prepared or not w.alive for w in workers)
+                self._lock.wait_for(answered, max(0.0, deadline - time.monotonic()))
+                if any(ticket not in w.prepared and w.alive and time.monotonic() - w.heard < SILENT for w in workers):
+                    # stopped after its last word, or still loading: its silence (or not) will tell
+                    self._lock.wait_for(answered, SILENT)
                 answers = {w: w.prepared.get(ticket, _NO_ANSWER) for w in workers}
                 for w in workers:
                     w.prepared.clear()
@@ -536,6 +545,10 @@ class WorkerPool:
                 if isinstance(answer, str):
                     refused = True
                     problems.append(f"worker {w.proc.pid}: {answer}")
+                elif w.alive and time.monotonic() - w.heard < SILENT:  # alive, slow to compile: a "no"
+                    refused = True
+                    problems.append(f"worker {w.proc.pid}: still loading the set after {timeout:g} s (alive; the "
+                                    "set takes longer to compile than a reload may wait)")
                 elif w.alive and w.killed_because is None:
                     w.kill(f"it did not answer a reload's prepare in {timeout:g} s (stopped or hung)")
                     problems.append(f"worker {w.proc.pid}: no answer in {timeout:g} s (killed; it is being replaced)")
