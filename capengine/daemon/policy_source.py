@@ -10,12 +10,20 @@ truncated, or half-written, must not activate a set with a deny rule missing. So
 - compared with the last-known-good set, a file that held policies and is now missing, empty or cut short,
   a policy or a rule that disappeared, is an error unless the operator says the removal is meant
   (`policies.reload {"accept_removals": true}`) or the deployer flipped the directory symlink.
+
+Whatever the directory holds, a read ends, in bounded memory, or raises OSError naming the file: a file is
+opened without blocking and must still be a regular file once open (a FIFO or device can be renamed over a
+policy file after the walk listed it: opening a FIFO would wait for a writer for ever), at most
+MAX_FILE_BYTES + 1 bytes of it are read (a sparse terabyte is refused by the loader as too large, not read),
+and a symlink loop is an OSError (ELOOP), not the RuntimeError pathlib raises for it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import time
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +31,7 @@ from pathlib import Path
 import attrs
 
 from capengine.policy.check import CheckOutcome, run_check
-from capengine.policy.loader import LoadedFile, walk
+from capengine.policy.loader import MAX_FILE_BYTES, LoadedFile, walk
 
 SWAP_LINKS = ("..data", "current")
 
@@ -37,8 +45,16 @@ def effective_root(directory: Path) -> Path:
     for name in SWAP_LINKS:
         link = directory / name
         if link.is_symlink():
-            return link.resolve(strict=True)
-    return directory.resolve(strict=True)
+            return _resolve(link)
+    return _resolve(directory)
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 raises this for a symlink loop; 3.13 raises OSError (ELOOP) itself
+        raise OSError(errno.ELOOP, "too many levels of symbolic links (a symlink loop); point it at a "
+                      "directory", str(path)) from None
 
 
 class TreeReader:
@@ -66,14 +82,33 @@ class TreeReader:
             st = os.stat(path)
             entry = self._known.get(path)
             if entry is None or entry[0] != _signature(st) or st.st_ctime_ns >= old_before:
-                with open(path, "rb") as f:
-                    signature = _signature(os.fstat(f.fileno()))  # before the read: a later write changes it
-                    data = f.read()
+                signature, data = read_file(path)
                 entry = (signature, data, hashlib.sha256(data).hexdigest())
             known[path] = entry
             tree[name] = entry[1:]
         self._known = known
         return tree
+
+
+def read_file(path: str) -> tuple[tuple[int, ...], bytes]:
+    """The file's stat signature (taken before the read: a later write changes it) and at most MAX_FILE_BYTES + 1
+    of its bytes; never blocks on a FIFO or device swapped in for a policy file (OSError naming it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device was put in the place of a "
+                          "policy file); replace it with the YAML file", path)
+        chunks, left = [], MAX_FILE_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))  # a regular file never blocks; O_NONBLOCK: /proc's that do
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return _signature(st), b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _signature(st: os.stat_result) -> tuple[int, ...]:

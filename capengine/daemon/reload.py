@@ -4,6 +4,11 @@ A storm of SIGHUPs becomes one reload after the current one, not a queue of them
 content (policy_source), refuses a set with errors or with unannounced losses, and never raises: whatever
 goes wrong (a directory vanishing mid-walk, EMFILE, a bug) keeps the last-known-good set and is reported in
 `last_error` and in health.
+
+A reload refused for a passing reason (the swap raised RetryLater: a worker process died, hung or was being
+replaced; nothing was wrong with the set) is tried again by the reloader itself, with exponential backoff,
+once the cause says it is gone (`RetryLater.ready`): the daemon converges on the set on disk without an
+operator, and health shows the pending retry. The retry reads the files again, like any reload.
 """
 
 from __future__ import annotations
@@ -19,11 +24,36 @@ import attrs
 
 from capengine.daemon import policy_watch
 from capengine.daemon.config import DaemonError
+from capengine.daemon.decision_log import rfc3339
 from capengine.daemon.gil_sharing import sharing_the_gil
 from capengine.daemon.policy_source import Settled, TreeReader, UnsettledError, fingerprint, losses, read_settled
 from capengine.policy.engine import PolicySet
 
 log = logging.getLogger("capengine.daemon.reload")
+RETRY_FIRST = 1.0  # seconds before the first retry of a reload refused for a passing reason; doubles each time
+RETRY_MAX = 300.0  # the longest pause between two retries
+RETRY_WAIT = 60.0  # seconds a due retry waits for `ready()`; then it is tried anyway (it may go through)
+
+
+class RetryLater(DaemonError):
+    """The swap could not be applied for a reason that passes by itself (a worker process died or did not
+    answer): worth trying the same reload again once `ready()` holds."""
+
+    def __init__(self, message: str, ready: Callable[[], bool]) -> None:
+        super().__init__(message)
+        self.ready = ready
+
+
+@attrs.frozen
+class _Retry:
+    due: float  # time.monotonic() of the next attempt
+    attempt: int  # the number of the next attempt (the refused one was 1)
+    ready: Callable[[], bool]
+    digest: str  # the content refused: an accept_removals given for it carries over to its retries only
+    accept_removals: bool
+
+    def go(self, now: float) -> bool:
+        return now >= self.due and (now >= self.due + RETRY_WAIT or self.ready())
 
 
 @attrs.frozen
@@ -33,6 +63,7 @@ class PolicyStatus:
     loaded_at: float
     root: str  # the directory the active set was read from (a ConfigMap's timestamped directory, say)
     last_error: tuple[str, ...] = ()  # findings of the last failed reload, () when the last one succeeded
+    retrying: str | None = None  # when a refused reload is tried again by itself (RetryLater), None otherwise
 
 
 _frozen = threading.Event()
@@ -75,6 +106,7 @@ class PolicyManager:
         self._requested = self._done = 0
         self._accept_removals = False
         self._result: dict = {}
+        self._retry: _Retry | None = None
         self.incoming: Settled | None = None  # during a swap: the set being swapped in
 
     @staticmethod
@@ -107,7 +139,7 @@ class PolicyManager:
     def run_reloader(self, stopped: threading.Event) -> None:
         while not stopped.is_set():
             with self._cond:
-                if not self._cond.wait_for(lambda: self._requested > self._done, 0.5):
+                if not self._cond.wait_for(lambda: self._requested > self._done or self._retry_due(), 0.5):
                     continue
                 target, accept = self._requested, self._accept_removals
                 self._accept_removals = False
@@ -117,6 +149,10 @@ class PolicyManager:
                 self._done, self._result = target, result
                 self._cond.notify_all()
 
+    def _retry_due(self) -> bool:
+        retry = self._retry
+        return retry is not None and retry.go(time.monotonic())
+
     def run_watcher(self, stopped: threading.Event, interval: float) -> None:
         """inotify (watchfiles) on the policy directory, debounced; `interval`: how often the directory's own
         identity is checked, and the polling period where inotify is unavailable (policy_watch)."""
@@ -125,8 +161,11 @@ class PolicyManager:
     # the reload itself ---------------------------------------------------------------------------------------
     def reload_now(self, accept_removals: bool = False) -> dict:
         """Check off to the side; swap only a clean set that loses nothing unannounced. Never raises."""
+        retry, self._retry = self._retry, None  # this reload is the retry: it schedules the next one if need be
         try:
             settled = read_settled(self.directory, self.operations, self.settle, reader=self._reader)
+            if retry is not None and settled.digest == retry.digest:
+                accept_removals |= retry.accept_removals
             errors = _errors(settled)
             if not errors and not accept_removals and settled.root == self.good.root:
                 errors = [f"{loss}; if that is meant, reload with accept_removals"
@@ -145,6 +184,8 @@ class PolicyManager:
             self.incoming = settled  # the swap may ship the texts elsewhere (the daemon's worker processes)
             try:
                 self._swap(settled.outcome.policy_set)
+            except RetryLater as exc:  # applied nowhere, for a passing reason: tried again by itself
+                return self._rejected([str(exc)], self._again(retry, exc.ready, settled.digest, accept_removals))
             except DaemonError as exc:  # the swap could not be applied everywhere, so it was applied nowhere
                 return self._rejected([str(exc)])
             finally:
@@ -158,9 +199,21 @@ class PolicyManager:
         self._counted(True)
         return {"reloaded": True, "changed": not unchanged, "revision": self.status.revision, "errors": []}
 
-    def _rejected(self, errors: list[str]) -> dict:
+    def _again(self, last: _Retry | None, ready: Callable[[], bool], digest: str, accept: bool) -> _Retry:
+        attempt = last.attempt + 1 if last is not None else 2
+        pause = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 2))
+        self._retry = _Retry(time.monotonic() + pause, attempt, ready, digest, accept)
+        return self._retry
+
+    def _rejected(self, errors: list[str], retry: _Retry | None = None) -> dict:
         self.reloads_failed += 1
         self._counted(False)
-        self.status = attrs.evolve(self.status, last_error=tuple(errors))
+        retrying = None
+        if retry is not None:
+            at = time.time() + retry.due - time.monotonic()
+            retrying = (f"attempt {retry.attempt} at {rfc3339(at)} (then with backoff up to every {RETRY_MAX:g} s),"
+                        " once every worker process is up")
+            errors = [*errors[:-1], f"{errors[-1]}; the reload is tried again automatically: {retrying}"]
+        self.status = attrs.evolve(self.status, last_error=tuple(errors), retrying=retrying)
         log.error("policy reload rejected; keeping revision %s:\n%s", self.status.revision, "\n".join(errors))
         return {"reloaded": False, "revision": self.status.revision, "errors": errors}

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from capengine.daemon import extension_check, rpc
 from capengine.daemon.client import call
 from capengine.daemon.config import DaemonConfig, DaemonError, check_directories
 from capengine.daemon.decision_log import SYNC_WAIT, DecisionLog, rfc3339
+from capengine.daemon.instance_lock import InstanceLock
 from capengine.daemon.job_table import JobRecord, JobTable
 from capengine.daemon.jobs import Admission
 from capengine.daemon.metrics import Metrics
@@ -55,7 +57,9 @@ __all__ = ["Daemon", "DaemonConfig", "DaemonError", "PolicyStatus", "RpcError", 
 
 log = logging.getLogger("capengine.daemon.server")
 _JOB_ID = re.compile(r"[0-9a-f]{8,64}")
-JOB_METHODS = (b'"jobs.run"', b'"jobs.resume"')  # may wait for a job slot and run a job: the job worker pool
+# may wait long (for a job slot and the job; for a reload stuck on a stalled worker): the job worker pool, so that
+# the control threads stay free for health and the other quick methods
+JOB_METHODS = (b'"jobs.run"', b'"jobs.resume"', b'"policies.reload"')
 
 
 def _operation_names() -> list[str]:
@@ -78,6 +82,8 @@ class Daemon:
             installed, broken = load_installed(config.extensions, config.data_dir)
         except CapengineError as exc:
             raise DaemonError(f"refusing to start: {exc}") from None
+        # before anything writes to the data directory (the decision log's writer repairs the log's tail)
+        self._locks = [InstanceLock(config.data_dir, f"the data directory {config.data_dir}", directory=True)]
         self.decisions = DecisionLog(config.data_dir / "decisions.jsonl", config.log_max_bytes, config.log_keep,
                                      config.log_mask, config.log_high_water, config.log_fsync_interval)
         try:
@@ -85,6 +91,7 @@ class Daemon:
                              require_installed=True, admit=self.decisions.admit)
         except (CapengineError, OSError) as exc:
             self.decisions.close()
+            self._release()
             raise DaemonError(f"refusing to start: {exc}") from None
         self._effects = self.host.registry.effects()  # not batched: the guest goes on once the record is written
         self.extensions, validation = extension_check.validate(list(installed.values()), self.host.runtime,
@@ -402,7 +409,8 @@ class Daemon:
             "problems": degraded,
             "policy": {"revision": status.revision, "files": status.files, "root": status.root,
                        "loaded_at": rfc3339(status.loaded_at), "age_seconds": round(time.time() - status.loaded_at, 3),
-                       "last_reload_error": list(status.last_error), "reloads_ok": self.policies.reloads_ok,
+                       "last_reload_error": list(status.last_error), "reload_retry": status.retrying,
+                       "reloads_ok": self.policies.reloads_ok,
                        "reloads_failed": self.policies.reloads_failed},
             "decision_log": attrs.asdict(log_state),
             "threads": threads,
@@ -430,7 +438,16 @@ class Daemon:
 
     def _bring_up(self) -> None:
         path = self.config.socket
-        if path.exists() or path.is_symlink():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.parent != self.config.data_dir:  # two starts on one socket: the probe and the unlink are atomic
+            self._locks.append(InstanceLock(path.with_name(path.name + ".lock"), f"the socket {path}"))
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISSOCK(mode):  # connect() to it fails like a stale socket: never unlink
+            raise DaemonError(f"{path} exists and is not a socket; move it away or choose another --socket")
+        if mode is not None:
             probe = socket.socket(socket.AF_UNIX)
             try:
                 probe.connect(str(path))
@@ -441,7 +458,6 @@ class Daemon:
                 raise DaemonError(f"cannot use {path}: {exc}") from None
             finally:
                 probe.close()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.config.workers > 0 and self.pool is None:  # before the socket: clients find a daemon that can run
             self._start_pool()
         server = self._listen(path)
@@ -533,7 +549,12 @@ class Daemon:
         self.host.close()
         with contextlib.suppress(OSError):
             self.config.socket.unlink(missing_ok=True)
+        self._release()
         log.info("stopped")
+
+    def _release(self) -> None:
+        for lock in self._locks:
+            lock.release()
 
 
 def _files(files: list) -> tuple[tuple[str, str], ...]:

@@ -4,7 +4,9 @@ Each worker (worker_process) has its own Engine and policy set; what must be one
 buckets (a table in shared memory every worker maps, shared_buckets), admission (before a job reaches a
 worker), the decision log (every record a worker sends is handed to the one writer), and the revision (a reload
 is two-phase: every live worker loads the new set and says so, then the daemon commits by one write to the
-shared table that every call reads; any "no", death or timeout aborts it everywhere).
+shared table that every call reads; any "no", death or timeout aborts it everywhere; a worker that did not
+answer in time is killed and replaced, and a reload refused only for such worker trouble is retried by the
+reloader once the pool is whole: WorkerTrouble).
 
 A worker that dies (a crash, kill -9, the OOM killer) fails its job with the reason (resumable from its last
 checkpoint, never hanging its client) and is replaced by the maintainer thread; records it sent before dying
@@ -39,8 +41,9 @@ import attrs
 from capengine.daemon.config import DaemonError
 from capengine.daemon.decision_log import SYNC_WAIT, DecisionLog
 from capengine.daemon.metrics import Metrics
+from capengine.daemon.reload import RetryLater
 from capengine.daemon.shared_buckets import SharedBuckets, TableError
-from capengine.daemon.worker_process import WorkerSetup
+from capengine.daemon.worker_process import HEARTBEAT, WorkerSetup
 from capengine.host.envelope import CallRecord
 from capengine.host.extension_host import CallRecords
 from capengine.host.job_run import JobRun
@@ -54,6 +57,15 @@ RESTART_BACKOFF = 1.0  # seconds after a worker failed to start before the next 
 SEND_TIMEOUT = 10.0  # seconds a message to a worker may wait for room in its socket before the worker is killed
 HANG_GRACE = 30.0  # seconds past a job's wall-clock bound before its worker is taken for hung and killed
 OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"  # recorded (never sent) for an action whose worker died in its handler
+PREPARE_TIMEOUT = 120.0  # seconds a worker may take to load a reload's set; then a silent one is killed
+SILENT = 3 * HEARTBEAT  # seconds without a "still loading" after which a preparing worker is taken for stopped
+_NO_ANSWER = object()
+
+
+class WorkerTrouble(RetryLater):
+    """A reload refused only because a worker process died, did not answer or was killed, never because one
+    could not load the set: nothing is wrong with the set, so the reloader tries it again once the pool is
+    whole (`ready`), instead of leaving the daemon on the old revision until an operator notices."""
 
 
 @attrs.define(eq=False)
@@ -125,6 +137,8 @@ class _Worker:
         self.revision = ""
         self.broken: str | None = None
         self.ready = threading.Event()
+        self.admitted = False  # taking jobs (a member of the pool), not only started
+        self.heard = 0.0  # time.monotonic() of its last "still loading" during a reload's prepare
         self.prepared: dict[int, str | None] = {}  # reload ticket -> None (loaded) or why not
         self._send_lock = threading.Lock()
         self.reader: threading.Thread | None = None
@@ -185,10 +199,12 @@ class WorkerPool:
         self.startup_timeout = startup_timeout
         self.outage_timeout = 30.0  # seconds a job waits while no worker is alive at all, then fails
         self.hang_grace = HANG_GRACE
+        self.prepare_timeout = PREPARE_TIMEOUT
         self._lock = threading.Condition()
         self._reload_lock = threading.Lock()  # spawning and switching revisions never interleave
         self._workers: list[_Worker] = []
         self._idle: collections.deque[_Worker] = collections.deque()
+        self._starting: set[_Worker] = set()  # replacements started, not yet admitted (stop kills them)
         self._stopping = False
         self._refusal: str | None = None
         self.restarts = 0
@@ -235,19 +251,51 @@ class WorkerPool:
 
     def _admit_worker(self, worker: _Worker) -> None:
         """Wait for the worker to say it is ready, then give it jobs (caller holds the reload lock)."""
+        self._wait_ready(worker)
+        self._take(worker)
+
+    def _wait_ready(self, worker: _Worker) -> None:
         if not worker.ready.wait(self.startup_timeout) or worker.broken is not None or not worker.alive:
             why = worker.broken or ("it exited with status " + str(worker.proc.poll()) if not worker.alive
                                     else f"not ready after {self.startup_timeout:g} s")
             self._kill(worker)
             raise DaemonError(f"worker process {worker.proc.pid} did not start: {why}")
+
+    def _take(self, worker: _Worker) -> None:
         worker.send(("admit", self._refusal))
         with self._lock:
             if self._stopping:
                 worker.send(("stop",))
                 return
+            worker.admitted = True
             self._workers.append(worker)
             self._idle.append(worker)
             self._lock.notify_all()
+
+    def _replace(self) -> None:
+        """Start one worker on the current revision. The reload lock is not held while it starts (up to
+        startup_timeout): a replacement that hangs at start must not hold up every reload. It is admitted only
+        if no reload committed meanwhile; otherwise it is on a set no longer active, so it is stopped and the
+        next round starts one on the new revision. Starting one and reloading still never interleave."""
+        with self._reload_lock:
+            if self._stopping:
+                return
+            setup = self._setup
+            worker = self._spawn()
+        with self._lock:
+            self._starting.add(worker)
+        try:
+            self._wait_ready(worker)
+            with self._reload_lock:
+                if self._setup is setup:
+                    self._take(worker)
+                    return
+            log.info("worker process %d started on a revision a reload replaced meanwhile; starting another",
+                     worker.proc.pid)
+            worker.send(("stop",))
+        finally:
+            with self._lock:
+                self._starting.discard(worker)
 
     @staticmethod
     def _kill(worker: _Worker) -> None:
@@ -266,10 +314,10 @@ class WorkerPool:
                     worker.send(("admit", refusal))
             if len(self.live()) < self.size:
                 try:
-                    with self._reload_lock:
-                        if not self._stopping:
-                            self._admit_worker(self._spawn())
+                    self._replace()
                 except DaemonError as exc:
+                    if self._stopping:  # killed by the stop while it started
+                        return
                     self.last_error = str(exc)
                     log.error("%s; retrying in %g s", exc, RESTART_BACKOFF)
                     time.sleep(RESTART_BACKOFF)
@@ -286,7 +334,10 @@ class WorkerPool:
         with self._lock:
             self._stopping = True
             workers = list(self._workers)
+            starting = list(self._starting)
             self._lock.notify_all()
+        for worker in starting:  # not on the socket's last revision, and maybe hung: nothing to drain
+            worker.kill("the daemon is stopping while it starts")
         for worker in workers:
             worker.send(("stop",))
         deadline = time.monotonic() + timeout
@@ -335,6 +386,8 @@ class WorkerPool:
                             job.calls.extend(CallSummary(*c) for c in calls)
                             self._on_metrics(counts, durations)
                             job.done.set()
+                elif kind == "preparing":
+                    worker.heard = time.monotonic()
                 elif kind == "prepared":
                     with self._lock:
                         worker.prepared[message[1]] = message[2]
@@ -365,7 +418,7 @@ class WorkerPool:
                 self._idle.remove(worker)
             with contextlib.suppress(ValueError):
                 self._workers.remove(worker)
-            replaced = not self._stopping and worker.ready.is_set() and worker.broken is None
+            replaced = not self._stopping and worker.admitted
             if replaced:
                 self.restarts += 1
             self._lock.notify_all()
@@ -389,7 +442,7 @@ class WorkerPool:
             if unknown is not None:
                 job.calls.append(CallSummary(unknown.operation, unknown.path, unknown.code, unknown.rules))
             job.done.set()
-        elif not self._stopping:
+        elif replaced:
             log.error("worker process %d died (%s); replacing it", worker.proc.pid, how)
 
     def _record_unknown(self, worker: _Worker, how: str) -> CallRecord | None:
@@ -462,9 +515,15 @@ class WorkerPool:
 
     # reload -------------------------------------------------------------------------------------------------------
     def switch(self, revision: str, files: tuple[tuple[str, str], ...], activate: Callable[[], None],
-               keep: frozenset[int] = frozenset(), timeout: float = 120.0) -> None:
+               keep: frozenset[int] = frozenset(), timeout: float | None = None) -> None:
         """Two-phase: every live worker loads the set and acknowledges; only then `activate()` (the daemon's own
-        swap) and commit everywhere. Any refusal, death or timeout aborts it everywhere (DaemonError)."""
+        swap) and commit everywhere. Any refusal, death or timeout aborts it everywhere: DaemonError, or
+        WorkerTrouble when no worker said "no" (one died or did not answer), which the reloader retries once the
+        pool is whole again. A worker that has not answered within `timeout` (prepare_timeout) and has fallen
+        silent (no "still loading" for SILENT seconds) is stopped (SIGSTOP) or hung: it is killed (its job fails
+        as a dead worker's does) and replaced, so one stalled process cannot refuse every reload for ever; one
+        still loading is alive and slow, a "no" (DaemonError): killing it, or retrying, would only repeat."""
+        timeout = self.prepare_timeout if timeout is None else timeout
         with self._reload_lock:
             ticket = next(self._tickets)
             workers = self.live()
@@ -472,18 +531,41 @@ class WorkerPool:
                 worker.send(("prepare", ticket, revision, files))
             deadline = time.monotonic() + timeout
             with self._lock:
-                self._lock.wait_for(lambda: all(ticket in w.prepared or not w.alive for w in workers),
-                                    max(0.0, deadline - time.monotonic()))
-                problems = [f"worker {w.proc.pid}: " + (w.prepared[ticket] or "") if ticket in w.prepared
-                            else f"worker {w.proc.pid}: " + ("died" if not w.alive else f"no answer in {timeout:g} s")
-                            for w in workers if w.prepared.get(ticket, "missing") is not None]
+                def answered() -> bool:
+                    return all(ticket in w.prepared or not w.alive for w in workers)
+                self._lock.wait_for(answered, max(0.0, deadline - time.monotonic()))
+                if any(ticket not in w.prepared and w.alive and time.monotonic() - w.heard < SILENT for w in workers):
+                    # stopped after its last word, or still loading: its silence (or not) will tell
+                    self._lock.wait_for(answered, SILENT)
+                answers = {w: w.prepared.get(ticket, _NO_ANSWER) for w in workers}
                 for w in workers:
                     w.prepared.clear()
-            if problems:
+                stopping = self._stopping
+            problems, refused = [], False
+            for w, answer in answers.items():
+                if answer is None:
+                    continue
+                if isinstance(answer, str):
+                    refused = True
+                    problems.append(f"worker {w.proc.pid}: {answer}")
+                elif w.alive and time.monotonic() - w.heard < SILENT:  # alive, slow to compile: a "no"
+                    refused = True
+                    problems.append(f"worker {w.proc.pid}: still loading the set after {timeout:g} s (alive; the "
+                                    "set takes longer to compile than a reload may wait)")
+                elif w.alive and w.killed_because is None:
+                    w.kill(f"it did not answer a reload's prepare in {timeout:g} s (stopped or hung)")
+                    problems.append(f"worker {w.proc.pid}: no answer in {timeout:g} s (killed; it is being replaced)")
+                else:
+                    why = f" ({w.killed_because})" if w.killed_because else ""
+                    problems.append(f"worker {w.proc.pid}: died{why}")
+            if problems or stopping:
                 for worker in workers:
                     worker.send(("abort", ticket))
-                raise DaemonError("the worker processes could not all load the new set, so none switched: "
-                                  + "; ".join(problems))
+                if stopping:
+                    raise DaemonError("the daemon is stopping, so no worker switched")
+                message = ("the worker processes could not all load the new set, so none switched: "
+                           + "; ".join(problems))
+                raise DaemonError(message) if refused else WorkerTrouble(message, self.whole)
             activate()
             self._setup = attrs.evolve(self._setup, revision=revision, files=files, epoch=ticket)  # replacements
             self.buckets.set_epoch(ticket)  # the commit instant: every worker's next call decides under the new set
@@ -494,6 +576,12 @@ class WorkerPool:
                 self.buckets.compact(keep)
             except TableError as exc:  # only memory is lost: the dropped limits' slots stay taken until next time
                 log.error("could not drop the buckets of removed limits after the reload: %s", exc)
+
+    def whole(self) -> bool:
+        """Every worker up and taking jobs (no replacement pending): when a reload refused for worker trouble
+        is worth trying again."""
+        with self._lock:
+            return not self._stopping and sum(w.alive for w in self._workers) >= self.size
 
     def state(self) -> dict:
         with self._lock:

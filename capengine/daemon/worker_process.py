@@ -60,6 +60,7 @@ from capengine.policy.loader import LoadResult, load_paths, load_text_cached
 log = logging.getLogger("capengine.daemon.worker")
 PROGRESS_INTERVAL = 0.05  # seconds between progress reports of one job (jobs.status reads them)
 METRICS_INTERVAL = 1.0  # seconds between metrics reports of a long job (otherwise sent when it ends)
+HEARTBEAT = 1.0  # seconds between "still loading" messages while a reload's set compiles
 PR_SET_PDEATHSIG = 1
 record_fields = operator.attrgetter(*(a.name for a in attrs.fields(CallRecord)))  # CallRecord(*fields) rebuilds it
 
@@ -243,13 +244,26 @@ class Worker:
             os._exit(70)
 
     def _prepare(self, ticket: int, revision: str, files: tuple[tuple[str, str], ...]) -> None:
+        loading = threading.Event()
+        threading.Thread(target=self._still_loading, args=(ticket, loading), daemon=True).start()
         try:
             with sharing_the_gil():  # the worker's job thread keeps getting the GIL while the set loads
                 self.host.pending[ticket] = policy_set_from_texts(files, revision)
             error = None
         except Exception as exc:  # noqa: BLE001 - any failure is this worker's "no": the reload is aborted
             error = f"{type(exc).__name__}: {exc}"
+        finally:
+            loading.set()
         self.send(("prepared", ticket, error))
+
+    def _still_loading(self, ticket: int, done: threading.Event) -> None:
+        """Says "still loading" at once and every HEARTBEAT seconds until the prepare ends: the daemon kills a
+        worker that does not answer a prepare in time only when it has been silent (stopped, hung), never one
+        that is alive and slow to compile a large set."""
+        while True:
+            self.send(("preparing", ticket))
+            if done.wait(HEARTBEAT):
+                return
 
     # jobs (the main thread) -------------------------------------------------------------------------------
     def serve(self) -> None:
