@@ -1,0 +1,160 @@
+"""What a guest module may cost the host before any of its code runs: reading its file and compiling it.
+
+WHY: the epoch deadline and the store limits bound a guest only once it runs. Compilation is unbounded work
+done for the guest by the host (Cranelift cannot be interrupted), and it is cheap to make huge: a function
+declares 50,000 locals in four bytes, and a 65 KB module of 5,000 such functions took 15 s of both cores to
+compile; a 600 KB module of 100,000 empty functions 6.6 s. So a module is checked before it is compiled: file
+size, defined functions and declared locals, each against a `ModuleLimits` cap, refused with the cap named.
+Within the defaults, compilation is bounded by the code's size (measured here ~0.8 MB/s of real Rust code, so
+~20 s for the largest module allowed; the examples are 150 KB).
+
+Files are read only when they are regular files reached without a symbolic link (a FIFO would block the
+reader forever, /dev/zero would never end) and only up to a cap, so no extension file can stall or exhaust the
+host while it is loaded.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from capengine.errors import CapengineError
+
+MIB = 1024 * 1024
+MAX_MANIFEST_BYTES = 1 * MIB
+# A compiled module is a few times its wasm (about 2x for the examples); anything beyond is not an entry.
+MAX_CACHE_ENTRY_BYTES = 256 * MIB
+
+
+class ModuleError(CapengineError):
+    """An extension's module (or another file of it) cannot be used; the message names the file and the fix."""
+
+
+def _positive(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"ModuleLimits.{attribute.name} must be an integer >= 1, not {value!r}")
+
+
+@attrs.frozen
+class ModuleLimits:
+    """Caps on a module, checked before compilation (docs/abi.md, Limits)."""
+
+    max_bytes: int = attrs.field(default=16 * MIB, validator=_positive)  # the .wasm (or .wat) file
+    max_functions: int = attrs.field(default=50_000, validator=_positive)  # defined functions
+    max_locals: int = attrs.field(default=1_000_000, validator=_positive)  # declared locals, all functions
+
+    def describe(self) -> str:
+        """For the module cache's key: an entry compiled under other caps is never loaded under these."""
+        return f"max_bytes={self.max_bytes};max_functions={self.max_functions};max_locals={self.max_locals}"
+
+
+DEFAULT = ModuleLimits()
+
+
+def read_regular(path: Path, cap: int, what: str) -> bytes:
+    """The bytes of `path`, a regular file of at most `cap` bytes reached without following a symbolic link.
+    ModuleError (naming the file) for anything else; OSError (e.g. FileNotFoundError) when it cannot be opened."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ModuleError(f"{path}: {what} is a symbolic link; put the file itself there") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModuleError(f"{path}: {what} is not a regular file (a FIFO, device, socket or directory is "
+                              "never read); put the file itself there")
+        if st.st_size > cap:
+            raise ModuleError(f"{path}: {what} has {st.st_size} bytes, over the {cap}-byte cap")
+        chunks, total = [], 0
+        while True:  # read to the end, never past cap + 1: the file may grow while it is read
+            chunk = os.read(fd, min(cap + 1 - total, 4 * MIB))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > cap:
+                raise ModuleError(f"{path}: {what} has more than {cap} bytes (it grew while it was read)")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class _Reader:
+    """A cursor over a module binary; every read is bounds-checked (ModuleError, never IndexError)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        self.data, self.name, self.pos = data, name, 0
+
+    def fail(self, what: str) -> ModuleError:
+        return ModuleError(f"{self.name} is not a valid WebAssembly binary: {what} at byte {self.pos}; fix or "
+                           "rebuild it")
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise self.fail("unexpected end")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def u32(self) -> int:
+        value = shift = 0
+        while True:
+            byte = self.byte()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+            if shift > 28:
+                raise self.fail("an integer longer than 5 bytes")
+
+
+_REF_WITH_HEAP_TYPE = (0x63, 0x64)  # (ref null ht) / (ref ht): a heap type (s33) follows
+
+
+def check(binary: bytes, limits: ModuleLimits, name: str) -> None:
+    """ModuleError naming `name` and the cap when the module is over `limits`. Reads only the section framing,
+    the function count and the locals declarations; wasmtime validates everything else."""
+    if len(binary) > limits.max_bytes:
+        raise ModuleError(f"{name} has {len(binary)} bytes, over the {limits.max_bytes}-byte module cap")
+    r = _Reader(binary, name)
+    if binary[:8] != b"\0asm\x01\0\0\0":
+        raise r.fail("no WebAssembly module header")
+    r.pos = 8
+    while r.pos < len(binary):
+        section_id = r.byte()
+        size = r.u32()
+        end = r.pos + size
+        if end > len(binary):
+            raise r.fail(f"section {section_id} runs past the end of the module")
+        if section_id in (3, 10):
+            count = r.u32()
+            if count > limits.max_functions:
+                raise ModuleError(f"{name} defines {count} functions, over the cap of {limits.max_functions} "
+                                  "(compiling each costs the host time); split or shrink the module")
+            if section_id == 10:
+                _check_locals(r, count, limits)
+        r.pos = end
+
+
+def _check_locals(r: _Reader, count: int, limits: ModuleLimits) -> None:
+    total = 0
+    for index in range(count):
+        body_size = r.u32()
+        body_end = r.pos + body_size
+        for _ in range(r.u32()):
+            total += r.u32()
+            if r.byte() in _REF_WITH_HEAP_TYPE:
+                r.u32()
+        if total > limits.max_locals:
+            raise ModuleError(f"{r.name} declares more than {limits.max_locals} locals (function {index} reaches "
+                              f"{total}); each costs compile time, so the module is refused; declare fewer")
+        if body_end > len(r.data):
+            raise r.fail(f"function body {index} runs past the end of the module")
+        r.pos = body_end

@@ -1,0 +1,468 @@
+"""An adversarial review of the host against hostile guests (WASM extensions): what a module can make the host
+do before, while and after it runs.
+
+Every attack is a real module (WAT text or a hand-built binary). Attacks that could hang or kill the process
+(a FIFO read, a compile bomb, a recursion into the host near the stack limit) run in a child process with a
+timeout, so a regression fails the test instead of the test run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from wasm_helpers import ROOT, extension, make_host, wat_bytes, wat_module
+
+from capengine.host import module_limits
+from capengine.host.manifests import ExtensionError, load_extension
+from capengine.host.module_cache import ModuleCache, ModuleError
+from capengine.host.runtime import Runtime
+
+PING = '{"message":"hi"}'
+CHILD_TIMEOUT = 120  # generous: a shared 2-core machine; a hang is minutes, a pass is about a second
+
+
+@pytest.fixture
+def host(tmp_path):
+    h = make_host(tmp_path, cpu_seconds=2.0, memory_bytes=4 * 1024 * 1024)
+    yield h
+    h.close()
+
+
+def run(host, tmp_path, wat, **kw):
+    result, calls = host.run_job(extension(tmp_path, wat, **kw), "go", b"{}")
+    return result, calls
+
+
+def in_child(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (this worktree's capengine, tests/ on the path)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+
+
+# --- hand-built binaries ------------------------------------------------------------------------------------------
+
+def leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def section(section_id: int, payload: bytes) -> bytes:
+    return bytes([section_id]) + leb(len(payload)) + payload
+
+
+def binary_module(functions: int, locals_each: int, custom: bytes = b"") -> bytes:
+    """A module exporting memory and `execute_go` (function 0) plus `functions - 1` more functions, each declaring
+    `locals_each` i64 locals in four bytes: compile work out of all proportion to the file's size."""
+    types = section(1, leb(1) + b"\x60\x00\x01\x7f")  # () -> i32
+    funcs = section(3, leb(functions) + b"\x00" * functions)
+    memory = section(5, b"\x01\x00\x01")
+    exports = section(7, leb(2) + leb(6) + b"memory" + b"\x02\x00" + leb(10) + b"execute_go" + b"\x00\x00")
+    body = leb(1) + leb(locals_each) + b"\x7e" + b"\x41\x00\x0b" if locals_each else b"\x00\x41\x00\x0b"
+    code = section(10, leb(functions) + (leb(len(body)) + body) * functions)
+    extra = section(0, leb(7) + b"padding" + custom) if custom else b""
+    return b"\0asm\x01\0\0\0" + types + funcs + memory + exports + code + extra
+
+
+def binary_extension(tmp_path: Path, module: bytes) -> Path:
+    directory = tmp_path / "bomb"
+    directory.mkdir(exist_ok=True)
+    (directory / "module.wasm").write_bytes(module)
+    (directory / "manifest.yaml").write_text("id: com.example.bomb\nname: bomb\nversion: 0.1.0\n"
+                                             "module: module.wasm\njobs: [go]\noperations: [test.ping]\n")
+    return directory
+
+
+RUN_BINARY_JOB = """
+    import sys
+    from pathlib import Path
+    from wasm_helpers import make_host
+    from capengine.host.manifests import load_extension
+    host = make_host(Path("."))
+    result, _ = host.run_job(load_extension(sys.argv[1] if len(sys.argv) > 1 else "bomb"), "go", b"{}")
+    print(result.status)
+    print(result.error)
+"""
+
+
+# --- compile bombs: refused before compilation, with the limit named -----------------------------------------------
+
+@pytest.mark.parametrize("functions, locals_each, limit", [
+    (5_000, 50_000, "locals"),  # 65 KB of module, ~15 s of compilation on 2 cores without the budget
+    (module_limits.ModuleLimits().max_functions + 1, 0, "functions"),
+])
+def test_a_compile_bomb_is_refused_before_compilation(tmp_path, functions, locals_each, limit):
+    binary_extension(tmp_path, binary_module(functions, locals_each))
+    proc = in_child(RUN_BINARY_JOB, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status, error = proc.stdout.splitlines()[:2]
+    assert status == "failed"
+    assert limit in error and "module.wasm" in error and "Traceback" not in proc.stderr
+
+
+def test_a_module_over_the_size_cap_is_refused_without_compiling(tmp_path):
+    cap = module_limits.ModuleLimits().max_bytes
+    directory = binary_extension(tmp_path, binary_module(1, 0, custom=b"\0" * cap))
+    with pytest.raises(ExtensionError, match="bytes"):  # refused as it is read, never loaded whole
+        load_extension(directory)
+
+
+def test_modules_within_the_budget_still_compile_and_run(tmp_path):
+    host = make_host(tmp_path)
+    try:
+        result, _ = host.run_job(load_extension(binary_extension(tmp_path, binary_module(200, 1000))), "go", b"{}")
+        assert result.status == "completed", result.error
+    finally:
+        host.close()
+
+
+def test_the_budget_is_checked_on_wat_too(tmp_path):
+    locals_ = " ".join(["i64"] * 20_000)
+    funcs = "\n".join(f"(func (local {locals_}))" for _ in range(60))  # 1.2 M locals
+    result, _ = run_in(tmp_path, wat_module(funcs + '(func (export "execute_go") (result i32) (i32.const 0))'))
+    assert result.status == "failed" and "locals" in result.error
+
+
+def run_in(tmp_path, wat):
+    host = make_host(tmp_path)
+    try:
+        return host.run_job(extension(tmp_path, wat), "go", b"{}")
+    finally:
+        host.close()
+
+
+def test_the_rust_and_c_examples_fit_the_budget():
+    limits = module_limits.ModuleLimits()
+    for path in sorted((ROOT / "extensions").glob("*/*.wasm")):
+        module_limits.check(path.read_bytes(), limits, str(path))  # raises when over
+
+
+def test_a_malformed_binary_is_a_clear_error_never_a_parser_crash(tmp_path):
+    good = binary_module(3, 2)
+    header = b"\0asm\x01\0\0\0"
+    for bad in (good[:-3], good[:9], good + b"\x0a\xff\xff\xff\xff\x0f", header + b"\x0a\x05\xff\xff\xff\xff\xff"):
+        with pytest.raises(ModuleError, match="module.wasm"):
+            module_limits.check(bad, module_limits.ModuleLimits(), "module.wasm")
+
+
+# --- proposals the ABI does not use are off: no way around the memory limit --------------------------------------
+
+@pytest.mark.parametrize("wat", [
+    # GC arrays live outside linear memory: with GC on, a guest got a second heap as large as its memory limit
+    """(type $a (array (mut i8)))
+       (func (export "execute_go") (result i32) (drop (array.new_default $a (i32.const 1000000))) (i32.const 0))""",
+    # exception objects are allocated on the GC heap
+    """(tag $e (param i32))
+       (func (export "execute_go") (result i32)
+         (block $h (try_table (catch $h) (throw $e (i32.const 1)))) (i32.const 0))""",
+    # a second linear memory would double the memory limit (the store allows one)
+    """(memory $m2 1) (func (export "execute_go") (result i32) (i32.const 0))""",
+    # a 64-bit memory: the ABI's pointers are i32
+    """(memory $m64 i64 1) (func (export "execute_go") (result i32) (i32.const 0))""",
+])
+def test_proposals_outside_the_abi_are_refused_at_compile_with_a_clear_error(host, tmp_path, wat):
+    result, _ = run(host, tmp_path, wat_module(wat))
+    assert result.status == "failed"
+    assert "is not valid WebAssembly" in result.error and "cannot instantiate" not in result.error
+
+
+def test_the_engine_config_names_every_disabled_proposal():
+    with Runtime() as runtime:
+        for feature in ("gc=0", "threads=0", "memory64=0", "multi_memory=0", "exceptions=0"):
+            assert feature in runtime.engine_config  # a cache entry from another feature set never verifies
+
+
+# --- export signatures ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("export, fragment", [
+    ('(func (export "execute_go") (param i32) (result i32) (i32.const 0))', "execute_go"),
+    ('(func (export "execute_go") (result i64) (i64.const 0))', "execute_go"),
+    ('(func (export "execute_go") (result f32) (f32.const 0))', "execute_go"),
+    ('(func (export "execute_go") (result i32 i32) (i32.const 0) (i32.const 0))', "execute_go"),
+    ('(func (export "execute_go"))', "execute_go"),
+    # plugin_init that "returns 0" as a float used to pass as success
+    ('(func (export "plugin_init") (result f32) (f32.const 0))'
+     '(func (export "execute_go") (result i32) (i32.const 0))', "plugin_init"),
+    ('(func (export "plugin_init") (param i32) (result i32) (i32.const 0))'
+     '(func (export "execute_go") (result i32) (i32.const 0))', "plugin_init"),
+    ('(global (export "execute_go") i32 (i32.const 0))', "execute_go"),
+])
+def test_exports_with_the_wrong_signature_fail_the_job_naming_the_signature(host, tmp_path, export, fragment):
+    result, _ = run(host, tmp_path, wat_module(export))
+    assert result.status == "failed" and fragment in result.error and "() -> i32" in result.error, result.error
+
+
+@pytest.mark.parametrize("memory", [
+    '(module (table (export "memory") 1 funcref) (func (export "execute_go") (result i32) (i32.const 0)))',
+    '(module (global (export "memory") i32 (i32.const 0)) (func (export "execute_go") (result i32) (i32.const 0)))',
+])
+def test_a_memory_export_that_is_not_a_memory_fails_clearly(host, tmp_path, memory):
+    result, _ = run(host, tmp_path, memory)
+    assert result.status == "failed" and "memory" in result.error
+
+
+@pytest.mark.parametrize("imports, fragment", [
+    ('(import "spacedrive" "spacedrive_call" (func (param i32 i32 i32 i32) (result i32)))', "spacedrive_call"),
+    ('(import "spacedrive" "memory" (memory 1)) (export "memory" (memory 0))', "spacedrive.memory"),
+    ('(import "env" "table" (table 1 funcref))', "env.table"),
+    ('(import "spacedrive" "g" (global i32))', "spacedrive.g"),
+    ('(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))', "fd_write"),
+])
+def test_imports_the_host_does_not_provide_fail_the_job_naming_the_import(host, tmp_path, imports, fragment):
+    memory = "" if '"memory"' in imports else '(memory (export "memory") 1)'
+    wat = f'(module {imports} {memory} (func (export "execute_go") (result i32) (i32.const 0)))'
+    result, _ = run(host, tmp_path, wat)
+    assert result.status == "failed" and fragment in result.error and "Traceback" not in result.error
+
+
+# --- start function --------------------------------------------------------------------------------------------------
+
+def test_an_infinite_loop_in_the_start_function_is_stopped_by_the_cpu_limit(tmp_path):
+    h = make_host(tmp_path, cpu_seconds=0.3)
+    try:
+        wat = wat_module('(func $s (loop $l (br $l))) (start $s) '
+                         '(func (export "execute_go") (result i32) (i32.const 0))')
+        result, _ = h.run_job(extension(tmp_path, wat), "go", b"{}")
+        assert result.status == "failed" and "CPU time limit" in result.error
+    finally:
+        h.close()
+
+
+def test_a_start_function_that_calls_the_host_then_spins_is_stopped_and_its_call_recorded(tmp_path):
+    h = make_host(tmp_path, cpu_seconds=0.3)
+    try:
+        wat = wat_module(f'''(data (i32.const 1024) "test.ping") (data (i32.const 2048) "{wat_bytes(PING)}")
+          (func $s (drop (call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 2048)
+                                                (i32.const {len(PING)})))
+                   (loop $l (br $l)))
+          (start $s) (func (export "execute_go") (result i32) (i32.const 0))''')
+        result, calls = h.run_job(extension(tmp_path, wat), "go", b"{}")
+        assert result.status == "failed" and "CPU time limit" in result.error
+        assert [c.operation for c in calls] == ["test.ping"] and calls[0].code == "OK"
+    finally:
+        h.close()
+
+
+def test_a_loop_right_after_a_host_call_in_plugin_init_is_stopped(tmp_path):
+    h = make_host(tmp_path, cpu_seconds=0.3)
+    try:
+        wat = wat_module('''(func (export "plugin_init") (result i32)
+            (drop (call $spacedrive_result (i32.const 0) (i32.const 0))) (loop $l (br $l)) (i32.const 0))
+          (func (export "execute_go") (result i32) (i32.const 0))''')
+        result, _ = h.run_job(extension(tmp_path, wat), "go", b"{}")
+        assert result.status == "failed" and "CPU time limit" in result.error
+    finally:
+        h.close()
+
+
+# --- deep recursion into the host ------------------------------------------------------------------------------------
+
+def test_host_calls_at_every_depth_down_to_the_stack_limit_never_crash_the_host(tmp_path):
+    """The guest recurses, calling the host (a 64-deep payload, the deepest JSON allowed) at every level, until
+    the wasm stack overflows; the host's Python then runs on what native stack is left at the deepest level.
+    In a child, on a worker thread (the daemon runs jobs on threads), so that a segfault fails the test."""
+    payload = "[" * 63 + "]" * 63
+    request = wat_bytes('{"a":' + payload + '}')
+    wat = wat_module(f'''(data (i32.const 1024) "test.ping") (data (i32.const 2048) "{request}")
+      (func $f (param i32) (result i32)
+        (drop (call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 2048)
+                                     (i32.const {len(payload) + 6})))
+        (call $f (i32.add (local.get 0) (i32.const 1))))
+      (func (export "execute_go") (result i32) (call $f (i32.const 0)))''')
+    (tmp_path / "deep.wat").write_text(wat)
+    proc = in_child("""
+        import threading
+        from pathlib import Path
+        from wasm_helpers import extension, make_host
+        host = make_host(Path("."))
+        out = []
+        def job():
+            out.append(host.run_job(extension(Path("."), Path("deep.wat").read_text()), "go", b"{}"))
+        thread = threading.Thread(target=job)
+        thread.start()
+        thread.join()
+        result, calls = out[0]
+        print(result.status, len(calls), result.error)
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("failed ") and "stack overflow" in proc.stdout
+
+
+# --- extension files that are not regular files ---------------------------------------------------------------------
+
+def fifo_extension(tmp_path: Path, name: str) -> Path:
+    directory = binary_extension(tmp_path, binary_module(1, 0))
+    (directory / name).unlink()
+    os.mkfifo(directory / name)
+    return directory
+
+
+@pytest.mark.parametrize("name", ["module.wasm", "manifest.yaml"])
+def test_a_fifo_in_place_of_an_extension_file_is_refused_not_waited_on(tmp_path, name):
+    fifo_extension(tmp_path, name)
+    proc = in_child("""
+        from capengine.host.manifests import ExtensionError, load_extension
+        try:
+            load_extension("bomb")
+        except ExtensionError as exc:
+            print("refused:", exc)
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("refused:") and name in proc.stdout and "regular file" in proc.stdout
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "outside.wasm"])
+def test_a_module_that_is_a_symbolic_link_is_refused(tmp_path, target):
+    directory = binary_extension(tmp_path, binary_module(1, 0))
+    (tmp_path / "outside.wasm").write_bytes(binary_module(1, 0))
+    (directory / "module.wasm").unlink()
+    (directory / "module.wasm").symlink_to(target)
+    proc = in_child("""
+        from capengine.host.manifests import ExtensionError, load_extension
+        try:
+            load_extension("bomb")
+        except ExtensionError as exc:
+            print("refused:", exc)
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("refused:") and "symbolic link" in proc.stdout
+
+
+def test_a_module_swapped_for_a_fifo_after_loading_fails_the_job_not_the_host(tmp_path):
+    directory = binary_extension(tmp_path, binary_module(1, 0))
+    proc = in_child("""
+        import os
+        from pathlib import Path
+        from wasm_helpers import make_host
+        from capengine.host.manifests import load_extension
+        ext = load_extension("bomb")
+        Path("bomb/module.wasm").unlink()
+        os.mkfifo("bomb/module.wasm")
+        host = make_host(Path("."))
+        result, _ = host.run_job(ext, "go", b"{}")
+        print(result.status, result.error)
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("failed ") and "regular file" in proc.stdout
+    assert directory.exists()
+
+
+# --- module cache entries that are not regular files -------------------------------------------------------------
+
+ANSWER = '(module (func (export "answer") (result i32) (i32.const 42)))'
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_a_cache_entry_that_is_not_a_regular_file_is_recompiled_never_waited_on(tmp_path, kind):
+    proc = in_child(f"""
+        import hashlib, os, wasmtime
+        from pathlib import Path
+        from capengine.host.runtime import Runtime
+        source = {ANSWER!r}.encode()
+        with Runtime(cache_dir=Path("cache")) as runtime:
+            cache = runtime.cache
+            cache.load(source, is_wat=True)
+            entry = cache.path_for(hashlib.sha256(source).hexdigest())
+            Path("stolen").write_bytes(entry.read_bytes())
+            entry.unlink()
+            if {kind!r} == "fifo":
+                os.mkfifo(entry)
+            elif {kind!r} == "symlink":
+                entry.symlink_to(Path("stolen").resolve())  # a valid entry, reached through a link
+            else:
+                entry.mkdir()
+            fresh = type(cache)(runtime.engine, Path("cache"), runtime.engine_config)
+            module = fresh.load(source, is_wat=True)
+            store = wasmtime.Store(runtime.engine)
+            store.set_epoch_deadline(1000)
+            answer = wasmtime.Instance(store, module, []).exports(store)["answer"](store)
+            print(answer, fresh.hits, fresh.misses)
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["42", "0", "1"]
+
+
+def test_a_cache_entry_far_larger_than_any_compiled_module_is_not_read_whole(tmp_path, monkeypatch):
+    with Runtime(cache_dir=tmp_path) as runtime:
+        cache = runtime.cache
+        assert cache is not None
+        cache.load(ANSWER.encode(), is_wat=True)
+        entry = cache.path_for(__import__("hashlib").sha256(ANSWER.encode()).hexdigest())
+        with entry.open("r+b") as f:  # a sparse file: huge on paper, no disk used
+            f.truncate(module_limits.MAX_CACHE_ENTRY_BYTES + 1)
+        reads: list[int] = []
+        real_read = os.read
+        monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real_read(fd, n))
+        fresh = ModuleCache(runtime.engine, tmp_path, runtime.engine_config)
+        fresh.load(ANSWER.encode(), is_wat=True)
+        assert fresh.misses == 1 and sum(reads) <= module_limits.MAX_CACHE_ENTRY_BYTES
+
+
+# --- JSON payloads through a real guest -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("payload, code", [
+    ('{"message": "' + "\\ud800" + '"}', "INVALID_ARGUMENT"),
+    ('{"\\udfff": 1}', "INVALID_ARGUMENT"),
+    ('{"message": "\\ud83d\\ude00"}', "OK"),  # a valid pair is text
+    ('{"message": "a", "m\\u0065ssage": "b"}', "INVALID_ARGUMENT"),  # duplicate once unescaped
+    ('{"message": "x", "n": 1e400}', "INVALID_ARGUMENT"),
+    ('{"message": "x", "n": -1e400}', "INVALID_ARGUMENT"),
+    ('{"message": "x", "n": ' + "9" * 5000 + '}', "INVALID_ARGUMENT"),
+    ('{"message": "x", "n": ' + "[" * 100_000 + "]" * 100_000 + '}', "INVALID_ARGUMENT"),
+    ('{"message": "x", "n": NaN}', "INVALID_ARGUMENT"),
+    ('{"message": "' + "[" * 10_000 + '"}', "OK"),  # brackets inside a string are not nesting
+])
+def test_hostile_json_payloads_are_refused_with_invalid_argument(host, tmp_path, payload, code):
+    data = f'(data (i32.const 1024) "test.ping") (data (i32.const 65536) "{wat_bytes(payload)}")'
+    body = f'''(func (export "execute_go") (result i32)
+        (drop (call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 65536)
+                                     (i32.const {len(payload.encode())})))
+        (i32.const 0))'''
+    result, calls = run(host, tmp_path, wat_module(body, data, pages=8))
+    assert result.status == "completed" and [c.code for c in calls] == [code], [c.message for c in calls]
+
+
+# --- a chatty guest: the host's memory of its calls stays bounded ----------------------------------------------------
+
+def test_a_million_calls_keep_bounded_records_and_logs(tmp_path):
+    """10^6 host calls (half refused at the ABI, half log lines): the job is stopped by its CPU limit or ends,
+    and the records and logs the host keeps for it stay at their caps."""
+    from capengine.host.extension_host import MAX_CALL_RECORDS
+
+    h = make_host(tmp_path, cpu_seconds=3.0)
+    try:
+        wat = wat_module('''(func (export "execute_go") (result i32) (local $i i32)
+            (loop $l
+              (drop (call $spacedrive_call (i32.const -1) (i32.const 8) (i32.const 0) (i32.const 0) (i32.const 0)))
+              (call $spacedrive_log (i32.const 1) (i32.const 0) (i32.const 4))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $l (i32.lt_u (local.get $i) (i32.const 500000))))
+            (i32.const 0))''')
+        result, calls = h.run_job(extension(tmp_path, wat), "go", b"{}")
+        assert len(calls) <= MAX_CALL_RECORDS and len(calls) + calls.dropped >= MAX_CALL_RECORDS
+        assert all(c.code == "FAULT_RANGE" for c in calls)
+        assert len(result.logs) <= 1001 and "further log lines dropped" in result.logs[-1][1]
+    finally:
+        h.close()
+
+
+def test_json_number_in_a_job_input_is_delivered_verbatim(host, tmp_path):
+    """The job input is the host's own JSON; a guest cannot widen it (sanity for spacedrive_input)."""
+    body = '''(func (export "execute_go") (result i32) (local $n i32)
+        (local.set $n (call $spacedrive_input (i32.const 0) (i32.const 0)))
+        (if (i32.ne (call $spacedrive_input (i32.const 4096) (local.get $n)) (local.get $n)) (then unreachable))
+        (call $spacedrive_log (i32.const 1) (i32.const 4096) (local.get $n))
+        (i32.const 0))'''
+    text = json.dumps({"n": 1})
+    result, _ = host.run_job(extension(tmp_path, wat_module(body)), "go", text.encode())
+    assert result.status == "completed" and result.logs == ((1, text),)
