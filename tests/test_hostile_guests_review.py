@@ -466,3 +466,31 @@ def test_json_number_in_a_job_input_is_delivered_verbatim(host, tmp_path):
     text = json.dumps({"n": 1})
     result, _ = host.run_job(extension(tmp_path, wat_module(body)), "go", text.encode())
     assert result.status == "completed" and result.logs == ((1, text),)
+
+
+# --- the manifest facts a module embeds are guest data too ------------------------------------------------------------
+
+def custom_section(name: str, payload: bytes) -> bytes:
+    body = leb(len(name)) + name.encode() + payload
+    return section(0, body)
+
+
+@pytest.mark.parametrize("facts", [
+    b"[" * 100_000,  # nesting past the JSON parser's recursion limit
+    b'{"jobs": 5}',
+    b'{"jobs": [1, "a"]}',
+    b'{"jobs": "go"}',
+    b'{"jobs": ["go"], "operations": {"a": 1}}',
+    b'{"id": ["x"], "jobs": ["go"]}',
+    b'{"jobs": ["go"], "jobs": ["other"]}',
+    b'{"jobs": ["go"], "name": "\\ud800"}',
+    b"\xff\xfe",
+])
+def test_malformed_embedded_manifest_facts_are_an_extension_error_never_a_traceback(tmp_path, facts):
+    module = binary_module(1, 0) + custom_section("spacedrive.manifest", facts) + custom_section(
+        "spacedrive.jobs", b"go\n")
+    directory = binary_extension(tmp_path, module)
+    with pytest.raises(ExtensionError, match="spacedrive.manifest"):
+        load_extension(directory)
+    found, broken = __import__("capengine.host.manifests", fromlist=["load_extensions"]).load_extensions(tmp_path)
+    assert found == [] and len(broken) == 1  # one bad extension never stops the others from loading

@@ -66,18 +66,48 @@ def embedded_facts(module: Path, source: bytes | None = None) -> dict:
     if MANIFEST_SECTION not in sections:
         raise ModuleManifestError(f"{module}: no {MANIFEST_SECTION} section (not built with the Rust SDK's "
                                   "#[extension]?)")
-    try:
-        facts = json.loads(sections[MANIFEST_SECTION])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModuleManifestError(f"{module}: the {MANIFEST_SECTION} section is not JSON: {exc}") from None
-    if not isinstance(facts, dict) or set(facts) - set(FACTS):
-        raise ModuleManifestError(f"{module}: the {MANIFEST_SECTION} section has unexpected content")
+    facts = _parse_facts(sections[MANIFEST_SECTION], module)
     exported = [line for line in sections.get(JOBS_SECTION, b"").decode("utf-8", "replace").split("\n") if line]
     listed = facts.get("jobs", [])
     if sorted(set(exported)) != sorted(listed):
         raise ModuleManifestError(
             f"{module}: #[extension(jobs = [...])] lists {sorted(listed)} but the module's #[job]s are "
             f"{sorted(set(exported))}; list every #[job] in #[extension] and nothing else")
+    return facts
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise ValueError("a duplicate key")
+    return dict(pairs)
+
+
+def _text(value: object) -> bool:
+    """A str that has a UTF-8 form (json accepts a lone surrogate escape such as \\ud800; no file can hold it)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse_facts(raw: bytes, module: Path) -> dict:
+    """The section's facts, shaped as the SDK writes them: the module is the guest's, so is this section (deep
+    nesting, wrong types, duplicate keys are an error naming the section, never a traceback)."""
+    where = f"{module}: the {MANIFEST_SECTION} section"
+    try:
+        facts = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModuleManifestError(f"{where} is not a JSON object as #[extension] writes it: {str(exc)[:200]}") from None
+    if not isinstance(facts, dict) or set(facts) - set(FACTS):
+        raise ModuleManifestError(f"{where} has unexpected content (keys allowed: {', '.join(FACTS)})")
+    for key, value in facts.items():
+        ok = (isinstance(value, list) and all(map(_text, value))) if key in ("jobs", "operations") else _text(value)
+        if not ok:
+            kind = "a list of strings" if key in ("jobs", "operations") else "a string"
+            raise ModuleManifestError(f"{where}: {key} must be {kind}")
     return facts
 
 
