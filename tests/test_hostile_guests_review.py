@@ -494,3 +494,20 @@ def test_malformed_embedded_manifest_facts_are_an_extension_error_never_a_traceb
         load_extension(directory)
     found, broken = __import__("capengine.host.manifests", fromlist=["load_extensions"]).load_extensions(tmp_path)
     assert found == [] and len(broken) == 1  # one bad extension never stops the others from loading
+
+
+def test_compile_time_is_not_counted_against_the_job_s_cpu_limit(tmp_path, monkeypatch):
+    """A large module (within the caps) may take seconds to compile on its first job: that is the host's
+    work, so the job's CPU limit starts once it is compiled (before, a cold compile longer than cpu_seconds
+    failed the first job at its first instruction with "CPU time limit")."""
+    import time as time_module
+
+    h = make_host(tmp_path, cpu_seconds=0.3)
+    try:
+        real = h.runtime.load_module
+        monkeypatch.setattr(h.runtime, "load_module", lambda ext: (time_module.sleep(0.8), real(ext))[1])
+        wat = wat_module('(func (export "execute_go") (result i32) (i32.const 0))')
+        result, _ = h.run_job(extension(tmp_path, wat), "go", b"{}")
+        assert result.status == "completed", result.error
+    finally:
+        h.close()

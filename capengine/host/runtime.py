@@ -285,7 +285,6 @@ class Runtime:
             store.set_fuel(lim.fuel)
         if self._interrupting:
             return "interrupted", None, "the host is shutting down"
-        store.set_epoch_deadline(self._deadline_ticks())
         memory = None
         try:
             pre, wrong = self.prepare(ext)
@@ -293,6 +292,9 @@ class Runtime:
                 if name in wrong:
                     return "failed", None, (f"the module exports {name} as {wrong[name]}; it must be a "
                                             "function () -> i32")
+            # The job's clock starts now: compiling (seconds for a large module's first job) is the host's work.
+            store.set_epoch_deadline(self._deadline_ticks())  # before instantiation: a start function runs in it
+            session.deadline = Deadline.after(lim.cpu_seconds, lambda: self._interrupting)
             instance = pre.instantiate(store)
             exports = instance.exports(store)
             memory = exports.get("memory")
