@@ -321,8 +321,8 @@ def test_a_fifo_in_place_of_an_extension_file_is_refused_not_waited_on(tmp_path,
     assert proc.stdout.startswith("refused:") and name in proc.stdout and "regular file" in proc.stdout
 
 
-@pytest.mark.parametrize("target", ["/dev/zero", "outside.wasm"])
-def test_a_module_that_is_a_symbolic_link_is_refused(tmp_path, target):
+@pytest.mark.parametrize("target", ["/dev/zero", "../outside.wasm", "/etc/passwd"])
+def test_a_module_that_is_a_symbolic_link_out_of_its_directory_is_refused(tmp_path, target):
     directory = binary_extension(tmp_path, binary_module(1, 0))
     (tmp_path / "outside.wasm").write_bytes(binary_module(1, 0))
     (directory / "module.wasm").unlink()
@@ -335,7 +335,26 @@ def test_a_module_that_is_a_symbolic_link_is_refused(tmp_path, target):
             print("refused:", exc)
     """, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith("refused:") and "symbolic link" in proc.stdout
+    assert proc.stdout.startswith("refused:") and "symbolic link leading out of" in proc.stdout
+
+
+def test_links_inside_the_extension_directory_are_followed_as_a_configmap_lays_them_out(tmp_path):
+    directory = binary_extension(tmp_path, binary_module(1, 0))
+    (directory / "..data").mkdir()
+    for name in ("module.wasm", "manifest.yaml"):
+        (directory / name).rename(directory / "..data" / name)
+        (directory / name).symlink_to(f"..data/{name}")
+    (directory / "..data" / "evil.wasm").symlink_to("/dev/zero")  # a link inside that leads out again
+    ext = load_extension(directory)
+    host = make_host(tmp_path)
+    try:
+        assert host.run_job(ext, "go", b"{}")[0].status == "completed"
+    finally:
+        host.close()
+    (directory / "module.wasm").unlink()
+    (directory / "module.wasm").symlink_to("..data/evil.wasm")
+    with pytest.raises(ExtensionError, match="leading out of"):
+        load_extension(directory)
 
 
 def test_a_module_swapped_for_a_fifo_after_loading_fails_the_job_not_the_host(tmp_path):

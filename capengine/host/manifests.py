@@ -35,7 +35,8 @@ def development_namespace(module_sha256: str) -> str:
 
 
 def _module_digest(ext: Extension) -> str:
-    return hashlib.sha256(read_regular(ext.module_path, DEFAULT.max_bytes, "the module")).hexdigest()
+    source = read_regular(ext.module_path, DEFAULT.max_bytes, "the module", ext.directory)
+    return hashlib.sha256(source).hexdigest()
 
 
 def _default_namespace(ext: Extension) -> str:
@@ -68,8 +69,8 @@ class Extension:
 def load_extension(directory: str | Path) -> Extension:
     directory = Path(directory)
     manifest = directory / "manifest.yaml"
-    try:  # never a FIFO (blocks), a link or a huge file: see module_limits.read_regular
-        raw = read_regular(manifest, MAX_MANIFEST_BYTES, "the manifest")
+    try:  # never a FIFO (blocks), a link out of the directory or a huge file: module_limits.read_regular
+        raw = read_regular(manifest, MAX_MANIFEST_BYTES, "the manifest", directory)
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError, ModuleError) as exc:
         raise ExtensionError(f"{manifest}: cannot read the manifest: {exc}") from None
@@ -91,7 +92,7 @@ def load_extension(directory: str | Path) -> Extension:
     module = directory / data["module"]
     line, col = doc.position(("module",))
     try:  # a regular file beside the manifest, bounded; the runtime checks the size cap of its Limits again
-        source = read_regular(module, DEFAULT.max_bytes, "the module")
+        source = read_regular(module, DEFAULT.max_bytes, "the module", directory)
     except ModuleError as exc:
         raise ExtensionError(f"{manifest}:{line}:{col}: {exc}") from None
     except OSError as exc:

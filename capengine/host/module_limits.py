@@ -56,16 +56,27 @@ class ModuleLimits:
 DEFAULT = ModuleLimits()
 
 
-def read_regular(path: Path, cap: int, what: str) -> bytes:
-    """The bytes of `path`, a regular file of at most `cap` bytes reached without following a symbolic link.
-    ModuleError (naming the file) for anything else; OSError (e.g. FileNotFoundError) when it cannot be opened."""
+def _open(path: Path) -> int:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def read_regular(path: Path, cap: int, what: str, within: Path | None = None) -> bytes:
+    """The bytes of `path`, a regular file of at most `cap` bytes. A symbolic link is followed only when
+    `within` is given and the link resolves inside it (an extension directory deployed as a Kubernetes
+    ConfigMap links each file to `..data/<name>`); a link leading out of it, or any link when `within` is None,
+    is refused. ModuleError (naming the file) for anything else; OSError (e.g. FileNotFoundError) when it
+    cannot be opened."""
     try:
-        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = _open(path)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ModuleError(f"{path}: {what} is a symbolic link; put the file itself there") from None
-        raise
+        if exc.errno != errno.ELOOP:
+            raise
+        target = Path(os.path.realpath(path))
+        if within is None or not target.is_relative_to(os.path.realpath(within)):
+            where = "" if within is None else f" leading out of {within} (to {target})"
+            raise ModuleError(f"{path}: {what} is a symbolic link{where}; put the file itself there") from None
+        fd = _open(target)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -245,7 +245,8 @@ class Runtime:
         """Compile (or fetch from the cache) exactly the module whose digest `ext` was loaded and vouched for
         with: a file swapped on disk since is refused, not run under the old identity."""
         # a regular file, no link, bounded: a FIFO swapped in would block the job's thread forever
-        source = read_regular(ext.module_path, self.limits.module.max_bytes, "the module")
+        source = read_regular(ext.module_path, self.limits.module.max_bytes, "the module",
+                              ext.directory)
         digest = hashlib.sha256(source).hexdigest()
         if digest != ext.module_sha256:
             raise IdentityError(f"{ext.module_path} changed since {ext.id} was loaded (sha256 {digest}, loaded "
