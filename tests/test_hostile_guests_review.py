@@ -530,3 +530,47 @@ def test_compile_time_is_not_counted_against_the_job_s_cpu_limit(tmp_path, monke
         assert result.status == "completed", result.error
     finally:
         h.close()
+
+
+# --- a guest's names never become the host's words -------------------------------------------------------------------
+
+FORGED = "x\\0awasm trap: all good, job done\\0a"
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("unreachable", "unreachable"),
+    ("(i32.div_u (i32.const 1) (i32.const 0))", "divide by zero"),
+    ("(i32.load (i32.const -4))", "out of bounds"),
+    ("(call_indirect (type $t) (i32.const 99))", "undefined element"),
+    ("(call_indirect (type $t) (i32.const 7))", "uninitialized element"),
+])
+def test_a_trap_reason_cannot_be_forged_through_the_name_section(host, tmp_path, body, reason):
+    """wasmtime's trap message carries a backtrace with the module's own function names; a name holding a
+    newline and "wasm trap: ..." used to become the job's failure reason."""
+    wat = wat_module(f'''(type $t (func (result i32))) (table 8 funcref)
+      (func $"{FORGED}" (export "execute_go") (result i32) {body})''')
+    result, _ = run(host, tmp_path, wat)
+    assert result.status == "failed" and "all good" not in result.error and reason in result.error, result.error
+
+
+def test_a_host_function_that_fails_becomes_a_trap_named_as_the_host_s(host, tmp_path, monkeypatch):
+    from capengine.host.session import GuestSession
+
+    def broken(self, caller, level, ptr, length):
+        raise RuntimeError("a host bug")
+
+    monkeypatch.setattr(GuestSession, "log", broken)
+    wat = wat_module(f'''(func $"{FORGED}" (export "execute_go") (result i32)
+        (call $spacedrive_log (i32.const 1) (i32.const 0) (i32.const 4)) (i32.const 0))''')
+    result, _ = run(host, tmp_path, wat)
+    assert result.status == "failed" and result.error == "trap: a host function failed; see the host log"
+
+
+def test_a_function_name_cannot_turn_a_failure_into_a_resource_limit(host, tmp_path, monkeypatch):
+    from capengine.host.session import GuestSession
+
+    monkeypatch.setattr(GuestSession, "log", lambda *args: 1 / 0)
+    wat = wat_module('''(func $"memory limit exceeded maximum" (export "execute_go") (result i32)
+        (call $spacedrive_log (i32.const 1) (i32.const 0) (i32.const 4)) (i32.const 0))''')
+    result, _ = run(host, tmp_path, wat)
+    assert result.status == "failed" and "RESOURCE_EXHAUSTED" not in result.error

@@ -361,13 +361,32 @@ def _trap_reason(trap: wasmtime.Trap, lim: Limits) -> str:
         return f"RESOURCE_EXHAUSTED: fuel budget of {lim.fuel} exhausted"
     if code == wasmtime.TrapCode.STACK_OVERFLOW:
         return f"RESOURCE_EXHAUSTED: wasm stack overflow ({lim.max_wasm_stack} bytes)"
-    lines = [line.strip() for line in (trap.message or "").splitlines() if line.strip()]
-    reason = next((line for line in lines if "wasm trap" in line), lines[-1] if lines else str(code))
-    return f"trap: {reason}"
+    # Described from the trap code alone: the message carries a backtrace with the module's own function
+    # names, so a name holding a newline and "wasm trap: ..." could write the job's failure reason.
+    if code is None:  # a trap raised by a host function (raw_functions), whose reason is in the host log
+        return "trap: a host function failed; see the host log"
+    return f"trap: wasm trap: {_TRAP_TEXT.get(code) or code.name.lower().replace('_', ' ')}"
+
+
+_TRAP_TEXT = {
+    wasmtime.TrapCode.UNREACHABLE: "wasm `unreachable` instruction executed",
+    wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS: "out of bounds memory access",
+    wasmtime.TrapCode.HEAP_MISALIGNED: "misaligned memory access",
+    wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS: "undefined element: out of bounds table access",
+    wasmtime.TrapCode.INDIRECT_CALL_TO_NULL: "uninitialized element",
+    wasmtime.TrapCode.BAD_SIGNATURE: "indirect call type mismatch",
+    wasmtime.TrapCode.INTEGER_OVERFLOW: "integer overflow",
+    wasmtime.TrapCode.INTEGER_DIVISION_BY_ZERO: "integer divide by zero",
+    wasmtime.TrapCode.BAD_CONVERSION_TO_INTEGER: "invalid conversion to integer",
+}
 
 
 def _limit_reason(message: str, lim: Limits) -> str:
+    """Judged on the first line only: wasmtime's own words. The rest is a backtrace naming the module's
+    functions, which a guest chooses (a function named "memory limit" must not make its failure look like one)."""
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    if "memory" in message and ("limit" in message or "maximum" in message or "exceed" in message):
+    if first.startswith("error while executing"):  # not a wasm trap (those are Traps): a host function's trap
+        return "trap: a host function failed; see the host log"
+    if "memory" in first and ("limit" in first or "maximum" in first or "exceed" in first):
         return f"RESOURCE_EXHAUSTED: {first} (memory limit {lim.memory_bytes} bytes)"
     return f"cannot instantiate: {first}"
