@@ -574,3 +574,11 @@ def test_a_function_name_cannot_turn_a_failure_into_a_resource_limit(host, tmp_p
         (call $spacedrive_log (i32.const 1) (i32.const 0) (i32.const 4)) (i32.const 0))''')
     result, _ = run(host, tmp_path, wat)
     assert result.status == "failed" and "RESOURCE_EXHAUSTED" not in result.error
+
+
+def test_an_error_listing_bad_imports_stays_short_however_many_and_long_they_are(host, tmp_path):
+    imports = "".join(f'(import "env" "{"n" * 5000}{i}" (func))' for i in range(2000))
+    wat = f'(module {imports} (memory (export "memory") 1) (func (export "execute_go") (result i32) (i32.const 0)))'
+    result, _ = run(host, tmp_path, wat)
+    assert result.status == "failed" and "env.nnn" in result.error and "1990 more" in result.error
+    assert len(result.error) < 2000

@@ -207,13 +207,15 @@ class Runtime:
         problems = []
         for imp in module.imports:
             want = self._types.get(imp.name or "") if imp.module == "spacedrive" else None
-            got = imp.type
+            got, name = imp.type, _short(f"{imp.module}.{imp.name}")  # the guest's names: bounded, escaped later
             if want is None:
-                problems.append(f"{imp.module}.{imp.name} ({_describe(got)})")
+                problems.append(f"{name} ({_describe(got)})")
             elif not isinstance(got, wasmtime.FuncType) or (got.params, got.results) != (want.params, want.results):
-                problems.append(f"{imp.module}.{imp.name} as {_describe(got)}, but the host's is {_describe(want)}")
+                problems.append(f"{name} as {_describe(got)}, but the host's is {_describe(want)}")
         if problems:
-            raise ModuleError(f"{ext.module_path.name} imports {'; '.join(problems)}: the host provides only the "
+            listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {len(problems) - MAX_LISTED} more"
+                                                         if len(problems) > MAX_LISTED else "")
+            raise ModuleError(f"{ext.module_path.name} imports {listed}: the host provides only the "
                               "spacedrive_* functions of docs/abi.md (no WASI, memories, tables or globals); "
                               "rebuild it against extensions/include")
 
@@ -328,6 +330,13 @@ class Runtime:
         if status == "failed" and memory is not None and memory.data_len(store) + WASM_PAGE > lim.memory_bytes:
             error += f"; RESOURCE_EXHAUSTED: linear memory is at the {lim.memory_bytes}-byte limit"
         return status, rc, error
+
+
+MAX_LISTED = 10  # import problems named in one error; the rest are counted
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 80 else name[:80] + "..."
 
 
 def _describe(ty: object) -> str:
