@@ -582,3 +582,30 @@ def test_an_error_listing_bad_imports_stays_short_however_many_and_long_they_are
     result, _ = run(host, tmp_path, wat)
     assert result.status == "failed" and "env.nnn" in result.error and "1990 more" in result.error
     assert len(result.error) < 2000
+
+
+# --- the signature file beside a manifest is the extension author's too ----------------------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "deep"])
+def test_a_hostile_signature_file_vouches_for_nothing_and_never_stalls_the_host(tmp_path, kind):
+    """With a trusted key, every job looks for signature.ed25519 beside the manifest: a FIFO there blocked the
+    job forever, /dev/zero read until memory ran out, and a deeply nested document was a RecursionError."""
+    binary_extension(tmp_path, binary_module(1, 0))
+    target = tmp_path / "bomb" / "signature.ed25519"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dev-zero":
+        target.symlink_to("/dev/zero")
+    else:
+        target.write_text("[" * 100_000)
+    proc = in_child("""
+        from pathlib import Path
+        from capengine.host import signatures
+        from capengine.host.installed import InstalledRegistry
+        from capengine.host.manifests import load_extension
+        data = Path("data")
+        InstalledRegistry(data).trusted.trust("publisher", signatures.generate_key(Path("k.pem")), ["com.example.*"])
+        print("signer:", InstalledRegistry(data).trusted.signer(load_extension("bomb")))
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "signer: None"
