@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from capengine.errors import CapengineError
+from capengine.host.module_limits import DEFAULT, ModuleError, read_regular
 
 MANIFEST_SECTION = "spacedrive.manifest"
 JOBS_SECTION = "spacedrive.jobs"
@@ -59,10 +60,14 @@ def custom_sections(data: bytes, where: str = "module") -> dict[str, bytes]:
     return found
 
 
+def _read(module: Path) -> bytes:
+    return read_regular(module, DEFAULT.max_bytes, "the module", module.parent)
+
+
 def embedded_facts(module: Path, source: bytes | None = None) -> dict:
     """The manifest facts of an SDK-built module (`source`: its bytes when already read); an error when they are
     missing or inconsistent."""
-    sections = custom_sections(module.read_bytes() if source is None else source, str(module))
+    sections = custom_sections(_read(module) if source is None else source, str(module))
     if MANIFEST_SECTION not in sections:
         raise ModuleManifestError(f"{module}: no {MANIFEST_SECTION} section (not built with the Rust SDK's "
                                   "#[extension]?)")
@@ -126,9 +131,9 @@ def disagreements(module: Path, manifest: object, source: bytes | None = None) -
     the very ones the host digests and runs); [] when they agree or when the module embeds none (C and WAT
     guests)."""
     try:
-        source = module.read_bytes() if source is None else source
+        source = _read(module) if source is None else source
         sections = custom_sections(source, str(module))
-    except (OSError, ModuleManifestError):
+    except (OSError, ModuleManifestError, ModuleError):
         return []  # not a binary module (or unreadable): loading it reports the real problem
     if MANIFEST_SECTION not in sections:
         return []
@@ -186,7 +191,7 @@ def main(argv: list[str]) -> int:
             for problem in check_manifest(directory):
                 print(problem, file=sys.stderr)
                 status = 1
-        except (ModuleManifestError, OSError) as exc:
+        except (ModuleManifestError, ModuleError, OSError) as exc:
             print(exc, file=sys.stderr)
             status = 1
     return status
