@@ -609,3 +609,54 @@ def test_a_hostile_signature_file_vouches_for_nothing_and_never_stalls_the_host(
     """, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "signer: None"
+
+
+# --- held envelopes and memory that grows between calls (attacks that held; kept as regressions) ------------------
+
+def test_a_held_envelope_never_outlives_the_next_call_even_a_faulted_one(host, tmp_path):
+    data = f'(data (i32.const 1024) "test.ping") (data (i32.const 2048) "{wat_bytes(PING)}")'
+    ping = (f"(call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 2048) "
+            f"(i32.const {len(PING)}))")
+    body = f'''(func (export "execute_go") (result i32) (local $n i32)
+        (if (i32.ne (call $spacedrive_result (i32.const 0) (i32.const 0)) (i32.const 0)) (then unreachable))
+        (local.set $n {ping})
+        (if (i32.le_s (local.get $n) (i32.const 0)) (then unreachable))
+        ;; twice, and with a forged (larger) capacity: the same length, the same bytes
+        (if (i32.ne (call $spacedrive_result (i32.const 8192) (i32.const 1000)) (local.get $n)) (then unreachable))
+        (if (i32.ne (call $spacedrive_result (i32.const 8192) (i32.const -1)) (local.get $n)) (then unreachable))
+        ;; a faulted call (method range outside memory) drops the held envelope: nothing stale to fetch
+        (if (i32.ne (call $spacedrive_call (i32.const -16) (i32.const 9) (i32.const 0) (i32.const 2048)
+                                            (i32.const 2)) (i32.const -1)) (then unreachable))
+        (if (i32.ne (call $spacedrive_result (i32.const 8192) (i32.const 1000)) (i32.const 0)) (then unreachable))
+        (i32.const 0))'''
+    result, calls = run(host, tmp_path, wat_module(body, data))
+    assert result.status == "completed", result.error
+    assert [c.code for c in calls] == ["OK", "FAULT_RANGE"]
+
+
+def test_memory_grown_to_the_limit_between_calls_is_addressable_to_its_last_byte_and_not_one_past(tmp_path):
+    h = make_host(tmp_path, memory_bytes=4 * 65536)
+    try:
+        top = 4 * 65536
+        data = f'(data (i32.const 1024) "test.ping") (data (i32.const 2048) "{wat_bytes(PING)}")'
+        body = f'''(func (export "execute_go") (result i32)
+            (if (i32.ne (memory.grow (i32.const 2)) (i32.const 2)) (then unreachable))
+            (if (i32.ne (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))  ;; past the limit
+            (memory.copy (i32.const {top - len(PING)}) (i32.const 2048) (i32.const {len(PING)}))
+            (if (i32.le_s (call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0)
+                                                 (i32.const {top - len(PING)}) (i32.const {len(PING)})) (i32.const 0))
+              (then unreachable))
+            (if (i32.ne (call $spacedrive_call (i32.const 1024) (i32.const 9) (i32.const 0)
+                                               (i32.const {top - len(PING) + 1}) (i32.const {len(PING)}))
+                        (i32.const -1))
+              (then unreachable))
+            (if (i32.ne (call $spacedrive_call_into (i32.const 1024) (i32.const 9) (i32.const 0) (i32.const 2048)
+                                                    (i32.const {len(PING)}) (i32.const {top - 4}) (i32.const 5))
+                        (i32.const -1))
+              (then unreachable))
+            (i32.const 0))'''
+        result, calls = h.run_job(extension(tmp_path, wat_module(body, data)), "go", b"{}")
+        assert result.status == "completed", result.error
+        assert [c.code for c in calls] == ["OK", "FAULT_RANGE", "FAULT_RANGE"]
+    finally:
+        h.close()
