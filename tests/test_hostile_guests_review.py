@@ -660,3 +660,21 @@ def test_memory_grown_to_the_limit_between_calls_is_addressable_to_its_last_byte
         assert [c.code for c in calls] == ["OK", "FAULT_RANGE", "FAULT_RANGE"]
     finally:
         h.close()
+
+
+def test_a_shutdown_during_a_cold_compile_stops_the_job_before_it_runs(tmp_path, monkeypatch):
+    h = make_host(tmp_path, cpu_seconds=30.0)
+    try:
+        real = h.runtime.load_module
+
+        def compile_during_shutdown(ext):
+            module = real(ext)
+            h.runtime.interrupt_all()  # the daemon shuts down while the module compiles
+            return module
+
+        monkeypatch.setattr(h.runtime, "load_module", compile_during_shutdown)
+        wat = wat_module('(func (export "execute_go") (result i32) (loop $l (br $l)) (i32.const 0))')
+        result, _ = h.run_job(extension(tmp_path, wat), "go", b"{}")
+        assert result.status == "interrupted" and "shutting down" in result.error
+    finally:
+        h.close()

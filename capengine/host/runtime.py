@@ -298,6 +298,10 @@ class Runtime:
             # The job's clock starts now: compiling (seconds for a large module's first job) is the host's work.
             store.set_epoch_deadline(self._deadline_ticks())  # before instantiation: a start function runs in it
             session.deadline = Deadline.after(lim.cpu_seconds, lambda: self._interrupting)
+            # After the deadline is set: an interrupt_all from now on pushes the epoch past it, and one made while
+            # the module compiled (the flag is set before the epoch moves) is seen here.
+            if self._interrupting:
+                return "interrupted", None, "the host is shutting down"
             instance = pre.instantiate(store)
             exports = instance.exports(store)
             memory = exports.get("memory")
