@@ -678,3 +678,9 @@ def test_a_shutdown_during_a_cold_compile_stops_the_job_before_it_runs(tmp_path,
         assert result.status == "interrupted" and "shutting down" in result.error
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("tables", ["(table 100000 funcref)", "(table 1 funcref) " * 5])
+def test_tables_over_the_limits_are_resource_exhausted(host, tmp_path, tables):
+    result, _ = run(host, tmp_path, wat_module(tables + '(func (export "execute_go") (result i32) (i32.const 0))'))
+    assert result.status == "failed" and result.error.startswith("RESOURCE_EXHAUSTED") and "table" in result.error

@@ -402,4 +402,6 @@ def _limit_reason(message: str, lim: Limits) -> str:
         return "trap: a host function failed; see the host log"
     if "memory" in first and ("limit" in first or "maximum" in first or "exceed" in first):
         return f"RESOURCE_EXHAUSTED: {first} (memory limit {lim.memory_bytes} bytes)"
+    if "table" in first and ("limit" in first or "exceed" in first):
+        return f"RESOURCE_EXHAUSTED: {first} (limits: {lim.table_elements} elements per table, {lim.tables} tables)"
     return f"cannot instantiate: {first}"
