@@ -110,6 +110,41 @@ def test_a_compile_bomb_is_refused_before_compilation(tmp_path, functions, local
     assert limit in error and "module.wasm" in error and "Traceback" not in proc.stderr
 
 
+def join_bomb(locals_: int, params: int, ifs: int) -> bytes:
+    """One function whose `locals_` i32 locals (or `params` parameters) are all live across `ifs` join points:
+    Cranelift's work is their product (1,000 locals x 100,000 ifs, 1.2 MB: 24 s; 10,000 locals: minutes)."""
+    count = locals_ + params
+    unit = b"".join(b"\x20" + leb(i % count) + b"\x04\x40\x20" + leb(i * 13 % count) + b"\x21" + leb((i + 5) % count)
+                    + b"\x0b" for i in range(ifs))
+    code = unit + b"\x41\x00" + b"".join(b"\x20" + leb(i) + b"\x6a" for i in range(count))
+    body = (leb(1) + leb(locals_) + b"\x7f" if locals_ else b"\x00") + code + b"\x0b"
+    types = section(1, leb(2) + b"\x60\x00\x01\x7f" + b"\x60" + leb(params) + b"\x7f" * params + b"\x01\x7f")
+    funcs = section(3, b"\x02\x00\x01")
+    memory = section(5, b"\x01\x00\x01")
+    exports = section(7, leb(2) + leb(6) + b"memory" + b"\x02\x00" + leb(10) + b"execute_go" + b"\x00\x00")
+    go = b"\x00\x41\x00\x0b"
+    code_section = section(10, leb(2) + leb(len(go)) + go + leb(len(body)) + body)
+    return b"\0asm\x01\0\0\0" + types + funcs + memory + exports + code_section
+
+
+@pytest.mark.parametrize("locals_, params", [(1000, 0), (0, 1000), (500, 500)])
+def test_a_function_whose_locals_meet_many_join_points_is_refused(tmp_path, locals_, params):
+    binary_extension(tmp_path, join_bomb(locals_, params, 100_000))
+    proc = in_child(RUN_BINARY_JOB, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status, error = proc.stdout.splitlines()[:2]
+    assert status == "failed" and "parameters and locals" in error and "module.wasm" in error
+
+
+def test_the_same_function_with_few_locals_compiles(tmp_path):
+    host = make_host(tmp_path)
+    try:
+        result, _ = host.run_job(load_extension(binary_extension(tmp_path, join_bomb(20, 2, 20_000))), "go", b"{}")
+        assert result.status == "completed", result.error
+    finally:
+        host.close()
+
+
 def test_a_module_over_the_size_cap_is_refused_without_compiling(tmp_path):
     cap = module_limits.ModuleLimits().max_bytes
     directory = binary_extension(tmp_path, binary_module(1, 0, custom=b"\0" * cap))

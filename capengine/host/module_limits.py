@@ -4,9 +4,11 @@ WHY: the epoch deadline and the store limits bound a guest only once it runs. Co
 done for the guest by the host (Cranelift cannot be interrupted), and it is cheap to make huge: a function
 declares 50,000 locals in four bytes, and a 65 KB module of 5,000 such functions took 15 s of both cores to
 compile; a 600 KB module of 100,000 empty functions 6.6 s. So a module is checked before it is compiled: file
-size, defined functions and declared locals, each against a `ModuleLimits` cap, refused with the cap named.
-Within the defaults, compilation is bounded by the code's size (measured here ~0.8 MB/s of real Rust code, so
-~20 s for the largest module allowed; the examples are 150 KB).
+size, defined functions, declared locals and (parameters + locals) x code bytes (a 1.2 MB function of 1,000
+locals and 100,000 `if`s took 24 s), each against a `ModuleLimits` cap, refused with the cap named. Within the
+defaults, compilation is bounded by the code's size (measured here ~0.8 MB/s of real Rust code, so ~20 s for
+the largest module allowed; the examples are 150 KB). These are measured bounds, not a proof: no static check
+can price every input of an optimising compiler.
 
 Files are read only when they are regular files reached without a symbolic link (a FIFO would block the
 reader forever, /dev/zero would never end) and only up to a cap, so no extension file can stall or exhaust the
@@ -47,10 +49,15 @@ class ModuleLimits:
     max_bytes: int = attrs.field(default=16 * MIB, validator=_positive)  # the .wasm (or .wat) file
     max_functions: int = attrs.field(default=50_000, validator=_positive)  # defined functions
     max_locals: int = attrs.field(default=1_000_000, validator=_positive)  # declared locals, all functions
+    # Sum over functions of (parameters + locals) x body bytes: Cranelift's cost grows with their product (every
+    # live local meets every join point), so a 1.2 MB function of 1,000 locals and 100,000 `if`s took 24 s to
+    # compile and one of 10,000 locals over 5 minutes. The Rust examples are at 3,000,000.
+    max_local_code_product: int = attrs.field(default=500_000_000, validator=_positive)
 
     def describe(self) -> str:
         """For the module cache's key: an entry compiled under other caps is never loaded under these."""
-        return f"max_bytes={self.max_bytes};max_functions={self.max_functions};max_locals={self.max_locals}"
+        return (f"max_bytes={self.max_bytes};max_functions={self.max_functions};max_locals={self.max_locals};"
+                f"max_local_code_product={self.max_local_code_product}")
 
 
 DEFAULT = ModuleLimits()
@@ -138,34 +145,71 @@ def check(binary: bytes, limits: ModuleLimits, name: str) -> None:
     if binary[:8] != b"\0asm\x01\0\0\0":
         raise r.fail("no WebAssembly module header")
     r.pos = 8
+    type_params: list[int] = []  # parameter count of each type
+    function_params: list[int] = []  # of each defined function
     while r.pos < len(binary):
         section_id = r.byte()
         size = r.u32()
         end = r.pos + size
         if end > len(binary):
             raise r.fail(f"section {section_id} runs past the end of the module")
-        if section_id in (3, 10):
+        if section_id == 1:
+            type_params = [_func_type_params(r) for _ in range(r.u32())]
+        elif section_id in (3, 10):
             count = r.u32()
             if count > limits.max_functions:
                 raise ModuleError(f"{name} defines {count} functions, over the cap of {limits.max_functions} "
                                   "(compiling each costs the host time); split or shrink the module")
-            if section_id == 10:
-                _check_locals(r, count, limits)
+            if section_id == 3:
+                function_params = [_params_of(r, type_params) for _ in range(count)]
+            else:
+                _check_locals(r, count, function_params, limits)
         r.pos = end
 
 
-def _check_locals(r: _Reader, count: int, limits: ModuleLimits) -> None:
-    total = 0
+def _valtype(r: _Reader) -> None:
+    if r.byte() in _REF_WITH_HEAP_TYPE:
+        r.u32()
+
+
+def _func_type_params(r: _Reader) -> int:
+    if r.byte() != 0x60:  # GC's rec/sub forms: validation refuses them first (GC is off)
+        raise r.fail("a type that is not a plain function type")
+    params = r.u32()
+    for _ in range(params):
+        _valtype(r)
+    for _ in range(r.u32()):
+        _valtype(r)
+    return params
+
+
+def _params_of(r: _Reader, type_params: list[int]) -> int:
+    index = r.u32()
+    if index >= len(type_params):
+        raise r.fail(f"function type {index} does not exist")
+    return type_params[index]
+
+
+def _check_locals(r: _Reader, count: int, function_params: list[int], limits: ModuleLimits) -> None:
+    total = product = 0
     for index in range(count):
         body_size = r.u32()
         body_end = r.pos + body_size
+        declared = 0
         for _ in range(r.u32()):
-            total += r.u32()
-            if r.byte() in _REF_WITH_HEAP_TYPE:
-                r.u32()
+            declared += r.u32()
+            _valtype(r)
+        total += declared
         if total > limits.max_locals:
             raise ModuleError(f"{r.name} declares more than {limits.max_locals} locals (function {index} reaches "
                               f"{total}); each costs compile time, so the module is refused; declare fewer")
+        params = function_params[index] if index < len(function_params) else 0
+        product += (params + declared) * body_size
+        if product > limits.max_local_code_product:
+            raise ModuleError(f"{r.name}: function {index} ({params + declared} parameters and locals, {body_size} "
+                              f"bytes of code) takes the module's (parameters + locals) x code bytes over the cap "
+                              f"of {limits.max_local_code_product}: compiling it would cost the host minutes; "
+                              "split large functions or use fewer locals in them")
         if body_end > len(r.data):
             raise r.fail(f"function body {index} runs past the end of the module")
         r.pos = body_end
