@@ -129,11 +129,19 @@ def join_bomb(locals_: int, params: int, ifs: int) -> bytes:
 
 @pytest.mark.parametrize("locals_, params", [(1000, 0), (0, 1000), (500, 500)])
 def test_a_function_whose_locals_meet_many_join_points_is_refused(tmp_path, locals_, params):
-    binary_extension(tmp_path, join_bomb(locals_, params, 100_000))
+    binary_extension(tmp_path, join_bomb(locals_, params, 60_000))  # ~700 KB, under the function cap
     proc = in_child(RUN_BINARY_JOB, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     status, error = proc.stdout.splitlines()[:2]
     assert status == "failed" and "parameters and locals" in error and "module.wasm" in error
+
+
+def test_one_function_over_the_code_cap_is_refused(tmp_path):
+    binary_extension(tmp_path, join_bomb(4, 0, 150_000))  # 1.35 MB in one function, few locals
+    proc = in_child(RUN_BINARY_JOB, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status, error = proc.stdout.splitlines()[:2]
+    assert status == "failed" and "bytes of code" in error and "split it" in error
 
 
 def test_the_same_function_with_few_locals_compiles(tmp_path):

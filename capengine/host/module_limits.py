@@ -4,15 +4,16 @@ WHY: the epoch deadline and the store limits bound a guest only once it runs. Co
 done for the guest by the host (Cranelift cannot be interrupted), and it is cheap to make huge: a function
 declares 50,000 locals in four bytes, and a 65 KB module of 5,000 such functions took 15 s of both cores to
 compile; a 600 KB module of 100,000 empty functions 6.6 s. So a module is checked before it is compiled: file
-size, defined functions, declared locals and (parameters + locals) x code bytes (a 1.2 MB function of 1,000
-locals and 100,000 `if`s took 24 s), each against a `ModuleLimits` cap, refused with the cap named. Within the
-defaults, compilation is bounded by the code's size (measured here ~0.8 MB/s of real Rust code, so ~20 s for
-the largest module allowed; the examples are 150 KB). These are measured bounds, not a proof: no static check
-can price every input of an optimising compiler.
+size, defined functions, declared locals, one function's code bytes (superlinear: a 5.4 MB function of
+600,000 `if`s took 48 s, the same code in 60 functions 3 s) and (parameters + locals) x code bytes (a 1.2 MB
+function of 1,000 locals and 100,000 `if`s took 24 s), each against a `ModuleLimits` cap, refused with the cap
+named. Within the defaults the worst shapes measured here compile in under 20 s (real Rust code: ~0.8 MB/s;
+the examples are 150 KB). These are measured bounds for the shapes tried, not a proof: no static check can
+price every input of an optimising compiler.
 
-Files are read only when they are regular files reached without a symbolic link (a FIFO would block the
-reader forever, /dev/zero would never end) and only up to a cap, so no extension file can stall or exhaust the
-host while it is loaded.
+Files are read only when they are regular files (a FIFO would block the reader forever, /dev/zero would never
+end), through a symbolic link only when it stays inside the extension directory, and only up to a cap, so no
+extension file can stall or exhaust the host while it is loaded.
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ class ModuleLimits:
     # live local meets every join point), so a 1.2 MB function of 1,000 locals and 100,000 `if`s took 24 s to
     # compile and one of 10,000 locals over 5 minutes. The Rust examples are at 3,000,000.
     max_local_code_product: int = attrs.field(default=500_000_000, validator=_positive)
+    # One function's code: the compiler's cost is superlinear in it (one 5.4 MB function of 100 locals and
+    # 600,000 `if`s took 48 s, the same code in 60 functions 3 s). The examples' largest is 15 KB.
+    max_function_bytes: int = attrs.field(default=1 * MIB, validator=_positive)
 
     def describe(self) -> str:
         """For the module cache's key: an entry compiled under other caps is never loaded under these."""
         return (f"max_bytes={self.max_bytes};max_functions={self.max_functions};max_locals={self.max_locals};"
-                f"max_local_code_product={self.max_local_code_product}")
+                f"max_local_code_product={self.max_local_code_product};max_function_bytes={self.max_function_bytes}")
 
 
 DEFAULT = ModuleLimits()
@@ -194,6 +198,10 @@ def _check_locals(r: _Reader, count: int, function_params: list[int], limits: Mo
     total = product = 0
     for index in range(count):
         body_size = r.u32()
+        if body_size > limits.max_function_bytes:
+            raise ModuleError(f"{r.name}: function {index} has {body_size} bytes of code, over the "
+                              f"{limits.max_function_bytes}-byte cap for one function (compiling a function costs "
+                              "more than its size); split it")
         body_end = r.pos + body_size
         declared = 0
         for _ in range(r.u32()):
