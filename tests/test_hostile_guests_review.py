@@ -144,6 +144,20 @@ def test_one_function_over_the_code_cap_is_refused(tmp_path):
     assert status == "failed" and "bytes of code" in error and "split it" in error
 
 
+def test_millions_of_empty_local_declarations_are_refused_without_walking_them(tmp_path, monkeypatch):
+    """(0 × i32) local groups are valid wasm: 16 functions of 500,000 each would be 8 M steps of the checker."""
+    groups = 500_000
+    body = leb(groups) + b"\x00\x7f" * groups + b"\x41\x00\x0b"
+    module = (b"\0asm\x01\0\0\0" + section(1, b"\x01\x60\x00\x01\x7f") + section(3, b"\x02\x00\x00")
+              + section(10, b"\x02" + (leb(len(body)) + body) * 2))
+    steps = []
+    real = module_limits._valtype
+    monkeypatch.setattr(module_limits, "_valtype", lambda r: steps.append(1) or real(r))
+    with pytest.raises(ModuleError, match="local declarations"):
+        module_limits.check(module, module_limits.ModuleLimits(max_locals=600_000), "module.wasm")
+    assert len(steps) <= 600_000
+
+
 def test_the_same_function_with_few_locals_compiles(tmp_path):
     host = make_host(tmp_path)
     try:

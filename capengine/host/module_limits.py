@@ -195,7 +195,7 @@ def _params_of(r: _Reader, type_params: list[int]) -> int:
 
 
 def _check_locals(r: _Reader, count: int, function_params: list[int], limits: ModuleLimits) -> None:
-    total = product = 0
+    total = product = total_groups = 0
     for index in range(count):
         body_size = r.u32()
         if body_size > limits.max_function_bytes:
@@ -204,7 +204,12 @@ def _check_locals(r: _Reader, count: int, function_params: list[int], limits: Mo
                               "more than its size); split it")
         body_end = r.pos + body_size
         declared = 0
-        for _ in range(r.u32()):
+        groups = r.u32()
+        total_groups += groups
+        if total_groups > limits.max_locals:  # groups of 0 locals are valid: bound this loop, not just the sum
+            raise ModuleError(f"{r.name} has more than {limits.max_locals} local declarations (function {index} "
+                              f"reaches {total_groups}); declare fewer")
+        for _ in range(groups):
             declared += r.u32()
             _valtype(r)
         total += declared
