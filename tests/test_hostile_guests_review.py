@@ -741,3 +741,13 @@ def test_a_shutdown_during_a_cold_compile_stops_the_job_before_it_runs(tmp_path,
 def test_tables_over_the_limits_are_resource_exhausted(host, tmp_path, tables):
     result, _ = run(host, tmp_path, wat_module(tables + '(func (export "execute_go") (result i32) (i32.const 0))'))
     assert result.status == "failed" and result.error.startswith("RESOURCE_EXHAUSTED") and "table" in result.error
+
+
+def test_hundreds_of_thousands_of_custom_sections_are_joined_in_order(tmp_path):
+    """A module may split `spacedrive.jobs` into one section per byte; they are joined once, in order (the
+    pairwise concatenation this replaced was quadratic: a 16 MiB module of such sections cost seconds on load)."""
+    from capengine.host import module_manifest
+
+    text = b"go\nscan\n" * 50_000
+    module = b"\0asm\x01\0\0\0" + b"".join(custom_section("spacedrive.jobs", bytes([b])) for b in text)
+    assert module_manifest.custom_sections(module)["spacedrive.jobs"] == text
