@@ -194,7 +194,7 @@ class Runtime:
                 return found
         module = self.load_module(ext)
         self._check_imports(module, ext)
-        pre = found = self._linker.instantiate_pre(module), _entry_problems(module)
+        pre = self._linker.instantiate_pre(module), _entry_problems(module)
         with self._prepared_lock:
             self._prepared[digest] = pre
             while len(self._prepared) > MAX_PREPARED:
@@ -246,7 +246,7 @@ class Runtime:
     def load_module(self, ext: Extension) -> wasmtime.Module:
         """Compile (or fetch from the cache) exactly the module whose digest `ext` was loaded and vouched for
         with: a file swapped on disk since is refused, not run under the old identity."""
-        # a regular file, no link, bounded: a FIFO swapped in would block the job's thread forever
+        # a bounded regular file, no link out of its directory: a FIFO swapped in would block the job forever
         source = read_regular(ext.module_path, self.limits.module.max_bytes, "the module",
                               ext.directory)
         digest = hashlib.sha256(source).hexdigest()
