@@ -15,6 +15,7 @@ import attrs
 
 from capengine.errors import CapengineError
 from capengine.host import module_manifest
+from capengine.host.module_limits import DEFAULT, MAX_MANIFEST_BYTES, ModuleError, read_regular
 from capengine.policy import globs
 from capengine.policy.schemas import validator
 from capengine.policy.yaml_source import YamlSourceError, load_documents
@@ -34,7 +35,8 @@ def development_namespace(module_sha256: str) -> str:
 
 
 def _module_digest(ext: Extension) -> str:
-    return hashlib.sha256(ext.module_path.read_bytes()).hexdigest()
+    source = read_regular(ext.module_path, DEFAULT.max_bytes, "the module", ext.directory)
+    return hashlib.sha256(source).hexdigest()
 
 
 def _default_namespace(ext: Extension) -> str:
@@ -67,10 +69,10 @@ class Extension:
 def load_extension(directory: str | Path) -> Extension:
     directory = Path(directory)
     manifest = directory / "manifest.yaml"
-    try:
-        raw = manifest.read_bytes()
+    try:  # never a FIFO (blocks), a link out of the directory or a huge file: module_limits.read_regular
+        raw = read_regular(manifest, MAX_MANIFEST_BYTES, "the manifest", directory)
         text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ModuleError) as exc:
         raise ExtensionError(f"{manifest}: cannot read the manifest: {exc}") from None
     try:
         docs = list(load_documents(text))
@@ -88,10 +90,12 @@ def load_extension(directory: str | Path) -> Extension:
     if problems:
         raise ExtensionError("; ".join(problems))
     module = directory / data["module"]
-    try:
-        source = module.read_bytes()
+    line, col = doc.position(("module",))
+    try:  # a regular file beside the manifest, bounded; the runtime checks the size cap of its Limits again
+        source = read_regular(module, DEFAULT.max_bytes, "the module", directory)
+    except ModuleError as exc:
+        raise ExtensionError(f"{manifest}:{line}:{col}: {exc}") from None
     except OSError as exc:
-        line, col = doc.position(("module",))
         raise ExtensionError(f"{manifest}:{line}:{col}: cannot read module file {data['module']} in {directory}: "
                              f"{exc.strerror} (build it first: make -C extensions)") from None
     try:  # a module built with the Rust SDK carries its manifest facts: the manifest must say the same

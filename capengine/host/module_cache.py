@@ -10,23 +10,27 @@ from pathlib import Path
 
 import wasmtime
 
-from capengine.errors import CapengineError
 from capengine.host import data_dir as private
+from capengine.host.module_limits import DEFAULT, MAX_CACHE_ENTRY_BYTES, ModuleError, ModuleLimits, check, read_regular
 
 log = logging.getLogger("capengine.host.module_cache")
 KEY_FIX = "delete it (the module cache is rebuilt; nothing else depends on that key)"
 TAG_DOMAIN = b"capengine module cache v2"
 
 
-class ModuleError(CapengineError):
-    """An extension's module file does not compile; the message names the file."""
+__all__ = ["ModuleCache", "ModuleError", "compile_module"]
 
 
-def compile_module(engine: wasmtime.Engine, source: bytes, is_wat: bool, name: str = "the module") -> wasmtime.Module:
-    """Raises ModuleError naming `name` (the file) for text that is not UTF-8 or a module wasmtime rejects."""
+def compile_module(engine: wasmtime.Engine, source: bytes, is_wat: bool, name: str = "the module",
+                   limits: ModuleLimits = DEFAULT) -> wasmtime.Module:
+    """Raises ModuleError naming `name` (the file) for text that is not UTF-8, a module wasmtime rejects, or
+    one over `limits` (checked on the binary after validation and before compilation: module_limits)."""
     kind = "WebAssembly text (.wat)" if is_wat else "WebAssembly binary (.wasm)"
     try:
-        return wasmtime.Module(engine, source.decode("utf-8") if is_wat else source)
+        binary = bytes(wasmtime.wat2wasm(source.decode("utf-8"))) if is_wat else source
+        wasmtime.Module.validate(engine, binary)  # linear and fast; compilation is neither
+        check(binary, limits, name)
+        return wasmtime.Module(engine, binary)
     except UnicodeDecodeError as exc:
         raise ModuleError(f"{name} is not valid {kind}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
                           "fix or rebuild it") from None
@@ -46,8 +50,9 @@ class ModuleCache:
     A cache that cannot be written (full or read-only disk) costs a compilation, never a job.
     """
 
-    def __init__(self, engine: wasmtime.Engine, directory: Path, engine_config: str) -> None:
-        self.engine = engine
+    def __init__(self, engine: wasmtime.Engine, directory: Path, engine_config: str,
+                 limits: ModuleLimits = DEFAULT) -> None:
+        self.engine, self.limits = engine, limits
         self.directory = Path(directory)
         self.version = importlib.metadata.version("wasmtime")
         self.engine_config = engine_config
@@ -93,11 +98,14 @@ class ModuleCache:
         digest = digest or hashlib.sha256(source).hexdigest()
         if self._key is None:
             self.misses += 1
-            return compile_module(self.engine, source, is_wat, name)
+            return compile_module(self.engine, source, is_wat, name, self.limits)
         path = self.path_for(digest)
-        try:
-            blob = path.read_bytes()
-        except OSError:
+        try:  # never a FIFO (it would block), a link or a huge file: any of them is not an entry
+            blob = read_regular(path, MAX_CACHE_ENTRY_BYTES, "a module cache entry")
+        except FileNotFoundError:
+            blob = b""
+        except (OSError, ModuleError) as exc:
+            log.warning("cache entry %s is unusable (%s); recompiling", path.name, exc)
             blob = b""
         tag, data = blob[:32], blob[32:]
         if data and hmac.compare_digest(tag, self._tag(digest, data)):
@@ -110,7 +118,7 @@ class ModuleCache:
         elif blob:
             log.warning("cache entry %s failed verification; recompiling", path.name)
         self.misses += 1
-        module = compile_module(self.engine, source, is_wat, name)
+        module = compile_module(self.engine, source, is_wat, name, self.limits)
         try:
             compiled = bytes(module.serialize())
             # No fsync: a torn entry fails its tag and is recompiled, so the cache needs atomicity, not durability.

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from capengine.errors import CapengineError
+from capengine.host.module_limits import DEFAULT, ModuleError, read_regular
 
 MANIFEST_SECTION = "spacedrive.manifest"
 JOBS_SECTION = "spacedrive.jobs"
@@ -43,8 +44,8 @@ def custom_sections(data: bytes, where: str = "module") -> dict[str, bytes]:
     """Custom sections by name (same-named ones concatenated in order, as a linker would)."""
     if data[:4] != b"\0asm" or data[4:8] != b"\x01\0\0\0":
         raise ModuleManifestError(f"{where}: not a WebAssembly binary module (build it first)")
-    found: dict[str, bytes] = {}
-    pos = 8
+    found: dict[str, list[bytes]] = {}  # joined once at the end: a module of 800,000 one-byte sections of one
+    pos = 8                               # name made repeated concatenation quadratic (seconds on load)
     while pos < len(data):
         section_id = data[pos]
         size, start = _leb128(data, pos + 1, where)
@@ -54,30 +55,64 @@ def custom_sections(data: bytes, where: str = "module") -> dict[str, bytes]:
         if section_id == 0:
             name_len, name_start = _leb128(data, start, where)
             name = data[name_start:name_start + name_len].decode("utf-8", "replace")
-            found[name] = found.get(name, b"") + data[name_start + name_len:end]
+            found.setdefault(name, []).append(data[name_start + name_len:end])
         pos = end
-    return found
+    return {name: b"".join(parts) for name, parts in found.items()}
+
+
+def _read(module: Path) -> bytes:
+    return read_regular(module, DEFAULT.max_bytes, "the module", module.parent)
 
 
 def embedded_facts(module: Path, source: bytes | None = None) -> dict:
     """The manifest facts of an SDK-built module (`source`: its bytes when already read); an error when they are
     missing or inconsistent."""
-    sections = custom_sections(module.read_bytes() if source is None else source, str(module))
+    sections = custom_sections(_read(module) if source is None else source, str(module))
     if MANIFEST_SECTION not in sections:
         raise ModuleManifestError(f"{module}: no {MANIFEST_SECTION} section (not built with the Rust SDK's "
                                   "#[extension]?)")
-    try:
-        facts = json.loads(sections[MANIFEST_SECTION])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModuleManifestError(f"{module}: the {MANIFEST_SECTION} section is not JSON: {exc}") from None
-    if not isinstance(facts, dict) or set(facts) - set(FACTS):
-        raise ModuleManifestError(f"{module}: the {MANIFEST_SECTION} section has unexpected content")
+    facts = _parse_facts(sections[MANIFEST_SECTION], module)
     exported = [line for line in sections.get(JOBS_SECTION, b"").decode("utf-8", "replace").split("\n") if line]
     listed = facts.get("jobs", [])
     if sorted(set(exported)) != sorted(listed):
         raise ModuleManifestError(
             f"{module}: #[extension(jobs = [...])] lists {sorted(listed)} but the module's #[job]s are "
             f"{sorted(set(exported))}; list every #[job] in #[extension] and nothing else")
+    return facts
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise ValueError("a duplicate key")
+    return dict(pairs)
+
+
+def _text(value: object) -> bool:
+    """A str that has a UTF-8 form (json accepts a lone surrogate escape such as \\ud800; no file can hold it)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse_facts(raw: bytes, module: Path) -> dict:
+    """The section's facts, shaped as the SDK writes them: the module is the guest's, so is this section (deep
+    nesting, wrong types, duplicate keys are an error naming the section, never a traceback)."""
+    where = f"{module}: the {MANIFEST_SECTION} section"
+    try:
+        facts = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModuleManifestError(f"{where} is not a JSON object as #[extension] writes it: {str(exc)[:200]}") from None
+    if not isinstance(facts, dict) or set(facts) - set(FACTS):
+        raise ModuleManifestError(f"{where} has unexpected content (keys allowed: {', '.join(FACTS)})")
+    for key, value in facts.items():
+        ok = (isinstance(value, list) and all(map(_text, value))) if key in ("jobs", "operations") else _text(value)
+        if not ok:
+            kind = "a list of strings" if key in ("jobs", "operations") else "a string"
+            raise ModuleManifestError(f"{where}: {key} must be {kind}")
     return facts
 
 
@@ -96,9 +131,9 @@ def disagreements(module: Path, manifest: object, source: bytes | None = None) -
     the very ones the host digests and runs); [] when they agree or when the module embeds none (C and WAT
     guests)."""
     try:
-        source = module.read_bytes() if source is None else source
+        source = _read(module) if source is None else source
         sections = custom_sections(source, str(module))
-    except (OSError, ModuleManifestError):
+    except (OSError, ModuleManifestError, ModuleError):
         return []  # not a binary module (or unreadable): loading it reports the real problem
     if MANIFEST_SECTION not in sections:
         return []
@@ -156,7 +191,7 @@ def main(argv: list[str]) -> int:
             for problem in check_manifest(directory):
                 print(problem, file=sys.stderr)
                 status = 1
-        except (ModuleManifestError, OSError) as exc:
+        except (ModuleManifestError, ModuleError, OSError) as exc:
             print(exc, file=sys.stderr)
             status = 1
     return status

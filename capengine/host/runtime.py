@@ -25,6 +25,7 @@ from capengine.host import raw_functions, safe_text
 from capengine.host.deadline import Deadline
 from capengine.host.manifests import Extension, IdentityError
 from capengine.host.module_cache import ModuleCache, ModuleError, compile_module
+from capengine.host.module_limits import ModuleLimits, read_regular
 from capengine.host.session import BridgeLimits, CallHandler, GuestSession
 
 log = logging.getLogger("capengine.host.runtime")
@@ -61,9 +62,18 @@ def _fuel(_: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise LimitsError(f"Limits.{attribute.name} must be None (no fuel metering) or an integer > 0, not {value!r}")
 
 
-def _bridge(_: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, BridgeLimits):
-        raise LimitsError(f"Limits.{attribute.name} must be a BridgeLimits, not {type(value).__name__}")
+def _instance(kind: type) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, kind):
+            raise LimitsError(f"Limits.{attribute.name} must be a {kind.__name__}, not {type(value).__name__}")
+    return check
+
+
+# WebAssembly proposals the ABI has no use for, switched off: each is attack surface, and some escape the
+# limits above (a GC heap or exception objects live outside linear memory: with GC on, a guest had a second
+# heap as large as its memory limit; a 64-bit or second memory is not what the i32 ABI addresses).
+DISABLED_PROPOSALS = ("gc", "function_references", "exceptions", "threads", "memory64", "multi_memory",
+                      "stack_switching", "custom_page_sizes", "component_model")
 
 
 @attrs.frozen
@@ -80,7 +90,8 @@ class Limits:
     cpu_seconds: float = attrs.field(default=10.0, validator=_seconds)
     fuel: int | None = attrs.field(default=None, validator=_fuel)  # optional instruction budget per job
     max_wasm_stack: int = attrs.field(default=512 * 1024, validator=_count(1))
-    bridge: BridgeLimits = attrs.field(default=BridgeLimits(), validator=_bridge)
+    bridge: BridgeLimits = attrs.field(default=BridgeLimits(), validator=_instance(BridgeLimits))
+    module: ModuleLimits = attrs.field(default=ModuleLimits(), validator=_instance(ModuleLimits))
 
 
 @attrs.frozen
@@ -100,10 +111,15 @@ class Runtime:
         config.epoch_interruption = True
         config.consume_fuel = limits.fuel is not None
         config.max_wasm_stack = limits.max_wasm_stack
+        for proposal in DISABLED_PROPOSALS:
+            setattr(config, f"wasm_{proposal}", False)
+        config.gc_support = False
         self.engine = wasmtime.Engine(config)
-        # Everything above that changes the compiled code, for the module cache's tag (Config has no getters).
+        # Everything above that changes the compiled code or what compiles, for the module cache's tag (Config
+        # has no getters); the module limits too, so an entry compiled under looser caps is never loaded.
         self.engine_config = (f"machine={platform.machine()};epoch_interruption=1;consume_fuel="
-                              f"{int(limits.fuel is not None)};max_wasm_stack={limits.max_wasm_stack}")
+                              f"{int(limits.fuel is not None)};max_wasm_stack={limits.max_wasm_stack};"
+                              + "".join(f"{p}=0;" for p in DISABLED_PROPOSALS) + limits.module.describe())
         i32 = wasmtime.ValType.i32()
         # FuncTypes belong to this Engine (sharing one across engines aborts the process).
         self._types = {
@@ -113,9 +129,11 @@ class Runtime:
             "spacedrive_input": wasmtime.FuncType([i32] * 2, [i32]),
             "spacedrive_log": wasmtime.FuncType([i32] * 3, []),
         }
-        self.cache = ModuleCache(self.engine, cache_dir, self.engine_config) if cache_dir is not None else None
+        self.cache = (ModuleCache(self.engine, cache_dir, self.engine_config, limits.module)
+                      if cache_dir is not None else None)
         self._linker = self._abi_linker()
-        self._prepared: OrderedDict[str, wasmtime.InstancePre] = OrderedDict()  # module sha256 -> linked module
+        # module sha256 -> (linked module, its exports that ought to be () -> i32 but are not)
+        self._prepared: OrderedDict[str, tuple[wasmtime.InstancePre, dict[str, str]]] = OrderedDict()
         self._prepared_lock = threading.Lock()
         self._stop = threading.Event()
         self._interrupting = False
@@ -162,23 +180,44 @@ class Runtime:
                                  self._callbacks)
         return linker
 
-    def prepare(self, ext: Extension) -> wasmtime.InstancePre:
+    def prepare(self, ext: Extension) -> tuple[wasmtime.InstancePre, dict[str, str]]:
         """The extension's module compiled and linked, kept in memory by the digest it was vouched for (at
         most MAX_PREPARED modules): a job pays neither a file read, a hash, a cache check nor a link. The
         first use reads and verifies the file (load_module), so a module swapped on disk before it is never
-        run; after it, the bytes that run are the ones verified, whatever happens to the file."""
+        run; after it, the bytes that run are the ones verified, whatever happens to the file. Also returned:
+        the module's entry points (plugin_init, execute_*) whose type is not () -> i32, with what they are."""
         digest = ext.module_sha256
         with self._prepared_lock:
-            pre = self._prepared.get(digest)
-            if pre is not None:
+            found = self._prepared.get(digest)
+            if found is not None:
                 self._prepared.move_to_end(digest)
-                return pre
-        pre = self._linker.instantiate_pre(self.load_module(ext))
+                return found
+        module = self.load_module(ext)
+        self._check_imports(module, ext)
+        pre = self._linker.instantiate_pre(module), _entry_problems(module)
         with self._prepared_lock:
             self._prepared[digest] = pre
             while len(self._prepared) > MAX_PREPARED:
                 self._prepared.popitem(last=False)
         return pre
+
+    def _check_imports(self, module: wasmtime.Module, ext: Extension) -> None:
+        """ModuleError naming every import the host does not provide, or provides with another type, instead of
+        the linker's first complaint."""
+        problems = []
+        for imp in module.imports:
+            want = self._types.get(imp.name or "") if imp.module == "spacedrive" else None
+            got, name = imp.type, _short(f"{imp.module}.{imp.name}")  # the guest's names: bounded, escaped later
+            if want is None:
+                problems.append(f"{name} ({_describe(got)})")
+            elif not isinstance(got, wasmtime.FuncType) or (got.params, got.results) != (want.params, want.results):
+                problems.append(f"{name} as {_describe(got)}, but the host's is {_describe(want)}")
+        if problems:
+            listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {len(problems) - MAX_LISTED} more"
+                                                         if len(problems) > MAX_LISTED else "")
+            raise ModuleError(f"{ext.module_path.name} imports {listed}: the host provides only the "
+                              "spacedrive_* functions of docs/abi.md (no WASI, memories, tables or globals); "
+                              "rebuild it against extensions/include")
 
     def _tick(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
@@ -207,7 +246,9 @@ class Runtime:
     def load_module(self, ext: Extension) -> wasmtime.Module:
         """Compile (or fetch from the cache) exactly the module whose digest `ext` was loaded and vouched for
         with: a file swapped on disk since is refused, not run under the old identity."""
-        source = ext.module_path.read_bytes()
+        # a bounded regular file, no link out of its directory: a FIFO swapped in would block the job forever
+        source = read_regular(ext.module_path, self.limits.module.max_bytes, "the module",
+                              ext.directory)
         digest = hashlib.sha256(source).hexdigest()
         if digest != ext.module_sha256:
             raise IdentityError(f"{ext.module_path} changed since {ext.id} was loaded (sha256 {digest}, loaded "
@@ -216,7 +257,7 @@ class Runtime:
         is_wat, name = ext.module_path.suffix == ".wat", str(ext.module_path)
         if self.cache is not None:
             return self.cache.load(source, is_wat, digest, name)
-        return compile_module(self.engine, source, is_wat, name)
+        return compile_module(self.engine, source, is_wat, name, self.limits.module)
 
     def run_job(self, ext: Extension, job: str, dispatcher: CallHandler, input_json: bytes = b"{}") -> JobResult:
         session = GuestSession(ext, dispatcher, self.limits.bridge, input=input_json,
@@ -247,10 +288,21 @@ class Runtime:
             store.set_fuel(lim.fuel)
         if self._interrupting:
             return "interrupted", None, "the host is shutting down"
-        store.set_epoch_deadline(self._deadline_ticks())
         memory = None
         try:
-            instance = self.prepare(ext).instantiate(store)
+            pre, wrong = self.prepare(ext)
+            for name in ("plugin_init", f"execute_{job}"):
+                if name in wrong:
+                    return "failed", None, (f"the module exports {name} as {wrong[name]}; it must be a "
+                                            "function () -> i32")
+            # The job's clock starts now: compiling (seconds for a large module's first job) is the host's work.
+            store.set_epoch_deadline(self._deadline_ticks())  # before instantiation: a start function runs in it
+            session.deadline = Deadline.after(lim.cpu_seconds, lambda: self._interrupting)
+            # After the deadline is set: an interrupt_all from now on pushes the epoch past it, and one made while
+            # the module compiled (the flag is set before the epoch moves) is seen here.
+            if self._interrupting:
+                return "interrupted", None, "the host is shutting down"
+            instance = pre.instantiate(store)
             exports = instance.exports(store)
             memory = exports.get("memory")
             if not isinstance(memory, wasmtime.Memory):
@@ -284,6 +336,36 @@ class Runtime:
         return status, rc, error
 
 
+MAX_LISTED = 10  # import problems named in one error; the rest are counted
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 80 else name[:80] + "..."
+
+
+def _describe(ty: object) -> str:
+    if isinstance(ty, wasmtime.FuncType):
+        params, results = " ".join(map(str, ty.params)), " ".join(map(str, ty.results))
+        return f"a function ({params}) -> {'(' + results + ')' if len(ty.results) != 1 else results}"
+    kind = type(ty).__name__.removesuffix("Type").lower()
+    return f"a {kind}"
+
+
+_I32 = wasmtime.ValType.i32()
+
+
+def _entry_problems(module: wasmtime.Module) -> dict[str, str]:
+    """plugin_init and execute_* exports that are not functions () -> i32 (a float 0.0 from plugin_init must not
+    pass for success, nor a call with missing arguments be attempted), with what they are."""
+    problems = {}
+    for export in module.exports:
+        if export.name == "plugin_init" or export.name.startswith("execute_"):
+            ty = export.type
+            if not isinstance(ty, wasmtime.FuncType) or ty.params or ty.results != [_I32]:
+                problems[export.name] = _describe(ty)
+    return problems
+
+
 def _trap_reason(trap: wasmtime.Trap, lim: Limits) -> str:
     code = trap.trap_code
     if code == wasmtime.TrapCode.INTERRUPT:
@@ -292,13 +374,34 @@ def _trap_reason(trap: wasmtime.Trap, lim: Limits) -> str:
         return f"RESOURCE_EXHAUSTED: fuel budget of {lim.fuel} exhausted"
     if code == wasmtime.TrapCode.STACK_OVERFLOW:
         return f"RESOURCE_EXHAUSTED: wasm stack overflow ({lim.max_wasm_stack} bytes)"
-    lines = [line.strip() for line in (trap.message or "").splitlines() if line.strip()]
-    reason = next((line for line in lines if "wasm trap" in line), lines[-1] if lines else str(code))
-    return f"trap: {reason}"
+    # Described from the trap code alone: the message carries a backtrace with the module's own function
+    # names, so a name holding a newline and "wasm trap: ..." could write the job's failure reason.
+    if code is None:  # a trap raised by a host function (raw_functions), whose reason is in the host log
+        return "trap: a host function failed; see the host log"
+    return f"trap: wasm trap: {_TRAP_TEXT.get(code) or code.name.lower().replace('_', ' ')}"
+
+
+_TRAP_TEXT = {
+    wasmtime.TrapCode.UNREACHABLE: "wasm `unreachable` instruction executed",
+    wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS: "out of bounds memory access",
+    wasmtime.TrapCode.HEAP_MISALIGNED: "misaligned memory access",
+    wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS: "undefined element: out of bounds table access",
+    wasmtime.TrapCode.INDIRECT_CALL_TO_NULL: "uninitialized element",
+    wasmtime.TrapCode.BAD_SIGNATURE: "indirect call type mismatch",
+    wasmtime.TrapCode.INTEGER_OVERFLOW: "integer overflow",
+    wasmtime.TrapCode.INTEGER_DIVISION_BY_ZERO: "integer divide by zero",
+    wasmtime.TrapCode.BAD_CONVERSION_TO_INTEGER: "invalid conversion to integer",
+}
 
 
 def _limit_reason(message: str, lim: Limits) -> str:
+    """Judged on the first line only: wasmtime's own words. The rest is a backtrace naming the module's
+    functions, which a guest chooses (a function named "memory limit" must not make its failure look like one)."""
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    if "memory" in message and ("limit" in message or "maximum" in message or "exceed" in message):
+    if first.startswith("error while executing"):  # not a wasm trap (those are Traps): a host function's trap
+        return "trap: a host function failed; see the host log"
+    if "memory" in first and ("limit" in first or "maximum" in first or "exceed" in first):
         return f"RESOURCE_EXHAUSTED: {first} (memory limit {lim.memory_bytes} bytes)"
+    if "table" in first and ("limit" in first or "exceed" in first):
+        return f"RESOURCE_EXHAUSTED: {first} (limits: {lim.table_elements} elements per table, {lim.tables} tables)"
     return f"cannot instantiate: {first}"

@@ -27,8 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from capengine.host import data_dir as private
 from capengine.host.manifests import Extension, IdentityError, load_extension
+from capengine.host.module_limits import ModuleError, read_regular
 from capengine.policy import globs
 
+MAX_SIGNATURE_BYTES = 64 * 1024  # two base64 fields of 44 and 88 characters
 SIGNATURE_FILE = "signature.ed25519"  # beside manifest.yaml: {"public_key": base64, "signature": base64}
 TRUST_FILE = "trusted-keys.json"
 FORMAT = 1
@@ -169,11 +171,12 @@ class TrustedKeys:
         trusted = self.entries()
         if not trusted:
             return None
-        try:
-            document = json.loads((ext.directory / SIGNATURE_FILE).read_bytes())
+        try:  # the author's file: a FIFO, a link out of the directory or a huge file is never read (module_limits)
+            document = json.loads(read_regular(ext.directory / SIGNATURE_FILE, MAX_SIGNATURE_BYTES, "the signature",
+                                               ext.directory))
             pub = document["public_key"]
             signature = base64.b64decode(document["signature"], validate=True)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, ModuleError):
             return None
         for entry in trusted.values():
             if entry.public_key != pub or not any(globs.glob_match(g, ext.id) for g in entry.ids):
