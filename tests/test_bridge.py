@@ -11,13 +11,6 @@ from wasm_helpers import LIB, call_job, expect_job, extension, make_host, wat_by
 from capengine.host.manifests import ExtensionError, load_extension
 
 
-@pytest.fixture
-def host(tmp_path):
-    h = make_host(tmp_path, cpu_seconds=2.0, memory_bytes=4 * 1024 * 1024)
-    yield h
-    h.close()
-
-
 def run(host, tmp_path, wat, **kw):
     result, calls = host.run_job(extension(tmp_path, wat, **kw), "go", b"{}")
     envelopes = [json.loads(text) for level, text in result.logs if text.startswith("{")]

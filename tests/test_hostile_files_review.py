@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import policy_yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wasm_helpers import LIB, call_job, extension, make_host
@@ -26,17 +27,11 @@ from capengine.host.host_errors import HostErrors
 
 HANG_BOUND = 30  # seconds: far above any honest call here; only a hang gets near it
 
-ALLOW_ALL = f"""
-apiVersion: capengine/v1
-kind: Policy
-metadata: {{name: t}}
-spec:
-  extensions: ["com.example.*"]
-  rules:
-    - {{id: lib, effect: allow, operations: ["vdfs.**", ai.ocr], condition: 'library == "{LIB}"'}}
-    - {{id: no-secret, effect: deny, operations: ["vdfs.**"], condition: 'path.glob("/docs/**/secret*")',
-        message: "no secrets"}}
-"""
+ALLOW_ALL = policy_yaml("t", f"""
+- {{id: lib, effect: allow, operations: ["vdfs.**", ai.ocr], condition: 'library == "{LIB}"'}}
+- {{id: no-secret, effect: deny, operations: ["vdfs.**"], condition: 'path.glob("/docs/**/secret*")',
+    message: "no secrets"}}
+""")
 
 
 class Guest:

@@ -27,13 +27,6 @@ PING = '{"message":"hi"}'
 CHILD_TIMEOUT = 120  # generous: a shared 2-core machine; a hang is minutes, a pass is about a second
 
 
-@pytest.fixture
-def host(tmp_path):
-    h = make_host(tmp_path, cpu_seconds=2.0, memory_bytes=4 * 1024 * 1024)
-    yield h
-    h.close()
-
-
 def run(host, tmp_path, wat, **kw):
     result, calls = host.run_job(extension(tmp_path, wat, **kw), "go", b"{}")
     return result, calls
@@ -44,6 +37,20 @@ def in_child(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+
+
+def load_in_child(tmp_path: Path) -> subprocess.CompletedProcess:
+    """load_extension("bomb") in a fresh interpreter (a file that blocks or crashes takes only the child down);
+    its stdout says "refused: <why>" on an ExtensionError."""
+    proc = in_child("""
+        from capengine.host.manifests import ExtensionError, load_extension
+        try:
+            load_extension("bomb")
+        except ExtensionError as exc:
+            print("refused:", exc)
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
 
 
 # --- hand-built binaries ------------------------------------------------------------------------------------------
@@ -367,14 +374,7 @@ def fifo_extension(tmp_path: Path, name: str) -> Path:
 @pytest.mark.parametrize("name", ["module.wasm", "manifest.yaml"])
 def test_a_fifo_in_place_of_an_extension_file_is_refused_not_waited_on(tmp_path, name):
     fifo_extension(tmp_path, name)
-    proc = in_child("""
-        from capengine.host.manifests import ExtensionError, load_extension
-        try:
-            load_extension("bomb")
-        except ExtensionError as exc:
-            print("refused:", exc)
-    """, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = load_in_child(tmp_path)
     assert proc.stdout.startswith("refused:") and name in proc.stdout and "regular file" in proc.stdout
 
 
@@ -384,14 +384,7 @@ def test_a_module_that_is_a_symbolic_link_out_of_its_directory_is_refused(tmp_pa
     (tmp_path / "outside.wasm").write_bytes(binary_module(1, 0))
     (directory / "module.wasm").unlink()
     (directory / "module.wasm").symlink_to(target)
-    proc = in_child("""
-        from capengine.host.manifests import ExtensionError, load_extension
-        try:
-            load_extension("bomb")
-        except ExtensionError as exc:
-            print("refused:", exc)
-    """, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = load_in_child(tmp_path)
     assert proc.stdout.startswith("refused:") and "symbolic link leading out of" in proc.stdout
 
 
